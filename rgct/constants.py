@@ -1,0 +1,110 @@
+"""Names and numbers that the whole package shares, defined once.
+
+Everything that reads or writes the RadGenome-Chest CT layout, builds prompts, or scores
+reports imports its vocabulary from here. Nothing in this module imports torch.
+"""
+
+from __future__ import annotations
+
+# --- training -------------------------------------------------------------------------------
+IGNORE_INDEX = -100
+"""Label value ignored by the language-model loss (prompt and padding positions)."""
+
+# Placeholder tokens added to the tokenizer. The prompt holds one VOLUME_TOKEN per global
+# volume token and one REGION_TOKEN per region token; the model writes the projected visual
+# embeddings where they stand.
+VOLUME_TOKEN = "<|rgct_volume|>"
+REGION_TOKEN = "<|rgct_region|>"
+SPECIAL_TOKENS = (VOLUME_TOKEN, REGION_TOKEN)
+
+# --- the RadGenome-Chest CT layout -------------------------------------------------------------
+SPLITS = ("train", "valid")
+"""Split prefixes used in folder and volume names."""
+
+CSV_SPLIT_NAMES = {"train": "train", "valid": "validation"}
+"""Split prefix in ``radgenome_files/<name>_*.csv`` (the release says 'validation')."""
+
+SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid"}
+
+REGIONS = (
+    "abdomen",
+    "bone",
+    "breast",
+    "esophagus",
+    "heart",
+    "lung",
+    "mediastinum",
+    "pleura",
+    "thyroid",
+    "trachea and bronchie",
+)
+"""The ten top-level regions, spelled as the release spells them ('bronchie' sic)."""
+
+OTHERS = "others"
+"""Pseudo-region for sentences not tied to one region; its mask is all ones."""
+
+WHOLE_SCAN = "whole scan"
+"""Name used for the all-ones mask of whole-volume tasks (whole report, disorders)."""
+
+HU_WINDOW = (-1000.0, 200.0)
+"""Default Hounsfield window: clip to it, then rescale to [0, 1]."""
+
+# CSV file stems under radgenome_files/, with their exact columns.
+CSV_COLUMNS = {
+    "region_report": ("Volumename", "Anatomy", "Sentence"),
+    "vqa_abnormality": ("Volumename", "Anatomy", "Abnormality"),
+    "vqa_location": ("Volumename", "Anatomy", "Abnormality"),
+    "vqa_presence": ("Volumename", "Anatomy", "Finding", "Presence"),
+    "vqa_size": ("Volumename", "Anatomy", "Abnormality", "Size"),
+    "case_disorders": ("Volumename", "Disorders"),
+}
+
+# --- tasks and the official question templates --------------------------------------------------
+TASKS = (
+    "report",
+    "region_report",
+    "abnormality",
+    "presence",
+    "location",
+    "size",
+    "disorders",
+)
+
+QUESTION_TEMPLATES = {
+    "abnormality": "What are the abnormalities in the {region}?",
+    "presence": "Can {abnormality} be identified in the {region}?",
+    "location": "Where is the {abnormality} located in the image?",
+    "size": "What is the approximate size of the {abnormality} in the {region}?",
+    "disorders": "What are the abnormalities in the scan?",
+}
+
+REPORT_PROMPTS = {
+    "region_report": "Describe the findings in the {region}.",
+    "region_report_unnamed": "Describe the findings in the given region.",
+    "report": "Write the radiology report for this chest CT.",
+}
+
+# --- CT-RATE abnormality labels (clinical efficacy, auxiliary targets) --------------------------
+CT_RATE_LABELS = (
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
+    "Interlobular septal thickening",
+)
+"""The 18 CT-RATE labels, in CT-RATE's column order."""
+
+NO_FINDINGS = "no findings"
