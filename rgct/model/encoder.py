@@ -1,0 +1,170 @@
+"""3D encoders: a volume (B, 1, D, H, W) -> a grid of patch features (B, C, d, h, w).
+
+Chosen by name from :data:`ENCODERS`:
+
+- ``cnn``: MONAI residual units with strided convolutions (default for CPU: learns local
+  blobs such as nodules far sooner than a ViT trained from scratch).
+- ``vit``: MONAI ``ViT`` (patch embedding + transformer), reshaped back to its patch grid.
+- ``swin``: MONAI's Swin transformer (the SwinUNETR encoder); last stage, total stride 32.
+
+Examples::
+
+    enc = build_encoder(EncoderConfig(name="cnn", feature_size=64), input_shape=(32, 64, 64))
+    enc(torch.zeros(2, 1, 32, 64, 64)).shape  # torch.Size([2, 64, 4, 8, 8])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from monai.networks.blocks import Convolution, ResidualUnit
+from torch import nn
+
+from rgct.config import EncoderConfig
+
+
+def _check_divisible(input_shape: tuple[int, ...], patch: tuple[int, ...], name: str) -> None:
+    if len(input_shape) != 3 or len(patch) != 3:
+        raise ValueError(f"{name}: input_shape and patch_size need 3 sizes, got {input_shape}, {patch}")
+    if any(s % p for s, p in zip(input_shape, patch)):
+        raise ValueError(f"{name}: input_shape {tuple(input_shape)} is not divisible by patch {tuple(patch)}")
+
+
+class CNNEncoder(nn.Module):
+    """Strided residual 3D CNN built from MONAI blocks.
+
+    Args:
+        feature_size: channels of the output grid.
+        patch_size: total stride per axis (each a power of two).
+        depth: number of residual stages (>= the largest log2 stride).
+    """
+
+    def __init__(self, feature_size: int = 128, patch_size=(8, 8, 8), depth: int = 4) -> None:
+        super().__init__()
+        logs = [math.log2(p) for p in patch_size]
+        if any(p < 1 or not float(lg).is_integer() for p, lg in zip(patch_size, logs)):
+            raise ValueError(f"cnn: patch_size must be powers of two, got {tuple(patch_size)}")
+        n_down = int(max(logs))
+        if depth < max(n_down, 1):
+            raise ValueError(f"cnn: depth {depth} < number of downsamplings {n_down}")
+        if feature_size < 8:
+            raise ValueError(f"cnn: feature_size must be >= 8, got {feature_size}")
+        self.out_channels = feature_size
+        self.patch_size = tuple(int(p) for p in patch_size)
+        widths = [max(8, feature_size // 2 ** (depth - 1 - i)) for i in range(depth)]
+        remaining = list(self.patch_size)
+
+        def next_stride() -> tuple[int, ...]:
+            nonlocal remaining
+            stride = tuple(2 if r > 1 else 1 for r in remaining)
+            remaining = [r // s for r, s in zip(remaining, stride)]
+            return stride
+
+        # Strided stem: the full-resolution grid is touched by one cheap convolution only.
+        layers: list[nn.Module] = [
+            Convolution(
+                3, 1, widths[0], strides=next_stride(), kernel_size=3,
+                norm=("group", {"num_groups": 4}), act="GELU",
+            )
+        ]
+        in_ch = widths[0]
+        for w in widths:
+            stride = next_stride()
+            layers.append(
+                ResidualUnit(
+                    3, in_ch, w, strides=stride, subunits=2, act="GELU",
+                    norm=("group", {"num_groups": min(8, w // 4)}),
+                )
+            )
+            in_ch = w
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv3d(in_ch, feature_size, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) -> (B, C, D/pd, H/ph, W/pw)."""
+        return self.out(self.body(x))
+
+
+class ViTEncoder(nn.Module):
+    """MONAI ``ViT`` returning its patch tokens as a 3D grid."""
+
+    def __init__(
+        self, input_shape, feature_size: int = 192, patch_size=(8, 8, 8), depth: int = 4, num_heads: int = 4
+    ) -> None:
+        super().__init__()
+        from monai.networks.nets import ViT
+
+        _check_divisible(input_shape, patch_size, "vit")
+        if feature_size % num_heads:
+            raise ValueError(f"vit: feature_size {feature_size} not divisible by num_heads {num_heads}")
+        self.grid = tuple(s // p for s, p in zip(input_shape, patch_size))
+        self.out_channels = feature_size
+        self.patch_size = tuple(patch_size)
+        self.vit = ViT(
+            in_channels=1,
+            img_size=tuple(input_shape),
+            patch_size=tuple(patch_size),
+            hidden_size=feature_size,
+            mlp_dim=feature_size * 4,
+            num_layers=depth,
+            num_heads=num_heads,
+            classification=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, _ = self.vit(x)  # (B, N, C)
+        b, _, c = tokens.shape
+        return tokens.transpose(1, 2).reshape(b, c, *self.grid)
+
+
+class SwinEncoder(nn.Module):
+    """MONAI Swin transformer (SwinUNETR's encoder); the last stage, stride 32."""
+
+    def __init__(self, input_shape, feature_size: int = 24, depth: int = 2, num_heads: int = 3) -> None:
+        super().__init__()
+        from monai.networks.nets.swin_unetr import SwinTransformer
+
+        _check_divisible(input_shape, (32, 32, 32), "swin")
+        self.swin = SwinTransformer(
+            in_chans=1,
+            embed_dim=feature_size,
+            window_size=(7, 7, 7),
+            patch_size=(2, 2, 2),
+            depths=(depth,) * 4,
+            num_heads=(num_heads, num_heads * 2, num_heads * 4, num_heads * 8),
+            spatial_dims=3,
+        )
+        self.out_channels = feature_size * 16
+        self.patch_size = (32, 32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.swin(x, normalize=True)[-1]
+
+
+ENCODERS: dict[str, Callable[[EncoderConfig, tuple[int, int, int]], nn.Module]] = {
+    "cnn": lambda c, shape: (
+        _check_divisible(shape, c.patch_size, "cnn") or CNNEncoder(c.feature_size, c.patch_size, c.depth)
+    ),
+    "vit": lambda c, shape: ViTEncoder(shape, c.feature_size, c.patch_size, c.depth, c.num_heads),
+    "swin": lambda c, shape: SwinEncoder(shape, c.feature_size, max(1, c.depth // 2), c.num_heads),
+}
+
+
+def build_encoder(cfg: EncoderConfig, input_shape: tuple[int, int, int]) -> nn.Module:
+    """Build the encoder named by ``cfg.name``; load ``cfg.weights`` (safetensors) if given."""
+    if cfg.name not in ENCODERS:
+        raise ValueError(f"model.encoder.name={cfg.name!r} is unknown; choose from {sorted(ENCODERS)}")
+    encoder = ENCODERS[cfg.name](cfg, tuple(int(s) for s in input_shape))
+    if cfg.weights:
+        from safetensors.torch import load_file
+
+        path = Path(cfg.weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.encoder.weights: {path} does not exist")
+        missing, unexpected = encoder.load_state_dict(load_file(str(path)), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}: encoder weights do not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return encoder

@@ -1,0 +1,79 @@
+"""Global and region tokens from a patch-feature grid.
+
+Global tokens: the grid average-pooled to ``g x g x g`` cells (``num_global_tokens = g**3``).
+Region tokens, for one binary mask per sample, pooled under the mask downsampled to the grid:
+  1. the mask-weighted mean of the patch features,
+  2. the masked max (a small bright finding survives it),
+  3. a region-evidence token: the auxiliary per-region abnormality classifier's probabilities
+     (one per CT-RATE label), fed back as a token, so what the classifier learned from direct
+     supervision reaches the language model in a form it can read.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def downsample_mask(mask: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """(B, 1, D, H, W) binary mask -> (B, d*h*w) fraction of each patch covered by the mask."""
+    return F.adaptive_avg_pool3d(mask.float(), grid).flatten(1)
+
+
+class RegionPooler(nn.Module):
+    """Pools a (B, C, d, h, w) grid into global tokens and per-region tokens.
+
+    Args:
+        channels: C of the feature grid.
+        num_global_tokens: a cube number (1, 8, 27, ...).
+        num_labels: classes of the auxiliary region classifier.
+
+    Examples::
+
+        pool = RegionPooler(64, num_global_tokens=8, num_labels=18)
+        g, r, logits = pool(torch.randn(2, 64, 4, 8, 8), torch.ones(2, 1, 32, 64, 64))
+        # g: (2, 8, 64), r: (2, 2, 64), logits: (2, 18)
+    """
+
+    def __init__(self, channels: int, num_global_tokens: int = 8, num_labels: int = 18) -> None:
+        super().__init__()
+        g = round(num_global_tokens ** (1 / 3))
+        if g**3 != num_global_tokens or num_global_tokens < 1:
+            raise ValueError(f"num_global_tokens must be a cube number, got {num_global_tokens}")
+        if channels < 1 or num_labels < 1:
+            raise ValueError(f"channels and num_labels must be >= 1, got {channels}, {num_labels}")
+        self.global_grid = (g, g, g)
+        self.norm = nn.LayerNorm(channels)
+        self.classifier = nn.Sequential(
+            nn.Linear(2 * channels, channels), nn.GELU(), nn.Linear(channels, num_labels)
+        )
+
+    def forward(
+        self, features: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pool features under the mask.
+
+        Args:
+            features: (B, C, d, h, w) patch features.
+            mask: (B, 1, D, H, W) region mask in {0, 1} at input resolution.
+
+        Returns:
+            global_tokens (B, G, C), region_tokens (B, 2, C) [mean, max], logits (B, L).
+        """
+        if features.ndim != 5 or mask.ndim != 5 or features.shape[0] != mask.shape[0]:
+            raise ValueError(f"expected (B,C,d,h,w) features and (B,1,D,H,W) mask, got "
+                             f"{tuple(features.shape)} and {tuple(mask.shape)}")
+        b, c = features.shape[:2]
+        grid = tuple(features.shape[2:])
+        glob = F.adaptive_avg_pool3d(features, self.global_grid).flatten(2).transpose(1, 2)  # (B,G,C)
+        flat = features.flatten(2)  # (B, C, N)
+        weight = downsample_mask(mask, grid)  # (B, N)
+        if (weight.sum(dim=1) <= 0).any():
+            raise ValueError("a region mask is empty: it covers no voxel of the volume")
+        mean = (flat * weight[:, None]).sum(-1) / weight.sum(-1, keepdim=True)  # (B, C)
+        neg = torch.finfo(flat.dtype).min
+        maxed = flat.masked_fill(weight[:, None] <= 0, neg).amax(-1)  # (B, C)
+        region = self.norm(torch.stack([mean, maxed], dim=1))  # (B, 2, C)
+        logits = self.classifier(region.flatten(1))  # (B, L)
+        return self.norm(glob), region, logits

@@ -1,0 +1,222 @@
+"""RGCTModel: 3D encoder -> region pooling -> projector -> causal LM with LoRA, in one module.
+
+Data flow for a batch of B samples (one region mask each)::
+
+    image (B,1,D,H,W) --encoder--> grid (B,C,d,h,w)
+    grid + mask --pooler--> global (B,G,C), region (B,2,C), aux logits (B,L)
+    [global | region] --projector--> (B,G+2,Hd);  sigmoid(logits) --evidence--> (B,1,Hd)
+    visual (B,V,Hd) written at the placeholder tokens of the prompt -> LLM -> loss / text
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rgct.config import GenerationConfig, ModelConfig
+from rgct.constants import CT_RATE_LABELS, IGNORE_INDEX, SPECIAL_TOKENS
+from rgct.model.encoder import build_encoder
+from rgct.model.fusion import fuse_embeddings
+from rgct.model.pooling import RegionPooler
+from rgct.model.projector import build_projector
+from rgct.model.prompt import encode_for_generation, encode_for_training
+
+
+def attach_lora(llm: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
+    """Wrap the LLM with peft LoRA adapters on ``cfg.lora_targets``."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in llm.named_modules()}
+    missing = [t for t in cfg.lora_targets if t not in present]
+    if missing:
+        raise ValueError(f"model.lora_targets {missing} are not modules of this LLM")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(llm, lora)
+
+
+class RGCTModel(nn.Module):
+    """The composed region-grounded report model.
+
+    Args:
+        cfg: model section of the config.
+        input_shape: (D, H, W) of the volumes it takes.
+        llm: the causal LM, already wrapped with LoRA (:func:`attach_lora`) or plain.
+        tokenizer: the LLM's tokenizer with the placeholder tokens added.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        input_shape: tuple[int, int, int],
+        llm: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.input_shape = tuple(input_shape)
+        self.tokenizer = tokenizer
+        self.encoder = build_encoder(cfg.encoder, self.input_shape)
+        channels = self.encoder.out_channels
+        hidden = llm.get_input_embeddings().embedding_dim
+        self.pooler = RegionPooler(channels, cfg.num_global_tokens, num_labels=len(CT_RATE_LABELS))
+        self.projector = build_projector(cfg.projector, channels, hidden)
+        self.evidence = nn.Linear(len(CT_RATE_LABELS), hidden)
+        self.llm = llm
+        ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+        if any(i is None or i == tokenizer.unk_token_id for i in ids):
+            raise ValueError(f"tokenizer lacks the placeholder tokens {SPECIAL_TOKENS}")
+        self.register_buffer("placeholder_ids", torch.tensor(ids), persistent=False)
+        self.configure_trainable()
+
+    # -- what trains, declared once -------------------------------------------------------------
+    def trainable_groups(self) -> dict[str, bool]:
+        """Which parts train, from the config: the single place this is decided."""
+        return {
+            "encoder": not self.cfg.encoder.freeze,
+            "pooler": self.cfg.train_projector,
+            "projector": self.cfg.train_projector,
+            "evidence": self.cfg.train_projector,
+            "lora": self.cfg.train_llm_lora,
+        }
+
+    def configure_trainable(self) -> None:
+        groups = self.trainable_groups()
+        for name in ("encoder", "pooler", "projector", "evidence"):
+            getattr(self, name).requires_grad_(groups[name])
+        for pname, p in self.llm.named_parameters():
+            p.requires_grad_(groups["lora"] and "lora_" in pname)
+
+    @property
+    def num_visual_tokens(self) -> tuple[int, int]:
+        """(global tokens, region tokens) per sample."""
+        return self.cfg.num_global_tokens, self.cfg.num_region_tokens
+
+    # -- vision side -----------------------------------------------------------------------------
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) -> patch grid (B, C, d, h, w)."""
+        if image.ndim != 5 or image.shape[1] != 1 or tuple(image.shape[2:]) != self.input_shape:
+            raise ValueError(f"image must be (B, 1, {', '.join(map(str, self.input_shape))}), "
+                             f"got {tuple(image.shape)}")
+        return self.encoder(image)
+
+    def visual_tokens(self, grid: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grid (B,C,d,h,w) + mask (B,1,D,H,W) -> visual embeddings (B,V,Hd), aux logits (B,L)."""
+        glob, region, logits = self.pooler(grid, mask)
+        n_region = self.cfg.num_region_tokens
+        tokens = [self.projector(glob), self.projector(region[:, : min(n_region, 2)])]
+        if n_region == 3:
+            tokens.append(self.evidence(torch.sigmoid(logits)).unsqueeze(1))
+        return torch.cat(tokens, dim=1), logits
+
+    def aux_loss(self, logits: torch.Tensor, labels: torch.Tensor, has_labels: torch.Tensor) -> torch.Tensor:
+        """Per-region abnormality BCE over samples whose labels are known (0 if none)."""
+        keep = has_labels.bool()
+        if not keep.any():
+            return logits.sum() * 0.0
+        return F.binary_cross_entropy_with_logits(logits[keep].float(), labels[keep].float())
+
+    # -- training --------------------------------------------------------------------------------
+    def tokenize(self, prompts: list[str], answers: list[str]) -> dict[str, torch.Tensor]:
+        g, r = self.num_visual_tokens
+        return encode_for_training(self.tokenizer, prompts, answers, g, r, self.cfg.max_answer_tokens)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        aux_labels: torch.Tensor | None = None,
+        has_labels: torch.Tensor | None = None,
+        blind: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Language-model loss plus the weighted auxiliary loss for a tokenised batch.
+
+        Without ``input_ids`` only the vision side runs and ``loss`` is the auxiliary loss
+        (encoder pre-training). Returns ``loss``, ``lm_loss``, ``aux_loss``, ``aux_logits``.
+        """
+        grid = self.encode_image(image)
+        visual, logits = self.visual_tokens(grid, mask)
+        if aux_labels is None:
+            aux = logits.sum() * 0.0
+        else:
+            known = has_labels if has_labels is not None else torch.ones(len(aux_labels), device=logits.device)
+            aux = self.aux_loss(logits, aux_labels, known)
+        if input_ids is None:
+            return {"loss": aux, "lm_loss": aux.detach() * 0.0, "aux_loss": aux.detach(), "aux_logits": logits.detach()}
+        if labels is None or attention_mask is None:
+            raise ValueError("input_ids need attention_mask and labels")
+        if blind:
+            visual = torch.zeros_like(visual)
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        embeds = fuse_embeddings(embeds, input_ids, visual, self.placeholder_ids)
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
+        shift_logits = out.logits[:, :-1].float()
+        lm_loss = F.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]),
+            labels[:, 1:].reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
+        loss = lm_loss + self.cfg.aux_loss_weight * aux
+        return {"loss": loss, "lm_loss": lm_loss.detach(), "aux_loss": aux.detach(), "aux_logits": logits.detach()}
+
+    # -- generation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_from_grid(
+        self,
+        grid: torch.Tensor,
+        mask: torch.Tensor,
+        prompts: list[str],
+        gen: GenerationConfig | None = None,
+        blind: bool = False,
+    ) -> list[str]:
+        """Batched generation (left padding, KV cache) for precomputed grids (B,C,d,h,w)."""
+        gen = gen or GenerationConfig()
+        if len(prompts) != grid.shape[0] or mask.shape[0] != grid.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for {grid.shape[0]} grids and {mask.shape[0]} masks")
+        g, r = self.num_visual_tokens
+        enc = encode_for_generation(self.tokenizer, prompts, g, r)
+        device = grid.device
+        input_ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        visual, _ = self.visual_tokens(grid, mask)
+        if blind:
+            visual = torch.zeros_like(visual)
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        embeds = fuse_embeddings(embeds, input_ids, visual, self.placeholder_ids)
+        kwargs = dict(
+            inputs_embeds=embeds,
+            attention_mask=attn,
+            max_new_tokens=gen.max_new_tokens,
+            num_beams=gen.num_beams,
+            do_sample=gen.do_sample,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            suppress_tokens=self.placeholder_ids.tolist(),
+            use_cache=True,
+        )
+        if gen.do_sample:
+            kwargs.update(temperature=gen.temperature, top_p=gen.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        out = self.llm.generate(**kwargs)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        prompts: list[str],
+        gen: GenerationConfig | None = None,
+        blind: bool = False,
+    ) -> list[str]:
+        """Text for each (image, mask, prompt) row. image/mask: (B,1,D,H,W)."""
+        return self.generate_from_grid(self.encode_image(image), mask, prompts, gen, blind)

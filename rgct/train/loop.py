@@ -1,0 +1,273 @@
+"""The training loop: plain accelerate (prepare, accumulate, backward, clip, step).
+
+One function, :func:`train`, runs a whole stage from a resolved config. It works the same as
+one CPU process, under ``accelerate launch --num_processes N --cpu`` (gloo), and on GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from rgct.config import RGCTConfig, save_config
+from rgct.model.builder import build_model, default_card
+from rgct.model.rgct_model import RGCTModel
+from rgct.train.checkpoint import (
+    load_model_weights,
+    load_training_checkpoint,
+    resolve_resume,
+    save_training_checkpoint,
+)
+from rgct.train.optim import build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+FINAL_DIR = "model"
+
+
+def check_before_work(cfg: RGCTConfig) -> None:
+    """Fail fast, before any model is built, on settings that cannot work."""
+    root = cfg.data.root
+    if not root:
+        raise ValueError("data.root is not set: pass data.root=DIR (a dataset from `rgct synth`)")
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"data.root={root} does not exist")
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA device is visible")
+    if cfg.train.mixed_precision == "bf16" and not torch.cuda.is_available():
+        raise ValueError("train.mixed_precision=bf16 needs CUDA (bf16 matmul crashes these CPUs)")
+    if cfg.train.init_from and not Path(cfg.train.init_from).is_dir():
+        raise FileNotFoundError(f"train.init_from={cfg.train.init_from} does not exist")
+
+
+def make_accelerator(cfg: RGCTConfig) -> Accelerator:
+    cpu = cfg.train.device == "cpu" or not torch.cuda.is_available()
+    mp = cfg.train.mixed_precision
+    if mp == "auto":
+        mp = "no" if cpu else "bf16"
+    return Accelerator(
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        mixed_precision=mp,
+        cpu=cpu,
+        log_with="tensorboard",
+        project_dir=cfg.train.output_dir,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def to_model_inputs(model: RGCTModel, batch: dict, device: torch.device, objective: str) -> dict:
+    """Collated batch -> keyword arguments of RGCTModel.forward (tokenised unless 'aux')."""
+    inputs = {
+        "image": batch["image"].to(device),
+        "mask": batch["mask"].to(device),
+        "aux_labels": batch["labels"].to(device),
+        "has_labels": torch.as_tensor(batch["has_labels"], device=device),
+    }
+    if objective == "lm":
+        enc = model.tokenize(batch["prompt"], batch["answer"])
+        inputs.update({k: v.to(device) for k, v in enc.items()})
+    return inputs
+
+
+def aux_f1(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of the auxiliary classifier at 0.5."""
+    pred = logits > 0
+    gold = labels > 0.5
+    return int((pred & gold).sum()), int((pred & ~gold).sum()), int((~pred & gold).sum())
+
+
+@torch.no_grad()
+def evaluate(model: RGCTModel, accelerator: Accelerator, cfg: RGCTConfig, loaders: dict) -> dict:
+    """Validation loss per task and the auxiliary classifier's micro-F1."""
+    raw = accelerator.unwrap_model(model)
+    raw.eval()
+    out: dict[str, float] = {}
+    tp = fp = fn = 0
+    for task, loader in loaders.items():
+        losses = []
+        for i, batch in enumerate(loader):
+            if i >= cfg.train.eval_batches:
+                break
+            if batch is None:
+                continue
+            res = raw(**to_model_inputs(raw, batch, accelerator.device, cfg.train.objective))
+            losses.append(res["lm_loss" if cfg.train.objective == "lm" else "aux_loss"].float())
+            keep = torch.as_tensor(batch["has_labels"], device=accelerator.device).bool()
+            t = aux_f1(res["aux_logits"][keep], batch["labels"].to(accelerator.device)[keep])
+            tp, fp, fn = tp + t[0], fp + t[1], fn + t[2]
+        if losses:
+            mean = accelerator.gather_for_metrics(torch.stack(losses).mean().reshape(1)).mean()
+            out[f"val_loss/{task}"] = float(mean)
+    counts = accelerator.gather_for_metrics(torch.tensor([tp, fp, fn], device=accelerator.device).reshape(1, 3)).sum(0)
+    tp, fp, fn = (int(x) for x in counts)
+    out["val_aux_f1"] = 2 * tp / max(2 * tp + fp + fn, 1)
+    raw.train()
+    return out
+
+
+@torch.no_grad()
+def log_samples(model: RGCTModel, cfg: RGCTConfig, dataset, device: torch.device, n: int = 4) -> list[dict]:
+    """Generate for a few validation samples and log them beside the reference."""
+    from rgct.data.dataset import collate
+
+    model.eval()
+    items = [x for x in (dataset[i] for i in range(min(n, len(dataset)))) if x is not None]
+    if not items:
+        return []
+    batch = collate(items)
+    preds = model.generate(batch["image"].to(device), batch["mask"].to(device), batch["prompt"], cfg.generation)
+    model.train()
+    rows = []
+    for p, item in zip(preds, items):
+        rows.append({"task": item["task"], "region": item["region"], "prompt": item["prompt"],
+                     "prediction": p, "reference": item["answer"]})
+        logger.info("[%s | %s] %s\n  pred: %s\n  ref:  %s", item["task"], item["region"], item["prompt"], p, item["answer"])
+    return rows
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = None) -> Path:
+    """Run one training stage; return the final model folder (``<output_dir>/model``).
+
+    Args:
+        cfg: the resolved config.
+        command: the command line, recorded in the model card.
+        stop_after: stop (after saving a checkpoint) once this many steps are done, as if the
+            run were killed there; used to test resumption.
+    """
+    from rgct.data.dataset import RGCTDataset, collate
+
+    check_before_work(cfg)
+    tc = cfg.train
+    accelerator = make_accelerator(cfg)
+    out_dir = Path(tc.output_dir)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "rgct_config.yaml")
+    set_seed(tc.seed)
+    model = build_model(cfg)
+    if tc.init_from:
+        load_model_weights(model, tc.init_from)
+        logger.info("initialised weights from %s", tc.init_from)
+    world = accelerator.num_processes
+    total_samples = tc.max_steps * tc.batch_size * tc.grad_accum * world
+    train_ds = RGCTDataset(cfg.data, cfg.data.train_split, train=True, num_samples=total_samples, seed=tc.seed)
+    loader = DataLoader(train_ds, batch_size=tc.batch_size, shuffle=False, collate_fn=collate,
+                        num_workers=cfg.data.num_workers, drop_last=True)
+    eval_loaders = {}
+    sample_ds = None
+    if tc.eval_every > 0:
+        tasks = [t for t, w in cfg.data.tasks.items() if w > 0]
+        for task in tasks:
+            ds = RGCTDataset(cfg.data, cfg.data.eval_split, train=False, tasks=[task], seed=tc.seed,
+                             num_samples=tc.eval_batches * tc.batch_size * world)
+            if len(ds):
+                eval_loaders[task] = DataLoader(ds, batch_size=tc.batch_size, collate_fn=collate)
+        if tc.sample_every > 0:
+            sample_ds = RGCTDataset(cfg.data, cfg.data.eval_split, train=False, seed=tc.seed + 1, num_samples=4)
+    optimizer = build_optimizer(model, tc)
+    scheduler = build_scheduler(optimizer, tc)
+    # The scheduler stays unprepared and steps once per optimizer step, so the schedule is the
+    # same for any number of processes.
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
+    raw: RGCTModel = accelerator.unwrap_model(model)
+
+    step = 0
+    resume_from = resolve_resume(tc.resume, out_dir)
+    if resume_from is not None:
+        step = load_training_checkpoint(raw, optimizer, scheduler, resume_from)
+        logger.info("resumed from %s at step %d", resume_from, step)
+    accelerator.init_trackers("tensorboard")
+    metrics_path = out_dir / METRICS_FILE
+    card = default_card(cfg, command=command)
+
+    skip = step * tc.grad_accum
+    active = accelerator.skip_first_batches(loader, skip) if skip else loader
+    pbar = tqdm(total=tc.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
+    model.train()
+    t0, seen, window = time.time(), 0, []
+    for batch in active:
+        if step >= tc.max_steps:
+            break
+        if batch is None:
+            continue
+        with accelerator.accumulate(model):
+            out = model(**to_model_inputs(raw, batch, accelerator.device, tc.objective))
+            accelerator.backward(out["loss"])
+            if accelerator.sync_gradients and tc.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            optimizer.step()
+            if accelerator.sync_gradients:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        seen += len(batch["prompt"]) * world
+        window.append([out["loss"].item(), out["lm_loss"].item(), out["aux_loss"].item()])
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        pbar.update(1)
+        if step % tc.log_every == 0 or step == tc.max_steps:
+            loss, lm, aux = (sum(c) / len(window) for c in zip(*window))
+            if not all(math.isfinite(v) for v in (loss, lm, aux)):
+                raise FloatingPointError(f"loss became {loss} at step {step}")
+            elapsed = time.time() - t0
+            row = {"step": step, "loss": loss, "lm_loss": lm, "aux_loss": aux,
+                   "lr": scheduler.get_last_lr()[0], "samples_per_s": seen / max(elapsed, 1e-9),
+                   "step_time_s": elapsed / max(len(window) / tc.grad_accum, 1)}
+            pbar.set_postfix(loss=f"{loss:.3f}", aux=f"{aux:.3f}", sps=f"{row['samples_per_s']:.1f}")
+            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+            if accelerator.is_main_process:
+                _append_jsonl(metrics_path, row)
+            t0, seen, window = time.time(), 0, []
+        if eval_loaders and (step % tc.eval_every == 0 or step == tc.max_steps):
+            ev = evaluate(model, accelerator, cfg, eval_loaders)
+            accelerator.log(ev, step=step)
+            if accelerator.is_main_process:
+                _append_jsonl(metrics_path, {"step": step, **ev})
+                logger.info("step %d eval %s", step, {k: round(v, 4) for k, v in ev.items()})
+        if (sample_ds is not None and tc.objective == "lm" and accelerator.is_main_process
+                and (step % tc.sample_every == 0 or step == tc.max_steps)):
+            rows = log_samples(raw, cfg, sample_ds, accelerator.device)
+            _append_jsonl(out_dir / "samples.jsonl", {"step": step, "samples": rows})
+        stopping = stop_after is not None and step >= stop_after
+        if step % tc.save_every == 0 or step == tc.max_steps or stopping:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_training_checkpoint(raw, cfg, optimizer, scheduler, step, card=card)
+            accelerator.wait_for_everyone()
+        if stopping:
+            break
+    pbar.close()
+    final = out_dir / FINAL_DIR
+    if step >= tc.max_steps:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            from rgct.model.builder import save_checkpoint
+
+            save_checkpoint(raw, cfg, final, card=card)
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+def resolve_threads() -> None:
+    """Respect OMP_NUM_THREADS if set; otherwise let torch use its default."""
+    n = os.environ.get("OMP_NUM_THREADS")
+    if n and n.isdigit():
+        torch.set_num_threads(int(n))
