@@ -1,0 +1,54 @@
+"""``rgct data check DIR`` and ``rgct data show DIR --volume NAME --out PNG``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``check`` and ``show`` sub-subcommands."""
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    check = sub.add_parser("check", help="validate a dataset folder and list every problem")
+    check.add_argument("dir", help="dataset folder in the RadGenome-Chest CT layout")
+    check.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    check.add_argument(
+        "--headers-only",
+        action="store_true",
+        help="read NIfTI headers only (fast, misses truncation)",
+    )
+    check.add_argument("--max-volumes", type=int, help="check at most N volumes per split")
+    show = sub.add_parser("show", help="save a montage PNG of a volume with its region masks")
+    show.add_argument("dir", help="dataset folder")
+    show.add_argument("--volume", required=True, help="volume name, e.g. train_1_a_1")
+    show.add_argument("--out", required=True, help="PNG file to write")
+    show.add_argument("--split", help="split (default: from the volume name)")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen action; exit code 1 when the check finds an error."""
+    if args.data_command == "show":
+        from rgct.data.montage import save_montage
+
+        save_montage(args.dir, args.volume, args.out, split=args.split)
+        print(f"wrote {args.out}")
+        return 0
+    from rgct.data.check import check_dataset, format_report
+
+    report = check_dataset(args.dir, deep=not args.headers_only, max_volumes=args.max_volumes)
+    print(format_report(report))
+    if args.json:
+        _write_json(Path(args.json), report.to_dict())
+    return 1 if report.errors else 0

@@ -1,0 +1,168 @@
+"""The map-style torch Dataset over RadGenome samples, and its collate function.
+
+Items are dicts::
+
+    image      float32 (1, D, H, W) in [0, 1]
+    mask       float32 (1, D, H, W) in {0, 1}; all ones for whole-scan samples
+    labels     float32 (18,) CT-RATE labels inside the region (zeros when unknown)
+    has_labels bool
+    prompt, answer, task, region, volume: str;  anatomy: str | None
+
+Bad samples: a sample whose files cannot be read raises a :class:`~rgct.data.io.DataError`
+naming the sample and the file. With ``cfg.skip_bad_samples`` the error is logged as a
+warning, counted in ``dataset.num_skipped`` (per process: worker counts do not reach the
+main process), and ``None`` is returned; :func:`collate` drops ``None`` items, so that batch
+is smaller. Another sample is never silently substituted.
+
+Example::
+
+    ds = RGCTDataset(cfg.data, "train", train=True, num_samples=10_000)
+    loader = DataLoader(ds, batch_size=8, shuffle=True, collate_fn=collate)
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rgct.config import DataConfig
+from rgct.constants import CT_RATE_LABELS, TASKS
+from rgct.data.io import DataError
+from rgct.data.records import Sample, build_samples, load_split, mix_samples
+from rgct.data.transforms import TransformCache, build_random_transforms
+
+logger = logging.getLogger(__name__)
+
+CACHE_FOLDER = ".rgct_cache"
+
+
+class RGCTDataset(Dataset):
+    """Samples of one split as model-ready tensors (see the module docstring for items).
+
+    Args:
+        cfg: data settings (root, input_shape, hu_window, tasks, cache_dir, augment ...).
+        split: 'train' or 'valid'.
+        train: apply random transforms (only when ``cfg.augment`` too).
+        num_samples: draw this many samples with :func:`mix_samples` by task weight;
+            None: all samples of the tasks, task after task.
+        seed: seed of the mixture, of unnamed-region prompts and of augmentation.
+        tasks: task names or task -> weight; default ``cfg.tasks``.
+
+    Attributes:
+        samples: the :class:`Sample` list items are made from.
+        num_skipped: bad samples skipped so far (this process).
+        problems: problems :func:`load_split` found (rows dropped).
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        split: str,
+        *,
+        train: bool,
+        num_samples: int | None = None,
+        seed: int = 0,
+        tasks: dict[str, float] | list[str] | None = None,
+    ) -> None:
+        if not cfg.root:
+            raise DataError("data.root is not set: point it at a RadGenome-layout folder")
+        root = Path(cfg.root)
+        if not root.is_dir():
+            raise DataError(f"data.root {root}: folder not found")
+        self.cfg = cfg
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.num_skipped = 0
+        tasks = cfg.tasks if tasks is None else tasks
+        weights = dict(tasks) if isinstance(tasks, dict) else {t: 1.0 for t in tasks}
+        index = load_split(root, split, max_volumes=cfg.max_volumes)
+        self.problems = index.problems
+        for p in index.problems:
+            logger.warning("%s", p.message)
+        by_task = build_samples(
+            index, weights, unnamed_region_fraction=cfg.unnamed_region_fraction, seed=seed
+        )
+        if num_samples is not None:
+            self.samples = mix_samples(by_task, weights, num_samples, seed)
+        else:
+            self.samples = [s for t in TASKS if t in by_task for s in by_task[t]]
+        if not self.samples:
+            raise DataError(f"{root}: no samples for split {split!r} and tasks {list(weights)}")
+        self.cache = TransformCache(cfg, cfg.cache_dir or root / CACHE_FOLDER)
+        self.random = build_random_transforms(cfg) if (train and cfg.augment) else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draw (items are seeded by seed, epoch and index)."""
+        self.epoch = int(epoch)
+
+    def load_tensors(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached deterministic (image, mask), each (1, D, H, W) float32."""
+        image = self.cache.image(sample.image_path)
+        if sample.mask_path is None:
+            mask = torch.ones_like(image)
+        else:
+            mask = self.cache.mask(sample.mask_path, sample.image_path)
+        return image, mask
+
+    def __getitem__(self, i: int) -> dict | None:
+        sample = self.samples[i]
+        try:
+            image, mask = self.load_tensors(sample)
+        except (DataError, OSError, EOFError, zlib.error) as e:
+            msg = f"sample {i} ({sample.task}, {sample.volume}, region {sample.region!r}): {e}"
+            if not self.cfg.skip_bad_samples:
+                raise DataError(msg) from e
+            self.num_skipped += 1
+            logger.warning("skipping bad %s (%d skipped so far)", msg, self.num_skipped)
+            return None
+        if self.random is not None:
+            seed = int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0])
+            self.random.set_random_state(seed=seed)
+            out = self.random({"image": image, "mask": mask})
+            image, mask = out["image"], out["mask"]
+        labels = torch.zeros(len(CT_RATE_LABELS), dtype=torch.float32)
+        if sample.labels is not None:
+            labels = torch.tensor(sample.labels, dtype=torch.float32)
+        return {
+            "image": image,
+            "mask": mask,
+            "prompt": sample.prompt,
+            "answer": sample.answer,
+            "task": sample.task,
+            "region": sample.region,
+            "volume": sample.volume,
+            "anatomy": sample.anatomy,
+            "labels": labels,
+            "has_labels": sample.labels is not None,
+        }
+
+
+def collate(items: list[dict | None]) -> dict:
+    """Stack a list of items into a batch; ``None`` (skipped) items are dropped.
+
+    Returns:
+        ``image``/``mask`` (B, 1, D, H, W), ``labels`` (B, 18), ``has_labels`` (B,) bool,
+        and lists of B strings for the text fields. An all-skipped batch gives ``{}``.
+    """
+    items = [it for it in items if it is not None]
+    if not items:
+        return {}
+    batch: dict = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif key == "has_labels":
+            batch[key] = torch.tensor(values, dtype=torch.bool)
+        else:
+            batch[key] = values
+    return batch

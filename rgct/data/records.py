@@ -1,0 +1,418 @@
+"""CSV rows of a RadGenome-Chest CT split -> one :class:`Sample` record type for all tasks.
+
+Example::
+
+    index = load_split("/data/rg", "train")
+    by_task = build_samples(index, {"region_report": 1.0, "presence": 0.5}, seed=0)
+    mixed = mix_samples(by_task, {"region_report": 1.0, "presence": 0.5}, 1000, seed=0)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rgct.constants import (
+    CSV_COLUMNS,
+    CT_RATE_LABELS,
+    OTHERS,
+    QUESTION_TEMPLATES,
+    REGIONS,
+    REPORT_PROMPTS,
+    TASKS,
+    WHOLE_SCAN,
+)
+from rgct.data.io import DataError
+from rgct.data.layout import (
+    anatomy_mask_path,
+    anatomy_parts,
+    csv_path,
+    is_whole_scan,
+    leaf_name,
+    normalize_split,
+    parse_volume_name,
+    preprocessed_dir,
+    resolve_mask,
+    strip_suffix,
+    volume_path,
+)
+
+logger = logging.getLogger(__name__)
+
+GROUND_TRUTH_FILE = "ground_truth.jsonl"
+
+# task -> the CSV stem its rows come from
+TASK_CSV = {
+    "report": "region_report",
+    "region_report": "region_report",
+    "abnormality": "vqa_abnormality",
+    "presence": "vqa_presence",
+    "location": "vqa_location",
+    "size": "vqa_size",
+    "disorders": "case_disorders",
+}
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a dataset folder.
+
+    Attributes:
+        severity: 'error' or 'warning'.
+        kind: short tag, e.g. 'missing_volume', 'unknown_region', 'corrupt_nifti'.
+        path: the file concerned.
+        message: what is wrong, naming the file.
+    """
+
+    severity: str
+    kind: str
+    path: str
+    message: str
+
+
+@dataclass
+class Sample:
+    """One training/evaluation example, any task.
+
+    Attributes:
+        volume: volume name without suffix.
+        task: one of rgct.constants.TASKS.
+        prompt: the question or instruction.
+        answer: the target text.
+        region: the region named for the sample, or WHOLE_SCAN.
+        anatomy: the row's '/' anatomy path, or None.
+        mask_path: the mask file, None for an all-ones mask.
+        image_path: the volume's NIfTI file.
+        labels: 18 0/1 ints (CT_RATE_LABELS order) for findings inside ``region``, or None.
+    """
+
+    volume: str
+    task: str
+    prompt: str
+    answer: str
+    region: str
+    anatomy: str | None
+    mask_path: str | None
+    image_path: str
+    labels: list[int] | None
+
+
+@dataclass
+class SplitIndex:
+    """What :func:`load_split` found for one split.
+
+    Attributes:
+        root: dataset folder.
+        split: 'train' or 'valid'.
+        volumes: names of volumes present on disk, sorted.
+        tables: CSV stem -> cleaned rows (dicts; ``Volumename`` without suffix).
+        problems: everything wrong that was noticed (rows are dropped, not fixed).
+        ground_truth: volume -> ground_truth.jsonl record, or None when that file is absent.
+    """
+
+    root: Path
+    split: str
+    volumes: list[str]
+    tables: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    ground_truth: dict[str, dict] | None = None
+
+
+def find_volumes(root: str | Path, split: str) -> list[str]:
+    """Names of the volumes under ``<root>/<split>_preprocessed`` (sorted)."""
+    base = preprocessed_dir(root, split)
+    if not base.is_dir():
+        return []
+    names = {strip_suffix(p.name) for p in base.glob("*/*/*.nii*")}
+    return sorted(names)
+
+
+def read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """Read a RadGenome CSV as strings ('' for empty cells), checking its columns.
+
+    Raises:
+        DataError: unreadable file or a required column missing (both named).
+    """
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise DataError(f"{path}: cannot read CSV ({e})") from e
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {missing}; has {list(df.columns)}, expected {list(columns)}"
+        )
+    df = df[list(columns)].apply(lambda s: s.str.strip())
+    return df.to_dict("records")
+
+
+def _load_ground_truth(root: Path, split: str) -> dict[str, dict] | None:
+    for path in (root / GROUND_TRUTH_FILE, root / "radgenome_files" / GROUND_TRUTH_FILE):
+        if path.is_file():
+            out: dict[str, dict] = {}
+            with path.open() as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{lineno}: not JSON ({e})") from e
+                    if normalize_split(rec.get("split", split)) == split:
+                        out[strip_suffix(rec["volume"])] = rec
+            return out
+    return None
+
+
+def _region_is_known(root: Path, volume: str, anatomy: str, cache: dict) -> bool:
+    parts = anatomy_parts(anatomy)
+    if not parts or any(p in REGIONS or p == OTHERS for p in parts) or is_whole_scan(anatomy):
+        return True
+    key = (volume, anatomy)
+    if key not in cache:
+        cache[key] = any(anatomy_mask_path(root, volume, p).is_file() for p in parts)
+    return cache[key]
+
+
+def load_split(root: str | Path, split: str, *, max_volumes: int | None = None) -> SplitIndex:
+    """Index one split: volumes on disk, cleaned CSV rows, and the problems found.
+
+    Tolerant reading: an empty Anatomy cell is the whole report; quoted commas are kept;
+    the ``.nii.gz`` suffix is optional; a missing CSV gives no rows (logged at info).
+    Rows naming a volume that is not on disk, or a region that is neither known nor has an
+    anatomy mask, are dropped and recorded in ``problems``.
+
+    Args:
+        root: dataset folder.
+        split: 'train' or 'valid' (aliases accepted).
+        max_volumes: keep only the first N volumes (sorted by name).
+    """
+    root = Path(root)
+    split = normalize_split(split)
+    volumes = find_volumes(root, split)
+    if max_volumes is not None:
+        volumes = volumes[:max_volumes]
+    present = set(volumes)
+    index = SplitIndex(root=root, split=split, volumes=volumes)
+    index.ground_truth = _load_ground_truth(root, split)
+    known_cache: dict = {}
+    for stem, columns in CSV_COLUMNS.items():
+        path = csv_path(root, split, stem)
+        if not path.is_file():
+            logger.info("%s: not found; no %s samples for split %s", path, stem, split)
+            continue
+        try:
+            rows = read_csv_rows(path, columns)
+        except DataError as e:
+            index.problems.append(Problem("error", "bad_csv", str(path), str(e)))
+            continue
+        kept = []
+        for lineno, row in enumerate(rows, start=2):
+            name = strip_suffix(row["Volumename"])
+            row["Volumename"] = name
+            where = f"{path}:{lineno}"
+            try:
+                parse_volume_name(name)
+            except DataError as e:
+                index.problems.append(Problem("error", "bad_volume_name", where, f"{where}: {e}"))
+                continue
+            if name not in present:
+                vpath = volume_path(root, name)
+                if not vpath.is_file():  # else: present but left out by max_volumes
+                    msg = f"{where}: row names volume {name!r}, not found at {vpath}"
+                    index.problems.append(Problem("error", "missing_volume", where, msg))
+                continue
+            anatomy = row.get("Anatomy", "")
+            if anatomy and not _region_is_known(root, name, anatomy, known_cache):
+                index.problems.append(
+                    Problem(
+                        "error",
+                        "unknown_region",
+                        where,
+                        f"{where}: unknown region {anatomy!r} for {name} (not one of "
+                        f"{', '.join(REGIONS)}, {OTHERS}, and no anatomy mask file)",
+                    )
+                )
+                continue
+            kept.append(row)
+        index.tables[stem] = kept
+    return index
+
+
+# --- samples --------------------------------------------------------------------------------------
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if not text or text.endswith((".", "?", "!")) else text + "."
+
+
+def _region_matches(region: str, finding: dict) -> bool:
+    if region == WHOLE_SCAN:
+        return True
+    if region == finding.get("region"):
+        return True
+    return region in anatomy_parts(finding.get("anatomy"))
+
+
+def sample_labels(index: SplitIndex, volume: str, region: str) -> list[int] | None:
+    """18 0/1 ints for ground-truth findings of ``volume`` inside ``region`` (None if unknown)."""
+    if index.ground_truth is None or volume not in index.ground_truth:
+        return None
+    labels = [0] * len(CT_RATE_LABELS)
+    for finding in index.ground_truth[volume].get("findings", []):
+        label = finding.get("label")
+        if label in CT_RATE_LABELS and _region_matches(region, finding):
+            labels[CT_RATE_LABELS.index(label)] = 1
+    return labels
+
+
+def _task_list(tasks: dict[str, float] | Iterable[str]) -> list[str]:
+    if isinstance(tasks, dict):
+        names = [t for t, w in tasks.items() if w > 0]
+    else:
+        names = list(tasks)
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise DataError(f"unknown task(s) {unknown}; known: {TASKS}")
+    return names
+
+
+def build_samples(
+    index: SplitIndex,
+    tasks: dict[str, float] | list[str],
+    *,
+    unnamed_region_fraction: float = 0.0,
+    seed: int = 0,
+) -> dict[str, list[Sample]]:
+    """Turn the split's rows into samples, per task, with the official templates.
+
+    Args:
+        index: from :func:`load_split`.
+        tasks: task names, or task -> weight (weight 0 drops the task).
+        unnamed_region_fraction: fraction of region reports (with a mask) whose prompt is
+            ``REPORT_PROMPTS['region_report_unnamed']``; chosen with ``seed``.
+        seed: seed of that choice.
+
+    Returns:
+        task -> samples in a deterministic order (volume order, then row order).
+    """
+    root = index.root
+    out: dict[str, list[Sample]] = {}
+    rng = np.random.default_rng(seed)
+
+    def make(
+        volume: str, task: str, prompt: str, answer: str, region: str, anatomy: str | None
+    ) -> Sample:
+        mask = None if region == WHOLE_SCAN else resolve_mask(root, volume, anatomy or region)
+        return Sample(
+            volume=volume,
+            task=task,
+            prompt=prompt,
+            answer=answer,
+            region=region,
+            anatomy=anatomy,
+            mask_path=None if mask is None else str(mask),
+            image_path=str(volume_path(root, volume)),
+            labels=sample_labels(index, volume, region),
+        )
+
+    for task in _task_list(tasks):
+        rows = index.tables.get(TASK_CSV[task], [])
+        samples: list[Sample] = []
+        if task in ("region_report", "report"):
+            regions: dict[str, dict[str, list[str]]] = {}
+            whole: dict[str, str] = {}
+            for row in rows:
+                vol, anatomy, text = row["Volumename"], row["Anatomy"], row["Sentence"]
+                if not anatomy:
+                    whole[vol] = text
+                elif text:
+                    regions.setdefault(vol, {}).setdefault(anatomy, []).append(text)
+            if task == "report":
+                for vol in sorted(set(whole) | set(regions)):
+                    text = whole.get(vol) or " ".join(s for ss in regions[vol].values() for s in ss)
+                    samples.append(
+                        make(vol, task, REPORT_PROMPTS["report"], text, WHOLE_SCAN, None)
+                    )
+            else:
+                for vol in sorted(regions):
+                    for region, texts in regions[vol].items():
+                        s = make(vol, task, "", " ".join(texts), leaf_name(region), region)
+                        unnamed = s.mask_path is not None and rng.random() < unnamed_region_fraction
+                        key = "region_report_unnamed" if unnamed else "region_report"
+                        s.prompt = REPORT_PROMPTS[key].format(region=leaf_name(region))
+                        samples.append(s)
+        else:
+            for row in sorted(rows, key=lambda r: r["Volumename"]):
+                vol, anatomy = row["Volumename"], row.get("Anatomy", "")
+                leaf = leaf_name(anatomy) or WHOLE_SCAN
+                if task == "abnormality":
+                    prompt = QUESTION_TEMPLATES[task].format(region=leaf)
+                    samples.append(
+                        make(
+                            vol, task, prompt, _sentence(row["Abnormality"]), leaf, anatomy or None
+                        )
+                    )
+                elif task == "presence":
+                    prompt = QUESTION_TEMPLATES[task].format(
+                        abnormality=row["Finding"], region=leaf
+                    )
+                    samples.append(
+                        make(vol, task, prompt, _sentence(row["Presence"]), leaf, anatomy or None)
+                    )
+                elif task == "size":
+                    prompt = QUESTION_TEMPLATES[task].format(
+                        abnormality=row["Abnormality"], region=leaf
+                    )
+                    samples.append(make(vol, task, prompt, row["Size"], leaf, anatomy or None))
+                elif task == "location":
+                    prompt = QUESTION_TEMPLATES[task].format(abnormality=row["Abnormality"])
+                    # the anatomy is the answer, so it is not handed to the model
+                    samples.append(make(vol, task, prompt, anatomy, WHOLE_SCAN, None))
+                elif task == "disorders":
+                    prompt = QUESTION_TEMPLATES[task]
+                    samples.append(make(vol, task, prompt, row["Disorders"], WHOLE_SCAN, None))
+        out[task] = samples
+    return out
+
+
+def mix_samples(
+    samples_by_task: dict[str, list[Sample]],
+    weights: dict[str, float] | None,
+    num_samples: int,
+    seed: int,
+) -> list[Sample]:
+    """Draw ``num_samples`` samples, choosing the task of each by ``weights``.
+
+    Within a task, samples are taken from a seeded permutation (all are used before any is
+    repeated). Tasks with no samples or weight 0 are skipped. Same arguments -> same list.
+
+    Raises:
+        DataError: no task has both a positive weight and samples.
+    """
+    weights = weights or {t: 1.0 for t in samples_by_task}
+    tasks = [t for t in samples_by_task if samples_by_task[t] and weights.get(t, 0.0) > 0]
+    if not tasks:
+        raise DataError(f"no samples to mix: tasks {list(samples_by_task)} with weights {weights}")
+    rng = np.random.default_rng(seed)
+    p = np.array([weights[t] for t in tasks], dtype=np.float64)
+    choice = rng.choice(len(tasks), size=num_samples, p=p / p.sum())
+    perms: dict[int, list[int]] = {}
+    pos: dict[int, int] = {}
+    out = []
+    for k in choice.tolist():
+        pool = samples_by_task[tasks[k]]
+        if pos.get(k, len(pool)) >= len(pool):
+            perms[k] = rng.permutation(len(pool)).tolist()
+            pos[k] = 0
+        out.append(pool[perms[k][pos[k]]])
+        pos[k] += 1
+    return out
