@@ -133,8 +133,26 @@ def test_show_calls_montage(monkeypatch, tmp_path: Path, capsys) -> None:
     assert calls == [(str(MINI), "train_1_a_1", out, None)]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("rgct.data.synth") is None, reason="rgct.data.synth missing"
-)
-def test_synth_dataset_reads(tmp_path: Path) -> None:  # pragma: no cover - depends on synth
-    pytest.skip("rgct.data.synth API not known yet")
+SYNTH_MISSING = importlib.util.find_spec("rgct.data.synth") is None
+
+
+@pytest.mark.skipif(SYNTH_MISSING, reason="rgct.data.synth missing")
+def test_synth_dataset_reads(tmp_path: Path) -> None:
+    from rgct.data.synth import synthesize
+
+    from rgct.config import DataConfig
+    from rgct.data.dataset import RGCTDataset
+    from rgct.data.records import build_samples, load_split
+
+    root = tmp_path / "synth"
+    synthesize(root, num_volumes=3, seed=0, shape=(16, 32, 32), valid_fraction=0.34, workers=1)
+    report = check_dataset(root)
+    assert report.errors == [], [p.message for p in report.errors]
+    index = load_split(root, "train")
+    assert index.volumes and index.ground_truth is not None
+    by_task = build_samples(index, ["region_report", "abnormality", "disorders"])
+    assert by_task["region_report"] and all(s.labels is not None for s in by_task["region_report"])
+    cfg = DataConfig(root=str(root), input_shape=(16, 32, 32), cache_dir=str(tmp_path / "cache"))
+    ds = RGCTDataset(cfg, "train", train=True, num_samples=4)
+    item = ds[0]
+    assert item["image"].shape == (1, 16, 32, 32) and item["has_labels"]
