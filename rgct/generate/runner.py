@@ -1,0 +1,228 @@
+"""Batch generation for a split to JSONL: resumable, batched, sharded across processes.
+
+Each output line::
+
+    {"volume", "task", "region", "question", "prediction", "reference"}
+    (+ "sentences": [{"region", "text"}] for whole reports, assembled region by region)
+
+Every process writes its own part file (``<out>.part-<rank>``), appending one flushed line per
+output; a rerun skips what any part already holds (a half-written last line is dropped), so
+an interrupted run continues without duplicating or losing a line. At the end the parts are
+merged in the stable sample order into ``<out>`` (written atomically) and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rgct.config import GenerationConfig, RGCTConfig
+from rgct.constants import REGIONS, REPORT_PROMPTS, WHOLE_SCAN
+from rgct.data.dataset import RGCTDataset, collate
+from rgct.inference import split_sentences
+from rgct.model.rgct_model import RGCTModel
+
+logger = logging.getLogger(__name__)
+
+TASK_GROUPS = {
+    "report": ("report",),
+    "region": ("region_report",),
+    "vqa": ("abnormality", "presence", "location", "size", "disorders"),
+}
+
+
+def expand_tasks(spec: str | list[str]) -> list[str]:
+    """'report,region,vqa' (groups or task names) -> task names, in a fixed order."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for name in (n.strip() for n in names if n.strip()):
+        if name in TASK_GROUPS:
+            out += [t for t in TASK_GROUPS[name] if t not in out]
+        elif any(name in g for g in TASK_GROUPS.values()):
+            out += [name] if name not in out else []
+        else:
+            known = sorted(set(TASK_GROUPS) | {t for g in TASK_GROUPS.values() for t in g})
+            raise ValueError(f"unknown task {name!r}; choose from {known}")
+    return out
+
+
+@dataclass
+class Unit:
+    """One output line: the dataset rows it generates from (several for a whole report)."""
+
+    key: str
+    task: str
+    volume: str
+    region: str
+    question: str
+    reference: str
+    rows: list[int] = field(default_factory=list)
+    row_regions: list[str] = field(default_factory=list)
+
+
+def unit_key(volume: str, task: str, region: str, question: str) -> str:
+    return f"{volume}|{task}|{region}|{question}"
+
+
+def plan_units(ds: RGCTDataset, tasks: list[str]) -> list[Unit]:
+    """Output units in a stable order: per task, per dataset sample (reports per volume)."""
+    units: list[Unit] = []
+    by_task: dict[str, list[int]] = {}
+    for i, s in enumerate(ds.samples):
+        by_task.setdefault(s.task, []).append(i)
+    for task in tasks:
+        if task == "report":
+            regions_of: dict[str, list[int]] = {}
+            for i in by_task.get("region_report", []):
+                regions_of.setdefault(ds.samples[i].volume, []).append(i)
+            whole = {ds.samples[i].volume: ds.samples[i].answer for i in by_task.get("report", [])}
+            for volume, rows in regions_of.items():
+                rows = sorted(rows, key=lambda i: REGIONS.index(ds.samples[i].region)
+                              if ds.samples[i].region in REGIONS else len(REGIONS))
+                ref = whole.get(volume) or " ".join(ds.samples[i].answer for i in rows)
+                q = REPORT_PROMPTS["report"]
+                units.append(Unit(unit_key(volume, task, WHOLE_SCAN, q), task, volume, WHOLE_SCAN, q, ref,
+                                  rows, [ds.samples[i].region for i in rows]))
+            continue
+        for i in by_task.get(task, []):
+            s = ds.samples[i]
+            units.append(Unit(unit_key(s.volume, task, s.region, s.prompt), task, s.volume, s.region,
+                              s.prompt, s.answer, [i], [s.region]))
+    return units
+
+
+def read_done(paths: list[Path]) -> dict[str, dict]:
+    """Complete lines already written (a trailing partial line is ignored and truncated)."""
+    done: dict[str, dict] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):
+            logger.warning("%s: dropping a half-written last line", path)
+            with open(path, "r+b") as f:
+                f.truncate(cut)
+        for n, line in enumerate(data[:cut].splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e}); remove the file to start over") from e
+            done[unit_key(row["volume"], row["task"], row["region"], row["question"])] = row
+    return done
+
+
+def _batches(units: list[Unit], batch_size: int) -> Iterator[list[Unit]]:
+    """Group units so that each group generates at most ``batch_size`` rows (a report may exceed)."""
+    group: list[Unit] = []
+    rows = 0
+    for u in units:
+        if group and rows + len(u.rows) > batch_size:
+            yield group
+            group, rows = [], 0
+        group.append(u)
+        rows += len(u.rows)
+    if group:
+        yield group
+
+
+@torch.no_grad()
+def generate_units(model: RGCTModel, ds: RGCTDataset, units: list[Unit], gen: GenerationConfig,
+                   device: torch.device, blind: bool = False) -> list[dict]:
+    """Generate the text of a group of units (one batched call) and build their output lines."""
+    flat = [i for u in units for i in u.rows]
+    # Named prompts at generation time (training may have used unnamed ones).
+    prompts, items = [], []
+    for i in flat:
+        item = ds[i]
+        if item is None:
+            raise ValueError(f"sample {i} could not be read")
+        items.append(item)
+        s = ds.samples[i]
+        prompts.append(REPORT_PROMPTS["region_report"].format(region=s.region) if s.task == "region_report" else s.prompt)
+    batch = collate(items)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    with autocast:
+        texts = model.generate(batch["image"].to(device), batch["mask"].to(device), prompts, gen, blind=blind)
+    out, k = [], 0
+    for u in units:
+        mine = texts[k : k + len(u.rows)]
+        k += len(u.rows)
+        row = {"volume": u.volume, "task": u.task, "region": u.region, "question": u.question,
+               "prediction": " ".join(mine) if u.task == "report" else mine[0], "reference": u.reference}
+        if u.task == "report":
+            row["sentences"] = [{"region": r, "text": s} for r, t in zip(u.row_regions, mine) for s in split_sentences(t)]
+        out.append(row)
+    return out
+
+
+def run_generation(
+    model: RGCTModel,
+    cfg: RGCTConfig,
+    data_root: str | Path,
+    split: str,
+    tasks: list[str],
+    out: str | Path,
+    *,
+    limit: int | None = None,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+    blind: bool = False,
+    gen: GenerationConfig | None = None,
+) -> Path:
+    """Generate this process's share of the units into its part file; return the part path."""
+    out = Path(out)
+    device = device or next(model.parameters()).device
+    gen = gen or cfg.generation
+    data_cfg = replace(cfg.data, root=str(data_root), unnamed_region_fraction=0.0, augment=False,
+                       max_volumes=limit)
+    needed = sorted({t for t in tasks} | ({"region_report"} if "report" in tasks else set()))
+    ds = RGCTDataset(data_cfg, split, train=False, tasks=needed)
+    units = plan_units(ds, tasks)
+    part = out.with_name(f"{out.name}.part-{rank}")
+    done = read_done(sorted(out.parent.glob(out.name + ".part-*")) + [out])
+    mine = [u for j, u in enumerate(units) if j % world == rank and u.key not in done]
+    logger.info("rank %d: %d units to generate (%d already done)", rank, len(mine), len(done))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    with open(part, "a") as f, tqdm(total=len(mine), desc=f"generate[{rank}]", disable=rank != 0) as bar:
+        for group in _batches(mine, gen.batch_size):
+            for row in generate_units(model, ds, group, gen, device, blind=blind):
+                f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(group))
+    if rank == 0:
+        out.with_name(f"{out.name}.order").write_text("\n".join(u.key for u in units))
+    return part
+
+
+def merge_parts(out: str | Path) -> Path:
+    """Merge all part files into ``out`` in the stable unit order; remove the parts."""
+    out = Path(out)
+    parts = sorted(out.parent.glob(out.name + ".part-*"))
+    rows = read_done(parts + [out])
+    order_file = out.with_name(f"{out.name}.order")
+    order = order_file.read_text().splitlines() if order_file.is_file() else sorted(rows)
+    missing = [k for k in order if k not in rows]
+    if missing:
+        raise RuntimeError(f"{len(missing)} outputs missing after generation (first: {missing[0]}); rerun to resume")
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w") as f:
+        for k in order:
+            f.write(json.dumps(rows[k]) + "\n")
+    os.replace(tmp, out)
+    for p in parts:
+        p.unlink()
+    order_file.unlink(missing_ok=True)
+    return out
