@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 BOX_MASK = "drawn box"
 """Mask name used for a box drawn in the viewer."""
 
+DISPLAY_SIZE = 512
+"""Small slices are enlarged (integer factor, nearest neighbour) to about this many pixels."""
+
 
 @dataclass
 class Session:
@@ -208,18 +211,26 @@ class DemoApp:
 
     def click(
         self, session: Session | None, y: int, x: int
-    ) -> tuple[Session, tuple[int, int] | None]:
+    ) -> tuple[Session, tuple[int, int, int, int] | None]:
         """Register a click on the axial image; every second click closes a box.
 
+        Args:
+            session: the session (its scan gives the display scale).
+            y, x: clicked pixel in the displayed (possibly enlarged) axial image.
+
         Returns:
-            (session, box) with box (y0, y1, x0, x1) when this click completed one, else None.
+            (session, box) with box (y0, y1, x0, x1) in voxels when this click completed one,
+            else None.
         """
         session = self.session(session)
+        _, h, w = session.require_scan().volume.array.shape
+        f = viewer.display_factor((h, w), DISPLAY_SIZE)
+        y, x = viewer.axial_display_to_voxel(y, x, (h, w), f)
         if session.corner is None:
-            session.corner = (int(y), int(x))
+            session.corner = (y, x)
             return session, None
         (y0, x0), session.corner = session.corner, None
-        return session, (y0, int(y), x0, int(x))
+        return session, (y0, y, x0, x)
 
     def select(self, session: Session | None, name: str | None) -> Session:
         """Select a mask by name (ignored if unknown)."""
@@ -250,6 +261,7 @@ class DemoApp:
             colour=viewer.region_colour(session.selected),
             spacing=tuple(vol.spacing) if getattr(vol, "spacing", None) is not None else None,
             box=box,
+            min_size=DISPLAY_SIZE,
         )
 
     # --- generation ------------------------------------------------------------------------------

@@ -231,7 +231,10 @@ def build_demo(
                 status: message,
                 slice_slider: gr.Slider(minimum=0, maximum=n - 1, value=index),
                 region_dd: gr.Dropdown(choices=list(scan.masks), value=session.selected),
-                image: frame(session, view_, index, window_),
+                image: gr.Image(
+                    value=frame(session, view_, index, window_),
+                    label=f"{scan.name} · {view_} · overlay: {session.selected or 'none'}",
+                ),
             }
 
         def box_ranges(session: Session) -> dict:
@@ -317,10 +320,10 @@ def build_demo(
             session.require_scan()
             if view_ != "axial":
                 return {status: "Switch to the **axial** plane to draw a box."}
-            x, y = evt.index[0], evt.index[1]
-            session, box = app.click(session, y, x)
+            session, box = app.click(session, evt.index[1], evt.index[0])
             out: dict = {state: session}
             if box is None:
+                y, x = session.corner
                 session.box_preview = (y, y, x, x)
                 out[status] = f"First corner at row {y}, column {x}: click the opposite corner."
             else:

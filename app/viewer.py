@@ -71,11 +71,14 @@ def _stretch_rows(image: np.ndarray, factor: float) -> np.ndarray:
 def take_slice(
     array: np.ndarray, view: str, index: int, spacing: tuple[float, float, float] | None = None
 ) -> np.ndarray:
-    """Cut one 2D slice out of a (D, H, W) array as displayed.
+    """Cut one 2D slice out of a canonical (D, H, W) array, oriented as radiologists read it.
 
-    Axial slices are (H, W) as stored. Coronal (D, W) and sagittal (D, H) cuts are flipped so
-    that the last slice is at the top, and their rows are stretched by the slice-to-pixel
-    spacing ratio so anatomy keeps its proportions.
+    Arrays follow ``rgct.data.io``'s convention (RAS: x towards the patient's right, y
+    anterior, z superior). Displayed planes use the radiological convention: axial seen from
+    the feet (patient's right on the image's left, anterior up), coronal seen from the front
+    (patient's right on the left, head up), sagittal with anterior on the left and head up.
+    Coronal and sagittal rows are stretched by the slice-to-pixel spacing ratio so anatomy
+    keeps its proportions.
 
     Args:
         array: (D, H, W) volume or mask.
@@ -84,20 +87,45 @@ def take_slice(
         spacing: (sd, sh, sw) voxel size in mm, or None for isotropic.
 
     Returns:
-        (rows, cols) array, same dtype as ``array``.
+        (rows, cols) array, same dtype as ``array``: axial (H, W), coronal (D', W),
+        sagittal (D', H) with D' the stretched slice count.
     """
     if view not in VIEW_AXIS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     axis = VIEW_AXIS[view]
     index = int(np.clip(index, 0, array.shape[axis] - 1))
-    cut = np.take(array, index, axis=axis)
-    if axis == 0:
-        return cut
-    cut = cut[::-1]
-    if spacing is not None:
+    cut = np.take(array, index, axis=axis)[::-1, ::-1]
+    if axis != 0 and spacing is not None:
         in_plane = spacing[2] if axis == 1 else spacing[1]
         cut = _stretch_rows(cut, float(spacing[0]) / float(in_plane))
     return cut
+
+
+def axial_display_to_voxel(
+    row: int, col: int, shape: tuple[int, int], factor: int
+) -> tuple[int, int]:
+    """Map a pixel of the displayed axial image back to the voxel (y, x) it shows.
+
+    Args:
+        row, col: pixel in the displayed image (enlarged ``factor`` times).
+        shape: (H, W) of the volume.
+        factor: the display factor used by :func:`render_slice`.
+    """
+    h, w = shape
+    y = h - 1 - min(int(row) // factor, h - 1)
+    x = w - 1 - min(int(col) // factor, w - 1)
+    return max(y, 0), max(x, 0)
+
+
+def display_factor(shape: tuple[int, ...], min_size: int) -> int:
+    """Integer upscaling factor that brings a (rows, cols) slice's longer side to ``min_size``."""
+    return max(1, int(min_size) // max(int(shape[0]), int(shape[1]), 1))
+
+
+def _upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return image
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
 def window_to_grey(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -128,6 +156,7 @@ def render_slice(
     alpha: float = 0.35,
     spacing: tuple[float, float, float] | None = None,
     box: tuple[int, int, int, int] | None = None,
+    min_size: int = 0,
 ) -> np.ndarray:
     """Render one slice with an optional mask overlay and in-plane box.
 
@@ -140,27 +169,33 @@ def render_slice(
         colour: RGB overlay colour.
         alpha: fill opacity in [0, 1].
         spacing: (sd, sh, sw) mm, used to keep coronal/sagittal proportions.
-        box: optional (y0, y1, x0, x1) rectangle drawn on axial slices (inclusive bounds).
+        box: optional (y0, y1, x0, x1) voxel rectangle (inclusive) outlined on axial slices.
+        min_size: small slices are enlarged by an integer factor (nearest neighbour, see
+            :func:`display_factor`) until their longer side reaches this many pixels.
 
     Returns:
-        (rows, cols, 3) uint8 RGB image.
+        (rows * f, cols * f, 3) uint8 RGB image, f the display factor (1 for large slices).
     """
     if isinstance(window, str):
         window = WINDOW_PRESETS[window]
-    grey = window_to_grey(take_slice(volume, view, index, spacing), window)
+    cut_hu = take_slice(volume, view, index, spacing)
+    f = display_factor(cut_hu.shape, min_size)
+    grey = _upscale(window_to_grey(cut_hu, window), f)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if mask is not None:
-        cut = take_slice(mask, view, index, spacing).astype(bool)
+        cut = _upscale(take_slice(mask, view, index, spacing).astype(bool), f)
         if cut.any():
             tint = np.asarray(colour, dtype=np.float32)
             fill = rgb[cut].astype(np.float32) * (1.0 - alpha) + tint * alpha
             rgb[cut] = fill.astype(np.uint8)
             rgb[_outline(cut)] = colour
     if box is not None and view == "axial":
+        h, w = cut_hu.shape
         y0, y1, x0, x1 = (int(v) for v in box)
-        h, w = grey.shape
-        y0, y1 = sorted((int(np.clip(y0, 0, h - 1)), int(np.clip(y1, 0, h - 1))))
-        x0, x1 = sorted((int(np.clip(x0, 0, w - 1)), int(np.clip(x1, 0, w - 1))))
+        # voxel (y, x) -> displayed row/col (both axes are flipped for display)
+        y0, y1 = sorted((h - 1 - int(np.clip(y0, 0, h - 1)), h - 1 - int(np.clip(y1, 0, h - 1))))
+        x0, x1 = sorted((w - 1 - int(np.clip(x0, 0, w - 1)), w - 1 - int(np.clip(x1, 0, w - 1))))
+        y0, x0, y1, x1 = y0 * f, x0 * f, (y1 + 1) * f - 1, (x1 + 1) * f - 1
         yellow = (255, 220, 0)
         rgb[y0, x0 : x1 + 1] = yellow
         rgb[y1, x0 : x1 + 1] = yellow

@@ -18,7 +18,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fake_predictor import FakePredictor  # noqa: E402
 
 from app import inputs, viewer  # noqa: E402
-from app.handlers import BOX_MASK, DemoApp, delete_session, generation_kwargs, report_html  # noqa: E402
+from app.handlers import (  # noqa: E402
+    BOX_MASK,
+    DISPLAY_SIZE,
+    DemoApp,
+    delete_session,
+    generation_kwargs,
+    report_html,
+)
 from app.inputs import InputError  # noqa: E402
 from app.main import build_demo, guard, parse_auth  # noqa: E402
 from rgct.constants import QUESTION_TEMPLATES, REGIONS  # noqa: E402
@@ -236,9 +243,12 @@ def test_single_mask_upload_is_an_unnamed_region(app, files, predictor):
 
 def test_box_mask_from_sliders_and_clicks(app, files, predictor):
     session, _ = app.load_volume(None, files["nii.gz"])
-    session, box = app.click(session, 3, 2)
+    f = viewer.display_factor(SHAPE[1:], DISPLAY_SIZE)  # the axial image is shown f times larger
+    assert app.render(session, "axial", 0, "lung").shape == (SHAPE[1] * f, SHAPE[2] * f, 3)
+    h, w = SHAPE[1:]  # displayed flipped: patient's right on the left, anterior up
+    session, box = app.click(session, (h - 1 - 3) * f + f - 1, (w - 1 - 2) * f)
     assert box is None and session.corner == (3, 2)
-    session, box = app.click(session, 8, 6)
+    session, box = app.click(session, (h - 1 - 8) * f, (w - 1 - 6) * f + 1)
     assert box == (3, 8, 2, 6) and session.corner is None
     session, message = app.set_box(session, (5, 2), box[:2], box[2:])  # any order, inclusive
     assert session.selected == BOX_MASK
@@ -394,11 +404,20 @@ def test_render_slice_overlay_window_and_planes():
     mask = masks["lung"].astype(bool)
     plain = viewer.render_slice(vol, "axial", 5, "lung")
     over = viewer.render_slice(vol, "axial", 5, "lung", mask=mask, colour=(255, 0, 0))
+    shown = mask[5][::-1, ::-1]  # radiological display flips rows and columns
     assert plain.shape == (24, 20, 3) and plain.dtype == np.uint8
     assert np.array_equal(plain[..., 0], plain[..., 1])  # grey without a mask
-    assert (over[mask[5]][:, 0] >= plain[mask[5]][:, 0]).all()
-    assert np.array_equal(over[~mask[5]], plain[~mask[5]])
-    assert tuple(over[4, 3]) == (255, 0, 0)  # outline pixel
+    assert np.array_equal(plain[..., 0], viewer.window_to_grey(vol[5, ::-1, ::-1], (-1350, 150)))
+    assert (over[shown][:, 0] >= plain[shown][:, 0]).all()
+    assert np.array_equal(over[~shown], plain[~shown])
+    assert tuple(over[23 - 4, 19 - 3]) == (255, 0, 0)  # outline pixel at voxel (y=4, x=3)
+    # small slices are enlarged by an integer factor (100 // 24 = 4); the box is in voxels
+    big = viewer.render_slice(vol, "axial", 5, "lung", mask=mask, min_size=100, box=(0, 1, 0, 1))
+    assert big.shape == (96, 80, 3)
+    assert np.array_equal(big[::4, ::4][:10], over[:10])  # rows with neither mask outline nor box
+    yellow = (255, 220, 0)
+    assert tuple(big[88, 72]) == yellow and tuple(big[87, 72]) != yellow  # box's top-left corner
+    assert tuple(big[95, 79]) == yellow and tuple(big[84, 68]) != yellow
     # coronal rows are stretched by d/h spacing (2.0 / 0.8 = 2.5 -> 30 rows for 12 slices)
     assert viewer.render_slice(vol, "coronal", 3, "bone", spacing=SPACING).shape == (30, 20, 3)
     assert viewer.render_slice(vol, "sagittal", 3, (-100, 100)).shape == (12, 24, 3)
