@@ -104,7 +104,7 @@ def load_model_weights(model: RGCTModel, directory: str | Path) -> None:
 
 
 def load_training_checkpoint(model: RGCTModel, optimizer, scheduler, directory: str | Path) -> int:
-    """Restore weights, optimizer, scheduler and RNG; return the step it was saved at."""
+    """Restore weights, optimizer and scheduler; return the step it was saved at (RNG: :func:`restore_rng`)."""
     directory = Path(directory)
     sd = directory / STATE_DIR
     if not (sd / "state.json").is_file():
@@ -112,9 +112,17 @@ def load_training_checkpoint(model: RGCTModel, optimizer, scheduler, directory: 
     load_model_weights(model, directory)
     optimizer.load_state_dict(torch.load(sd / "optimizer.pt", weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(sd / "scheduler.pt", weights_only=True))
+    return int(json.loads((sd / "state.json").read_text())["step"])
+
+
+def restore_rng(directory: str | Path) -> None:
+    """Restore the RNG states saved with a training checkpoint.
+
+    Call it after the data iterator is created (creating one draws from the global RNG).
+    """
+    sd = Path(directory) / STATE_DIR
     state = json.loads((sd / "state.json").read_text())
     set_rng_state(state["rng"], torch.load(sd / "torch_rng.pt", weights_only=True))
-    return int(state["step"])
 
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:

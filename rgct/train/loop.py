@@ -26,6 +26,7 @@ from rgct.train.checkpoint import (
     load_model_weights,
     load_training_checkpoint,
     resolve_resume,
+    restore_rng,
     save_training_checkpoint,
 )
 from rgct.train.optim import build_optimizer, build_scheduler
@@ -99,7 +100,7 @@ def evaluate(model: RGCTModel, accelerator: Accelerator, cfg: RGCTConfig, loader
         for i, batch in enumerate(loader):
             if i >= cfg.train.eval_batches:
                 break
-            if batch is None:
+            if not batch:
                 continue
             res = raw(**to_model_inputs(raw, batch, accelerator.device, cfg.train.objective))
             losses.append(res["lm_loss" if cfg.train.objective == "lm" else "aux_loss"].float())
@@ -197,15 +198,24 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
     metrics_path = out_dir / METRICS_FILE
     card = default_card(cfg, command=command)
 
+    # Which samples each process consumed, one line per micro-batch (debugging, data-order tests).
+    trace_dir = out_dir / "data_order"
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    trace = open(trace_dir / f"rank{accelerator.process_index}.txt", "a")
     skip = step * tc.grad_accum
     active = accelerator.skip_first_batches(loader, skip) if skip else loader
+    pending_rng = resume_from  # restored once the first batch is fetched (starting the
+    # DataLoader iterator draws from the global RNG, which the uninterrupted run did at step 0)
     pbar = tqdm(total=tc.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
     model.train()
     t0, seen, window = time.time(), 0, []
     for batch in active:
         if step >= tc.max_steps:
             break
-        if batch is None:
+        if pending_rng is not None:
+            restore_rng(pending_rng)
+            pending_rng = None
+        if not batch:  # every item of this batch was a skipped bad sample
             continue
         with accelerator.accumulate(model):
             out = model(**to_model_inputs(raw, batch, accelerator.device, tc.objective))
@@ -216,6 +226,7 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
             if accelerator.sync_gradients:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+        trace.write(" ".join(f"{v}:{t}:{r}" for v, t, r in zip(batch["volume"], batch["task"], batch["region"])).replace("\n", " ") + "\n")
         seen += len(batch["prompt"]) * world
         window.append([out["loss"].item(), out["lm_loss"].item(), out["aux_loss"].item()])
         if not accelerator.sync_gradients:
@@ -254,6 +265,7 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
         if stopping:
             break
     pbar.close()
+    trace.close()
     final = out_dir / FINAL_DIR
     if step >= tc.max_steps:
         accelerator.wait_for_everyone()
