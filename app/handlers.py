@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 BOX_MASK = "drawn box"
 """Mask name used for a box drawn in the viewer."""
 
+STALE_SESSION_S = 24 * 3600
+"""Session folders older than this are removed when an app starts."""
+
 DISPLAY_SIZE = 512
 """Small slices are enlarged (integer factor, nearest neighbour) to about this many pixels."""
 
@@ -96,9 +99,10 @@ def report_html(report: dict) -> str:
         region = s.get("region", "")
         colour = viewer.colour_hex(region)
         rows.append(
-            f'<div class="rgct-sentence" style="border-left:6px solid {colour};padding:4px 8px;'
-            f'margin:4px 0"><span style="display:inline-block;min-width:11em;font-weight:600;'
-            f'color:{colour}">{html.escape(region)}</span> {html.escape(s.get("text", ""))}</div>'
+            f'<div class="rgct-sentence" style="display:flex;gap:0.75em;border-left:6px solid '
+            f'{colour};padding:4px 8px;margin:4px 0"><span style="flex:0 0 9.5em;font-weight:600;'
+            f'color:{colour}">{html.escape(region)}</span><span style="flex:1">'
+            f"{html.escape(s.get('text', ''))}</span></div>"
         )
     if not rows:
         rows.append(f"<div>{html.escape(report.get('text', ''))}</div>")
@@ -141,7 +145,15 @@ class DemoApp:
         self.upload_roots = [Path(r) for r in upload_roots]
         self.tmp_root = Path(tmp_root) if tmp_root else Path(tempfile.gettempdir()) / "rgct_demo"
         self.tmp_root.mkdir(parents=True, exist_ok=True)
+        self._sweep_stale_sessions()
         self.examples = inputs.list_examples(self.examples_dir)
+
+    def _sweep_stale_sessions(self, max_age_s: float = STALE_SESSION_S) -> None:
+        """Delete session folders left behind by a crashed or killed server."""
+        now = time.time()
+        for folder in self.tmp_root.glob("session-*"):
+            if folder.is_dir() and now - folder.stat().st_mtime > max_age_s:
+                shutil.rmtree(folder, ignore_errors=True)
 
     # --- sessions --------------------------------------------------------------------------------
     def session(self, session: Session | None) -> Session:

@@ -119,7 +119,8 @@ def build_demo(
         upload_roots=upload_roots,
         tmp_root=tmp_root,
     )
-    with gr.Blocks(title="rgct demo", analytics_enabled=False) as demo:
+    # gradio caches every rendered frame and upload: sweep files older than an hour, hourly
+    with gr.Blocks(title="rgct demo", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         demo.rgct_app = app  # handle for tests and scripts
         state = gr.State(None, delete_callback=delete_session)
         gr.Markdown(INSTRUCTIONS)
@@ -190,11 +191,20 @@ def build_demo(
                     )
                     rr_out = gr.Textbox(label="Region report", lines=5, elem_id="rgct-rr-out")
                 with gr.Tab("Full report"):
-                    fr_btn = gr.Button("Write full report", variant="primary")
-                    fr_html = gr.HTML("<i>Needs region masks (an example, or a mask .zip).</i>")
-                    sentence = gr.Radio([], label="Show a sentence's region in the viewer")
+                    fr_btn = gr.Button(
+                        "Write full report", variant="primary", elem_id="rgct-fr-btn"
+                    )
+                    fr_html = gr.HTML(
+                        "<i>Needs region masks (an example, or a mask .zip).</i>",
+                        elem_id="rgct-report",
+                    )
+                    sentence = gr.Radio(
+                        [], label="Show a sentence's region in the viewer", elem_id="rgct-sentences"
+                    )
                     with gr.Row():
-                        json_dl = gr.DownloadButton("Report .json", visible=False, size="sm")
+                        json_dl = gr.DownloadButton(
+                            "Report .json", visible=False, size="sm", elem_id="rgct-json-dl"
+                        )
                         txt_dl = gr.DownloadButton("Report .txt", visible=False, size="sm")
                 with gr.Tab("Ask"):
                     template = gr.Dropdown(

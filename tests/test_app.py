@@ -445,3 +445,36 @@ def test_render_is_fast_on_a_clinical_size_slice():
 def test_inputs_name_helpers():
     assert inputs.strip_suffix("train_1_a_1.nii.gz") == "train_1_a_1"
     assert inputs.region_order(["x", "lung", "abdomen"]) == ["abdomen", "lung", "x"]
+
+
+def test_demo_cli_options(monkeypatch):
+    import argparse
+
+    from rgct import demo_cli
+
+    parser = argparse.ArgumentParser()
+    demo_cli.configure(parser)
+    args = parser.parse_args([])
+    assert (args.host, args.port, args.concurrency, args.max_upload_mb, args.auth) == (
+        "127.0.0.1",
+        7860,
+        2,
+        512,
+        None,
+    )
+    args = parser.parse_args(
+        ["--checkpoint", "ck", "--port", "8000", "--concurrency", "4", "--max-upload-mb", "64"]
+    )
+    assert (str(args.checkpoint), args.port, args.concurrency, args.max_upload_mb) == (
+        "ck",
+        8000,
+        4,
+        64,
+    )
+    seen = {}
+    monkeypatch.setattr(
+        "app.main.serve", lambda a, auth_env=None: seen.setdefault("auth", auth_env) and 0
+    )
+    monkeypatch.setenv("RGCT_DEMO_AUTH", "ann:pw")
+    demo_cli.run(args)
+    assert seen["auth"] == "ann:pw"

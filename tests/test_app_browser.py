@@ -116,12 +116,39 @@ def test_example_slider_region_report(url, tmp_path):
             )
             assert "voxels in" in out.input_value()
 
-            shot = tmp_path / "demo.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            if os.environ.get("RGCT_SCREENSHOT_DIR"):
-                keep = Path(os.environ["RGCT_SCREENSHOT_DIR"])
-                keep.mkdir(parents=True, exist_ok=True)
-                shutil.copy(shot, keep / "demo_region_report.png")
+            _screenshot(page, tmp_path / "demo_region_report.png")
+
+            # full report; picking a sentence shows its region in the viewer
+            page.get_by_role("tab", name="Full report").click()
+            page.locator("#rgct-fr-btn").click()
+            report = page.locator("#rgct-report")
+            playwright_api.expect(report).to_contain_text("The lung has", timeout=20_000)
+            before = viewer_img.get_attribute("src")
+            page.locator("#rgct-sentences label", has_text="lung: The lung has").click()
+            playwright_api.expect(status).to_contain_text("Showing lung", timeout=10_000)
+            _wait_new_frame(page, before)
+            playwright_api.expect(page.locator("#rgct-viewer")).to_contain_text("overlay: lung")
+            playwright_api.expect(page.locator("#rgct-json-dl")).to_be_visible()
+            _screenshot(page, tmp_path / "demo_full_report.png")
         finally:
             browser.close()
+
+
+def _wait_new_frame(page, before: str | None) -> None:
+    """Wait until the viewer shows a frame other than ``before`` and it has loaded."""
+    page.wait_for_function(
+        "before => { const i = document.querySelector('#rgct-viewer img');"
+        " return i && i.src !== before && i.complete && i.naturalWidth > 0; }",
+        arg=before,
+        timeout=10_000,
+    )
+    page.wait_for_timeout(500)
+
+
+def _screenshot(page, path: Path) -> None:
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    if os.environ.get("RGCT_SCREENSHOT_DIR"):
+        keep = Path(os.environ["RGCT_SCREENSHOT_DIR"])
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, keep / path.name)
