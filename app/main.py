@@ -566,8 +566,12 @@ def serve(args: argparse.Namespace, auth_env: str | None = None) -> int:
     """Load the model named by ``args`` and block serving the demo."""
     from rgct.inference import Predictor, default_checkpoint
 
-    auth = parse_auth(args.auth or auth_env)
-    checkpoint = args.checkpoint or default_checkpoint()
+    try:
+        auth = parse_auth(args.auth or auth_env)
+        checkpoint = args.checkpoint or default_checkpoint()
+    except (ValueError, FileNotFoundError) as err:
+        log.error("rgct demo: %s", err)
+        return 2
     log.info("loading the model from %s", checkpoint)
     t0 = time.perf_counter()
     predictor = Predictor.from_checkpoint(checkpoint, device=args.device)
