@@ -188,6 +188,10 @@ class TrainConfig:
     """'auto' (latest checkpoint in output_dir), a checkpoint folder, or None."""
     init_from: str | None = None
     """Start from this checkpoint's weights (not its optimizer): stage 2 after stage 1."""
+    init_from_parts: list[str] = field(
+        default_factory=lambda: ["encoder", "pooler", "projector", "evidence", "lora"]
+    )
+    """Which parts init_from loads (stage 0 -> 2 loads only encoder and pooler)."""
     objective: str = "lm"
     """'lm': language loss (+ auxiliary loss); 'aux': encoder pre-training on the auxiliary
     per-region abnormality loss alone (no LLM forward: several times cheaper per sample)."""
@@ -203,6 +207,9 @@ class TrainConfig:
             raise ConfigError("train.batch_size and train.grad_accum must be >= 1, max_steps >= 0")
         if self.keep_last < 1:
             raise ConfigError("train.keep_last must be >= 1")
+        bad = set(self.init_from_parts) - {"encoder", "pooler", "projector", "evidence", "lora"}
+        if bad:
+            raise ConfigError(f"train.init_from_parts: unknown part(s) {sorted(bad)}")
         if self.objective not in ("lm", "aux"):
             raise ConfigError(f"train.objective must be 'lm' or 'aux', got {self.objective!r}")
         if self.resume is not None and self.init_from is not None:

@@ -64,6 +64,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 def test_init_from_loads_weights(tmp_path):
     first = train(cfg_for(tmp_path / "s0", "train.eval_every=0", "train.objective=aux", "model.train_llm_lora=false"))
     cfg = cfg_for(tmp_path / "s1", "train.eval_every=0", "train.max_steps=1", f"train.init_from={first}",
+                  "train.init_from_parts=[encoder,pooler]",
                   "model.encoder.freeze=true")
     second = train(cfg)
     enc_a = {k: v for k, v in load_file(str(first / "vision.safetensors")).items() if k.startswith("encoder.")}

@@ -90,13 +90,22 @@ def save_training_checkpoint(
     return target
 
 
-def load_model_weights(model: RGCTModel, directory: str | Path) -> None:
-    """Load a checkpoint's vision weights and LoRA adapter into a live model."""
+def load_model_weights(model: RGCTModel, directory: str | Path, parts: list[str] | tuple[str, ...] | None = None) -> None:
+    """Load a checkpoint's vision weights and LoRA adapter (or only ``parts``) into a live model."""
     directory = Path(directory)
+    parts = tuple(parts) if parts is not None else (*VISION_PARTS, "lora")
     state = load_file(str(directory / VISION_FILE))
     for part in VISION_PARTS:
+        if part not in parts:
+            continue
         sub = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
-        getattr(model, part).load_state_dict(sub)
+        try:
+            getattr(model, part).load_state_dict(sub)
+        except RuntimeError as e:
+            raise ValueError(f"{directory}: the {part} weights do not fit this model ({e}); "
+                             "choose train.init_from_parts accordingly") from e
+    if "lora" not in parts:
+        return
     adapter = load_file(str(directory / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model.llm, adapter)
     if getattr(result, "unexpected_keys", None):

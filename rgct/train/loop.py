@@ -163,8 +163,8 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
     set_seed(tc.seed)
     model = build_model(cfg)
     if tc.init_from:
-        load_model_weights(model, tc.init_from)
-        logger.info("initialised weights from %s", tc.init_from)
+        load_model_weights(model, tc.init_from, tc.init_from_parts)
+        logger.info("initialised %s from %s", ", ".join(tc.init_from_parts), tc.init_from)
     world = accelerator.num_processes
     total_samples = tc.max_steps * tc.batch_size * tc.grad_accum * world
     train_ds = RGCTDataset(cfg.data, cfg.data.train_split, train=True, num_samples=total_samples, seed=tc.seed)
