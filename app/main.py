@@ -370,7 +370,7 @@ def build_demo(
             session, report, seconds = app.full_report(session, **generation_kwargs(mx, dec, nb))
             js, txt = app.report_files(session)
             choices = [
-                (f"{s['region']}: {s['text'][:70]}{'…' if len(s['text']) > 70 else ''}", str(i))
+                (f"{s['region']}: {s['text'][:40]}{'…' if len(s['text']) > 40 else ''}", str(i))
                 for i, s in enumerate(report.get("sentences", []))
             ]
             return {

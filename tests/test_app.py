@@ -478,3 +478,14 @@ def test_demo_cli_options(monkeypatch):
     monkeypatch.setenv("RGCT_DEMO_AUTH", "ann:pw")
     demo_cli.run(args)
     assert seen["auth"] == "ann:pw"
+
+
+def test_bundled_examples_load(predictor, tmp_path):
+    from app.main import EXAMPLES_DIR
+
+    app = DemoApp(predictor, examples_dir=EXAMPLES_DIR, tmp_root=tmp_path / "s")
+    assert app.examples == ["phantom_1", "phantom_2", "phantom_3"]
+    session, _ = app.load_example(None, "phantom_1")
+    assert session.scan.volume.array.shape == (64, 128, 128)
+    assert {"lung", "heart", "mediastinum"} <= set(session.scan.masks)
+    assert list(session.scan.masks) == [r for r in REGIONS if r in session.scan.masks]
