@@ -43,9 +43,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data) if args.data else Path(tmp) / "synth"
         if args.synth:
-            from rgct.data.synth import synthesize
+            from rgct.data.synth import write_dataset
 
-            synthesize(root, num_volumes=args.synth, seed=0, valid_fraction=0.0, workers=1)
+            write_dataset(root, num_volumes=args.synth, seed=0, valid_fraction=0.0, workers=1)
         cfg = DataConfig(root=str(root), input_shape=tuple(args.input_shape))
         paths = [volume_path(root, v) for v in find_volumes(root, args.split)[: args.max_volumes]]
         if not paths:

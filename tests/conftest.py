@@ -52,10 +52,10 @@ def rgct_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory) -> Path:
     """A small phantom dataset (8 volumes, 24x48x48) written once per test session."""
-    from rgct.data.synth import synthesize
+    from rgct.data.synth import write_dataset
 
     root = tmp_path_factory.mktemp("phantoms") / "ds"
-    synthesize(root, num_volumes=8, seed=3, shape=PHANTOM_SHAPE, valid_fraction=0.25, workers=1)
+    write_dataset(root, num_volumes=8, seed=3, shape=PHANTOM_SHAPE, valid_fraction=0.25, workers=1)
     return root
 
 

@@ -138,14 +138,14 @@ SYNTH_MISSING = importlib.util.find_spec("rgct.data.synth") is None
 
 @pytest.mark.skipif(SYNTH_MISSING, reason="rgct.data.synth missing")
 def test_synth_dataset_reads(tmp_path: Path) -> None:
-    from rgct.data.synth import synthesize
+    from rgct.data.synth import write_dataset
 
     from rgct.config import DataConfig
     from rgct.data.dataset import RGCTDataset
     from rgct.data.records import build_samples, load_split
 
     root = tmp_path / "synth"
-    synthesize(root, num_volumes=3, seed=0, shape=(16, 32, 32), valid_fraction=0.34, workers=1)
+    write_dataset(root, num_volumes=3, seed=0, shape=(16, 32, 32), valid_fraction=0.34, workers=1)
     report = check_dataset(root)
     assert report.errors == [], [p.message for p in report.errors]
     index = load_split(root, "train")
