@@ -1,0 +1,255 @@
+"""Write a synthetic phantom dataset in the RadGenome-Chest CT layout (``rgct synth``).
+
+The dataset is written into ``<out>.tmp-<pid>`` and renamed to ``<out>`` only when complete.
+Every volume draws from its own generator ``default_rng([seed, index])``, so the output is
+byte-identical for a seed whatever the number of worker processes (gzip with mtime 0, rows in
+volume order).
+
+Example::
+
+    write_dataset("data/phantoms", num_volumes=100, seed=0, workers=2)
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from rgct.constants import CSV_COLUMNS, CT_RATE_LABELS, REGIONS, SPLITS
+from rgct.data.layout import anatomy_mask_path, csv_path, region_mask_path, volume_path
+from rgct.data.phantom import DEFAULT_SHAPE, MIN_SIZE, build_phantom
+from rgct.data.phantom_text import disorders, label_vector, region_sentences, vqa_rows, whole_report
+
+logger = logging.getLogger(__name__)
+
+GROUND_TRUTH_FILE = "ground_truth.jsonl"
+LABELS_FOLDER = "multi_abnormality_labels"
+GZIP_LEVEL = 1
+TWO_SCAN_FRACTION = 0.3
+"""Share of patients with a second scan ('b')."""
+
+
+@dataclass(frozen=True)
+class VolumePlan:
+    """Name and split of one volume; ``index`` seeds its generator."""
+
+    index: int
+    split: str
+    pid: int
+    scan: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}_{self.pid}_{self.scan}_1"
+
+
+def plan_volumes(num_volumes: int, seed: int, valid_fraction: float = 0.2) -> list[VolumePlan]:
+    """Group volumes into patients (1-2 scans) and split by patient.
+
+    About ``valid_fraction`` of the volumes go to 'valid' (both scans of a patient stay
+    together); patient ids count from 1 within each split.
+    """
+    rng = np.random.default_rng([seed, 2**31 - 1])
+    sizes: list[int] = []
+    left = num_volumes
+    while left > 0:
+        n = 2 if left >= 2 and rng.random() < TWO_SCAN_FRACTION else 1
+        sizes.append(n)
+        left -= n
+    target = min(round(valid_fraction * num_volumes), num_volumes - 1) if num_volumes > 1 else 0
+    valid = set()
+    count = 0
+    for p in rng.permutation(len(sizes)).tolist():
+        if count + sizes[p] <= target:
+            valid.add(p)
+            count += sizes[p]
+    plans, next_pid, index = [], {"train": 1, "valid": 1}, 0
+    for p, n in enumerate(sizes):
+        split = "valid" if p in valid else "train"
+        pid = next_pid[split]
+        next_pid[split] += 1
+        for scan in "ab"[:n]:
+            plans.append(VolumePlan(index, split, pid, scan))
+            index += 1
+    return plans
+
+
+def save_nifti_gz(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Write a (D, H, W) array as an (X, Y, Z) NIfTI, gzip mtime 0, via temp + rename."""
+    img = nib.Nifti1Image(array.transpose(2, 1, 0), affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    data = gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def synth_volume(plan: VolumePlan, root: Path, seed: int, shape: tuple[int, int, int]) -> dict:
+    """Build one phantom, write its volume and masks under ``root``; return its records.
+
+    Returns:
+        ``{"gt": ground-truth dict, "rows": {csv stem: [row tuples]}, "labels": [18 ints]}``.
+    """
+    rng = np.random.default_rng([seed, plan.index])
+    ph = build_phantom(shape, rng)
+    name = plan.name
+    save_nifti_gz(volume_path(root, name), ph.volume, ph.affine)
+    for region, mask in ph.region_masks.items():
+        save_nifti_gz(region_mask_path(root, name, region), mask, ph.affine)
+    for anatomy, mask in ph.anatomy_masks.items():
+        save_nifti_gz(anatomy_mask_path(root, name, anatomy), mask, ph.affine)
+
+    findings = [f.to_dict() for f in ph.findings]
+    regions = [r for r in REGIONS if r in ph.region_masks]
+    text_rng = np.random.default_rng([seed, plan.index, 1])
+    sentences = region_sentences(findings, regions, text_rng)
+    file = name + ".nii.gz"
+    rows: dict[str, list[tuple]] = {
+        "region_report": [(file, r, sentences[r]) for r in regions]
+        + [(file, "", whole_report(sentences))],
+        "case_disorders": [(file, disorders(findings))],
+    }
+    for stem, items in vqa_rows(findings, text_rng).items():
+        rows[stem] = [(file, *item) for item in items]
+    found = {f["region"] for f in findings}
+    gt = {
+        "volume": name,
+        "split": plan.split,
+        "shape": list(ph.volume.shape),
+        "spacing_mm": [round(s, 4) for s in ph.spacing_mm],
+        "findings": findings,
+        "normal_regions": [r for r in regions if r not in found],
+    }
+    return {"gt": gt, "rows": rows, "labels": label_vector(findings)}
+
+
+def _work(args: tuple) -> dict:
+    return synth_volume(*args)
+
+
+def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_tables(root: Path, results: list[dict]) -> None:
+    for split in SPLITS:
+        mine = [r for r in results if r["gt"]["split"] == split]
+        for stem, header in CSV_COLUMNS.items():
+            _write_csv(
+                csv_path(root, split, stem), header, [row for r in mine for row in r["rows"][stem]]
+            )
+        _write_csv(
+            root / LABELS_FOLDER / f"{split}_predicted_labels.csv",
+            ("VolumeName", *CT_RATE_LABELS),
+            [(r["gt"]["volume"] + ".nii.gz", *r["labels"]) for r in mine],
+        )
+    lines = "".join(json.dumps(r["gt"]) + "\n" for r in results)
+    tmp = root / (GROUND_TRUTH_FILE + ".tmp")
+    tmp.write_text(lines, encoding="utf-8")
+    os.replace(tmp, root / GROUND_TRUTH_FILE)
+
+
+def check_args(
+    num_volumes: int, shape: tuple[int, ...], valid_fraction: float, workers: int
+) -> None:
+    """Raise ValueError with a clear message for arguments ``rgct synth`` refuses."""
+    if num_volumes < 1:
+        raise ValueError(f"--num-volumes must be >= 1, got {num_volumes}")
+    if len(shape) != 3 or min(shape) < MIN_SIZE:
+        raise ValueError(f"--shape must be 3 sizes D H W, each >= {MIN_SIZE}, got {list(shape)}")
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"--valid-fraction must lie in [0, 1), got {valid_fraction}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+
+
+def write_dataset(
+    out: str | Path,
+    num_volumes: int,
+    seed: int = 0,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    valid_fraction: float = 0.2,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Write ``num_volumes`` phantoms and their CSVs to ``out`` (atomically, as a folder).
+
+    Args:
+        out: dataset folder; must be absent or empty unless ``overwrite``.
+        num_volumes: number of volumes (>= 1).
+        seed: dataset seed; volume i uses ``default_rng([seed, i])``.
+        shape: (D, H, W) voxels; the spacing is the field of view divided by it.
+        valid_fraction: share of volumes in the 'valid' split, in [0, 1).
+        workers: processes building volumes in parallel.
+        overwrite: replace a non-empty ``out``.
+        progress: show a progress bar.
+
+    Returns:
+        The ground-truth records, in volume order.
+
+    Raises:
+        ValueError: bad arguments. FileExistsError: ``out`` is not empty and not ``overwrite``.
+    """
+    shape = tuple(int(s) for s in shape)
+    check_args(num_volumes, shape, valid_fraction, workers)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    plans = plan_volumes(num_volumes, seed, valid_fraction)
+    jobs = [(p, tmp, seed, shape) for p in plans]
+    start = time.perf_counter()
+    try:
+        bar = dict(total=len(jobs), desc="rgct synth", unit="vol", disable=not progress)
+        if workers == 1:
+            results = [_work(j) for j in tqdm(jobs, **bar)]
+        else:
+            with mp.get_context("fork").Pool(workers) as pool:
+                results = list(tqdm(pool.imap(_work, jobs, chunksize=1), **bar))
+        _write_tables(tmp, results)
+        if out.exists():
+            old = out.with_name(f"{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    elapsed = time.perf_counter() - start
+    logger.info(
+        "wrote %d volumes to %s in %.1f s (%.2f s/volume)",
+        len(plans),
+        out,
+        elapsed,
+        elapsed / len(plans),
+    )
+    return [r["gt"] for r in results]
