@@ -15,11 +15,20 @@ import sys
 
 # command -> (module, one-line help). "data" has its own sub-subcommands.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("rgct.data.synth_cli", "write a synthetic phantom dataset in the RadGenome-Chest CT layout"),
-    "data": ("rgct.data.check_cli", "inspect a dataset folder ('rgct data check DIR', 'rgct data show')"),
+    "synth": (
+        "rgct.data.synth_cli",
+        "write a synthetic phantom dataset in the RadGenome-Chest CT layout",
+    ),
+    "data": (
+        "rgct.data.check_cli",
+        "inspect a dataset folder ('rgct data check DIR', 'rgct data show')",
+    ),
     "train": ("rgct.train.cli", "fine-tune a model (same as scripts/train.py)"),
     "generate": ("rgct.generate.cli", "batch-generate reports and answers for a split to JSONL"),
-    "evaluate": ("rgct.eval.cli", "score predictions: language, clinical, VQA and grounding metrics"),
+    "evaluate": (
+        "rgct.eval.cli",
+        "score predictions: language, clinical, VQA and grounding metrics",
+    ),
     "label": ("rgct.eval.label_cli", "add one 0/1 column per CT-RATE label to a CSV of reports"),
     "plot": ("rgct.train.plot", "draw a run's loss curves to a PNG"),
     "demo": ("rgct.demo_cli", "launch the Gradio app (shipped demo model by default)"),

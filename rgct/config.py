@@ -75,7 +75,9 @@ class DataConfig:
             raise ConfigError(f"data.input_shape must be 3 sizes >= 8, got {self.input_shape}")
         lo, hi = self.hu_window
         if not lo < hi:
-            raise ConfigError(f"data.hu_window must be (low, high) with low < high, got {self.hu_window}")
+            raise ConfigError(
+                f"data.hu_window must be (low, high) with low < high, got {self.hu_window}"
+            )
         if not 0.0 <= self.unnamed_region_fraction <= 1.0:
             raise ConfigError("data.unnamed_region_fraction must lie in [0, 1]")
 
@@ -117,7 +119,15 @@ class ModelConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
     )
     """Module names inside the LLM that receive LoRA adapters."""
     train_llm_lora: bool = True
@@ -131,9 +141,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         g = round(self.num_global_tokens ** (1 / 3))
         if g**3 != self.num_global_tokens:
-            raise ConfigError(f"model.num_global_tokens must be a cube (1, 8, 27, 64), got {self.num_global_tokens}")
+            raise ConfigError(
+                f"model.num_global_tokens must be a cube (1, 8, 27, 64), got {self.num_global_tokens}"
+            )
         if self.num_region_tokens not in (1, 2, 3):
-            raise ConfigError(f"model.num_region_tokens must be 1, 2 or 3, got {self.num_region_tokens}")
+            raise ConfigError(
+                f"model.num_region_tokens must be 1, 2 or 3, got {self.num_region_tokens}"
+            )
         if self.projector not in ("linear", "mlp"):
             raise ConfigError(f"model.projector must be 'linear' or 'mlp', got {self.projector!r}")
 
@@ -200,7 +214,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in ("auto", "no", "bf16"):
-            raise ConfigError(f"train.mixed_precision must be auto/no/bf16, got {self.mixed_precision!r}")
+            raise ConfigError(
+                f"train.mixed_precision must be auto/no/bf16, got {self.mixed_precision!r}"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device must be auto/cpu/cuda, got {self.device!r}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.max_steps < 0:
@@ -213,8 +229,10 @@ class TrainConfig:
         if self.objective not in ("lm", "aux"):
             raise ConfigError(f"train.objective must be 'lm' or 'aux', got {self.objective!r}")
         if self.resume is not None and self.init_from is not None:
-            raise ConfigError("train.resume and train.init_from exclude each other: resume continues "
-                              "a run, init_from starts a new one from a checkpoint's weights")
+            raise ConfigError(
+                "train.resume and train.init_from exclude each other: resume continues "
+                "a run, init_from starts a new one from a checkpoint's weights"
+            )
 
 
 @dataclass
@@ -225,10 +243,16 @@ class RGCTConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self) -> None:
-        if not self.model.train_llm_lora and not self.model.train_projector and self.model.encoder.freeze:
+        if (
+            not self.model.train_llm_lora
+            and not self.model.train_projector
+            and self.model.encoder.freeze
+        ):
             raise ConfigError("nothing would train: encoder frozen, projector and LoRA off")
         if self.train.objective == "aux" and self.model.encoder.freeze:
-            raise ConfigError("train.objective=aux trains the encoder: model.encoder.freeze must be false")
+            raise ConfigError(
+                "train.objective=aux trains the encoder: model.encoder.freeze must be false"
+            )
         if self.train.objective == "aux" and self.model.aux_loss_weight <= 0:
             raise ConfigError("train.objective=aux needs model.aux_loss_weight > 0")
 
@@ -275,7 +299,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+        return {
+            _coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()
+        }
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -287,6 +313,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -355,7 +386,9 @@ def _read_yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: top level must be a mapping")
     merged: dict = {}
     for parent in data.pop("defaults", []) or []:
-        merged = _deep_merge(merged, _read_yaml_layers(path.parent / parent, seen + (path.resolve(),)))
+        merged = _deep_merge(
+            merged, _read_yaml_layers(path.parent / parent, seen + (path.resolve(),))
+        )
     return _deep_merge(merged, data)
 
 

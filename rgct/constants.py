@@ -10,6 +10,9 @@ from __future__ import annotations
 IGNORE_INDEX = -100
 """Label value ignored by the language-model loss (prompt and padding positions)."""
 
+METRICS_FILE = "metrics.jsonl"
+"""Per-step training metrics inside a run folder (read by ``rgct plot``)."""
+
 # Placeholder tokens added to the tokenizer. The prompt holds one VOLUME_TOKEN per global
 # volume token and one REGION_TOKEN per region token; the model writes the projected visual
 # embeddings where they stand.

@@ -65,7 +65,9 @@ class Predictor:
         self.regions: tuple[str, ...] = REGIONS
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", merge_lora: bool = False) -> Predictor:
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", merge_lora: bool = False
+    ) -> Predictor:
         dev = pick_device(device)
         model, cfg = load_checkpoint(path, device=dev, merge_lora=merge_lora)
         return cls(model, cfg, dev)
@@ -77,13 +79,23 @@ class Predictor:
         if isinstance(volume, np.ndarray):
             if volume.ndim != 3:
                 raise ValueError(f"a volume array must be (D, H, W), got shape {volume.shape}")
-            return Volume(array=volume.astype(np.float32), affine=np.eye(4), spacing=(1.0, 1.0, 1.0), source="array")
+            return Volume(
+                array=volume.astype(np.float32),
+                affine=np.eye(4),
+                spacing=(1.0, 1.0, 1.0),
+                source="array",
+            )
         return load_volume(volume)
 
-    def prepare(self, volume: Any, masks: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def prepare(
+        self, volume: Any, masks: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Volume + masks -> model tensors (1,1,D,H,W) and {name: (1,1,D,H,W)}; masks checked."""
         vol = self.load(volume)
-        arrays = {name: (np.ones(vol.array.shape, bool) if m is None else load_mask(m, vol)) for name, m in masks.items()}
+        arrays = {
+            name: (np.ones(vol.array.shape, bool) if m is None else load_mask(m, vol))
+            for name, m in masks.items()
+        }
         image, out = preprocess(vol, arrays, self.cfg.data)
         return image[None].to(self.device), {k: v[None].to(self.device) for k, v in out.items()}
 
@@ -96,7 +108,13 @@ class Predictor:
         return contextlib.nullcontext()
 
     @torch.no_grad()
-    def _run(self, image: torch.Tensor, masks: list[torch.Tensor], prompts: list[str], gen: GenerationConfig) -> list[str]:
+    def _run(
+        self,
+        image: torch.Tensor,
+        masks: list[torch.Tensor],
+        prompts: list[str],
+        gen: GenerationConfig,
+    ) -> list[str]:
         """One encoder pass for the volume, then batched generation over (mask, prompt) rows."""
         with self._autocast():
             grid = self.model.encode_image(image)
@@ -110,17 +128,34 @@ class Predictor:
 
     # -- public API ------------------------------------------------------------------------------
     def region_report(
-        self, volume: Any, mask: Any, region: str | None = None, *, max_new_tokens: int | None = None,
+        self,
+        volume: Any,
+        mask: Any,
+        region: str | None = None,
+        *,
+        max_new_tokens: int | None = None,
         num_beams: int | None = None,
     ) -> str:
         """Findings for one region. ``region=None`` lets the mask alone say where to look."""
-        prompt = (REPORT_PROMPTS["region_report"].format(region=region) if region
-                  else REPORT_PROMPTS["region_report_unnamed"])
+        prompt = (
+            REPORT_PROMPTS["region_report"].format(region=region)
+            if region
+            else REPORT_PROMPTS["region_report_unnamed"]
+        )
         image, masks = self.prepare(volume, {"region": mask})
-        return self._run(image, [masks["region"]], [prompt], self._gen(max_new_tokens=max_new_tokens, num_beams=num_beams))[0]
+        return self._run(
+            image,
+            [masks["region"]],
+            [prompt],
+            self._gen(max_new_tokens=max_new_tokens, num_beams=num_beams),
+        )[0]
 
     def report(
-        self, volume: Any, masks: dict[str, Any], *, max_new_tokens: int | None = None,
+        self,
+        volume: Any,
+        masks: dict[str, Any],
+        *,
+        max_new_tokens: int | None = None,
         num_beams: int | None = None,
     ) -> dict:
         """A whole report assembled region by region, each sentence tagged with its region.
@@ -132,19 +167,36 @@ class Predictor:
         order = [r for r in REGIONS if r in masks] + [r for r in masks if r not in REGIONS]
         image, prepared = self.prepare(volume, {r: masks[r] for r in order})
         prompts = [REPORT_PROMPTS["region_report"].format(region=r) for r in order]
-        texts = self._run(image, [prepared[r] for r in order], prompts,
-                          self._gen(max_new_tokens=max_new_tokens, num_beams=num_beams))
-        sentences = [{"region": r, "text": s} for r, t in zip(order, texts) for s in split_sentences(t)]
-        return {"text": " ".join(s["text"] for s in sentences), "sentences": sentences,
-                "regions": dict(zip(order, texts))}
+        texts = self._run(
+            image,
+            [prepared[r] for r in order],
+            prompts,
+            self._gen(max_new_tokens=max_new_tokens, num_beams=num_beams),
+        )
+        sentences = [
+            {"region": r, "text": s} for r, t in zip(order, texts) for s in split_sentences(t)
+        ]
+        return {
+            "text": " ".join(s["text"] for s in sentences),
+            "sentences": sentences,
+            "regions": dict(zip(order, texts)),
+        }
 
     def answer(
-        self, volume: Any, question: str, mask: Any = None, *, max_new_tokens: int | None = None,
+        self,
+        volume: Any,
+        question: str,
+        mask: Any = None,
+        *,
+        max_new_tokens: int | None = None,
         num_beams: int | None = None,
     ) -> str:
         """Answer a question about the volume (optionally about the masked region)."""
         if not question or not question.strip():
             raise ValueError("the question is empty")
         image, masks = self.prepare(volume, {WHOLE_SCAN: mask})
-        gen = self._gen(max_new_tokens=max_new_tokens or min(self.cfg.generation.max_new_tokens, 32), num_beams=num_beams)
+        gen = self._gen(
+            max_new_tokens=max_new_tokens or min(self.cfg.generation.max_new_tokens, 32),
+            num_beams=num_beams,
+        )
         return self._run(image, [masks[WHOLE_SCAN]], [question.strip()], gen)[0]

@@ -1,6 +1,6 @@
 """`make demo`: region-linked reports from the shipped model for held-out phantoms, beside the truth.
 
-    python scripts/demo_reports.py --data data/demo_phantoms --limit 3 [--checkpoint DIR]
+python scripts/demo_reports.py --data data/demo_phantoms --limit 3 [--checkpoint DIR]
 """
 
 import argparse
@@ -15,7 +15,9 @@ from rgct.inference import Predictor, default_checkpoint
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", required=True, help="phantom dataset (rgct synth)")
     ap.add_argument("--split", default="valid")
     ap.add_argument("--limit", type=int, default=3, help="number of volumes")
@@ -34,8 +36,16 @@ if __name__ == "__main__":
         report = predictor.report(volume_path(a.data, volume), masks)
         print(f"\n=== {volume}  ({time.perf_counter() - t0:.1f} s for {len(masks)} regions)")
         findings = truth.get(volume, {}).get("findings", [])
-        print("ground truth findings: " + ("; ".join(
-            f"{f['label']} ({f['lobe'] or f['region']}, {f['size_mm']:.0f} mm)" for f in findings) or "none"))
+        print(
+            "ground truth findings: "
+            + (
+                "; ".join(
+                    f"{f['label']} ({f['lobe'] or f['region']}, {f['size_mm']:.0f} mm)"
+                    for f in findings
+                )
+                or "none"
+            )
+        )
         refs = refs_by_volume.get(volume, {})
         for region, text in report["regions"].items():
             print(f"  [{region}]")

@@ -60,7 +60,12 @@ def phantom_root(tmp_path_factory) -> Path:
 
 
 def tiny_overrides(root: Path, out: Path, *extra: str) -> list[str]:
-    return [f"data.root={root}", f"train.output_dir={out}", "data.cache_dir=" + str(out.parent / "cache"), *extra]
+    return [
+        f"data.root={root}",
+        f"train.output_dir={out}",
+        "data.cache_dir=" + str(out.parent / "cache"),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -70,5 +75,8 @@ def tiny_checkpoint(phantom_root, tmp_path_factory) -> Path:
     from rgct.train.loop import train
 
     out = tmp_path_factory.mktemp("tiny_run") / "run"
-    cfg = load_config([TINY_MODEL, TINY_TRAIN], tiny_overrides(phantom_root, out, "train.max_steps=4", "train.eval_every=0"))
+    cfg = load_config(
+        [TINY_MODEL, TINY_TRAIN],
+        tiny_overrides(phantom_root, out, "train.max_steps=4", "train.eval_every=0"),
+    )
     return train(cfg)

@@ -138,11 +138,10 @@ SYNTH_MISSING = importlib.util.find_spec("rgct.data.synth") is None
 
 @pytest.mark.skipif(SYNTH_MISSING, reason="rgct.data.synth missing")
 def test_synth_dataset_reads(tmp_path: Path) -> None:
-    from rgct.data.synth import write_dataset
-
     from rgct.config import DataConfig
     from rgct.data.dataset import RGCTDataset
     from rgct.data.records import build_samples, load_split
+    from rgct.data.synth import write_dataset
 
     root = tmp_path / "synth"
     write_dataset(root, num_volumes=3, seed=0, shape=(16, 32, 32), valid_fraction=0.34, workers=1)

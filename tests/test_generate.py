@@ -23,9 +23,18 @@ FIELDS = {"volume", "task", "region", "question", "prediction", "reference"}
 @pytest.fixture(scope="module")
 def mini_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gen") / "run"
-    cfg = load_config(TINY, [f"data.root={MINI}", f"train.output_dir={out}", "data.eval_split=train",
-                             f"data.cache_dir={out.parent / 'cache'}", "train.eval_every=0", "train.max_steps=8",
-                             "generation.max_new_tokens=8"])
+    cfg = load_config(
+        TINY,
+        [
+            f"data.root={MINI}",
+            f"train.output_dir={out}",
+            "data.eval_split=train",
+            f"data.cache_dir={out.parent / 'cache'}",
+            "train.eval_every=0",
+            "train.max_steps=8",
+            "generation.max_new_tokens=8",
+        ],
+    )
     return train(cfg)
 
 
@@ -48,7 +57,15 @@ def test_generate_fields_resume_and_shards(mini_checkpoint, tmp_path):
     merge_parts(out)
     rows = read(out)
     assert rows and all(FIELDS <= set(r) for r in rows)
-    assert {r["task"] for r in rows} == {"report", "region_report", "abnormality", "presence", "location", "size", "disorders"}
+    assert {r["task"] for r in rows} == {
+        "report",
+        "region_report",
+        "abnormality",
+        "presence",
+        "location",
+        "size",
+        "disorders",
+    }
     report = next(r for r in rows if r["task"] == "report")
     assert all(set(s) == {"region", "text"} for s in report["sentences"])
     keys = [(r["volume"], r["task"], r["region"], r["question"]) for r in rows]
@@ -81,8 +98,30 @@ def test_blind_generation_runs(mini_checkpoint, tmp_path):
 
 def test_cli_generate(mini_checkpoint, tmp_path):
     out = tmp_path / "cli.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "rgct.cli", "generate", "--checkpoint", str(mini_checkpoint),
-                           "--data", str(MINI), "--split", "train", "--tasks", "region", "--out", str(out),
-                           "--batch-size", "4", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rgct.cli",
+            "generate",
+            "--checkpoint",
+            str(mini_checkpoint),
+            "--data",
+            str(MINI),
+            "--split",
+            "train",
+            "--tasks",
+            "region",
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert all(r["task"] == "region_report" for r in read(out))

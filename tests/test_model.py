@@ -28,7 +28,11 @@ def tiny_batch(model, b: int = 3):
     image = torch.rand(b, 1, d, h, w, generator=g)
     mask = torch.zeros(b, 1, d, h, w)
     mask[:, :, 2:10, 4:20, 4:20] = 1
-    prompts = ["Describe the findings in the lung.", "Can nodule be identified in the lung?", "What are the abnormalities in the scan?"][:b]
+    prompts = [
+        "Describe the findings in the lung.",
+        "Can nodule be identified in the lung?",
+        "What are the abnormalities in the scan?",
+    ][:b]
     answers = ["A 12 mm nodule is seen in the right lung upper lobe.", "Yes.", "no findings"][:b]
     return image, mask, model.tokenize(prompts, answers)
 
@@ -38,13 +42,17 @@ def tiny_batch(model, b: int = 3):
     [("cnn", 32, (4, 8, 8), (4, 4, 4)), ("vit", 48, (8, 8, 8), (2, 4, 4))],
 )
 def test_encoder_shapes(name, feature, patch, grid):
-    enc = build_encoder(EncoderConfig(name=name, feature_size=feature, patch_size=patch, depth=3), (16, 32, 32))
+    enc = build_encoder(
+        EncoderConfig(name=name, feature_size=feature, patch_size=patch, depth=3), (16, 32, 32)
+    )
     out = enc(torch.zeros(2, 1, 16, 32, 32))
     assert out.shape == (2, feature, *grid)
 
 
 def test_swin_encoder_shape():
-    enc = build_encoder(EncoderConfig(name="swin", feature_size=12, depth=2, num_heads=3), (32, 64, 64))
+    enc = build_encoder(
+        EncoderConfig(name="swin", feature_size=12, depth=2, num_heads=3), (32, 64, 64)
+    )
     assert enc(torch.zeros(1, 1, 32, 64, 64)).shape == (1, 192, 1, 2, 2)
 
 
@@ -55,7 +63,13 @@ def test_swin_encoder_shape():
         (EncoderConfig(name="cnn", patch_size=(3, 8, 8)), (15, 32, 32), "powers of two"),
         (EncoderConfig(name="cnn", patch_size=(8, 8, 8)), (20, 32, 32), "not divisible"),
         (EncoderConfig(name="vit", feature_size=50, num_heads=4), (16, 32, 32), "num_heads"),
-        (EncoderConfig(name="cnn", weights="/nonexistent/enc.safetensors", patch_size=(4, 8, 8), depth=3), (16, 32, 32), "does not exist"),
+        (
+            EncoderConfig(
+                name="cnn", weights="/nonexistent/enc.safetensors", patch_size=(4, 8, 8), depth=3
+            ),
+            (16, 32, 32),
+            "does not exist",
+        ),
     ],
 )
 def test_encoder_bad_arguments(cfg, shape, match):
@@ -106,7 +120,9 @@ def test_fusion_places_each_embedding_at_its_token():
     assert out[1, 0].tolist() == [3.0] * 3 and out[1, 1].tolist() == [4.0] * 3
     assert out[0, [0, 2, 4]].abs().sum() == 0 and out[1, 2:].abs().sum() == 0
     with pytest.raises(ValueError, match="placeholder count mismatch"):
-        fuse_embeddings(text, torch.tensor([[1, 0, 0, 0, 0], [1, 2, 0, 0, 0]]), visual, torch.tensor([1, 2]))
+        fuse_embeddings(
+            text, torch.tensor([[1, 0, 0, 0, 0], [1, 2, 0, 0, 0]]), visual, torch.tensor([1, 2])
+        )
 
 
 def test_prompt_holds_placeholders_and_labels_cover_only_the_answer(seed):
@@ -117,7 +133,9 @@ def test_prompt_holds_placeholders_and_labels_cover_only_the_answer(seed):
     assert (torch.isin(ids, model.placeholder_ids).sum(1) == n_visual).all()
     supervised = labels != -100
     assert not torch.isin(ids[supervised], model.placeholder_ids).any()
-    answer_ids = model.tokenizer("Yes.", add_special_tokens=False)["input_ids"] + [model.tokenizer.eos_token_id]
+    answer_ids = model.tokenizer("Yes.", add_special_tokens=False)["input_ids"] + [
+        model.tokenizer.eos_token_id
+    ]
     assert ids[1][supervised[1]].tolist() == answer_ids
 
 
@@ -126,7 +144,10 @@ def test_prompt_holds_placeholders_and_labels_cover_only_the_answer(seed):
     [
         ([], {"encoder", "pooler", "projector", "evidence", "llm"}),
         (["model.train_llm_lora=false"], {"encoder", "pooler", "projector", "evidence"}),
-        (["model.train_llm_lora=false", "model.encoder.freeze=true"], {"pooler", "projector", "evidence"}),
+        (
+            ["model.train_llm_lora=false", "model.encoder.freeze=true"],
+            {"pooler", "projector", "evidence"},
+        ),
         (["model.train_projector=false", "model.encoder.freeze=true"], {"llm"}),
     ],
 )
@@ -136,7 +157,11 @@ def test_only_declared_parts_get_gradients(seed, overrides, expected):
     out = model(image, mask, **enc, aux_labels=torch.ones(3, 18), has_labels=torch.ones(3))
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
-    with_grad = {n.split(".", 1)[0] for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    with_grad = {
+        n.split(".", 1)[0]
+        for n, p in model.named_parameters()
+        if p.grad is not None and p.grad.abs().sum() > 0
+    }
     assert with_grad == expected
     llm_grads = [n for n, p in model.llm.named_parameters() if p.grad is not None]
     assert all("lora_" in n for n in llm_grads)
@@ -144,7 +169,9 @@ def test_only_declared_parts_get_gradients(seed, overrides, expected):
 
 def test_nothing_trainable_is_a_config_error():
     with pytest.raises(ConfigError, match="nothing would train"):
-        tiny_cfg("model.train_llm_lora=false", "model.train_projector=false", "model.encoder.freeze=true")
+        tiny_cfg(
+            "model.train_llm_lora=false", "model.train_projector=false", "model.encoder.freeze=true"
+        )
 
 
 def test_bad_image_shape_and_mismatched_batch(seed):
@@ -193,13 +220,21 @@ def test_load_checkpoint_missing_files(tmp_path):
 def test_batched_generation_equals_one_by_one(seed, tmp_path):
     model = build_model(tiny_cfg()).eval()
     image, mask, _ = tiny_batch(model)
-    prompts = ["Describe the findings in the lung.", "Can nodule be identified in the lung?", "Where?"]
+    prompts = [
+        "Describe the findings in the lung.",
+        "Can nodule be identified in the lung?",
+        "Where?",
+    ]
     batched = model.generate(image, mask, prompts)
-    single = [model.generate(image[i : i + 1], mask[i : i + 1], [p])[0] for i, p in enumerate(prompts)]
+    single = [
+        model.generate(image[i : i + 1], mask[i : i + 1], [p])[0] for i, p in enumerate(prompts)
+    ]
     assert batched == single
 
 
-@pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "configs" / "model").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "preset", sorted(p.name for p in (REPO / "configs" / "model").glob("*.yaml"))
+)
 def test_every_model_preset_builds(preset, rgct_cache):
     cfg = load_config([REPO / "configs" / "model" / preset])
     model = build_model(cfg)
@@ -208,4 +243,8 @@ def test_every_model_preset_builds(preset, rgct_cache):
     assert grid.shape[1] == model.encoder.out_channels
     mask = torch.ones(1, 1, d, h, w)
     visual, logits = model.visual_tokens(grid, mask)
-    assert visual.shape == (1, sum(model.num_visual_tokens), model.llm.get_input_embeddings().embedding_dim)
+    assert visual.shape == (
+        1,
+        sum(model.num_visual_tokens),
+        model.llm.get_input_embeddings().embedding_dim,
+    )

@@ -22,12 +22,23 @@ TINY = [REPO / "configs" / "model" / "tiny.yaml", REPO / "configs" / "train" / "
 
 
 def cfg_for(out: Path, *extra: str):
-    return load_config(TINY, [f"data.root={MINI}", f"train.output_dir={out}", f"data.cache_dir={out.parent / 'cache'}",
-                              "data.eval_split=train", *extra])
+    return load_config(
+        TINY,
+        [
+            f"data.root={MINI}",
+            f"train.output_dir={out}",
+            f"data.cache_dir={out.parent / 'cache'}",
+            "data.eval_split=train",
+            *extra,
+        ],
+    )
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return {**load_file(str(folder / "vision.safetensors")), **load_file(str(folder / "adapter_model.safetensors"))}
+    return {
+        **load_file(str(folder / "vision.safetensors")),
+        **load_file(str(folder / "adapter_model.safetensors")),
+    }
 
 
 def test_tiny_run_writes_checkpoints(tmp_path):
@@ -36,7 +47,12 @@ def test_tiny_run_writes_checkpoints(tmp_path):
     assert [c.name for c in ckpts] == ["step_0000003", "step_0000006"]  # keep_last=2, save_every=3
     for c in ckpts:
         assert all((c / f).is_file() for f in REQUIRED_FILES)
-        assert {p.name for p in (c / STATE_DIR).iterdir()} == {"optimizer.pt", "scheduler.pt", "torch_rng.pt", "state.json"}
+        assert {p.name for p in (c / STATE_DIR).iterdir()} == {
+            "optimizer.pt",
+            "scheduler.pt",
+            "torch_rng.pt",
+            "state.json",
+        }
     assert all((final / f).is_file() for f in REQUIRED_FILES)
     assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*"))
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -62,23 +78,59 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_init_from_loads_weights(tmp_path):
-    first = train(cfg_for(tmp_path / "s0", "train.eval_every=0", "train.objective=aux", "model.train_llm_lora=false"))
-    cfg = cfg_for(tmp_path / "s1", "train.eval_every=0", "train.max_steps=1", f"train.init_from={first}",
-                  "train.init_from_parts=[encoder,pooler]",
-                  "model.encoder.freeze=true")
+    first = train(
+        cfg_for(
+            tmp_path / "s0",
+            "train.eval_every=0",
+            "train.objective=aux",
+            "model.train_llm_lora=false",
+        )
+    )
+    cfg = cfg_for(
+        tmp_path / "s1",
+        "train.eval_every=0",
+        "train.max_steps=1",
+        f"train.init_from={first}",
+        "train.init_from_parts=[encoder,pooler]",
+        "model.encoder.freeze=true",
+    )
     second = train(cfg)
-    enc_a = {k: v for k, v in load_file(str(first / "vision.safetensors")).items() if k.startswith("encoder.")}
-    enc_b = {k: v for k, v in load_file(str(second / "vision.safetensors")).items() if k.startswith("encoder.")}
-    assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)  # frozen encoder kept stage-0 weights
+    enc_a = {
+        k: v
+        for k, v in load_file(str(first / "vision.safetensors")).items()
+        if k.startswith("encoder.")
+    }
+    enc_b = {
+        k: v
+        for k, v in load_file(str(second / "vision.safetensors")).items()
+        if k.startswith("encoder.")
+    }
+    assert all(
+        torch.equal(enc_a[k], enc_b[k]) for k in enc_a
+    )  # frozen encoder kept stage-0 weights
 
 
 def test_two_processes(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"), str(REPO / "scripts" / "train.py"),
-           "--config", str(TINY[0]), "--config", str(TINY[1]), f"data.root={MINI}", f"train.output_dir={out}",
-           f"data.cache_dir={tmp_path / 'cache'}", "data.eval_split=train", "train.max_steps=4", "train.save_every=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
+        str(REPO / "scripts" / "train.py"),
+        "--config",
+        str(TINY[0]),
+        "--config",
+        str(TINY[1]),
+        f"data.root={MINI}",
+        f"train.output_dir={out}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.eval_split=train",
+        "train.max_steps=4",
+        "train.save_every=2",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = (out / "data_order" / "rank0.txt").read_text().splitlines()
@@ -90,9 +142,13 @@ def test_two_processes(tmp_path):
     assert all((out / "model" / f).is_file() for f in REQUIRED_FILES)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "train").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (REPO / "configs" / "train").glob("*.yaml"))
+)
 def test_every_train_config_loads(name):
-    cfg = load_config([REPO / "configs" / "model" / "smollm2.yaml", REPO / "configs" / "train" / name])
+    cfg = load_config(
+        [REPO / "configs" / "model" / "smollm2.yaml", REPO / "configs" / "train" / name]
+    )
     assert cfg.train.max_steps > 0
 
 
@@ -114,13 +170,19 @@ def test_bad_config_values_fail_before_work(tmp_path, overrides, match):
 
 
 def test_missing_data_path_fails_before_model_is_built(tmp_path):
-    cfg = load_config(TINY, [f"data.root={tmp_path / 'missing'}", f"train.output_dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        TINY, [f"data.root={tmp_path / 'missing'}", f"train.output_dir={tmp_path / 'run'}"]
+    )
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train(cfg)
     assert not (tmp_path / "run").exists()
 
 
 def test_cli_reports_bad_config(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rgct.cli", "train", "--config", str(TINY[0]), "train.bogus=1"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rgct.cli", "train", "--config", str(TINY[0]), "train.bogus=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "unknown config key 'train.bogus'" in proc.stderr

@@ -13,11 +13,16 @@ logger = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped demo model)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="checkpoint folder (default: the shipped demo model)"
+    )
     parser.add_argument("--data", required=True, help="dataset folder in the RadGenome layout")
     parser.add_argument("--split", default="valid", help="train | valid (validation)")
-    parser.add_argument("--tasks", default="report,region,vqa",
-                        help="comma list of groups (report, region, vqa) or task names")
+    parser.add_argument(
+        "--tasks",
+        default="report,region,vqa",
+        help="comma list of groups (report, region, vqa) or task names",
+    )
     parser.add_argument("--out", required=True, help="output JSONL")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per generate() call")
     parser.add_argument("--limit", type=int, default=None, help="use at most K volumes")
@@ -26,8 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--blind", action="store_true",
-                        help="blind baseline: visual tokens replaced by zeros")
+    parser.add_argument(
+        "--blind", action="store_true", help="blind baseline: visual tokens replaced by zeros"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
@@ -43,14 +49,30 @@ def run(args: argparse.Namespace) -> int:
     tasks = expand_tasks(args.tasks)
     accelerator = Accelerator(cpu=args.device == "cpu")
     model, cfg = load_checkpoint(args.checkpoint or default_checkpoint(), device=accelerator.device)
-    over = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
-            "temperature": args.temperature, "top_p": args.top_p}
+    over = {
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "num_beams": args.num_beams,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+    }
     gen = replace(cfg.generation, **{k: v for k, v in over.items() if v is not None})
     if args.sample:
         gen = replace(gen, do_sample=True)
-    run_generation(model, cfg, args.data, args.split, tasks, args.out, limit=args.limit,
-                   rank=accelerator.process_index, world=accelerator.num_processes,
-                   device=accelerator.device, blind=args.blind, gen=gen)
+    run_generation(
+        model,
+        cfg,
+        args.data,
+        args.split,
+        tasks,
+        args.out,
+        limit=args.limit,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
+        device=accelerator.device,
+        blind=args.blind,
+        gen=gen,
+    )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         out = merge_parts(args.out)

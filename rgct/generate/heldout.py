@@ -39,18 +39,28 @@ def summarize(metrics: dict) -> dict:
         "location_normalized": (vqa.get("location") or {}).get("normalized"),
         "abnormality_item_f1": (vqa.get("abnormality") or {}).get("item_f1"),
         "size_mae_mm": (vqa.get("size") or {}).get("mae_mm"),
-        "clinical_micro_f1": ((metrics.get("overall") or {}).get("clinical") or {}).get("micro", {}).get("f1"),
+        "clinical_micro_f1": ((metrics.get("overall") or {}).get("clinical") or {})
+        .get("micro", {})
+        .get("f1"),
     }
 
 
-def heldout_eval(model: RGCTModel, cfg: RGCTConfig, data_root: str | Path, out_dir: str | Path,
-                 split: str = "valid", limit: int | None = None) -> dict:
+def heldout_eval(
+    model: RGCTModel,
+    cfg: RGCTConfig,
+    data_root: str | Path,
+    out_dir: str | Path,
+    split: str = "valid",
+    limit: int | None = None,
+) -> dict:
     """Generate + score (model and blind baseline); return and write ``heldout.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gt = load_ground_truth(data_root)
     if gt is None:
-        raise FileNotFoundError(f"{data_root} has no ground_truth.jsonl: the held-out check needs phantoms")
+        raise FileNotFoundError(
+            f"{data_root} has no ground_truth.jsonl: the held-out check needs phantoms"
+        )
     result: dict = {"split": split, "volumes": None}
     for name, blind in (("model", False), ("blind_baseline", True)):
         preds = out_dir / f"predictions_{name}.jsonl"
@@ -70,13 +80,20 @@ def heldout_eval(model: RGCTModel, cfg: RGCTConfig, data_root: str | Path, out_d
 def card_section(result: dict) -> str:
     """Markdown table of a held-out result for the model card."""
     keys = list(result["model"])
-    lines = [f"Held-out split `{result['split']}`: {result['volumes']} phantom volumes never seen in training. "
-             "The blind baseline is the same model with its visual tokens replaced by zeros.", "",
-             "| metric | model | blind baseline |", "|---|---|---|"]
+    lines = [
+        f"Held-out split `{result['split']}`: {result['volumes']} phantom volumes never seen in training. "
+        "The blind baseline is the same model with its visual tokens replaced by zeros.",
+        "",
+        "| metric | model | blind baseline |",
+        "|---|---|---|",
+    ]
     for k in keys:
         a, b = result["model"][k], result["blind_baseline"][k]
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         lines.append(f"| {k} | {fmt(a)} | {fmt(b)} |")
     gain = result.get("finding_f1_gain_over_blind")
-    lines += ["", f"Finding F1 gain over the blind baseline: {'-' if gain is None else f'{gain:.3f}'}."]
+    lines += [
+        "",
+        f"Finding F1 gain over the blind baseline: {'-' if gain is None else f'{gain:.3f}'}.",
+    ]
     return "\n".join(lines) + "\n"

@@ -84,17 +84,43 @@ def plan_units(ds: RGCTDataset, tasks: list[str]) -> list[Unit]:
                 regions_of.setdefault(ds.samples[i].volume, []).append(i)
             whole = {ds.samples[i].volume: ds.samples[i].answer for i in by_task.get("report", [])}
             for volume, rows in regions_of.items():
-                rows = sorted(rows, key=lambda i: REGIONS.index(ds.samples[i].region)
-                              if ds.samples[i].region in REGIONS else len(REGIONS))
+                rows = sorted(
+                    rows,
+                    key=lambda i: (
+                        REGIONS.index(ds.samples[i].region)
+                        if ds.samples[i].region in REGIONS
+                        else len(REGIONS)
+                    ),
+                )
                 ref = whole.get(volume) or " ".join(ds.samples[i].answer for i in rows)
                 q = REPORT_PROMPTS["report"]
-                units.append(Unit(unit_key(volume, task, WHOLE_SCAN, q), task, volume, WHOLE_SCAN, q, ref,
-                                  rows, [ds.samples[i].region for i in rows]))
+                units.append(
+                    Unit(
+                        unit_key(volume, task, WHOLE_SCAN, q),
+                        task,
+                        volume,
+                        WHOLE_SCAN,
+                        q,
+                        ref,
+                        rows,
+                        [ds.samples[i].region for i in rows],
+                    )
+                )
             continue
         for i in by_task.get(task, []):
             s = ds.samples[i]
-            units.append(Unit(unit_key(s.volume, task, s.region, s.prompt), task, s.volume, s.region,
-                              s.prompt, s.answer, [i], [s.region]))
+            units.append(
+                Unit(
+                    unit_key(s.volume, task, s.region, s.prompt),
+                    task,
+                    s.volume,
+                    s.region,
+                    s.prompt,
+                    s.answer,
+                    [i],
+                    [s.region],
+                )
+            )
     return units
 
 
@@ -116,7 +142,9 @@ def read_done(paths: list[Path]) -> dict[str, dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e}); remove the file to start over") from e
+                raise ValueError(
+                    f"{path}:{n}: not valid JSON ({e}); remove the file to start over"
+                ) from e
             done[unit_key(row["volume"], row["task"], row["region"], row["question"])] = row
     return done
 
@@ -136,8 +164,14 @@ def _batches(units: list[Unit], batch_size: int) -> Iterator[list[Unit]]:
 
 
 @torch.no_grad()
-def generate_units(model: RGCTModel, ds: RGCTDataset, units: list[Unit], gen: GenerationConfig,
-                   device: torch.device, blind: bool = False) -> list[dict]:
+def generate_units(
+    model: RGCTModel,
+    ds: RGCTDataset,
+    units: list[Unit],
+    gen: GenerationConfig,
+    device: torch.device,
+    blind: bool = False,
+) -> list[dict]:
     """Generate the text of a group of units (one batched call) and build their output lines."""
     flat = [i for u in units for i in u.rows]
     # Named prompts at generation time (training may have used unnamed ones).
@@ -148,19 +182,39 @@ def generate_units(model: RGCTModel, ds: RGCTDataset, units: list[Unit], gen: Ge
             raise ValueError(f"sample {i} could not be read")
         items.append(item)
         s = ds.samples[i]
-        prompts.append(REPORT_PROMPTS["region_report"].format(region=s.region) if s.task == "region_report" else s.prompt)
+        prompts.append(
+            REPORT_PROMPTS["region_report"].format(region=s.region)
+            if s.task == "region_report"
+            else s.prompt
+        )
     batch = collate(items)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
     with autocast:
-        texts = model.generate(batch["image"].to(device), batch["mask"].to(device), prompts, gen, blind=blind)
+        texts = model.generate(
+            batch["image"].to(device), batch["mask"].to(device), prompts, gen, blind=blind
+        )
     out, k = [], 0
     for u in units:
         mine = texts[k : k + len(u.rows)]
         k += len(u.rows)
-        row = {"volume": u.volume, "task": u.task, "region": u.region, "question": u.question,
-               "prediction": " ".join(mine) if u.task == "report" else mine[0], "reference": u.reference}
+        row = {
+            "volume": u.volume,
+            "task": u.task,
+            "region": u.region,
+            "question": u.question,
+            "prediction": " ".join(mine) if u.task == "report" else mine[0],
+            "reference": u.reference,
+        }
         if u.task == "report":
-            row["sentences"] = [{"region": r, "text": s} for r, t in zip(u.row_regions, mine) for s in split_sentences(t)]
+            row["sentences"] = [
+                {"region": r, "text": s}
+                for r, t in zip(u.row_regions, mine)
+                for s in split_sentences(t)
+            ]
         out.append(row)
     return out
 
@@ -184,8 +238,9 @@ def run_generation(
     out = Path(out)
     device = device or next(model.parameters()).device
     gen = gen or cfg.generation
-    data_cfg = replace(cfg.data, root=str(data_root), unnamed_region_fraction=0.0, augment=False,
-                       max_volumes=limit)
+    data_cfg = replace(
+        cfg.data, root=str(data_root), unnamed_region_fraction=0.0, augment=False, max_volumes=limit
+    )
     needed = sorted({t for t in tasks} | ({"region_report"} if "report" in tasks else set()))
     ds = RGCTDataset(data_cfg, split, train=False, tasks=needed)
     units = plan_units(ds, tasks)
@@ -195,7 +250,10 @@ def run_generation(
     logger.info("rank %d: %d units to generate (%d already done)", rank, len(mine), len(done))
     out.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    with open(part, "a") as f, tqdm(total=len(mine), desc=f"generate[{rank}]", disable=rank != 0) as bar:
+    with (
+        open(part, "a") as f,
+        tqdm(total=len(mine), desc=f"generate[{rank}]", disable=rank != 0) as bar,
+    ):
         for group in _batches(mine, gen.batch_size):
             for row in generate_units(model, ds, group, gen, device, blind=blind):
                 f.write(json.dumps(row) + "\n")
@@ -216,7 +274,9 @@ def merge_parts(out: str | Path) -> Path:
     order = order_file.read_text().splitlines() if order_file.is_file() else sorted(rows)
     missing = [k for k in order if k not in rows]
     if missing:
-        raise RuntimeError(f"{len(missing)} outputs missing after generation (first: {missing[0]}); rerun to resume")
+        raise RuntimeError(
+            f"{len(missing)} outputs missing after generation (first: {missing[0]}); rerun to resume"
+        )
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w") as f:
         for k in order:

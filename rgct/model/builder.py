@@ -44,7 +44,9 @@ def build_model(cfg: RGCTConfig) -> RGCTModel:
     torch.manual_seed(cfg.train.seed)
     model = RGCTModel(cfg.model, cfg.data.input_shape, attach_lora(llm, cfg.model), tokenizer)
     if cfg.model.gradient_checkpointing:
-        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.llm.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     return model
 
 
@@ -113,7 +115,10 @@ def check_checkpoint(directory: str | Path) -> Path:
 
 
 def load_checkpoint(
-    directory: str | Path, device: str | torch.device = "cpu", merge_lora: bool = False, overrides: list[str] | None = None
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    merge_lora: bool = False,
+    overrides: list[str] | None = None,
 ) -> tuple[RGCTModel, RGCTConfig]:
     """Load a checkpoint folder (safetensors only, nothing unpickled) in eval mode.
 
@@ -125,7 +130,9 @@ def load_checkpoint(
     """
     directory = check_checkpoint(directory)
     cfg = load_config([directory / CONFIG_FILE], overrides)
-    llm, tokenizer = build_llm(cfg.model.llm, cfg.model.llm_cache_dir, tokenizer_dir=directory, seed=cfg.train.seed)
+    llm, tokenizer = build_llm(
+        cfg.model.llm, cfg.model.llm_cache_dir, tokenizer_dir=directory, seed=cfg.train.seed
+    )
     if cfg.model.llm == "tiny":
         base = load_file(str(directory / TINY_BASE_FILE))
         missing, unexpected = llm.load_state_dict(base, strict=False)

@@ -28,9 +28,13 @@ from rgct.config import EncoderConfig
 
 def _check_divisible(input_shape: tuple[int, ...], patch: tuple[int, ...], name: str) -> None:
     if len(input_shape) != 3 or len(patch) != 3:
-        raise ValueError(f"{name}: input_shape and patch_size need 3 sizes, got {input_shape}, {patch}")
+        raise ValueError(
+            f"{name}: input_shape and patch_size need 3 sizes, got {input_shape}, {patch}"
+        )
     if any(s % p for s, p in zip(input_shape, patch)):
-        raise ValueError(f"{name}: input_shape {tuple(input_shape)} is not divisible by patch {tuple(patch)}")
+        raise ValueError(
+            f"{name}: input_shape {tuple(input_shape)} is not divisible by patch {tuple(patch)}"
+        )
 
 
 class CNNEncoder(nn.Module):
@@ -66,8 +70,13 @@ class CNNEncoder(nn.Module):
         # Strided stem: the full-resolution grid is touched by one cheap convolution only.
         layers: list[nn.Module] = [
             Convolution(
-                3, 1, widths[0], strides=next_stride(), kernel_size=3,
-                norm=("group", {"num_groups": 4}), act="GELU",
+                3,
+                1,
+                widths[0],
+                strides=next_stride(),
+                kernel_size=3,
+                norm=("group", {"num_groups": 4}),
+                act="GELU",
             )
         ]
         in_ch = widths[0]
@@ -75,7 +84,12 @@ class CNNEncoder(nn.Module):
             stride = next_stride()
             layers.append(
                 ResidualUnit(
-                    3, in_ch, w, strides=stride, subunits=2, act="GELU",
+                    3,
+                    in_ch,
+                    w,
+                    strides=stride,
+                    subunits=2,
+                    act="GELU",
                     norm=("group", {"num_groups": min(8, w // 4)}),
                 )
             )
@@ -92,14 +106,21 @@ class ViTEncoder(nn.Module):
     """MONAI ``ViT`` returning its patch tokens as a 3D grid."""
 
     def __init__(
-        self, input_shape, feature_size: int = 192, patch_size=(8, 8, 8), depth: int = 4, num_heads: int = 4
+        self,
+        input_shape,
+        feature_size: int = 192,
+        patch_size=(8, 8, 8),
+        depth: int = 4,
+        num_heads: int = 4,
     ) -> None:
         super().__init__()
         from monai.networks.nets import ViT
 
         _check_divisible(input_shape, patch_size, "vit")
         if feature_size % num_heads:
-            raise ValueError(f"vit: feature_size {feature_size} not divisible by num_heads {num_heads}")
+            raise ValueError(
+                f"vit: feature_size {feature_size} not divisible by num_heads {num_heads}"
+            )
         self.grid = tuple(s // p for s, p in zip(input_shape, patch_size))
         self.out_channels = feature_size
         self.patch_size = tuple(patch_size)
@@ -123,7 +144,9 @@ class ViTEncoder(nn.Module):
 class SwinEncoder(nn.Module):
     """MONAI Swin transformer (SwinUNETR's encoder); the last stage, stride 32."""
 
-    def __init__(self, input_shape, feature_size: int = 24, depth: int = 2, num_heads: int = 3) -> None:
+    def __init__(
+        self, input_shape, feature_size: int = 24, depth: int = 2, num_heads: int = 3
+    ) -> None:
         super().__init__()
         from monai.networks.nets.swin_unetr import SwinTransformer
 
@@ -146,7 +169,8 @@ class SwinEncoder(nn.Module):
 
 ENCODERS: dict[str, Callable[[EncoderConfig, tuple[int, int, int]], nn.Module]] = {
     "cnn": lambda c, shape: (
-        _check_divisible(shape, c.patch_size, "cnn") or CNNEncoder(c.feature_size, c.patch_size, c.depth)
+        _check_divisible(shape, c.patch_size, "cnn")
+        or CNNEncoder(c.feature_size, c.patch_size, c.depth)
     ),
     "vit": lambda c, shape: ViTEncoder(shape, c.feature_size, c.patch_size, c.depth, c.num_heads),
     "swin": lambda c, shape: SwinEncoder(shape, c.feature_size, max(1, c.depth // 2), c.num_heads),
@@ -156,7 +180,9 @@ ENCODERS: dict[str, Callable[[EncoderConfig, tuple[int, int, int]], nn.Module]] 
 def build_encoder(cfg: EncoderConfig, input_shape: tuple[int, int, int]) -> nn.Module:
     """Build the encoder named by ``cfg.name``; load ``cfg.weights`` (safetensors) if given."""
     if cfg.name not in ENCODERS:
-        raise ValueError(f"model.encoder.name={cfg.name!r} is unknown; choose from {sorted(ENCODERS)}")
+        raise ValueError(
+            f"model.encoder.name={cfg.name!r} is unknown; choose from {sorted(ENCODERS)}"
+        )
     encoder = ENCODERS[cfg.name](cfg, tuple(int(s) for s in input_shape))
     if cfg.weights:
         from safetensors.torch import load_file
@@ -166,5 +192,7 @@ def build_encoder(cfg: EncoderConfig, input_shape: tuple[int, int, int]) -> nn.M
             raise FileNotFoundError(f"model.encoder.weights: {path} does not exist")
         missing, unexpected = encoder.load_state_dict(load_file(str(path)), strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path}: encoder weights do not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise ValueError(
+                f"{path}: encoder weights do not match (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
     return encoder

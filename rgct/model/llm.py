@@ -193,7 +193,9 @@ def build_llm(
     folder = resolve_llm_folder(name, cache_dir)
     if folder is None:
         tokenizer = (
-            AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else build_tiny_tokenizer()
+            AutoTokenizer.from_pretrained(tokenizer_dir)
+            if tokenizer_dir
+            else build_tiny_tokenizer()
         )
         model = build_tiny_llm(len(tokenizer), seed=seed)
     else:

@@ -62,11 +62,15 @@ class RegionPooler(nn.Module):
             global_tokens (B, G, C), region_tokens (B, 2, C) [mean, max], logits (B, L).
         """
         if features.ndim != 5 or mask.ndim != 5 or features.shape[0] != mask.shape[0]:
-            raise ValueError(f"expected (B,C,d,h,w) features and (B,1,D,H,W) mask, got "
-                             f"{tuple(features.shape)} and {tuple(mask.shape)}")
+            raise ValueError(
+                f"expected (B,C,d,h,w) features and (B,1,D,H,W) mask, got "
+                f"{tuple(features.shape)} and {tuple(mask.shape)}"
+            )
         b, c = features.shape[:2]
         grid = tuple(features.shape[2:])
-        glob = F.adaptive_avg_pool3d(features, self.global_grid).flatten(2).transpose(1, 2)  # (B,G,C)
+        glob = (
+            F.adaptive_avg_pool3d(features, self.global_grid).flatten(2).transpose(1, 2)
+        )  # (B,G,C)
         flat = features.flatten(2)  # (B, C, N)
         weight = downsample_mask(mask, grid)  # (B, N)
         if (weight.sum(dim=1) <= 0).any():

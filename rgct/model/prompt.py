@@ -9,7 +9,9 @@ from rgct.constants import IGNORE_INDEX, REGION_TOKEN, VOLUME_TOKEN
 from rgct.model.llm import SYSTEM_PROMPT
 
 
-def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str, num_global: int, num_region: int) -> str:
+def format_prompt(
+    tokenizer: PreTrainedTokenizerBase, text: str, num_global: int, num_region: int
+) -> str:
     """The full prompt string (chat template applied) with the visual placeholders up front."""
     visual = VOLUME_TOKEN * num_global + REGION_TOKEN * num_region
     messages = [

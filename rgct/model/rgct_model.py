@@ -102,11 +102,15 @@ class RGCTModel(nn.Module):
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) -> patch grid (B, C, d, h, w)."""
         if image.ndim != 5 or image.shape[1] != 1 or tuple(image.shape[2:]) != self.input_shape:
-            raise ValueError(f"image must be (B, 1, {', '.join(map(str, self.input_shape))}), "
-                             f"got {tuple(image.shape)}")
+            raise ValueError(
+                f"image must be (B, 1, {', '.join(map(str, self.input_shape))}), "
+                f"got {tuple(image.shape)}"
+            )
         return self.encoder(image)
 
-    def visual_tokens(self, grid: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def visual_tokens(
+        self, grid: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Grid (B,C,d,h,w) + mask (B,1,D,H,W) -> visual embeddings (B,V,Hd), aux logits (B,L)."""
         glob, region, logits = self.pooler(grid, mask)
         n_region = self.cfg.num_region_tokens
@@ -115,7 +119,9 @@ class RGCTModel(nn.Module):
             tokens.append(self.evidence(torch.sigmoid(logits)).unsqueeze(1))
         return torch.cat(tokens, dim=1), logits
 
-    def aux_loss(self, logits: torch.Tensor, labels: torch.Tensor, has_labels: torch.Tensor) -> torch.Tensor:
+    def aux_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, has_labels: torch.Tensor
+    ) -> torch.Tensor:
         """Per-region abnormality BCE over samples whose labels are known (0 if none)."""
         keep = has_labels.bool()
         if not keep.any():
@@ -125,7 +131,9 @@ class RGCTModel(nn.Module):
     # -- training --------------------------------------------------------------------------------
     def tokenize(self, prompts: list[str], answers: list[str]) -> dict[str, torch.Tensor]:
         g, r = self.num_visual_tokens
-        return encode_for_training(self.tokenizer, prompts, answers, g, r, self.cfg.max_answer_tokens)
+        return encode_for_training(
+            self.tokenizer, prompts, answers, g, r, self.cfg.max_answer_tokens
+        )
 
     def forward(
         self,
@@ -148,10 +156,19 @@ class RGCTModel(nn.Module):
         if aux_labels is None:
             aux = logits.sum() * 0.0
         else:
-            known = has_labels if has_labels is not None else torch.ones(len(aux_labels), device=logits.device)
+            known = (
+                has_labels
+                if has_labels is not None
+                else torch.ones(len(aux_labels), device=logits.device)
+            )
             aux = self.aux_loss(logits, aux_labels, known)
         if input_ids is None:
-            return {"loss": aux, "lm_loss": aux.detach() * 0.0, "aux_loss": aux.detach(), "aux_logits": logits.detach()}
+            return {
+                "loss": aux,
+                "lm_loss": aux.detach() * 0.0,
+                "aux_loss": aux.detach(),
+                "aux_logits": logits.detach(),
+            }
         if labels is None or attention_mask is None:
             raise ValueError("input_ids need attention_mask and labels")
         if blind:
@@ -166,7 +183,12 @@ class RGCTModel(nn.Module):
             ignore_index=IGNORE_INDEX,
         )
         loss = lm_loss + self.cfg.aux_loss_weight * aux
-        return {"loss": loss, "lm_loss": lm_loss.detach(), "aux_loss": aux.detach(), "aux_logits": logits.detach()}
+        return {
+            "loss": loss,
+            "lm_loss": lm_loss.detach(),
+            "aux_loss": aux.detach(),
+            "aux_logits": logits.detach(),
+        }
 
     # -- generation ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -181,7 +203,9 @@ class RGCTModel(nn.Module):
         """Batched generation (left padding, KV cache) for precomputed grids (B,C,d,h,w)."""
         gen = gen or GenerationConfig()
         if len(prompts) != grid.shape[0] or mask.shape[0] != grid.shape[0]:
-            raise ValueError(f"{len(prompts)} prompts for {grid.shape[0]} grids and {mask.shape[0]} masks")
+            raise ValueError(
+                f"{len(prompts)} prompts for {grid.shape[0]} grids and {mask.shape[0]} masks"
+            )
         g, r = self.num_visual_tokens
         enc = encode_for_generation(self.tokenizer, prompts, g, r)
         device = grid.device

@@ -39,9 +39,14 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     root = checkpoint_dir(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX)
-             and (p / STATE_DIR / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and p.name.startswith(CKPT_PREFIX)
+        and (p / STATE_DIR / "state.json").is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
 
 
 def rng_state() -> dict:
@@ -90,7 +95,9 @@ def save_training_checkpoint(
     return target
 
 
-def load_model_weights(model: RGCTModel, directory: str | Path, parts: list[str] | tuple[str, ...] | None = None) -> None:
+def load_model_weights(
+    model: RGCTModel, directory: str | Path, parts: list[str] | tuple[str, ...] | None = None
+) -> None:
     """Load a checkpoint's vision weights and LoRA adapter (or only ``parts``) into a live model."""
     directory = Path(directory)
     parts = tuple(parts) if parts is not None else (*VISION_PARTS, "lora")
@@ -98,18 +105,22 @@ def load_model_weights(model: RGCTModel, directory: str | Path, parts: list[str]
     for part in VISION_PARTS:
         if part not in parts:
             continue
-        sub = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
+        sub = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
         try:
             getattr(model, part).load_state_dict(sub)
         except RuntimeError as e:
-            raise ValueError(f"{directory}: the {part} weights do not fit this model ({e}); "
-                             "choose train.init_from_parts accordingly") from e
+            raise ValueError(
+                f"{directory}: the {part} weights do not fit this model ({e}); "
+                "choose train.init_from_parts accordingly"
+            ) from e
     if "lora" not in parts:
         return
     adapter = load_file(str(directory / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model.llm, adapter)
     if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"{directory}: adapter keys do not match the model: {result.unexpected_keys[:5]}")
+        raise ValueError(
+            f"{directory}: adapter keys do not match the model: {result.unexpected_keys[:5]}"
+        )
 
 
 def load_training_checkpoint(model: RGCTModel, optimizer, scheduler, directory: str | Path) -> int:
@@ -117,9 +128,13 @@ def load_training_checkpoint(model: RGCTModel, optimizer, scheduler, directory: 
     directory = Path(directory)
     sd = directory / STATE_DIR
     if not (sd / "state.json").is_file():
-        raise FileNotFoundError(f"{directory} has no {STATE_DIR}/state.json: not a training checkpoint")
+        raise FileNotFoundError(
+            f"{directory} has no {STATE_DIR}/state.json: not a training checkpoint"
+        )
     load_model_weights(model, directory)
-    optimizer.load_state_dict(torch.load(sd / "optimizer.pt", weights_only=True, map_location="cpu"))
+    optimizer.load_state_dict(
+        torch.load(sd / "optimizer.pt", weights_only=True, map_location="cpu")
+    )
     scheduler.load_state_dict(torch.load(sd / "scheduler.pt", weights_only=True))
     return int(json.loads((sd / "state.json").read_text())["step"])
 

@@ -10,12 +10,26 @@ from rgct.config import load_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", action="append", default=[], metavar="YAML",
-                        help="config file (repeatable; later files override earlier ones)")
-    parser.add_argument("--resume", nargs="?", const="auto", default=None,
-                        help="continue from the latest checkpoint of the run (or a given folder)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. train.lr=2e-4 data.root=data/phantoms")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="config file (repeatable; later files override earlier ones)",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="continue from the latest checkpoint of the run (or a given folder)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. train.lr=2e-4 data.root=data/phantoms",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

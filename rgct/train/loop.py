@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from rgct.config import RGCTConfig, save_config
+from rgct.constants import METRICS_FILE
 from rgct.model.builder import build_model, default_card
 from rgct.model.rgct_model import RGCTModel
 from rgct.train.checkpoint import (
@@ -33,7 +34,6 @@ from rgct.train.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "model"
 
 
@@ -110,7 +110,9 @@ def evaluate(model: RGCTModel, accelerator: Accelerator, cfg: RGCTConfig, loader
         if losses:
             mean = accelerator.gather_for_metrics(torch.stack(losses).mean().reshape(1)).mean()
             out[f"val_loss/{task}"] = float(mean)
-    counts = accelerator.gather_for_metrics(torch.tensor([tp, fp, fn], device=accelerator.device).reshape(1, 3)).sum(0)
+    counts = accelerator.gather_for_metrics(
+        torch.tensor([tp, fp, fn], device=accelerator.device).reshape(1, 3)
+    ).sum(0)
     tp, fp, fn = (int(x) for x in counts)
     out["val_aux_f1"] = 2 * tp / max(2 * tp + fp + fn, 1)
     raw.train()
@@ -118,7 +120,9 @@ def evaluate(model: RGCTModel, accelerator: Accelerator, cfg: RGCTConfig, loader
 
 
 @torch.no_grad()
-def log_samples(model: RGCTModel, cfg: RGCTConfig, dataset, device: torch.device, n: int = 4) -> list[dict]:
+def log_samples(
+    model: RGCTModel, cfg: RGCTConfig, dataset, device: torch.device, n: int = 4
+) -> list[dict]:
     """Generate for a few validation samples and log them beside the reference."""
     from rgct.data.dataset import collate
 
@@ -127,13 +131,29 @@ def log_samples(model: RGCTModel, cfg: RGCTConfig, dataset, device: torch.device
     if not items:
         return []
     batch = collate(items)
-    preds = model.generate(batch["image"].to(device), batch["mask"].to(device), batch["prompt"], cfg.generation)
+    preds = model.generate(
+        batch["image"].to(device), batch["mask"].to(device), batch["prompt"], cfg.generation
+    )
     model.train()
     rows = []
     for p, item in zip(preds, items):
-        rows.append({"task": item["task"], "region": item["region"], "prompt": item["prompt"],
-                     "prediction": p, "reference": item["answer"]})
-        logger.info("[%s | %s] %s\n  pred: %s\n  ref:  %s", item["task"], item["region"], item["prompt"], p, item["answer"])
+        rows.append(
+            {
+                "task": item["task"],
+                "region": item["region"],
+                "prompt": item["prompt"],
+                "prediction": p,
+                "reference": item["answer"],
+            }
+        )
+        logger.info(
+            "[%s | %s] %s\n  pred: %s\n  ref:  %s",
+            item["task"],
+            item["region"],
+            item["prompt"],
+            p,
+            item["answer"],
+        )
     return rows
 
 
@@ -167,20 +187,36 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
         logger.info("initialised %s from %s", ", ".join(tc.init_from_parts), tc.init_from)
     world = accelerator.num_processes
     total_samples = tc.max_steps * tc.batch_size * tc.grad_accum * world
-    train_ds = RGCTDataset(cfg.data, cfg.data.train_split, train=True, num_samples=total_samples, seed=tc.seed)
-    loader = DataLoader(train_ds, batch_size=tc.batch_size, shuffle=False, collate_fn=collate,
-                        num_workers=cfg.data.num_workers, drop_last=True)
+    train_ds = RGCTDataset(
+        cfg.data, cfg.data.train_split, train=True, num_samples=total_samples, seed=tc.seed
+    )
+    loader = DataLoader(
+        train_ds,
+        batch_size=tc.batch_size,
+        shuffle=False,
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        drop_last=True,
+    )
     eval_loaders = {}
     sample_ds = None
     if tc.eval_every > 0:
         tasks = [t for t, w in cfg.data.tasks.items() if w > 0]
         for task in tasks:
-            ds = RGCTDataset(cfg.data, cfg.data.eval_split, train=False, tasks=[task], seed=tc.seed,
-                             num_samples=tc.eval_batches * tc.batch_size * world)
+            ds = RGCTDataset(
+                cfg.data,
+                cfg.data.eval_split,
+                train=False,
+                tasks=[task],
+                seed=tc.seed,
+                num_samples=tc.eval_batches * tc.batch_size * world,
+            )
             if len(ds):
                 eval_loaders[task] = DataLoader(ds, batch_size=tc.batch_size, collate_fn=collate)
         if tc.sample_every > 0:
-            sample_ds = RGCTDataset(cfg.data, cfg.data.eval_split, train=False, seed=tc.seed + 1, num_samples=4)
+            sample_ds = RGCTDataset(
+                cfg.data, cfg.data.eval_split, train=False, seed=tc.seed + 1, num_samples=4
+            )
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc)
     # The scheduler stays unprepared and steps once per optimizer step, so the schedule is the
@@ -206,7 +242,9 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
     active = accelerator.skip_first_batches(loader, skip) if skip else loader
     pending_rng = resume_from  # restored once the first batch is fetched (starting the
     # DataLoader iterator draws from the global RNG, which the uninterrupted run did at step 0)
-    pbar = tqdm(total=tc.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
+    pbar = tqdm(
+        total=tc.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train"
+    )
     model.train()
     t0, seen, window = time.time(), 0, []
     for batch in active:
@@ -226,7 +264,12 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
             if accelerator.sync_gradients:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        trace.write(" ".join(f"{v}:{t}:{r}" for v, t, r in zip(batch["volume"], batch["task"], batch["region"])).replace("\n", " ") + "\n")
+        trace.write(
+            " ".join(
+                f"{v}:{t}:{r}" for v, t, r in zip(batch["volume"], batch["task"], batch["region"])
+            ).replace("\n", " ")
+            + "\n"
+        )
         seen += len(batch["prompt"]) * world
         window.append([out["loss"].item(), out["lm_loss"].item(), out["aux_loss"].item()])
         if not accelerator.sync_gradients:
@@ -238,10 +281,18 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
             if not all(math.isfinite(v) for v in (loss, lm, aux)):
                 raise FloatingPointError(f"loss became {loss} at step {step}")
             elapsed = time.time() - t0
-            row = {"step": step, "loss": loss, "lm_loss": lm, "aux_loss": aux,
-                   "lr": scheduler.get_last_lr()[0], "samples_per_s": seen / max(elapsed, 1e-9),
-                   "step_time_s": elapsed / max(len(window) / tc.grad_accum, 1)}
-            pbar.set_postfix(loss=f"{loss:.3f}", aux=f"{aux:.3f}", sps=f"{row['samples_per_s']:.1f}")
+            row = {
+                "step": step,
+                "loss": loss,
+                "lm_loss": lm,
+                "aux_loss": aux,
+                "lr": scheduler.get_last_lr()[0],
+                "samples_per_s": seen / max(elapsed, 1e-9),
+                "step_time_s": elapsed / max(len(window) / tc.grad_accum, 1),
+            }
+            pbar.set_postfix(
+                loss=f"{loss:.3f}", aux=f"{aux:.3f}", sps=f"{row['samples_per_s']:.1f}"
+            )
             accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
             if accelerator.is_main_process:
                 _append_jsonl(metrics_path, row)
@@ -252,8 +303,12 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
             if accelerator.is_main_process:
                 _append_jsonl(metrics_path, {"step": step, **ev})
                 logger.info("step %d eval %s", step, {k: round(v, 4) for k, v in ev.items()})
-        if (sample_ds is not None and tc.objective == "lm" and accelerator.is_main_process
-                and (step % tc.sample_every == 0 or step == tc.max_steps)):
+        if (
+            sample_ds is not None
+            and tc.objective == "lm"
+            and accelerator.is_main_process
+            and (step % tc.sample_every == 0 or step == tc.max_steps)
+        ):
             rows = log_samples(raw, cfg, sample_ds, accelerator.device)
             _append_jsonl(out_dir / "samples.jsonl", {"step": step, "samples": rows})
         stopping = stop_after is not None and step >= stop_after

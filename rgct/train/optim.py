@@ -33,13 +33,20 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     if not groups:
         raise ValueError("no trainable parameters: check model.train_* and model.encoder.freeze")
     param_groups = [
-        {"params": ps, "lr": lrs[part], "weight_decay": 0.0 if nd else cfg.weight_decay, "name": f"{part}{'_nd' if nd else ''}"}
+        {
+            "params": ps,
+            "lr": lrs[part],
+            "weight_decay": 0.0 if nd else cfg.weight_decay,
+            "name": f"{part}{'_nd' if nd else ''}",
+        }
         for (part, nd), ps in sorted(groups.items())
     ]
     return torch.optim.AdamW(param_groups, betas=(0.9, 0.95), eps=1e-8)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup to the peak lr, then cosine decay to ``min_lr_ratio`` x peak."""
     warmup, total, floor = cfg.warmup_steps, max(cfg.max_steps, 1), cfg.min_lr_ratio
 

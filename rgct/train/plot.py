@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from rgct.train.loop import METRICS_FILE
+from rgct.constants import METRICS_FILE
 
 logger = logging.getLogger(__name__)
 
