@@ -115,6 +115,10 @@ class ModelConfig:
     """'linear' or 'mlp' (two layers with GELU)."""
     aux_loss_weight: float = 1.0
     """Weight of the per-region abnormality classification loss (0 disables it)."""
+    lm_focal_gamma: float = 0.0
+    """Focal weighting of the language loss, (1 - p_token)^gamma: template tokens the LLM
+    already predicts count less, the image-dependent words (which finding, where) more. 0: plain
+    cross-entropy."""
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -148,6 +152,8 @@ class ModelConfig:
             raise ConfigError(
                 f"model.num_region_tokens must be 1, 2 or 3, got {self.num_region_tokens}"
             )
+        if self.lm_focal_gamma < 0:
+            raise ConfigError(f"model.lm_focal_gamma must be >= 0, got {self.lm_focal_gamma}")
         if self.projector not in ("linear", "mlp"):
             raise ConfigError(f"model.projector must be 'linear' or 'mlp', got {self.projector!r}")
 

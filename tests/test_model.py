@@ -248,3 +248,23 @@ def test_every_model_preset_builds(preset, rgct_cache):
         sum(model.num_visual_tokens),
         model.llm.get_input_embeddings().embedding_dim,
     )
+
+
+def test_focal_language_loss_downweights_easy_tokens():
+    from rgct.model.rgct_model import language_loss
+
+    logits = torch.zeros(1, 4, 5)
+    logits[0, 0, 1] = 8.0  # position 0 predicts token 1 confidently (easy)
+    labels = torch.tensor([[-100, 1, 3, -100]])  # supervised: pos0 -> 1 (easy), pos1 -> 3 (hard)
+    plain = language_loss(logits, labels, 0.0)
+    focal = language_loss(logits, labels, 2.0)
+    assert focal < plain
+    # The easy token's share of the loss shrinks far more than the hard one's.
+    easy = language_loss(logits[:, :2], labels[:, :2], 2.0) / language_loss(
+        logits[:, :2], labels[:, :2], 0.0
+    )
+    hard = language_loss(logits[:, 1:3], labels[:, 1:3], 2.0) / language_loss(
+        logits[:, 1:3], labels[:, 1:3], 0.0
+    )
+    assert easy < 0.01 < 0.5 < hard
+    assert language_loss(logits, torch.full((1, 4), -100), 2.0) == 0

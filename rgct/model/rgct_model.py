@@ -41,6 +41,27 @@ def attach_lora(llm: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
     return get_peft_model(llm, lora)
 
 
+def language_loss(
+    logits: torch.Tensor, labels: torch.Tensor, focal_gamma: float = 0.0
+) -> torch.Tensor:
+    """Next-token cross-entropy over labelled positions, optionally focal-weighted.
+
+    Args:
+        logits: (B, T, V) LLM outputs.
+        labels: (B, T) target ids, IGNORE_INDEX where not supervised.
+        focal_gamma: weight each token by (1 - p_target)^gamma (p detached); 0 = plain mean CE.
+    """
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1)
+    ce = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+    keep = shift_labels != IGNORE_INDEX
+    if not keep.any():
+        return ce.sum() * 0.0
+    if focal_gamma > 0:
+        ce = ce * (1 - torch.exp(-ce.detach())).pow(focal_gamma)
+    return ce[keep].mean()
+
+
 class RGCTModel(nn.Module):
     """The composed region-grounded report model.
 
@@ -176,12 +197,7 @@ class RGCTModel(nn.Module):
         embeds = self.llm.get_input_embeddings()(input_ids)
         embeds = fuse_embeddings(embeds, input_ids, visual, self.placeholder_ids)
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
-        shift_logits = out.logits[:, :-1].float()
-        lm_loss = F.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]),
-            labels[:, 1:].reshape(-1),
-            ignore_index=IGNORE_INDEX,
-        )
+        lm_loss = language_loss(out.logits, labels, self.cfg.lm_focal_gamma)
         loss = lm_loss + self.cfg.aux_loss_weight * aux
         return {
             "loss": loss,
