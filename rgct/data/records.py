@@ -9,7 +9,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from rgct.data.layout import (
     strip_suffix,
     volume_path,
 )
+from rgct.jsonl import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -156,18 +156,11 @@ def read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
 def _load_ground_truth(root: Path, split: str) -> dict[str, dict] | None:
     for path in (root / GROUND_TRUTH_FILE, root / "radgenome_files" / GROUND_TRUTH_FILE):
         if path.is_file():
-            out: dict[str, dict] = {}
-            with path.open() as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{lineno}: not JSON ({e})") from e
-                    if normalize_split(rec.get("split", split)) == split:
-                        out[strip_suffix(rec["volume"])] = rec
-            return out
+            return {
+                strip_suffix(rec["volume"]): rec
+                for _, rec in iter_jsonl(path, DataError)
+                if normalize_split(rec.get("split", split)) == split
+            }
     return None
 
 

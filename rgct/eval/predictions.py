@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rgct.constants import TASKS, WHOLE_SCAN
 from rgct.eval.grounding import volume_key
+from rgct.jsonl import iter_jsonl
 
 GROUND_TRUTH_FILE = "ground_truth.jsonl"
 
@@ -18,19 +18,7 @@ class PredictionsError(ValueError):
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise PredictionsError(f"{path}: no such file")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PredictionsError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from e
-            if not isinstance(rec, dict):
-                raise PredictionsError(f"{path}: line {lineno} is not a JSON object")
-            rows.append((lineno, rec))
-    return rows
+    return list(iter_jsonl(path, PredictionsError))
 
 
 def load_predictions(path: str | Path) -> list[dict]:

@@ -140,6 +140,18 @@ class RGCTModel(nn.Module):
             tokens.append(self.evidence(torch.sigmoid(logits)).unsqueeze(1))
         return torch.cat(tokens, dim=1), logits
 
+    def fused_embeddings(
+        self, input_ids: torch.Tensor, visual: torch.Tensor, blind: bool = False
+    ) -> torch.Tensor:
+        """Token embeddings (B,T,Hd) with visual (B,V,Hd) written at the placeholders.
+
+        ``blind`` writes zeros instead: the blind baseline, same weights and prompts.
+        """
+        if blind:
+            visual = torch.zeros_like(visual)
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        return fuse_embeddings(embeds, input_ids, visual, self.placeholder_ids)
+
     def aux_loss(
         self, logits: torch.Tensor, labels: torch.Tensor, has_labels: torch.Tensor
     ) -> torch.Tensor:
@@ -192,10 +204,7 @@ class RGCTModel(nn.Module):
             }
         if labels is None or attention_mask is None:
             raise ValueError("input_ids need attention_mask and labels")
-        if blind:
-            visual = torch.zeros_like(visual)
-        embeds = self.llm.get_input_embeddings()(input_ids)
-        embeds = fuse_embeddings(embeds, input_ids, visual, self.placeholder_ids)
+        embeds = self.fused_embeddings(input_ids, visual, blind)
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
         lm_loss = language_loss(out.logits, labels, self.cfg.lm_focal_gamma)
         loss = lm_loss + self.cfg.aux_loss_weight * aux
@@ -227,10 +236,7 @@ class RGCTModel(nn.Module):
         device = grid.device
         input_ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         visual, _ = self.visual_tokens(grid, mask)
-        if blind:
-            visual = torch.zeros_like(visual)
-        embeds = self.llm.get_input_embeddings()(input_ids)
-        embeds = fuse_embeddings(embeds, input_ids, visual, self.placeholder_ids)
+        embeds = self.fused_embeddings(input_ids, visual, blind)
         kwargs = dict(
             inputs_embeds=embeds,
             attention_mask=attn,

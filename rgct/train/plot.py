@@ -8,12 +8,12 @@ task, auxiliary-classifier F1, learning rate. Written atomically (temp file, the
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
 
 from rgct.constants import METRICS_FILE
+from rgct.jsonl import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +28,8 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics file (is this a training run folder?)")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not a JSON line: {e}") from e
-        if not isinstance(row, dict) or "step" not in row:
+    for n, row in iter_jsonl(path):
+        if "step" not in row:
             raise ValueError(f"{path}:{n}: a metrics row must be an object with a 'step'")
         rows.append(row)
     if not rows:
