@@ -268,3 +268,41 @@ def test_focal_language_loss_downweights_easy_tokens():
     )
     assert easy < 0.01 < 0.5 < hard
     assert language_loss(logits, torch.full((1, 4), -100), 2.0) == 0
+
+
+def test_local_hf_folder_preset(tmp_path, seed):
+    """model.llm may name any local Hugging Face causal-LM folder (here: a saved tiny Llama)."""
+    from rgct.model.llm import build_tiny_llm, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    build_tiny_llm(len(tok)).save_pretrained(tmp_path / "my-llama")
+    tok.save_pretrained(tmp_path / "my-llama")
+    model = build_model(tiny_cfg(f"model.llm={tmp_path / 'my-llama'}"))
+    image, mask, enc = tiny_batch(model)
+    assert torch.isfinite(model(image, mask, **enc)["loss"])
+    with pytest.raises(FileNotFoundError, match="local Hugging Face folder"):
+        build_model(tiny_cfg(f"model.llm={tmp_path / 'nothing-here'}"))
+
+
+def test_beam_search_and_sampling_run(seed):
+    from rgct.config import GenerationConfig
+
+    model = build_model(tiny_cfg()).eval()
+    image, mask, _ = tiny_batch(model, b=2)
+    prompts = ["Describe the findings in the lung.", "Where?"]
+    beams = model.generate(image, mask, prompts, GenerationConfig(max_new_tokens=5, num_beams=3))
+    sampled = model.generate(
+        image, mask, prompts, GenerationConfig(max_new_tokens=5, do_sample=True, top_p=0.9)
+    )
+    assert len(beams) == len(sampled) == 2
+
+
+def test_gradient_checkpointing_gives_same_loss(seed):
+    plain = build_model(tiny_cfg("model.lora_dropout=0.0"))
+    ckpt = build_model(tiny_cfg("model.lora_dropout=0.0", "model.gradient_checkpointing=true"))
+    ckpt.load_state_dict(plain.state_dict())
+    image, mask, enc = tiny_batch(plain)
+    a, b = plain(image, mask, **enc)["loss"], ckpt(image, mask, **enc)["loss"]
+    assert torch.allclose(a, b, atol=1e-6)
+    b.backward()
+    assert any(p.grad is not None for n, p in ckpt.llm.named_parameters() if "lora_" in n)
