@@ -1,0 +1,34 @@
+"""The rgct entry point: every subcommand is listed and parses its --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from rgct.cli import COMMANDS, main
+
+
+def test_help_lists_every_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "rgct.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0
+    for name in ("synth", "data", "train", "generate", "evaluate", "label", "plot", "demo"):
+        assert name in COMMANDS and name in out.stdout
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    assert e.value.code == 0
+    assert "usage: rgct" in capsys.readouterr().out
+
+
+def test_unknown_command_fails(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
