@@ -6,7 +6,7 @@ The random tiny model is first fitted a few steps to one answer so its greedy ch
 coin flips between near-equal logits.
 
     python scripts/bench_generate.py --out bench/generate.json
-    python scripts/bench_generate.py --quick --out /tmp/generate.json
+    python scripts/bench_generate.py --quick --out generate.json
 """
 
 from __future__ import annotations

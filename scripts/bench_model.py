@@ -4,7 +4,7 @@ LLM FLOP/s counts 6 * LLM params * tokens per train step and 2 * params * genera
 reported as a fraction of this machine's fp32 2048x2048 matmul rate measured in the same run.
 
     python scripts/bench_model.py --out bench/model.json
-    python scripts/bench_model.py --quick --out /tmp/model.json     # tiny preset, seconds
+    python scripts/bench_model.py --quick --out model.json     # tiny preset, seconds
 """
 
 from __future__ import annotations

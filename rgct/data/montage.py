@@ -6,7 +6,7 @@ patient's right on the left of the image, anterior (axial) or superior (coronal,
 
 Example::
 
-    save_montage("data/phantoms", "train_1_a_1", "/tmp/train_1_a_1.png")
+    save_montage("data/phantoms", "train_1_a_1", "train_1_a_1.png")
 """
 
 from __future__ import annotations

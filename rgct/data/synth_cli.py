@@ -2,7 +2,7 @@
 
 Example::
 
-    rgct synth --out data/phantoms --num-volumes 100 --seed 0 --workers 2 --montage /tmp/m.png
+    rgct synth --out data/phantoms --num-volumes 100 --seed 0 --workers 2 --montage montage.png
 """
 
 from __future__ import annotations
