@@ -10,7 +10,7 @@ summed RSS of the run's process tree, sampled every 0.2 s, and the largest singl
 
     python scripts/bench_train.py --out bench/train.json
     python scripts/bench_train.py --config configs/model/smollm2.yaml --config configs/train/tiny.yaml
-    python scripts/bench_train.py --quick --out /tmp/train.json
+    python scripts/bench_train.py --quick --out train.json
 """
 
 from __future__ import annotations
