@@ -50,6 +50,13 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA; fp32 (no autocast) elsewhere: bf16 matmul crashes these CPUs."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def split_sentences(text: str) -> list[str]:
     """Split generated prose into sentences (on . ! ? followed by a capital letter)."""
     return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
@@ -102,11 +109,6 @@ class Predictor:
     def _gen(self, **overrides: Any) -> GenerationConfig:
         return replace(self.cfg.generation, **{k: v for k, v in overrides.items() if v is not None})
 
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     @torch.no_grad()
     def _run(
         self,
@@ -116,7 +118,7 @@ class Predictor:
         gen: GenerationConfig,
     ) -> list[str]:
         """One encoder pass for the volume, then batched generation over (mask, prompt) rows."""
-        with self._autocast():
+        with autocast_for(self.device):
             grid = self.model.encode_image(image)
             out: list[str] = []
             for i in range(0, len(prompts), gen.batch_size):

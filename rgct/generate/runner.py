@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from rgct.config import GenerationConfig, RGCTConfig
 from rgct.constants import REGIONS, REPORT_PROMPTS, WHOLE_SCAN
 from rgct.data.dataset import RGCTDataset, collate
-from rgct.inference import split_sentences
+from rgct.inference import autocast_for, split_sentences
 from rgct.model.rgct_model import RGCTModel
 
 logger = logging.getLogger(__name__)
@@ -188,12 +188,7 @@ def generate_units(
             else s.prompt
         )
     batch = collate(items)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
-    with autocast:
+    with autocast_for(device):
         texts = model.generate(
             batch["image"].to(device), batch["mask"].to(device), prompts, gen, blind=blind
         )

@@ -114,6 +114,21 @@ def check_checkpoint(directory: str | Path) -> Path:
     return directory
 
 
+def load_vision_weights(
+    model: RGCTModel, directory: str | Path, parts: tuple[str, ...] = VISION_PARTS, hint: str = ""
+) -> None:
+    """Load ``parts`` of a checkpoint's ``vision.safetensors`` into ``model``."""
+    state = load_file(str(Path(directory) / VISION_FILE))
+    for part in parts:
+        sub = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+        try:
+            getattr(model, part).load_state_dict(sub)
+        except RuntimeError as e:
+            raise ValueError(
+                f"{directory}: the {part} weights do not fit this model ({e}){hint}"
+            ) from e
+
+
 def load_checkpoint(
     directory: str | Path,
     device: str | torch.device = "cpu",
@@ -142,10 +157,7 @@ def load_checkpoint(
     if merge_lora:
         llm = llm.merge_and_unload()
     model = RGCTModel(cfg.model, cfg.data.input_shape, llm, tokenizer)
-    state = load_file(str(directory / VISION_FILE))
-    for part in VISION_PARTS:
-        sub = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
-        getattr(model, part).load_state_dict(sub)
+    load_vision_weights(model, directory)
     model.requires_grad_(False)
     return model.to(device).eval(), cfg
 

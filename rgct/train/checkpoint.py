@@ -21,7 +21,7 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from rgct.config import RGCTConfig
-from rgct.model.builder import VISION_FILE, VISION_PARTS, save_checkpoint
+from rgct.model.builder import VISION_PARTS, load_vision_weights, save_checkpoint
 from rgct.model.rgct_model import RGCTModel
 
 logger = logging.getLogger(__name__)
@@ -101,18 +101,12 @@ def load_model_weights(
     """Load a checkpoint's vision weights and LoRA adapter (or only ``parts``) into a live model."""
     directory = Path(directory)
     parts = tuple(parts) if parts is not None else (*VISION_PARTS, "lora")
-    state = load_file(str(directory / VISION_FILE))
-    for part in VISION_PARTS:
-        if part not in parts:
-            continue
-        sub = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
-        try:
-            getattr(model, part).load_state_dict(sub)
-        except RuntimeError as e:
-            raise ValueError(
-                f"{directory}: the {part} weights do not fit this model ({e}); "
-                "choose train.init_from_parts accordingly"
-            ) from e
+    load_vision_weights(
+        model,
+        directory,
+        tuple(p for p in VISION_PARTS if p in parts),
+        hint="; choose train.init_from_parts accordingly",
+    )
     if "lora" not in parts:
         return
     adapter = load_file(str(directory / "adapter_model.safetensors"))
