@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from rgct.constants import HU_WINDOW, TASKS
+from rgct.constants import CT_RATE_LABELS, HU_WINDOW, MODEL_PARTS, TASKS
 
 
 class ConfigError(ValueError):
@@ -64,6 +64,9 @@ class DataConfig:
     """DataLoader worker processes."""
     max_volumes: int | None = None
     """Use at most this many volumes per split (quick runs)."""
+    finding_maps: bool = False
+    """Add each volume's dense finding map (from phantom ``ground_truth.jsonl`` positions) to
+    the samples, for ``model.dense_loss_weight``; needs a ground-truth file under ``root``."""
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -115,6 +118,17 @@ class ModelConfig:
     """'linear' or 'mlp' (two layers with GELU)."""
     aux_loss_weight: float = 1.0
     """Weight of the per-region abnormality classification loss (0 disables it)."""
+    dense_loss_weight: float = 0.0
+    """Weight of the dense per-patch finding loss (needs ``data.finding_maps``: phantom
+    positions). It tells the encoder *where* each finding is, not only which region has one.
+    0 disables it (and the dense head)."""
+    evidence_prompt: bool = False
+    """Write the region classifier's detections into the prompt as text ("Image findings in
+    this region: lung nodule."): detect, then describe. Training prompts carry the region's
+    true labels; generation carries what the classifier sees in the image."""
+    evidence_thresholds: list[float] | None = None
+    """Per-label probability thresholds of those detections (one per CT-RATE label, in
+    ``CT_RATE_LABELS`` order); None: 0.5 each. ``scripts/calibrate_evidence.py`` fits them."""
     lm_focal_gamma: float = 0.0
     """Focal weighting of the language loss, (1 - p_token)^gamma: template tokens the LLM
     already predicts count less, the image-dependent words (which finding, where) more. 0: plain
@@ -154,6 +168,16 @@ class ModelConfig:
             )
         if self.lm_focal_gamma < 0:
             raise ConfigError(f"model.lm_focal_gamma must be >= 0, got {self.lm_focal_gamma}")
+        if self.dense_loss_weight < 0:
+            raise ConfigError(f"model.dense_loss_weight must be >= 0, got {self.dense_loss_weight}")
+        if self.evidence_thresholds is not None:
+            th = [float(t) for t in self.evidence_thresholds]
+            if len(th) != len(CT_RATE_LABELS) or not all(0.0 < t < 1.0 for t in th):
+                raise ConfigError(
+                    f"model.evidence_thresholds must be {len(CT_RATE_LABELS)} probabilities in "
+                    f"(0, 1) (CT_RATE_LABELS order), got {self.evidence_thresholds}"
+                )
+            self.evidence_thresholds = th
         if self.projector not in ("linear", "mlp"):
             raise ConfigError(f"model.projector must be 'linear' or 'mlp', got {self.projector!r}")
 
@@ -212,6 +236,9 @@ class TrainConfig:
         default_factory=lambda: ["encoder", "pooler", "projector", "evidence", "lora"]
     )
     """Which parts init_from loads (stage 0 -> 2 loads only encoder and pooler)."""
+    init_vision_from: str | None = None
+    """After init_from, load the encoder and region pooler from this checkpoint instead: a
+    newer stage-0 encoder under an already instruction-tuned projector and adapter."""
     objective: str = "lm"
     """'lm': language loss (+ auxiliary loss); 'aux': encoder pre-training on the auxiliary
     per-region abnormality loss alone (no LLM forward: several times cheaper per sample)."""
@@ -229,14 +256,14 @@ class TrainConfig:
             raise ConfigError("train.batch_size and train.grad_accum must be >= 1, max_steps >= 0")
         if self.keep_last < 1:
             raise ConfigError("train.keep_last must be >= 1")
-        bad = set(self.init_from_parts) - {"encoder", "pooler", "projector", "evidence", "lora"}
+        bad = set(self.init_from_parts) - {*MODEL_PARTS, "lora"}
         if bad:
             raise ConfigError(f"train.init_from_parts: unknown part(s) {sorted(bad)}")
         if self.objective not in ("lm", "aux"):
             raise ConfigError(f"train.objective must be 'lm' or 'aux', got {self.objective!r}")
-        if self.resume is not None and self.init_from is not None:
+        if self.resume is not None and (self.init_from or self.init_vision_from):
             raise ConfigError(
-                "train.resume and train.init_from exclude each other: resume continues "
+                "train.resume and train.init_from/init_vision_from exclude each other: resume continues "
                 "a run, init_from starts a new one from a checkpoint's weights"
             )
 
@@ -261,6 +288,10 @@ class RGCTConfig:
             )
         if self.train.objective == "aux" and self.model.aux_loss_weight <= 0:
             raise ConfigError("train.objective=aux needs model.aux_loss_weight > 0")
+        if self.model.dense_loss_weight > 0 and not self.data.finding_maps:
+            raise ConfigError(
+                "model.dense_loss_weight > 0 needs data.finding_maps: true (phantom positions)"
+            )
 
 
 # --- building from dicts ------------------------------------------------------------------------

@@ -111,3 +111,9 @@ CT_RATE_LABELS = (
 """The 18 CT-RATE labels, in CT-RATE's column order."""
 
 NO_FINDINGS = "no findings"
+
+MODEL_PARTS = ("encoder", "pooler", "projector", "evidence", "dense")
+"""Vision-side sub-modules of RGCTModel (``dense`` only exists with a dense loss)."""
+
+EVIDENCE_PREFIX = "Image findings in this region: "
+"""Start of the detections line that ``model.evidence_prompt`` adds to every prompt."""

@@ -6,6 +6,8 @@ Items are dicts::
     mask       float32 (1, D, H, W) in {0, 1}; all ones for whole-scan samples
     labels     float32 (18,) CT-RATE labels inside the region (zeros when unknown)
     has_labels bool
+    findings   float32 (1, D, H, W) dense finding bitmask map (only with ``cfg.finding_maps``;
+               see :mod:`rgct.data.finding_maps`)
     prompt, answer, task, region, volume: str;  anatomy: str | None
 
 Bad samples: a sample whose files cannot be read raises a :class:`~rgct.data.io.DataError`
@@ -32,7 +34,9 @@ from torch.utils.data import Dataset
 
 from rgct.config import DataConfig
 from rgct.constants import CT_RATE_LABELS, TASKS
+from rgct.data.finding_maps import paint_finding_map
 from rgct.data.io import DataError
+from rgct.data.layout import strip_suffix
 from rgct.data.records import Sample, build_samples, load_split, mix_samples
 from rgct.data.transforms import TransformCache, build_random_transforms
 
@@ -94,6 +98,14 @@ class RGCTDataset(Dataset):
             self.samples = [s for t in TASKS if t in by_task for s in by_task[t]]
         if not self.samples:
             raise DataError(f"{root}: no samples for split {split!r} and tasks {list(weights)}")
+        self.ground_truth = None  # dense finding maps: training samples only
+        if cfg.finding_maps and train:
+            if index.ground_truth is None:
+                raise DataError(
+                    f"data.finding_maps is on but {root} has no ground_truth.jsonl "
+                    "(dense finding maps need phantom ground truth)"
+                )
+            self.ground_truth = index.ground_truth
         self.cache = TransformCache(cfg, cfg.cache_dir or root / CACHE_FOLDER)
         self.random = build_random_transforms(cfg) if (train and cfg.augment) else None
 
@@ -124,17 +136,19 @@ class RGCTDataset(Dataset):
             self.num_skipped += 1
             logger.warning("skipping bad %s (%d skipped so far)", msg, self.num_skipped)
             return None
+        arrays = {"image": image, "mask": mask}
+        if self.ground_truth is not None:
+            arrays["findings"] = self.finding_map(sample)
         if self.random is not None:
             seed = int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0])
             self.random.set_random_state(seed=seed)
-            out = self.random({"image": image, "mask": mask})
-            image, mask = out["image"], out["mask"]
+            arrays = self.random(arrays)
         labels = torch.zeros(len(CT_RATE_LABELS), dtype=torch.float32)
         if sample.labels is not None:
             labels = torch.tensor(sample.labels, dtype=torch.float32)
-        return {
-            "image": image,
-            "mask": mask,
+        item = {
+            "image": arrays["image"],
+            "mask": arrays["mask"],
             "prompt": sample.prompt,
             "answer": sample.answer,
             "task": sample.task,
@@ -144,6 +158,18 @@ class RGCTDataset(Dataset):
             "labels": labels,
             "has_labels": sample.labels is not None,
         }
+        if "findings" in arrays:
+            item["findings"] = arrays["findings"]
+        return item
+
+    def finding_map(self, sample: Sample) -> torch.Tensor:
+        """(1, D, H, W) dense finding bitmask of the sample's volume (``cfg.finding_maps``)."""
+        record = self.ground_truth.get(strip_suffix(sample.volume))
+        if record is None:
+            raise DataError(
+                f"data.finding_maps: volume {sample.volume!r} has no ground_truth.jsonl record"
+            )
+        return torch.from_numpy(paint_finding_map(record, tuple(self.cfg.input_shape)))[None]
 
 
 def collate(items: list[dict | None]) -> dict:

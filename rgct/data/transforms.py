@@ -48,6 +48,8 @@ from rgct.data.io import DataError, Volume, load_mask, load_mask_for, load_volum
 logger = logging.getLogger(__name__)
 
 KEYS = ("image", "mask")
+RANDOM_KEYS = (*KEYS, "findings")
+"""Keys the random transforms move together: the image, its mask and the dense finding map."""
 PIPELINE_VERSION = "1"
 """Bump when the deterministic transforms change, so old cache files are not reused."""
 
@@ -146,28 +148,29 @@ def build_deterministic_transforms(cfg: DataConfig) -> Compose:
 
 
 def build_random_transforms(cfg: DataConfig, *, flip_prob: float = 0.0) -> Compose:
-    """Small affine + intensity jitter, applied identically to ``image`` and ``mask``.
+    """Small affine + intensity jitter, applied identically to ``image``, ``mask`` and
+    ``findings`` (when present).
 
     Flips are off by default: a left-right flip would contradict the laterality named in
     reports ("right lung upper lobe"). Pass ``flip_prob`` > 0 to flip each axis anyway.
-    The image is clamped back to [0, 1]; the mask stays binary (nearest interpolation).
+    The image is clamped back to [0, 1]; the mask and finding map keep their values (nearest).
     Seed with ``.set_random_state(seed)``.
     """
     shape = cfg.input_shape
     steps: list = []
     if flip_prob > 0:
         steps += [
-            RandFlipd(KEYS, prob=flip_prob, spatial_axis=a, allow_missing_keys=True)
+            RandFlipd(RANDOM_KEYS, prob=flip_prob, spatial_axis=a, allow_missing_keys=True)
             for a in range(3)
         ]
     steps += [
         RandAffined(
-            KEYS,
+            RANDOM_KEYS,
             prob=0.5,
             rotate_range=(0.08, 0.08, 0.08),  # radians, about 4.5 degrees
             scale_range=(0.05, 0.05, 0.05),
             translate_range=tuple(0.03 * s for s in shape),  # voxels
-            mode=("bilinear", "nearest"),
+            mode=("bilinear", "nearest", "nearest"),
             padding_mode="zeros",
             allow_missing_keys=True,
         ),
@@ -176,7 +179,11 @@ def build_random_transforms(cfg: DataConfig, *, flip_prob: float = 0.0) -> Compo
         RandGaussianNoised("image", prob=0.2, std=0.01, allow_missing_keys=True),
         Lambdad("image", _clamp01, allow_missing_keys=True),
         EnsureTyped(
-            KEYS, data_type="tensor", dtype=torch.float32, track_meta=False, allow_missing_keys=True
+            RANDOM_KEYS,
+            data_type="tensor",
+            dtype=torch.float32,
+            track_meta=False,
+            allow_missing_keys=True,
         ),
     ]
     return Compose(steps)

@@ -26,7 +26,9 @@ from safetensors.torch import load_file, save_file
 
 from rgct.config import RGCTConfig, load_config, save_config
 from rgct.model.llm import build_llm
-from rgct.model.rgct_model import RGCTModel, attach_lora
+from rgct.model.rgct_model import DENSE_PART, VISION_PARTS, RGCTModel, attach_lora
+
+__all__ = ["DENSE_PART", "VISION_PARTS"]  # re-exported: checkpoint code imports them from here
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +36,6 @@ CONFIG_FILE = "rgct_config.yaml"
 VISION_FILE = "vision.safetensors"
 TINY_BASE_FILE = "llm_base.safetensors"
 CARD_FILE = "README.md"
-VISION_PARTS = ("encoder", "pooler", "projector", "evidence")
 REQUIRED_FILES = (CONFIG_FILE, VISION_FILE, "adapter_config.json", "adapter_model.safetensors")
 
 
@@ -53,7 +54,7 @@ def build_model(cfg: RGCTConfig) -> RGCTModel:
 def vision_state_dict(model: RGCTModel) -> dict[str, torch.Tensor]:
     return {
         f"{part}.{k}": v.detach().contiguous().cpu()
-        for part in VISION_PARTS
+        for part in model.vision_parts
         for k, v in getattr(model, part).state_dict().items()
     }
 
@@ -115,11 +116,16 @@ def check_checkpoint(directory: str | Path) -> Path:
 
 
 def load_vision_weights(
-    model: RGCTModel, directory: str | Path, parts: tuple[str, ...] = VISION_PARTS, hint: str = ""
+    model: RGCTModel,
+    directory: str | Path,
+    parts: tuple[str, ...] | None = None,
+    hint: str = "",
 ) -> None:
-    """Load ``parts`` of a checkpoint's ``vision.safetensors`` into ``model``."""
+    """Load ``parts`` (default: all of the model's) of a checkpoint's ``vision.safetensors``."""
     state = load_file(str(Path(directory) / VISION_FILE))
-    for part in parts:
+    for part in model.vision_parts if parts is None else parts:
+        if getattr(model, part, None) is None:
+            raise ValueError(f"{directory}: this model has no {part} part to load{hint}")
         sub = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
         try:
             getattr(model, part).load_state_dict(sub)

@@ -17,12 +17,25 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rgct.config import GenerationConfig, ModelConfig
-from rgct.constants import CT_RATE_LABELS, IGNORE_INDEX, SPECIAL_TOKENS
+from rgct.constants import (
+    CT_RATE_LABELS,
+    EVIDENCE_PREFIX,
+    IGNORE_INDEX,
+    MODEL_PARTS,
+    SPECIAL_TOKENS,
+)
+from rgct.data.finding_maps import finding_targets
 from rgct.model.encoder import build_encoder
 from rgct.model.fusion import fuse_embeddings
 from rgct.model.pooling import RegionPooler
 from rgct.model.projector import build_projector
 from rgct.model.prompt import encode_for_generation, encode_for_training
+
+VISION_PARTS = MODEL_PARTS[:4]
+"""Sub-modules saved in a checkpoint's vision.safetensors (plus ``dense`` when the model has it)."""
+DENSE_PART = MODEL_PARTS[4]
+DENSE_POS_WEIGHT = 20.0
+"""Positive weight of the dense per-patch BCE: a finding covers a few of ~2000 patches."""
 
 
 def attach_lora(llm: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
@@ -89,6 +102,12 @@ class RGCTModel(nn.Module):
         self.pooler = RegionPooler(channels, cfg.num_global_tokens, num_labels=len(CT_RATE_LABELS))
         self.projector = build_projector(cfg.projector, channels, hidden)
         self.evidence = nn.Linear(len(CT_RATE_LABELS), hidden)
+        # Dense per-patch finding head: only with a dense loss (phantom positions).
+        self.dense = (
+            nn.Conv3d(channels, len(CT_RATE_LABELS), kernel_size=1)
+            if cfg.dense_loss_weight > 0
+            else None
+        )
         self.llm = llm
         ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
         if any(i is None or i == tokenizer.unk_token_id for i in ids):
@@ -107,10 +126,17 @@ class RGCTModel(nn.Module):
             "lora": self.cfg.train_llm_lora,
         }
 
+    @property
+    def vision_parts(self) -> tuple[str, ...]:
+        """Names of the vision sub-modules this model has (what vision.safetensors holds)."""
+        return VISION_PARTS + ((DENSE_PART,) if self.dense is not None else ())
+
     def configure_trainable(self) -> None:
         groups = self.trainable_groups()
-        for name in ("encoder", "pooler", "projector", "evidence"):
+        for name in VISION_PARTS:
             getattr(self, name).requires_grad_(groups[name])
+        if self.dense is not None:
+            self.dense.requires_grad_(groups["pooler"])
         for pname, p in self.llm.named_parameters():
             p.requires_grad_(groups["lora"] and "lora_" in pname)
 
@@ -161,8 +187,52 @@ class RGCTModel(nn.Module):
             return logits.sum() * 0.0
         return F.binary_cross_entropy_with_logits(logits[keep].float(), labels[keep].float())
 
+    def dense_loss(self, grid: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
+        """Per-patch multi-label BCE of the dense head against (B,1,D,H,W) finding maps."""
+        if self.dense is None:
+            raise ValueError("dense finding maps given but model.dense_loss_weight is 0")
+        logits = self.dense(grid)  # (B, L, d, h, w)
+        target = finding_targets(findings, tuple(grid.shape[2:]), logits.shape[1])
+        pos_weight = torch.full((logits.shape[1], 1, 1, 1), DENSE_POS_WEIGHT, device=grid.device)
+        return F.binary_cross_entropy_with_logits(
+            logits.float(), target.to(logits.device), pos_weight=pos_weight
+        )
+
+    # -- detect, then describe (model.evidence_prompt) -------------------------------------------
+    def detect(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, L) classifier logits -> (B, L) bool detections at ``evidence_thresholds``."""
+        th = self.cfg.evidence_thresholds or [0.5] * len(CT_RATE_LABELS)
+        return torch.sigmoid(logits.float()) >= torch.tensor(th, device=logits.device)
+
+    @staticmethod
+    def with_evidence(prompts: list[str], present: torch.Tensor) -> list[str]:
+        """Prefix each prompt with its detections line ("Image findings in this region: ...")."""
+        if len(prompts) != present.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for {present.shape[0]} detection rows")
+        out = []
+        for prompt, row in zip(prompts, present.tolist()):
+            names = [lab.lower() for lab, on in zip(CT_RATE_LABELS, row) if on]
+            out.append(f"{EVIDENCE_PREFIX}{', '.join(names) or 'none'}.\n{prompt}")
+        return out
+
     # -- training --------------------------------------------------------------------------------
-    def tokenize(self, prompts: list[str], answers: list[str]) -> dict[str, torch.Tensor]:
+    def tokenize(
+        self,
+        prompts: list[str],
+        answers: list[str],
+        labels: torch.Tensor | None = None,
+        has_labels: torch.Tensor | list[bool] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Training tokens. With ``model.evidence_prompt`` the prompts carry the region's
+        true labels (B, 18) as the detections line (the classifier's at generation time)."""
+        if self.cfg.evidence_prompt:
+            known = torch.ones(len(prompts), dtype=torch.bool) if has_labels is None else has_labels
+            if labels is None or not bool(torch.as_tensor(known).all()):
+                raise ValueError(
+                    "model.evidence_prompt needs per-region labels for every training sample "
+                    "(ground_truth.jsonl); some samples have none"
+                )
+            prompts = self.with_evidence(prompts, labels > 0.5)
         g, r = self.num_visual_tokens
         return encode_for_training(
             self.tokenizer, prompts, answers, g, r, self.cfg.max_answer_tokens
@@ -177,12 +247,15 @@ class RGCTModel(nn.Module):
         labels: torch.Tensor | None = None,
         aux_labels: torch.Tensor | None = None,
         has_labels: torch.Tensor | None = None,
+        findings: torch.Tensor | None = None,
         blind: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Language-model loss plus the weighted auxiliary loss for a tokenised batch.
+        """Language-model loss plus the weighted auxiliary (and dense) losses for a batch.
 
-        Without ``input_ids`` only the vision side runs and ``loss`` is the auxiliary loss
-        (encoder pre-training). Returns ``loss``, ``lm_loss``, ``aux_loss``, ``aux_logits``.
+        Without ``input_ids`` only the vision side runs and ``loss`` is the auxiliary loss plus
+        the weighted dense loss (encoder pre-training). ``findings``: (B,1,D,H,W) dense finding
+        maps (:mod:`rgct.data.finding_maps`), used when the model has a dense head.
+        Returns ``loss``, ``lm_loss``, ``aux_loss``, ``dense_loss``, ``aux_logits``.
         """
         grid = self.encode_image(image)
         visual, logits = self.visual_tokens(grid, mask)
@@ -195,11 +268,18 @@ class RGCTModel(nn.Module):
                 else torch.ones(len(aux_labels), device=logits.device)
             )
             aux = self.aux_loss(logits, aux_labels, known)
+        vision_loss = self.cfg.aux_loss_weight * aux
+        dense = aux.detach() * 0.0
+        if findings is not None and self.dense is not None:
+            dense = self.dense_loss(grid, findings)
+            vision_loss = vision_loss + self.cfg.dense_loss_weight * dense
+            dense = dense.detach()
         if input_ids is None:
             return {
-                "loss": aux,
+                "loss": vision_loss,
                 "lm_loss": aux.detach() * 0.0,
                 "aux_loss": aux.detach(),
+                "dense_loss": dense,
                 "aux_logits": logits.detach(),
             }
         if labels is None or attention_mask is None:
@@ -207,11 +287,11 @@ class RGCTModel(nn.Module):
         embeds = self.fused_embeddings(input_ids, visual, blind)
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
         lm_loss = language_loss(out.logits, labels, self.cfg.lm_focal_gamma)
-        loss = lm_loss + self.cfg.aux_loss_weight * aux
         return {
-            "loss": loss,
+            "loss": lm_loss + vision_loss,
             "lm_loss": lm_loss.detach(),
             "aux_loss": aux.detach(),
+            "dense_loss": dense,
             "aux_logits": logits.detach(),
         }
 
@@ -231,11 +311,15 @@ class RGCTModel(nn.Module):
             raise ValueError(
                 f"{len(prompts)} prompts for {grid.shape[0]} grids and {mask.shape[0]} masks"
             )
+        visual, logits = self.visual_tokens(grid, mask)
+        if self.cfg.evidence_prompt:
+            if blind:  # the blind baseline's classifier sees no image either
+                _, logits = self.visual_tokens(torch.zeros_like(grid), mask)
+            prompts = self.with_evidence(prompts, self.detect(logits))
         g, r = self.num_visual_tokens
         enc = encode_for_generation(self.tokenizer, prompts, g, r)
         device = grid.device
         input_ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        visual, _ = self.visual_tokens(grid, mask)
         embeds = self.fused_embeddings(input_ids, visual, blind)
         kwargs = dict(
             inputs_embeds=embeds,

@@ -21,7 +21,7 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from rgct.config import RGCTConfig
-from rgct.model.builder import VISION_PARTS, load_vision_weights, save_checkpoint
+from rgct.model.builder import DENSE_PART, VISION_PARTS, load_vision_weights, save_checkpoint
 from rgct.model.rgct_model import RGCTModel
 
 logger = logging.getLogger(__name__)
@@ -100,11 +100,11 @@ def load_model_weights(
 ) -> None:
     """Load a checkpoint's vision weights and LoRA adapter (or only ``parts``) into a live model."""
     directory = Path(directory)
-    parts = tuple(parts) if parts is not None else (*VISION_PARTS, "lora")
+    parts = tuple(parts) if parts is not None else (*model.vision_parts, "lora")
     load_vision_weights(
         model,
         directory,
-        tuple(p for p in VISION_PARTS if p in parts),
+        tuple(p for p in (*VISION_PARTS, DENSE_PART) if p in parts),
         hint="; choose train.init_from_parts accordingly",
     )
     if "lora" not in parts:

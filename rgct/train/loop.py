@@ -48,8 +48,10 @@ def check_before_work(cfg: RGCTConfig) -> None:
         raise ValueError("train.device=cuda but no CUDA device is visible")
     if cfg.train.mixed_precision == "bf16" and not torch.cuda.is_available():
         raise ValueError("train.mixed_precision=bf16 needs CUDA (bf16 matmul crashes these CPUs)")
-    if cfg.train.init_from and not Path(cfg.train.init_from).is_dir():
-        raise FileNotFoundError(f"train.init_from={cfg.train.init_from} does not exist")
+    for key in ("init_from", "init_vision_from"):
+        path = getattr(cfg.train, key)
+        if path and not Path(path).is_dir():
+            raise FileNotFoundError(f"train.{key}={path} does not exist")
 
 
 def make_accelerator(cfg: RGCTConfig) -> Accelerator:
@@ -75,8 +77,10 @@ def to_model_inputs(model: RGCTModel, batch: dict, device: torch.device, objecti
         "aux_labels": batch["labels"].to(device),
         "has_labels": torch.as_tensor(batch["has_labels"], device=device),
     }
+    if "findings" in batch:
+        inputs["findings"] = batch["findings"].to(device)
     if objective == "lm":
-        enc = model.tokenize(batch["prompt"], batch["answer"])
+        enc = model.tokenize(batch["prompt"], batch["answer"], batch["labels"], batch["has_labels"])
         inputs.update({k: v.to(device) for k, v in enc.items()})
     return inputs
 
@@ -185,6 +189,9 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
     if tc.init_from:
         load_model_weights(model, tc.init_from, tc.init_from_parts)
         logger.info("initialised %s from %s", ", ".join(tc.init_from_parts), tc.init_from)
+    if tc.init_vision_from:
+        load_model_weights(model, tc.init_vision_from, ["encoder", "pooler"])
+        logger.info("initialised encoder, pooler from %s", tc.init_vision_from)
     world = accelerator.num_processes
     total_samples = tc.max_steps * tc.batch_size * tc.grad_accum * world
     train_ds = RGCTDataset(
@@ -271,14 +278,14 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
             + "\n"
         )
         seen += len(batch["prompt"]) * world
-        window.append([out["loss"].item(), out["lm_loss"].item(), out["aux_loss"].item()])
+        window.append([out[k].item() for k in ("loss", "lm_loss", "aux_loss", "dense_loss")])
         if not accelerator.sync_gradients:
             continue
         step += 1
         pbar.update(1)
         if step % tc.log_every == 0 or step == tc.max_steps:
-            loss, lm, aux = (sum(c) / len(window) for c in zip(*window))
-            if not all(math.isfinite(v) for v in (loss, lm, aux)):
+            loss, lm, aux, dense = (sum(c) / len(window) for c in zip(*window))
+            if not all(math.isfinite(v) for v in (loss, lm, aux, dense)):
                 raise FloatingPointError(f"loss became {loss} at step {step}")
             elapsed = time.time() - t0
             row = {
@@ -286,6 +293,7 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
                 "loss": loss,
                 "lm_loss": lm,
                 "aux_loss": aux,
+                "dense_loss": dense,
                 "lr": scheduler.get_last_lr()[0],
                 "samples_per_s": seen / max(elapsed, 1e-9),
                 "step_time_s": elapsed / max(len(window) / tc.grad_accum, 1),

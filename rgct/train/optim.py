@@ -17,7 +17,7 @@ def _no_decay(name: str, param: torch.Tensor) -> bool:
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over trainable parameters, grouped by part (lr) and by decay / no decay.
 
-    Parts: ``encoder`` (encoder_lr or lr), ``projector`` (pooler, projector, evidence:
+    Parts: ``encoder`` (encoder_lr or lr), ``projector`` (pooler, projector, evidence, dense:
     projector_lr) and ``lora`` (lr).
     """
     lrs = {"encoder": cfg.encoder_lr or cfg.lr, "projector": cfg.projector_lr, "lora": cfg.lr}
@@ -26,7 +26,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         if not p.requires_grad:
             continue
         part = name.split(".", 1)[0]
-        part = {"pooler": "projector", "evidence": "projector", "llm": "lora"}.get(part, part)
+        part = {
+            "pooler": "projector",
+            "evidence": "projector",
+            "dense": "projector",
+            "llm": "lora",
+        }.get(part, part)
         if part not in lrs:
             raise ValueError(f"trainable parameter {name} belongs to no optimizer group")
         groups.setdefault((part, _no_decay(name, p)), []).append(p)

@@ -1,0 +1,130 @@
+"""Per-label thresholds for the region classifier's detections (``model.evidence_prompt``).
+
+The classifier's probabilities are not calibrated (rare labels sit well below 0.5 even when
+present), so each CT-RATE label gets the threshold that maximises its F1 over the
+(volume, region) pairs of a calibration set. Keep that set apart from the volumes you report
+on: :func:`collect_region_probabilities` skips the first ``skip_volumes`` volumes of the
+split (sorted by name), which are the ones a ``limit``-ed held-out check uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rgct.config import RGCTConfig
+from rgct.constants import CT_RATE_LABELS
+from rgct.data.dataset import RGCTDataset
+from rgct.model.rgct_model import RGCTModel
+
+logger = logging.getLogger(__name__)
+
+THRESHOLD_GRID = np.round(np.linspace(0.02, 0.98, 49), 2)
+"""Candidate thresholds."""
+
+
+@torch.no_grad()
+def collect_region_probabilities(
+    model: RGCTModel,
+    cfg: RGCTConfig,
+    data_root: str | Path,
+    split: str = "valid",
+    skip_volumes: int = 0,
+    max_volumes: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Classifier probabilities and true labels for every (volume, region) of a split.
+
+    Returns:
+        ``(probs (N, 18), labels (N, 18) bool, [(volume, region)] * N)``; the encoder runs
+        once per volume.
+    """
+    data = replace(cfg.data, root=str(data_root), augment=False, finding_maps=False)
+    ds = RGCTDataset(data, split, train=False, tasks=["region_report"])
+    volumes = sorted({s.volume for s in ds.samples})
+    keep = set(volumes[skip_volumes:])
+    if max_volumes is not None:
+        keep = set(sorted(keep)[:max_volumes])
+    if not keep:
+        raise ValueError(
+            f"{data_root} split {split!r}: no volumes left after skipping {skip_volumes}"
+        )
+    device = next(model.parameters()).device
+    model.eval()
+    probs, labels, keys = [], [], []
+    grid_of: tuple[str, torch.Tensor] | None = None
+    for i, sample in enumerate(ds.samples):
+        if sample.volume not in keep:
+            continue
+        if sample.labels is None:
+            raise ValueError(f"{sample.volume} region {sample.region!r} has no ground-truth labels")
+        item = ds[i]
+        if grid_of is None or grid_of[0] != sample.volume:
+            grid_of = (sample.volume, model.encode_image(item["image"][None].to(device)))
+        _, _, logits = model.pooler(grid_of[1], item["mask"][None].to(device))
+        probs.append(torch.sigmoid(logits.float())[0].cpu().numpy())
+        labels.append(item["labels"].numpy() > 0.5)
+        keys.append((sample.volume, sample.region))
+    logger.info("classifier probabilities for %d regions of %d volumes", len(keys), len(keep))
+    return np.stack(probs), np.stack(labels), keys
+
+
+def _f1(pred: np.ndarray, gold: np.ndarray) -> tuple[float, int, int, int]:
+    tp, fp, fn = int((pred & gold).sum()), int((pred & ~gold).sum()), int((~pred & gold).sum())
+    return 2 * tp / max(2 * tp + fp + fn, 1), tp, fp, fn
+
+
+def fit_thresholds(probs: np.ndarray, labels: np.ndarray) -> tuple[list[float], dict]:
+    """Per-label F1-maximising thresholds; labels never positive keep 0.5.
+
+    Returns:
+        ``(thresholds (18,), report)`` where ``report`` has per-label ``positives``,
+        ``f1_at_0.5``, ``threshold``, ``f1`` and the micro ``f1`` over all labels at 0.5 and
+        at the fitted thresholds.
+    """
+    if probs.shape != labels.shape or probs.ndim != 2 or probs.shape[1] != len(CT_RATE_LABELS):
+        raise ValueError(
+            f"probs and labels must both be (N, {len(CT_RATE_LABELS)}), "
+            f"got {probs.shape} and {labels.shape}"
+        )
+    thresholds, per_label = [], {}
+    for j, name in enumerate(CT_RATE_LABELS):
+        gold = labels[:, j]
+        best_t = 0.5
+        if gold.any():
+            # highest F1; ties go to the threshold nearest 0.5
+            best_t = max(
+                THRESHOLD_GRID,
+                key=lambda t: (_f1(probs[:, j] >= t, gold)[0], -abs(t - 0.5)),
+            )
+            per_label[name] = {
+                "positives": int(gold.sum()),
+                "f1_at_0.5": _f1(probs[:, j] >= 0.5, gold)[0],
+                "threshold": float(best_t),
+                "f1": _f1(probs[:, j] >= best_t, gold)[0],
+            }
+        thresholds.append(float(best_t))
+    th = np.array(thresholds)
+    report = {
+        "regions": int(len(probs)),
+        "micro_f1_at_0.5": _f1(probs >= 0.5, labels)[0],
+        "micro_f1": _f1(probs >= th, labels)[0],
+        "per_label": per_label,
+    }
+    return thresholds, report
+
+
+def detection_scores(probs: np.ndarray, labels: np.ndarray, thresholds: list[float]) -> dict:
+    """Micro precision / recall / F1 of the detections at ``thresholds`` (e.g. on held-out)."""
+    f1, tp, fp, fn = _f1(probs >= np.array(thresholds), labels)
+    return {
+        "precision": tp / max(tp + fp, 1),
+        "recall": tp / max(tp + fn, 1),
+        "f1": f1,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }

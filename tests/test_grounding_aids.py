@@ -1,0 +1,255 @@
+"""Dense finding maps (encoder supervision), detect-then-describe prompts, threshold fitting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_MODEL, TINY_TRAIN, tiny_overrides
+
+from rgct.config import ConfigError, load_config
+from rgct.constants import CT_RATE_LABELS, EVIDENCE_PREFIX
+from rgct.data.dataset import RGCTDataset
+from rgct.data.finding_maps import finding_targets, paint_finding_map
+from rgct.data.io import DataError
+from rgct.eval.calibrate import collect_region_probabilities, detection_scores, fit_thresholds
+from rgct.model.builder import build_model, load_checkpoint, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+NODULE = CT_RATE_LABELS.index("Lung nodule")
+EFFUSION = CT_RATE_LABELS.index("Pleural effusion")
+
+
+def _record(findings, shape=(16, 32, 32)):
+    return {"volume": "train_1_a_1", "shape": list(shape), "findings": findings}
+
+
+def _finding(label, center, radius):
+    return {"label": label, "center_voxel": list(center), "radius_vox": list(radius)}
+
+
+# -- finding maps ---------------------------------------------------------------------------------
+def test_finding_map_paints_bits_where_the_findings_are():
+    rec = _record(
+        [
+            _finding("Lung nodule", (8, 10, 10), (1.5, 2, 2)),
+            _finding("Pleural effusion", (8, 11, 11), (3, 6, 6)),  # overlaps the nodule
+        ]
+    )
+    m = paint_finding_map(rec, (16, 32, 32)).astype(int)
+    assert (m[8, 10, 10] >> NODULE) & 1 and (m[8, 10, 10] >> EFFUSION) & 1  # both kept
+    assert m[0, 0, 0] == 0 and m[8, 25, 25] == 0
+    # scaled to another input shape: the nodule moves with it
+    m2 = paint_finding_map(rec, (32, 64, 64)).astype(int)
+    assert (m2[16, 20, 20] >> NODULE) & 1
+    t = finding_targets(torch.tensor(m, dtype=torch.float32)[None, None], (4, 8, 8))
+    assert t.shape == (1, len(CT_RATE_LABELS), 4, 8, 8)
+    assert t[0, NODULE, 2, 2, 2] == 1 and t[0, NODULE].sum() <= 8 and t[0, 0].sum() == 0
+
+
+def test_finding_map_bad_records():
+    with pytest.raises(ValueError, match="unknown finding label"):
+        paint_finding_map(_record([_finding("Broken bone", (1, 1, 1), (1, 1, 1))]), (16, 32, 32))
+    with pytest.raises(ValueError, match="lacks center_voxel"):
+        paint_finding_map(_record([{"label": "Lung nodule"}]), (16, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, 1, D, H, W\)"):
+        finding_targets(torch.zeros(1, 16, 32, 32), (4, 8, 8))
+
+
+def test_dataset_adds_finding_maps_to_training_samples_only(phantom_root, tmp_path):
+    cfg = load_config(
+        [TINY_MODEL, REPO / "configs/train/stage0_dense.yaml"],
+        tiny_overrides(phantom_root, tmp_path / "run"),
+    )
+    train = RGCTDataset(cfg.data, "train", train=True, num_samples=4, seed=0)
+    item = train[0]
+    assert item["findings"].shape == item["image"].shape
+    gt = train.ground_truth[train.samples[0].volume]
+    assert (item["findings"].sum() > 0) == bool(gt["findings"])
+    valid = RGCTDataset(cfg.data, "valid", train=False)
+    assert "findings" not in valid[0]
+
+
+def test_finding_maps_need_ground_truth_and_dense_loss_needs_maps(phantom_root, tmp_path):
+    real_like = tmp_path / "no_gt"
+    import shutil
+
+    shutil.copytree(phantom_root, real_like, ignore=shutil.ignore_patterns(".rgct_cache"))
+    (real_like / "ground_truth.jsonl").unlink()
+    cfg = load_config(
+        [TINY_MODEL, REPO / "configs/train/stage0_dense.yaml"],
+        tiny_overrides(real_like, tmp_path / "run"),
+    )
+    with pytest.raises(DataError, match="no ground_truth.jsonl"):
+        RGCTDataset(cfg.data, "train", train=True, num_samples=2)
+    with pytest.raises(ConfigError, match="needs data.finding_maps"):
+        load_config([TINY_MODEL], ["model.dense_loss_weight=1.0"])
+
+
+def test_dense_head_learns_where_a_finding_is(seed):
+    cfg = load_config([TINY_MODEL], ["model.dense_loss_weight=1.0", "data.finding_maps=true"])
+    model = build_model(cfg)
+    d, h, w = model.input_shape
+    image = torch.zeros(2, 1, d, h, w)
+    image[0, :, 4:8, 8:16, 8:16] = 1.0  # a bright blob only in the first volume
+    maps = torch.zeros_like(image)
+    maps[0, :, 4:8, 8:16, 8:16] = float(1 << NODULE)
+    mask = torch.ones_like(image)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(25):
+        out = model(image, mask, findings=maps)
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(out["dense_loss"]))
+    assert losses[-1] < 0.5 * losses[0]
+    with torch.no_grad():
+        heat = torch.sigmoid(model.dense(model.encode_image(image))[:, NODULE])
+    assert heat[0].max() > 0.5 > heat[1].max()
+
+
+def test_dense_part_round_trips_and_loads_into_a_model_without_it(seed, tmp_path):
+    cfg = load_config([TINY_MODEL], ["model.dense_loss_weight=1.0", "data.finding_maps=true"])
+    model = build_model(cfg)
+    assert model.vision_parts[-1] == "dense"
+    ckpt = save_checkpoint(model, cfg, tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(ckpt)
+    assert torch.equal(loaded.dense.weight, model.dense.weight)
+    from rgct.train.checkpoint import load_model_weights
+
+    plain = build_model(load_config([TINY_MODEL]))
+    assert plain.dense is None
+    load_model_weights(plain, ckpt, ["encoder", "pooler"])  # stage 0 -> later stages
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(plain.encoder.state_dict()[k], v)
+    with pytest.raises(ValueError, match="no dense part"):
+        load_model_weights(plain, ckpt, ["dense"])
+
+
+# -- detect, then describe ----------------------------------------------------------------------
+def test_evidence_line_from_labels_in_training_and_from_the_classifier_in_generation(seed):
+    cfg = load_config([TINY_MODEL], ["model.evidence_prompt=true"])
+    model = build_model(cfg)
+    present = torch.zeros(2, len(CT_RATE_LABELS), dtype=torch.bool)
+    present[0, NODULE] = present[0, EFFUSION] = True
+    lines = model.with_evidence(["Describe the findings in the lung."] * 2, present)
+    assert lines[0] == (
+        f"{EVIDENCE_PREFIX}lung nodule, pleural effusion.\nDescribe the findings in the lung."
+    )
+    assert lines[1].startswith(f"{EVIDENCE_PREFIX}none.\n")
+    labels = present.float()
+    enc = model.tokenize(["q", "q"], ["a", "b"], labels, torch.ones(2, dtype=torch.bool))
+    text = model.tokenizer.decode(enc["input_ids"][0])
+    assert "lung nodule, pleural effusion" in text
+    with pytest.raises(ValueError, match="needs per-region labels"):
+        model.tokenize(["q"], ["a"])
+    with pytest.raises(ValueError, match="needs per-region labels"):
+        model.tokenize(["q"], ["a"], labels[:1], torch.zeros(1, dtype=torch.bool))
+
+    # generation: the detections come from the classifier at the configured thresholds
+    seen = []
+    original = model.with_evidence
+
+    def spy(prompts, det):
+        seen.append(det.clone())
+        return original(prompts, det)
+
+    model.with_evidence = spy
+    d, h, w = model.input_shape
+    image, mask = torch.rand(2, 1, d, h, w), torch.ones(2, 1, d, h, w)
+    model.cfg.evidence_thresholds = [0.02] * len(CT_RATE_LABELS)  # everything counts
+    model.generate(image, mask, ["Describe the findings in the lung."] * 2)
+    assert seen[-1].all()
+    model.cfg.evidence_thresholds = [0.98] * len(CT_RATE_LABELS)
+    model.generate(image, mask, ["Describe the findings in the lung."] * 2, blind=True)
+    assert not seen[-1].any()
+
+
+@pytest.mark.parametrize("value", ["[0.5]", "[" + ",".join(["1.5"] * len(CT_RATE_LABELS)) + "]"])
+def test_bad_evidence_thresholds(value):
+    with pytest.raises(ConfigError, match="evidence_thresholds"):
+        load_config([TINY_MODEL], [f"model.evidence_thresholds={value}"])
+
+
+# -- thresholds ------------------------------------------------------------------------------------
+def test_fit_thresholds_finds_the_separating_cut():
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = np.zeros((n, len(CT_RATE_LABELS)), bool)
+    labels[: n // 4, NODULE] = True
+    probs = rng.uniform(0.0, 0.1, (n, len(CT_RATE_LABELS)))
+    probs[: n // 4, NODULE] = rng.uniform(0.15, 0.3, n // 4)  # present but below 0.5
+    th, report = fit_thresholds(probs, labels)
+    assert 0.1 <= th[NODULE] <= 0.15 and th[0] == 0.5
+    assert report["per_label"]["Lung nodule"]["f1"] == 1.0
+    assert report["per_label"]["Lung nodule"]["f1_at_0.5"] == 0.0
+    assert detection_scores(probs, labels, th)["f1"] == 1.0
+    with pytest.raises(ValueError, match="must both be"):
+        fit_thresholds(probs[:, :3], labels[:, :3])
+
+
+def test_calibrate_script_writes_thresholds(tiny_checkpoint, phantom_root, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    model, cfg = load_checkpoint(ckpt)
+    probs, labels, keys = collect_region_probabilities(model, cfg, phantom_root, "train", 1)
+    assert probs.shape == labels.shape and len(keys) == len(probs)
+    everything, _, all_keys = collect_region_probabilities(model, cfg, phantom_root, "train", 0)
+    first = sorted({v for v, _ in all_keys})[0]
+    assert first not in {v for v, _ in keys} and len(everything) > len(probs)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts/calibrate_evidence.py"),
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(phantom_root),
+            "--split",
+            "train",
+            "--skip-volumes",
+            "1",
+            "--report-volumes",
+            "1",
+            "--write",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "micro F1" in out.stdout
+    report = json.loads((ckpt / "calibration.json").read_text())
+    loaded, cfg2 = load_checkpoint(ckpt)
+    assert cfg2.model.evidence_thresholds == report["thresholds"]
+    assert len(report["thresholds"]) == len(CT_RATE_LABELS)
+
+
+def test_tiny_run_with_dense_loss_and_evidence_prompt(phantom_root, tmp_path):
+    from rgct.train.loop import train
+
+    out = tmp_path / "run"
+    cfg = load_config(
+        [TINY_MODEL, TINY_TRAIN],
+        tiny_overrides(
+            phantom_root,
+            out,
+            "train.max_steps=2",
+            "train.eval_every=0",
+            "model.dense_loss_weight=1.0",
+            "data.finding_maps=true",
+            "model.evidence_prompt=true",
+        ),
+    )
+    final = train(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("dense_loss", 0) > 0 for r in rows)
+    model, saved = load_checkpoint(final)
+    assert model.dense is not None and saved.model.evidence_prompt
