@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rgct.config import GenerationConfig, RGCTConfig
-from rgct.constants import REGIONS, REPORT_PROMPTS, WHOLE_SCAN
+from rgct.constants import CT_RATE_LABELS, REGIONS, REPORT_PROMPTS, WHOLE_SCAN
 from rgct.data.io import Volume, load_mask, load_volume
 from rgct.data.transforms import preprocess
 from rgct.model.builder import load_checkpoint
@@ -129,6 +129,16 @@ class Predictor:
         return out
 
     # -- public API ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def detect(self, volume: Any, mask: Any = None) -> dict[str, float]:
+        """The region classifier's probability of each CT-RATE label inside ``mask`` (whole scan
+        if None). With ``model.evidence_prompt`` the labels at or above
+        ``model.evidence_thresholds`` are what the language model is told it sees."""
+        image, masks = self.prepare(volume, {"region": mask})
+        with autocast_for(self.device):
+            _, _, logits = self.model.pooler(self.model.encode_image(image), masks["region"])
+        return dict(zip(CT_RATE_LABELS, torch.sigmoid(logits.float())[0].tolist()))
+
     def region_report(
         self,
         volume: Any,

@@ -1,15 +1,25 @@
-"""Reproduce the shipped demo model: phantoms -> stage 0 (encoder) -> stage 2 (LoRA) -> held-out check.
+"""Reproduce the demo model: phantoms -> encoder stages -> instruction stages -> held-out check.
 
     python scripts/make_demo_model.py --work runs/demo --num-volumes 1000 --workers 16 \
-        --stage0-steps 3000 --stage2-steps 1500 --export rgct/assets/demo_model
+        --export rgct/assets/demo_model
 
-Every stage is also a plain `rgct train` / `accelerate launch scripts/train.py` command; this
-script only chains them and writes the model card with the held-out numbers.
+Stages (``--stages``, comma list, in this order):
+  synth  ``rgct synth`` phantoms (800 train / 200 valid for 1000 volumes)
+  0      encoder + pooler on the per-region abnormality loss, no LLM (stage0_encoder.yaml)
+  0d     + the dense per-patch finding loss from phantom positions (stage0_dense.yaml)
+  2      LoRA + projector instruction tuning from the stage-0 encoder (stage2_instruct.yaml)
+  3      detect-then-describe prompts, encoder frozen, from stage 2 with the stage-0d encoder
+         (stage3_evidence.yaml); then the per-label thresholds are fitted on the validation
+         volumes after the first ``--heldout-volumes`` and the held-out check runs on those.
+
+Every stage is also a plain ``rgct train`` / ``accelerate launch scripts/train.py`` command;
+this script only chains them, calibrates, and writes the model card with the held-out numbers.
 """
 
 import argparse
 import logging
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +33,7 @@ from rgct.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "configs" / "model" / "smollm2.yaml"
+STAGES = ("synth", "0", "0d", "2", "3")
 
 if __name__ == "__main__":
     logging.basicConfig(
@@ -36,19 +47,20 @@ if __name__ == "__main__":
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stage0-steps", type=int, default=3000)
+    ap.add_argument("--stage0d-steps", type=int, default=900)
     ap.add_argument("--stage2-steps", type=int, default=1500)
-    ap.add_argument("--heldout-volumes", type=int, default=None)
+    ap.add_argument("--stage3-steps", type=int, default=400)
+    ap.add_argument("--heldout-volumes", type=int, default=50)
     ap.add_argument("--export", default=None, help="copy the final model (with its card) here")
-    ap.add_argument(
-        "--stages",
-        default="synth,0,2",
-        help="comma list of synth, 0, 2 (held-out check runs after 2)",
-    )
-    ap.add_argument("overrides", nargs="*", help="dotted overrides applied to both stages")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {STAGES}")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides applied to every stage")
     a = ap.parse_args()
+    stages = a.stages.split(",")
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        sys.exit(f"--stages: unknown stage(s) {unknown}; known: {STAGES}")
     work = Path(a.work)
     data = work / "phantoms"
-    stages = set(a.stages.split(","))
     if "synth" in stages:
         write_dataset(
             data, num_volumes=a.num_volumes, seed=a.seed, workers=a.workers, overwrite=True
@@ -59,36 +71,61 @@ if __name__ == "__main__":
         f"train.seed={a.seed}",
         *a.overrides,
     ]
-    stage0 = work / "stage0_encoder"
-    cfg0 = load_config(
-        [MODEL, REPO / "configs/train/stage0_encoder.yaml"],
-        [*common, f"train.output_dir={stage0}", f"train.max_steps={a.stage0_steps}"],
-    )
-    if "0" in stages:
-        train(cfg0, command=" ".join(sys.argv))
-    if "2" not in stages:
+    runs = {
+        "0": ("stage0_encoder", a.stage0_steps, []),
+        "0d": (
+            "stage0_dense",
+            a.stage0d_steps,
+            [f"train.init_from={work / 'stage0_encoder/model'}"],
+        ),
+        "2": (
+            "stage2_instruct",
+            a.stage2_steps,
+            [f"train.init_from={work / 'stage0_encoder/model'}"],
+        ),
+        "3": (
+            "stage3_evidence",
+            a.stage3_steps,
+            [
+                f"train.init_from={work / 'stage2_instruct/model'}",
+                f"train.init_vision_from={work / 'stage0_dense/model'}",
+            ],
+        ),
+    }
+    final = None
+    for stage in stages:
+        if stage not in runs:
+            continue
+        name, steps, extra = runs[stage]
+        cfg = load_config(
+            [MODEL, REPO / f"configs/train/{name}.yaml"],
+            [*common, f"train.output_dir={work / name}", f"train.max_steps={steps}", *extra],
+        )
+        final = train(cfg, command=" ".join(sys.argv))
+    if "3" not in stages:
         sys.exit(0)
-    stage2 = work / "stage2_instruct"
-    cfg2 = load_config(
-        [MODEL, REPO / "configs/train/stage2_instruct.yaml"],
+    heldout = a.heldout_volumes
+    subprocess.run(
         [
-            *common,
-            f"train.output_dir={stage2}",
-            f"train.max_steps={a.stage2_steps}",
-            f"train.init_from={stage0 / 'model'}",
+            sys.executable,
+            str(REPO / "scripts/calibrate_evidence.py"),
+            "--checkpoint",
+            str(final),
+            "--data",
+            str(data),
+            "--skip-volumes",
+            str(heldout),
+            "--report-volumes",
+            str(heldout),
+            "--write",
         ],
+        check=True,
     )
-    final = train(cfg2, command=" ".join(sys.argv))
-    model, cfg = load_checkpoint(
-        final, device="cuda" if torch.cuda.is_available() and cfg2.train.device != "cpu" else "cpu"
-    )
-    result = heldout_eval(model, cfg, data, work / "heldout", limit=a.heldout_volumes)
-    command = (
-        f"python scripts/make_demo_model.py --work {a.work} --num-volumes {a.num_volumes} --seed {a.seed} "
-        f"--stage0-steps {a.stage0_steps} --stage2-steps {a.stage2_steps} {' '.join(a.overrides)}"
-    ).strip()
+    device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+    model, cfg = load_checkpoint(final, device=device)
+    result = heldout_eval(model, cfg, data, work / "heldout", limit=heldout)
     card = (
-        default_card(cfg, command=command)
+        default_card(cfg, command="python " + " ".join(sys.argv))
         + "\n## Held-out check (does it use the image?)\n\n"
         + card_section(result)
     )

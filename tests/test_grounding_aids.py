@@ -253,3 +253,33 @@ def test_tiny_run_with_dense_loss_and_evidence_prompt(phantom_root, tmp_path):
     assert any(r.get("dense_loss", 0) > 0 for r in rows)
     model, saved = load_checkpoint(final)
     assert model.dense is not None and saved.model.evidence_prompt
+
+
+def test_fit_thresholds_keeps_a_weak_label_quiet_for_micro_f1():
+    rng = np.random.default_rng(1)
+    n = 1000
+    labels = np.zeros((n, len(CT_RATE_LABELS)), bool)
+    labels[:200, NODULE] = True  # well separated
+    labels[200:230, EFFUSION] = True  # 30 positives the classifier barely tells apart
+    probs = rng.uniform(0.0, 0.2, (n, len(CT_RATE_LABELS)))
+    probs[:200, NODULE] = 0.9
+    probs[:, EFFUSION] = rng.uniform(0.0, 0.6, n)
+    probs[200:230, EFFUSION] += 0.05
+    th, report = fit_thresholds(probs, labels)
+    assert report["micro_f1"] >= report["micro_f1_at_0.5"]
+    assert (probs[:, EFFUSION] >= th[EFFUSION]).sum() < 30  # stays (nearly) silent
+
+
+def test_predictor_detect_gives_one_probability_per_label(tiny_checkpoint):
+    from rgct.inference import Predictor
+
+    p = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    d, h, w = p.cfg.data.input_shape
+    volume = np.full((d, h, w), -800.0, np.float32)
+    mask = np.zeros((d, h, w), bool)
+    mask[2:6, 4:12, 4:12] = True
+    probs = p.detect(volume, mask)
+    assert list(probs) == list(CT_RATE_LABELS)
+    assert all(0.0 <= v <= 1.0 for v in probs.values())
+    with pytest.raises(ValueError, match="empty"):
+        p.detect(volume, np.zeros((d, h, w), bool))

@@ -34,8 +34,6 @@ from rgct.model.prompt import encode_for_generation, encode_for_training
 VISION_PARTS = MODEL_PARTS[:4]
 """Sub-modules saved in a checkpoint's vision.safetensors (plus ``dense`` when the model has it)."""
 DENSE_PART = MODEL_PARTS[4]
-DENSE_POS_WEIGHT = 20.0
-"""Positive weight of the dense per-patch BCE: a finding covers a few of ~2000 patches."""
 
 
 def attach_lora(llm: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
@@ -188,15 +186,22 @@ class RGCTModel(nn.Module):
         return F.binary_cross_entropy_with_logits(logits[keep].float(), labels[keep].float())
 
     def dense_loss(self, grid: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
-        """Per-patch multi-label BCE of the dense head against (B,1,D,H,W) finding maps."""
+        """Class-balanced per-patch BCE of the dense head against (B,1,D,H,W) finding maps.
+
+        Per label, the mean loss over positive patches plus the mean over negative ones
+        (averaged over labels): a 10 mm nodule covers one or two of ~2000 patches, and a plain
+        mean would let the large findings (effusions, cardiomegaly) drown it.
+        """
         if self.dense is None:
             raise ValueError("dense finding maps given but model.dense_loss_weight is 0")
-        logits = self.dense(grid)  # (B, L, d, h, w)
+        logits = self.dense(grid).float()  # (B, L, d, h, w)
         target = finding_targets(findings, tuple(grid.shape[2:]), logits.shape[1])
-        pos_weight = torch.full((logits.shape[1], 1, 1, 1), DENSE_POS_WEIGHT, device=grid.device)
-        return F.binary_cross_entropy_with_logits(
-            logits.float(), target.to(logits.device), pos_weight=pos_weight
-        )
+        target = target.to(logits.device)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        dims = (0, 2, 3, 4)
+        pos = (bce * target).sum(dims) / target.sum(dims).clamp(min=1.0)
+        neg = (bce * (1 - target)).sum(dims) / (1 - target).sum(dims).clamp(min=1.0)
+        return (pos + neg).mean()
 
     # -- detect, then describe (model.evidence_prompt) -------------------------------------------
     def detect(self, logits: torch.Tensor) -> torch.Tensor:
