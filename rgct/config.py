@@ -24,6 +24,8 @@ import yaml
 
 from rgct.constants import CT_RATE_LABELS, HU_WINDOW, MODEL_PARTS, TASKS
 
+OBJECTIVES = ("lm", "aux", "dense")
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid."""
@@ -64,6 +66,9 @@ class DataConfig:
     """DataLoader worker processes."""
     max_volumes: int | None = None
     """Use at most this many volumes per split (quick runs)."""
+    crop_shape: tuple[int, int, int] | None = None
+    """Train on random crops of this (D, H, W), half centred on a finding (nnU-Net-style
+    foreground oversampling; needs ``finding_maps``): ``train.objective=dense`` only."""
     finding_maps: bool = False
     """Add each volume's dense finding map (from phantom ``ground_truth.jsonl`` positions) to
     the samples, for ``model.dense_loss_weight``; needs a ground-truth file under ``root``."""
@@ -74,6 +79,16 @@ class DataConfig:
             raise ConfigError(f"data.tasks: unknown task(s) {sorted(unknown)}; known: {TASKS}")
         if any(w < 0 for w in self.tasks.values()):
             raise ConfigError(f"data.tasks: weights must be >= 0, got {self.tasks}")
+        if self.crop_shape is not None:
+            crop = tuple(int(c) for c in self.crop_shape)
+            if len(crop) != 3 or any(c < 8 or c > s for c, s in zip(crop, self.input_shape)):
+                raise ConfigError(
+                    f"data.crop_shape must be 3 sizes between 8 and input_shape "
+                    f"{tuple(self.input_shape)}, got {self.crop_shape}"
+                )
+            if not self.finding_maps:
+                raise ConfigError("data.crop_shape needs data.finding_maps: true")
+            self.crop_shape = crop
         if len(self.input_shape) != 3 or any(int(s) < 8 for s in self.input_shape):
             raise ConfigError(f"data.input_shape must be 3 sizes >= 8, got {self.input_shape}")
         lo, hi = self.hu_window
@@ -241,7 +256,9 @@ class TrainConfig:
     newer stage-0 encoder under an already instruction-tuned projector and adapter."""
     objective: str = "lm"
     """'lm': language loss (+ auxiliary loss); 'aux': encoder pre-training on the auxiliary
-    per-region abnormality loss alone (no LLM forward: several times cheaper per sample)."""
+    per-region abnormality loss alone (no LLM forward: several times cheaper per sample; with
+    a frozen encoder it trains the region pooler); 'dense': the encoder and dense head on the
+    dense finding loss alone, on crops when ``data.crop_shape`` is set (no pooling, no LLM)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
 
@@ -259,8 +276,10 @@ class TrainConfig:
         bad = set(self.init_from_parts) - {*MODEL_PARTS, "lora"}
         if bad:
             raise ConfigError(f"train.init_from_parts: unknown part(s) {sorted(bad)}")
-        if self.objective not in ("lm", "aux"):
-            raise ConfigError(f"train.objective must be 'lm' or 'aux', got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(
+                f"train.objective must be one of {OBJECTIVES}, got {self.objective!r}"
+            )
         if self.resume is not None and (self.init_from or self.init_vision_from):
             raise ConfigError(
                 "train.resume and train.init_from/init_vision_from exclude each other: resume continues "
@@ -282,9 +301,24 @@ class RGCTConfig:
             and self.model.encoder.freeze
         ):
             raise ConfigError("nothing would train: encoder frozen, projector and LoRA off")
-        if self.train.objective == "aux" and self.model.encoder.freeze:
+        if self.train.objective == "aux" and self.model.encoder.freeze and not (
+            self.model.train_projector
+        ):
             raise ConfigError(
-                "train.objective=aux trains the encoder: model.encoder.freeze must be false"
+                "train.objective=aux with a frozen encoder trains the pooler: "
+                "model.train_projector must be true"
+            )
+        if self.train.objective == "dense" and (
+            self.model.encoder.freeze or self.model.dense_loss_weight <= 0
+        ):
+            raise ConfigError(
+                "train.objective=dense trains the encoder on the dense finding loss: needs "
+                "model.encoder.freeze=false and model.dense_loss_weight > 0"
+            )
+        if self.data.crop_shape is not None and self.train.objective != "dense":
+            raise ConfigError(
+                "data.crop_shape is for train.objective=dense (region masks and prompts need "
+                "whole volumes)"
             )
         if self.train.objective == "aux" and self.model.aux_loss_weight <= 0:
             raise ConfigError("train.objective=aux needs model.aux_loss_weight > 0")

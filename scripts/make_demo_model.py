@@ -7,10 +7,13 @@ Stages (``--stages``, comma list, in this order):
   synth  ``rgct synth`` phantoms (800 train / 200 valid for 1000 volumes)
   0      encoder + pooler on the per-region abnormality loss, no LLM (stage0_encoder.yaml)
   0d     + the dense per-patch finding loss from phantom positions (stage0_dense.yaml)
+  0c     the dense loss alone on 32x64x64 crops, half centred on a finding (stage0_crops.yaml)
+  0p     the region classifier on the frozen encoder, whole volumes (stage0_pool.yaml)
   2      LoRA + projector instruction tuning from the stage-0 encoder (stage2_instruct.yaml)
-  3      detect-then-describe prompts, encoder frozen, from stage 2 with the stage-0d encoder
-         (stage3_evidence.yaml); then the per-label thresholds are fitted on the validation
-         volumes after the first ``--heldout-volumes`` and the held-out check runs on those.
+  3      detect-then-describe prompts, encoder frozen, from stage 2 with the encoder and
+         pooler of the last encoder stage run (stage3_evidence.yaml); then the per-label
+         thresholds are fitted on the validation volumes after the first
+         ``--heldout-volumes`` and the held-out check runs on those.
 
 Every stage is also a plain ``rgct train`` / ``accelerate launch scripts/train.py`` command;
 this script only chains them, calibrates, and writes the model card with the held-out numbers.
@@ -33,7 +36,8 @@ from rgct.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "configs" / "model" / "smollm2.yaml"
-STAGES = ("synth", "0", "0d", "2", "3")
+STAGES = ("synth", "0", "0d", "0c", "0p", "2", "3")
+VISION_STAGES = ("0", "0d", "0c", "0p")
 
 if __name__ == "__main__":
     logging.basicConfig(
@@ -48,6 +52,8 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stage0-steps", type=int, default=3000)
     ap.add_argument("--stage0d-steps", type=int, default=900)
+    ap.add_argument("--stage0c-steps", type=int, default=1500)
+    ap.add_argument("--stage0p-steps", type=int, default=500)
     ap.add_argument("--stage2-steps", type=int, default=1500)
     ap.add_argument("--stage3-steps", type=int, default=400)
     ap.add_argument("--heldout-volumes", type=int, default=50)
@@ -71,35 +77,59 @@ if __name__ == "__main__":
         f"train.seed={a.seed}",
         *a.overrides,
     ]
-    runs = {
-        "0": ("stage0_encoder", a.stage0_steps, []),
-        "0d": (
-            "stage0_dense",
-            a.stage0d_steps,
-            [f"train.init_from={work / 'stage0_encoder/model'}"],
-        ),
-        "2": (
-            "stage2_instruct",
-            a.stage2_steps,
-            [f"train.init_from={work / 'stage0_encoder/model'}"],
-        ),
-        "3": (
-            "stage3_evidence",
-            a.stage3_steps,
-            [
-                f"train.init_from={work / 'stage2_instruct/model'}",
-                f"train.init_vision_from={work / 'stage0_dense/model'}",
-            ],
-        ),
+    names = {
+        "0": "stage0_encoder",
+        "0d": "stage0_dense",
+        "0c": "stage0_crops",
+        "0p": "stage0_pool",
+        "2": "stage2_instruct",
+        "3": "stage3_evidence",
     }
+    steps = {
+        "0": a.stage0_steps,
+        "0d": a.stage0d_steps,
+        "0c": a.stage0c_steps,
+        "0p": a.stage0p_steps,
+        "2": a.stage2_steps,
+        "3": a.stage3_steps,
+    }
+
+    def model_of(stage: str) -> Path:
+        return work / names[stage] / "model"
+
+    def last_vision(before: str) -> str:
+        """The latest encoder stage before ``before`` in the pipeline order that ran here."""
+        order = (
+            VISION_STAGES[: VISION_STAGES.index(before)]
+            if before in VISION_STAGES
+            else VISION_STAGES
+        )
+        done = [s for s in order if s in stages or model_of(s).is_dir()]
+        if not done:
+            sys.exit(f"stage {before} needs an encoder stage (0) before it")
+        return done[-1]
+
     final = None
-    for stage in stages:
-        if stage not in runs:
-            continue
-        name, steps, extra = runs[stage]
+    for stage in (s for s in STAGES if s in stages and s != "synth"):
+        if stage == "0":
+            extra = []
+        elif stage in ("0d", "0c", "0p"):
+            extra = [f"train.init_from={model_of(last_vision(stage))}"]
+        elif stage == "2":
+            extra = [f"train.init_from={model_of('0')}"]
+        else:  # 3
+            extra = [
+                f"train.init_from={model_of('2')}",
+                f"train.init_vision_from={model_of(last_vision('3'))}",
+            ]
         cfg = load_config(
-            [MODEL, REPO / f"configs/train/{name}.yaml"],
-            [*common, f"train.output_dir={work / name}", f"train.max_steps={steps}", *extra],
+            [MODEL, REPO / f"configs/train/{names[stage]}.yaml"],
+            [
+                *common,
+                f"train.output_dir={work / names[stage]}",
+                f"train.max_steps={steps[stage]}",
+                *extra,
+            ],
         )
         final = train(cfg, command=" ".join(sys.argv))
     if "3" not in stages:

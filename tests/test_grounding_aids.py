@@ -283,3 +283,64 @@ def test_predictor_detect_gives_one_probability_per_label(tiny_checkpoint):
     assert all(0.0 <= v <= 1.0 for v in probs.values())
     with pytest.raises(ValueError, match="empty"):
         p.detect(volume, np.zeros((d, h, w), bool))
+
+
+def test_crops_are_centred_on_findings_half_the_time(phantom_root, tmp_path):
+    cfg = load_config(
+        [TINY_MODEL, REPO / "configs/train/stage0_crops.yaml"],
+        tiny_overrides(phantom_root, tmp_path / "run", "data.crop_shape=[8,16,16]"),
+    )
+    ds = RGCTDataset(cfg.data, "train", train=True, num_samples=40, seed=0)
+    items = [ds[i] for i in range(40)]
+    assert all(it["image"].shape == (1, 8, 16, 16) == it["findings"].shape for it in items)
+    with_finding = sum(bool(it["findings"].sum() > 0) for it in items)
+    assert 10 <= with_finding <= 38  # pos=1, neg=1 (a negative crop may still touch one)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["data.crop_shape=[8,16,16]"], "needs data.finding_maps"),
+        (["data.finding_maps=true", "data.crop_shape=[8,16,16]"], "for train.objective=dense"),
+        (["train.objective=dense"], "dense_loss_weight > 0"),
+        (
+            ["data.finding_maps=true", "data.crop_shape=[4,16,16]", "train.objective=dense",
+             "model.dense_loss_weight=1"],
+            "crop_shape must be",
+        ),
+    ],
+)
+def test_crop_and_dense_objective_config_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config([TINY_MODEL], overrides)
+
+
+def test_tiny_dense_crop_run_then_pooler_on_the_frozen_encoder(phantom_root, tmp_path):
+    from rgct.train.loop import train
+
+    crops = train(
+        load_config(
+            [TINY_MODEL, REPO / "configs/train/stage0_crops.yaml"],
+            tiny_overrides(
+                phantom_root, tmp_path / "crops", "train.max_steps=2", "data.crop_shape=[8,16,16]",
+                "model.llm=tiny", "train.batch_size=4",
+            ),
+        )
+    )
+    rows = [json.loads(x) for x in (tmp_path / "crops/metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["dense_loss"] > 0 and rows[-1]["aux_loss"] == 0
+    pool_cfg = load_config(
+        [TINY_MODEL, REPO / "configs/train/stage0_pool.yaml"],
+        tiny_overrides(
+            phantom_root, tmp_path / "pool", "train.max_steps=2", f"train.init_from={crops}",
+            "train.batch_size=4", "train.eval_every=0",
+        ),
+    )
+    pooled = train(pool_cfg)
+    a, _ = load_checkpoint(crops)
+    b, _ = load_checkpoint(pooled)
+    for k, v in a.encoder.state_dict().items():  # frozen: the encoder is unchanged
+        assert torch.equal(b.encoder.state_dict()[k], v)
+    assert not all(
+        torch.equal(v, a.pooler.state_dict()[k]) for k, v in b.pooler.state_dict().items()
+    )

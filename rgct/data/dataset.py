@@ -143,6 +143,8 @@ class RGCTDataset(Dataset):
             seed = int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0])
             self.random.set_random_state(seed=seed)
             arrays = self.random(arrays)
+            if isinstance(arrays, list):  # a crop transform returns its samples as a list
+                arrays = arrays[0]
         labels = torch.zeros(len(CT_RATE_LABELS), dtype=torch.float32)
         if sample.labels is not None:
             labels = torch.tensor(sample.labels, dtype=torch.float32)

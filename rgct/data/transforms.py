@@ -34,6 +34,7 @@ from monai.transforms import (
     Lambdad,
     MapTransform,
     RandAffined,
+    RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
     RandScaleIntensityd,
@@ -158,6 +159,21 @@ def build_random_transforms(cfg: DataConfig, *, flip_prob: float = 0.0) -> Compo
     """
     shape = cfg.input_shape
     steps: list = []
+    if cfg.crop_shape is not None:
+        # nnU-Net-style foreground oversampling: half the crops centred on a finding voxel
+        steps.append(
+            RandCropByPosNegLabeld(
+                RANDOM_KEYS,
+                label_key="findings",
+                spatial_size=tuple(cfg.crop_shape),
+                pos=1,
+                neg=1,
+                num_samples=1,
+                allow_smaller=True,
+                allow_missing_keys=True,
+            )
+        )
+        shape = cfg.crop_shape
     if flip_prob > 0:
         steps += [
             RandFlipd(RANDOM_KEYS, prob=flip_prob, spatial_axis=a, allow_missing_keys=True)

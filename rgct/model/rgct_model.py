@@ -254,14 +254,29 @@ class RGCTModel(nn.Module):
         has_labels: torch.Tensor | None = None,
         findings: torch.Tensor | None = None,
         blind: bool = False,
+        dense_only: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Language-model loss plus the weighted auxiliary (and dense) losses for a batch.
 
         Without ``input_ids`` only the vision side runs and ``loss`` is the auxiliary loss plus
         the weighted dense loss (encoder pre-training). ``findings``: (B,1,D,H,W) dense finding
         maps (:mod:`rgct.data.finding_maps`), used when the model has a dense head.
+        ``dense_only``: the encoder and dense head alone (``train.objective=dense``), on whole
+        volumes or on crops of any size the encoder's stride divides; ``mask`` is ignored.
         Returns ``loss``, ``lm_loss``, ``aux_loss``, ``dense_loss``, ``aux_logits``.
         """
+        if dense_only:
+            if findings is None:
+                raise ValueError("dense_only needs the finding maps (data.finding_maps)")
+            dense = self.dense_loss(self.encoder(image), findings)
+            zero = dense.detach() * 0.0
+            return {
+                "loss": dense,
+                "lm_loss": zero,
+                "aux_loss": zero,
+                "dense_loss": dense.detach(),
+                "aux_logits": torch.zeros(len(image), len(CT_RATE_LABELS), device=image.device),
+            }
         grid = self.encode_image(image)
         visual, logits = self.visual_tokens(grid, mask)
         if aux_labels is None:

@@ -79,6 +79,8 @@ def to_model_inputs(model: RGCTModel, batch: dict, device: torch.device, objecti
     }
     if "findings" in batch:
         inputs["findings"] = batch["findings"].to(device)
+    if objective == "dense":
+        inputs["dense_only"] = True
     if objective == "lm":
         enc = model.tokenize(batch["prompt"], batch["answer"], batch["labels"], batch["has_labels"])
         inputs.update({k: v.to(device) for k, v in enc.items()})
@@ -99,6 +101,9 @@ def evaluate(model: RGCTModel, accelerator: Accelerator, cfg: RGCTConfig, loader
     raw.eval()
     out: dict[str, float] = {}
     tp = fp = fn = 0
+    # validation samples are whole volumes without finding maps: a dense run reports how
+    # its encoder serves the region classifier
+    objective = "aux" if cfg.train.objective == "dense" else cfg.train.objective
     for task, loader in loaders.items():
         losses = []
         for i, batch in enumerate(loader):
@@ -106,8 +111,8 @@ def evaluate(model: RGCTModel, accelerator: Accelerator, cfg: RGCTConfig, loader
                 break
             if not batch:
                 continue
-            res = raw(**to_model_inputs(raw, batch, accelerator.device, cfg.train.objective))
-            losses.append(res["lm_loss" if cfg.train.objective == "lm" else "aux_loss"].float())
+            res = raw(**to_model_inputs(raw, batch, accelerator.device, objective))
+            losses.append(res["lm_loss" if objective == "lm" else "aux_loss"].float())
             keep = torch.as_tensor(batch["has_labels"], device=accelerator.device).bool()
             t = aux_f1(res["aux_logits"][keep], batch["labels"].to(accelerator.device)[keep])
             tp, fp, fn = tp + t[0], fp + t[1], fn + t[2]
