@@ -42,7 +42,9 @@ def collect_region_probabilities(
         ``(probs (N, 18), labels (N, 18) bool, [(volume, region)] * N)``; the encoder runs
         once per volume.
     """
-    data = replace(cfg.data, root=str(data_root), augment=False, finding_maps=False)
+    data = replace(
+        cfg.data, root=str(data_root), augment=False, finding_maps=False, crop_shape=None
+    )
     ds = RGCTDataset(data, split, train=False, tasks=["region_report"])
     volumes = sorted({s.volume for s in ds.samples})
     keep = set(volumes[skip_volumes:])

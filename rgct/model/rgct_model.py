@@ -10,6 +10,8 @@ Data flow for a batch of B samples (one region mask each)::
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -34,6 +36,8 @@ from rgct.model.prompt import encode_for_generation, encode_for_training
 VISION_PARTS = MODEL_PARTS[:4]
 """Sub-modules saved in a checkpoint's vision.safetensors (plus ``dense`` when the model has it)."""
 DENSE_PART = MODEL_PARTS[4]
+DENSE_HARD_FRACTION = 64
+"""The dense loss also averages each volume's hardest 1/64 of negative patches."""
 
 
 def attach_lora(llm: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
@@ -188,9 +192,11 @@ class RGCTModel(nn.Module):
     def dense_loss(self, grid: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
         """Class-balanced per-patch BCE of the dense head against (B,1,D,H,W) finding maps.
 
-        Per label, the mean loss over positive patches plus the mean over negative ones
-        (averaged over labels): a 10 mm nodule covers one or two of ~2000 patches, and a plain
-        mean would let the large findings (effusions, cardiomegaly) drown it.
+        Per label, the mean loss over positive patches, plus the mean over negative ones, plus
+        the mean over each volume's hardest 1/64 of negatives (averaged over labels): a 10 mm
+        nodule covers one or two of ~2000 patches, and a plain mean would let the large
+        findings (effusions, cardiomegaly) drown it, while the hard negatives keep the
+        strongest patch of a normal region low.
         """
         if self.dense is None:
             raise ValueError("dense finding maps given but model.dense_loss_weight is 0")
@@ -201,7 +207,12 @@ class RGCTModel(nn.Module):
         dims = (0, 2, 3, 4)
         pos = (bce * target).sum(dims) / target.sum(dims).clamp(min=1.0)
         neg = (bce * (1 - target)).sum(dims) / (1 - target).sum(dims).clamp(min=1.0)
-        return (pos + neg).mean()
+        # hardest negatives of each volume (vessels that look like nodules): what decides
+        # whether a region's strongest patch is a false alarm
+        flat = (bce * (1 - target)).flatten(2)  # (B, L, N)
+        k = max(1, math.ceil(flat.shape[-1] / DENSE_HARD_FRACTION))
+        hard = flat.topk(k, dim=-1).values.mean(dim=(0, 2))
+        return (pos + neg + hard).mean()
 
     # -- detect, then describe (model.evidence_prompt) -------------------------------------------
     def detect(self, logits: torch.Tensor) -> torch.Tensor:
