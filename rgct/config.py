@@ -301,8 +301,10 @@ class RGCTConfig:
             and self.model.encoder.freeze
         ):
             raise ConfigError("nothing would train: encoder frozen, projector and LoRA off")
-        if self.train.objective == "aux" and self.model.encoder.freeze and not (
-            self.model.train_projector
+        if (
+            self.train.objective == "aux"
+            and self.model.encoder.freeze
+            and not (self.model.train_projector)
         ):
             raise ConfigError(
                 "train.objective=aux with a frozen encoder trains the pooler: "

@@ -304,8 +304,12 @@ def test_crops_are_centred_on_findings_half_the_time(phantom_root, tmp_path):
         (["data.finding_maps=true", "data.crop_shape=[8,16,16]"], "for train.objective=dense"),
         (["train.objective=dense"], "dense_loss_weight > 0"),
         (
-            ["data.finding_maps=true", "data.crop_shape=[4,16,16]", "train.objective=dense",
-             "model.dense_loss_weight=1"],
+            [
+                "data.finding_maps=true",
+                "data.crop_shape=[4,16,16]",
+                "train.objective=dense",
+                "model.dense_loss_weight=1",
+            ],
             "crop_shape must be",
         ),
     ],
@@ -322,8 +326,12 @@ def test_tiny_dense_crop_run_then_pooler_on_the_frozen_encoder(phantom_root, tmp
         load_config(
             [TINY_MODEL, REPO / "configs/train/stage0_crops.yaml"],
             tiny_overrides(
-                phantom_root, tmp_path / "crops", "train.max_steps=2", "data.crop_shape=[8,16,16]",
-                "model.llm=tiny", "train.batch_size=4",
+                phantom_root,
+                tmp_path / "crops",
+                "train.max_steps=2",
+                "data.crop_shape=[8,16,16]",
+                "model.llm=tiny",
+                "train.batch_size=4",
             ),
         )
     )
@@ -332,8 +340,12 @@ def test_tiny_dense_crop_run_then_pooler_on_the_frozen_encoder(phantom_root, tmp
     pool_cfg = load_config(
         [TINY_MODEL, REPO / "configs/train/stage0_pool.yaml"],
         tiny_overrides(
-            phantom_root, tmp_path / "pool", "train.max_steps=2", f"train.init_from={crops}",
-            "train.batch_size=4", "train.eval_every=0",
+            phantom_root,
+            tmp_path / "pool",
+            "train.max_steps=2",
+            f"train.init_from={crops}",
+            "train.batch_size=4",
+            "train.eval_every=0",
         ),
     )
     pooled = train(pool_cfg)

@@ -158,7 +158,11 @@ def test_every_train_config_loads(name):
         (["train.lrr=1e-3"], "did you mean 'train.lr'"),
         (["train.lr=fast"], "expected a number"),
         (["train.mixed_precision=fp8"], "mixed_precision"),
-        (["train.objective=aux", "model.encoder.freeze=true"], "objective=aux"),
+        (
+            ["train.objective=aux", "model.encoder.freeze=true", "model.train_projector=false"],
+            "objective=aux",
+        ),
+        (["train.objective=dense"], "dense_loss_weight > 0"),
         (["train.resume=auto", "train.init_from=somewhere"], "exclude each other"),
         (["data.tasks={captioning: 1.0}"], "unknown task"),
         (["model.num_global_tokens=10"], "cube"),
