@@ -1,6 +1,6 @@
 """``rgct plot RUN_DIR [--out PNG]``: draw a run's loss curves from ``metrics.jsonl``.
 
-Training rows carry ``step, loss, lm_loss, aux_loss, lr, samples_per_s``; evaluation rows
+Training rows carry ``step, loss, lm_loss, aux_loss, dense_loss, lr, samples_per_s``; evaluation rows
 carry ``step, val_loss/<task>, val_aux_f1``. Four panels: training losses, validation loss per
 task, auxiliary-classifier F1, learning rate. Written atomically (temp file, then rename).
 """
@@ -18,7 +18,7 @@ from rgct.jsonl import iter_jsonl
 logger = logging.getLogger(__name__)
 
 DEFAULT_PNG = "loss_curves.png"
-TRAIN_KEYS = ("loss", "lm_loss", "aux_loss")
+TRAIN_KEYS = ("loss", "lm_loss", "aux_loss", "dense_loss")
 VAL_PREFIX = "val_loss/"
 
 
@@ -66,7 +66,7 @@ def plot_metrics(run_dir: str | Path, out: str | Path | None = None) -> Path:
         drawn = 0
         for key, label in curves:
             steps, values = _series(rows, key)
-            if steps:
+            if steps and any(values):  # an all-zero loss is one the stage does not train
                 ax.plot(steps, values, marker="o" if len(steps) < 20 else None, ms=3, label=label)
                 drawn += 1
         ax.set_title(title)
