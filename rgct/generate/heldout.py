@@ -82,7 +82,8 @@ def card_section(result: dict) -> str:
     keys = list(result["model"])
     lines = [
         f"Held-out split `{result['split']}`: {result['volumes']} phantom volumes never seen in training. "
-        "The blind baseline is the same model with its visual tokens replaced by zeros.",
+        "The blind baseline is the same model with its visual tokens replaced by zeros (with "
+        "evidence prompts its region classifier also sees a zero grid).",
         "",
         "| metric | model | blind baseline |",
         "|---|---|---|",
