@@ -6,6 +6,10 @@ Data flow for a batch of B samples (one region mask each)::
     grid + mask --pooler--> global (B,G,C), region (B,2,C), aux logits (B,L)
     [global | region] --projector--> (B,G+2,Hd);  sigmoid(logits) --evidence--> (B,1,Hd)
     visual (B,V,Hd) written at the placeholder tokens of the prompt -> LLM -> loss / text
+
+Optional: ``grid --dense-->`` per-patch label logits (B,L,d,h,w), trained on phantom finding
+maps (``model.dense_loss_weight``); with ``model.evidence_prompt`` the aux logits, thresholded,
+are also written into the prompt as text ("Image findings in this region: ...").
 """
 
 from __future__ import annotations
