@@ -304,7 +304,7 @@ class RGCTConfig:
         if (
             self.train.objective == "aux"
             and self.model.encoder.freeze
-            and not (self.model.train_projector)
+            and not self.model.train_projector
         ):
             raise ConfigError(
                 "train.objective=aux with a frozen encoder trains the pooler: "

@@ -1,8 +1,8 @@
 """Per-label thresholds for the region classifier's detections (``model.evidence_prompt``).
 
 The classifier's probabilities are not calibrated (rare labels sit well below 0.5 even when
-present), so each CT-RATE label gets the threshold that maximises its F1 over the
-(volume, region) pairs of a calibration set. Keep that set apart from the volumes you report
+present), so each CT-RATE label gets its own threshold, chosen to maximise the micro F1 over
+all (volume, region, label) decisions of a calibration set (:func:`fit_thresholds`). Keep that set apart from the volumes you report
 on: :func:`collect_region_probabilities` skips the first ``skip_volumes`` volumes of the
 split (sorted by name), which are the ones a ``limit``-ed held-out check uses.
 """

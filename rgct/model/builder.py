@@ -26,9 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from rgct.config import RGCTConfig, load_config, save_config
 from rgct.model.llm import build_llm
-from rgct.model.rgct_model import DENSE_PART, VISION_PARTS, RGCTModel, attach_lora
-
-__all__ = ["DENSE_PART", "VISION_PARTS"]  # re-exported: checkpoint code imports them from here
+from rgct.model.rgct_model import RGCTModel, attach_lora
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from rgct.config import RGCTConfig
-from rgct.model.builder import DENSE_PART, VISION_PARTS, load_vision_weights, save_checkpoint
+from rgct.constants import MODEL_PARTS
+from rgct.model.builder import load_vision_weights, save_checkpoint
 from rgct.model.rgct_model import RGCTModel
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def load_model_weights(
     load_vision_weights(
         model,
         directory,
-        tuple(p for p in (*VISION_PARTS, DENSE_PART) if p in parts),
+        tuple(p for p in MODEL_PARTS if p in parts),
         hint="; choose train.init_from_parts accordingly",
     )
     if "lora" not in parts:
