@@ -42,7 +42,10 @@ class DataConfig:
     input_shape: tuple[int, int, int] = (64, 128, 128)
     """Model input (D, H, W) in voxels after resizing."""
     hu_window: tuple[float, float] = HU_WINDOW
-    """Hounsfield window clipped to and rescaled to [0, 1]."""
+    """Hounsfield window clipped to and rescaled to [0, 1]: the image's first channel."""
+    extra_hu_windows: tuple[tuple[float, float], ...] = ()
+    """More (low, high) windows, one extra input channel each (e.g. a lung window for ground
+    glass and emphysema, a calcium window for calcifications that ``hu_window`` clips)."""
     tasks: dict[str, float] = field(
         default_factory=lambda: {
             "region_report": 1.0,
@@ -54,6 +57,9 @@ class DataConfig:
         }
     )
     """Task name -> sampling weight. Tasks absent (or weight 0) are not used."""
+    abnormal_fraction: float | None = None
+    """Training mix only: draw at least this fraction of each region task's samples from
+    regions that hold a finding (oversampling rare positives); None keeps natural rates."""
     unnamed_region_fraction: float = 0.25
     """Fraction of region reports whose prompt says 'the given region' (mask only)."""
     cache_dir: str | None = None
@@ -96,8 +102,31 @@ class DataConfig:
             raise ConfigError(
                 f"data.hu_window must be (low, high) with low < high, got {self.hu_window}"
             )
+        windows = []
+        for w in self.extra_hu_windows:
+            if len(w) != 2 or not float(w[0]) < float(w[1]):
+                raise ConfigError(
+                    f"data.extra_hu_windows: each window must be (low, high) with low < high, "
+                    f"got {list(w)} in {[list(v) for v in self.extra_hu_windows]}"
+                )
+            windows.append((float(w[0]), float(w[1])))
+        self.extra_hu_windows = tuple(windows)
         if not 0.0 <= self.unnamed_region_fraction <= 1.0:
             raise ConfigError("data.unnamed_region_fraction must lie in [0, 1]")
+        if self.abnormal_fraction is not None and not 0.0 <= self.abnormal_fraction <= 1.0:
+            raise ConfigError(
+                f"data.abnormal_fraction must lie in [0, 1] (or null), got {self.abnormal_fraction}"
+            )
+
+    @property
+    def hu_windows(self) -> tuple[tuple[float, float], ...]:
+        """Every window, in channel order: ``hu_window`` then ``extra_hu_windows``."""
+        return (tuple(float(v) for v in self.hu_window), *self.extra_hu_windows)
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels the model receives: one per HU window."""
+        return len(self.hu_windows)
 
 
 @dataclass

@@ -85,7 +85,7 @@ def count_tokens(ids: torch.Tensor, eos: int) -> int:
 def bench_preset(name: str, args: argparse.Namespace) -> list[dict]:
     model = build_model(load_config([PRESETS[name]], ["train.seed=0"]))
     torch.manual_seed(0)
-    image = torch.rand(1, 1, *model.input_shape)
+    image = torch.rand(1, model.in_channels, *model.input_shape)
     masks = region_masks(model.input_shape, NUM_REGIONS)
     prompts = [PROMPT.format(region=REGIONS[i % len(REGIONS)]) for i in range(NUM_REGIONS)]
     if name == "tiny":

@@ -50,7 +50,7 @@ COLUMNS = [
 def inputs(model: RGCTModel, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random image (B,1,D,H,W) in [0,1] and a central box mask (B,1,D,H,W)."""
     torch.manual_seed(0)
-    image = torch.rand(batch, 1, *model.input_shape)
+    image = torch.rand(batch, model.in_channels, *model.input_shape)
     mask = torch.zeros_like(image)
     d, h, w = model.input_shape
     mask[..., d // 4 : 3 * d // 4, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1

@@ -93,7 +93,9 @@ class RGCTDataset(Dataset):
             index, weights, unnamed_region_fraction=cfg.unnamed_region_fraction, seed=seed
         )
         if num_samples is not None:
-            self.samples = mix_samples(by_task, weights, num_samples, seed)
+            # positives oversampled (data.abnormal_fraction) in the training mix only
+            abnormal = cfg.abnormal_fraction if train else None
+            self.samples = mix_samples(by_task, weights, num_samples, seed, abnormal)
         else:
             self.samples = [s for t in TASKS if t in by_task for s in by_task[t]]
         if not self.samples:
@@ -178,8 +180,8 @@ def collate(items: list[dict | None]) -> dict:
     """Stack a list of items into a batch; ``None`` (skipped) items are dropped.
 
     Returns:
-        ``image``/``mask`` (B, 1, D, H, W), ``labels`` (B, 18), ``has_labels`` (B,) bool,
-        and lists of B strings for the text fields. An all-skipped batch gives ``{}``.
+        ``image`` (B, C, D, H, W) (C = HU windows), ``mask`` (B, 1, D, H, W), ``labels``
+        (B, 18), ``has_labels`` (B,) bool, and lists of B strings for the text fields. An all-skipped batch gives ``{}``.
     """
     items = [it for it in items if it is not None]
     if not items:

@@ -382,11 +382,14 @@ def mix_samples(
     weights: dict[str, float] | None,
     num_samples: int,
     seed: int,
+    abnormal_fraction: float | None = None,
 ) -> list[Sample]:
     """Draw ``num_samples`` samples, choosing the task of each by ``weights``.
 
     Within a task, samples are taken from a seeded permutation (all are used before any is
     repeated). Tasks with no samples or weight 0 are skipped. Same arguments -> same list.
+    With ``abnormal_fraction``, each task whose samples carry region labels draws at least
+    that fraction from samples whose region holds a finding (oversampling rare positives).
 
     Raises:
         DataError: no task has both a positive weight and samples.
@@ -395,6 +398,22 @@ def mix_samples(
     tasks = [t for t in samples_by_task if samples_by_task[t] and weights.get(t, 0.0) > 0]
     if not tasks:
         raise DataError(f"no samples to mix: tasks {list(samples_by_task)} with weights {weights}")
+    if abnormal_fraction is not None:
+        if not 0.0 <= abnormal_fraction <= 1.0:
+            raise ValueError(f"abnormal_fraction must lie in [0, 1], got {abnormal_fraction}")
+        pools: dict[str, list[Sample]] = {}
+        pool_weights: dict[str, float] = {}
+        for t in tasks:
+            pool = samples_by_task[t]
+            abnormal = [s for s in pool if s.labels is not None and any(s.labels)]
+            normal = [s for s in pool if s.labels is None or not any(s.labels)]
+            if not (abnormal and normal):  # nothing to rebalance: the task as it is
+                pools[t], pool_weights[t] = pool, weights[t]
+                continue
+            f = max(abnormal_fraction, len(abnormal) / len(pool))
+            pools[t], pool_weights[t] = normal, weights[t] * (1.0 - f)
+            pools[f"{t}+abnormal"], pool_weights[f"{t}+abnormal"] = abnormal, weights[t] * f
+        samples_by_task, weights, tasks = pools, pool_weights, list(pools)
     rng = np.random.default_rng(seed)
     p = np.array([weights[t] for t in tasks], dtype=np.float64)
     choice = rng.choice(len(tasks), size=num_samples, p=p / p.sum())

@@ -4,7 +4,7 @@ Keys are ``"image"`` (a CT) and ``"mask"`` (a binary region mask); either may be
 Values entering the deterministic part are file paths (``"ref"`` names the volume a mask
 file belongs to, for its shape/affine check), a :class:`~rgct.data.io.Volume`, or arrays
 (D, H, W) already in the canonical convention. Everything leaves as float32 torch tensors
-(1, D, H, W) with D, H, W = ``cfg.input_shape``.
+(1, D, H, W) with D, H, W = ``cfg.input_shape`` (images: one channel per HU window).
 
 The cache boundary is explicit: :class:`TransformCache` stores the deterministic output
 once per volume file and once per mask file as ``.npy`` (never pickle), keyed by a hash of
@@ -109,28 +109,54 @@ def run_transforms(transforms: Compose, data: dict) -> dict:
         raise
 
 
+class HUWindowsd(MapTransform):
+    """One channel per Hounsfield window: (1, D, H, W) HU -> (C, D, H, W) in [0, 1].
+
+    Each window ``(low, high)`` is clipped and rescaled linearly; channel order follows
+    ``windows``. The multi-window form of ``ScaleIntensityRanged`` (lung, soft tissue and
+    calcium windows side by side, as radiologists read a chest CT).
+    """
+
+    def __init__(self, keys, windows: tuple[tuple[float, float], ...], **kwargs) -> None:
+        super().__init__(keys, **kwargs)
+        self.windows = tuple((float(lo), float(hi)) for lo, hi in windows)
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            hu = torch.as_tensor(d[key], dtype=torch.float32)
+            if hu.ndim != 4 or hu.shape[0] != 1:
+                raise DataError(
+                    f"{key}: expected one HU channel (1, D, H, W), got {tuple(hu.shape)}"
+                )
+            d[key] = torch.cat(
+                [((hu - lo) / (hi - lo)).clamp_(0.0, 1.0) for lo, hi in self.windows]
+            )
+        return d
+
+
 def build_deterministic_transforms(cfg: DataConfig) -> Compose:
-    """Load, channel first, HU window to [0, 1], resize to ``cfg.input_shape`` (D, H, W).
+    """Load, channel first, HU window(s) to [0, 1], resize to ``cfg.input_shape`` (D, H, W).
 
     Orientation to RAS happens in the loader (:mod:`rgct.data.io`), so image and mask
     share one convention before any MONAI op. Image resize uses area averaging
-    (anti-aliased downsampling), masks nearest neighbour.
+    (anti-aliased downsampling), masks nearest neighbour. With ``cfg.extra_hu_windows`` the
+    image has one channel per window (``cfg.in_channels``).
     """
     lo, hi = cfg.hu_window
     size = tuple(int(s) for s in cfg.input_shape)
+    scale = (
+        HUWindowsd("image", cfg.hu_windows, allow_missing_keys=True)
+        if cfg.extra_hu_windows
+        else ScaleIntensityRanged(
+            "image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=True
+        )
+    )
     return Compose(
         [
             LoadVolumed(KEYS),
             EnsureChannelFirstd(KEYS, channel_dim="no_channel", allow_missing_keys=True),
-            ScaleIntensityRanged(
-                "image",
-                a_min=lo,
-                a_max=hi,
-                b_min=0.0,
-                b_max=1.0,
-                clip=True,
-                allow_missing_keys=True,
-            ),
+            scale,
             Resized(
                 KEYS,
                 spatial_size=size,
@@ -216,7 +242,8 @@ def preprocess(
         cfg: data settings (input_shape, hu_window).
 
     Returns:
-        ``(image (1, D, H, W) float32 in [0, 1], {name: mask (1, D, H, W) float32 {0, 1}})``.
+        ``(image (C, D, H, W) float32 in [0, 1] (C = ``cfg.in_channels``),
+        {name: mask (1, D, H, W) float32 {0, 1}})``.
     """
     det = build_deterministic_transforms(cfg)
     image = run_transforms(det, {"image": volume})["image"]
@@ -235,6 +262,11 @@ def _settings(cfg: DataConfig) -> dict:
         "version": PIPELINE_VERSION,
         "input_shape": [int(s) for s in cfg.input_shape],
         "hu_window": [float(v) for v in cfg.hu_window],
+        **(
+            {"extra_hu_windows": [list(w) for w in cfg.extra_hu_windows]}
+            if cfg.extra_hu_windows
+            else {}
+        ),
         "image_mode": IMAGE_RESIZE_MODE,
     }
 
@@ -260,7 +292,7 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 class TransformCache:
     """Disk cache of :func:`build_deterministic_transforms` outputs, one file per input file.
 
-    Images are stored as float32 ``.npy`` (1, D, H, W), masks as uint8. Keys hash the
+    Images are stored as float32 ``.npy`` (C, D, H, W), masks as uint8. Keys hash the
     file's resolved path, mtime and size plus the deterministic settings, so editing a
     file or changing ``input_shape`` / ``hu_window`` misses the cache.
 
@@ -293,7 +325,7 @@ class TransformCache:
         return torch.from_numpy(np.asarray(arr, dtype=np.float32))
 
     def image(self, image_path: str | Path) -> torch.Tensor:
-        """Deterministic image tensor (1, D, H, W) float32 of a volume file."""
+        """Deterministic image tensor (C, D, H, W) float32 of a volume file."""
         key = self._path("image", _file_key(image_path))
         cached = self._get(key)
         if cached is not None:

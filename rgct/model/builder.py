@@ -41,7 +41,13 @@ def build_model(cfg: RGCTConfig) -> RGCTModel:
     """A fresh model for ``cfg`` (vision side randomly initialised from ``train.seed``)."""
     llm, tokenizer = build_llm(cfg.model.llm, cfg.model.llm_cache_dir, seed=cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
-    model = RGCTModel(cfg.model, cfg.data.input_shape, attach_lora(llm, cfg.model), tokenizer)
+    model = RGCTModel(
+        cfg.model,
+        cfg.data.input_shape,
+        attach_lora(llm, cfg.model),
+        tokenizer,
+        in_channels=cfg.data.in_channels,
+    )
     if cfg.model.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -160,7 +166,9 @@ def load_checkpoint(
     llm = PeftModel.from_pretrained(llm, directory, is_trainable=False)
     if merge_lora:
         llm = llm.merge_and_unload()
-    model = RGCTModel(cfg.model, cfg.data.input_shape, llm, tokenizer)
+    model = RGCTModel(
+        cfg.model, cfg.data.input_shape, llm, tokenizer, in_channels=cfg.data.in_channels
+    )
     load_vision_weights(model, directory)
     model.requires_grad_(False)
     return model.to(device).eval(), cfg
@@ -176,7 +184,7 @@ def default_card(cfg: RGCTConfig, metrics: dict | None = None, command: str | No
         "",
         f"- LLM: `{cfg.model.llm}`; encoder: `{cfg.model.encoder.name}` "
         f"(features {cfg.model.encoder.feature_size}, patch {list(cfg.model.encoder.patch_size)})",
-        f"- Input: volumes resized to {list(cfg.data.input_shape)} (D, H, W), HU window {list(cfg.data.hu_window)}",
+        f"- Input: volumes resized to {list(cfg.data.input_shape)} (D, H, W), HU window(s) {[list(w) for w in cfg.data.hu_windows]}",
         f"- Visual tokens per prompt: {cfg.model.num_global_tokens} global + {cfg.model.num_region_tokens} region",
         "",
         "Load with `rgct.inference.Predictor.from_checkpoint(path)`.",

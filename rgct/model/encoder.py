@@ -1,4 +1,4 @@
-"""3D encoders: a volume (B, 1, D, H, W) -> a grid of patch features (B, C, d, h, w).
+"""3D encoders: a volume (B, C_in, D, H, W) (one channel per HU window) -> a grid of patch features (B, C, d, h, w).
 
 Chosen by name from :data:`ENCODERS`:
 
@@ -44,9 +44,12 @@ class CNNEncoder(nn.Module):
         feature_size: channels of the output grid.
         patch_size: total stride per axis (each a power of two).
         depth: number of residual stages (>= the largest log2 stride).
+        in_channels: input channels (HU windows).
     """
 
-    def __init__(self, feature_size: int = 128, patch_size=(8, 8, 8), depth: int = 4) -> None:
+    def __init__(
+        self, feature_size: int = 128, patch_size=(8, 8, 8), depth: int = 4, in_channels: int = 1
+    ) -> None:
         super().__init__()
         logs = [math.log2(p) for p in patch_size]
         if any(p < 1 or not float(lg).is_integer() for p, lg in zip(patch_size, logs)):
@@ -71,7 +74,7 @@ class CNNEncoder(nn.Module):
         layers: list[nn.Module] = [
             Convolution(
                 3,
-                1,
+                in_channels,
                 widths[0],
                 strides=next_stride(),
                 kernel_size=3,
@@ -98,7 +101,7 @@ class CNNEncoder(nn.Module):
         self.out = nn.Conv3d(in_ch, feature_size, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, D, H, W) -> (B, C, D/pd, H/ph, W/pw)."""
+        """(B, C_in, D, H, W) -> (B, C, D/pd, H/ph, W/pw)."""
         return self.out(self.body(x))
 
 
@@ -112,6 +115,7 @@ class ViTEncoder(nn.Module):
         patch_size=(8, 8, 8),
         depth: int = 4,
         num_heads: int = 4,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         from monai.networks.nets import ViT
@@ -125,7 +129,7 @@ class ViTEncoder(nn.Module):
         self.out_channels = feature_size
         self.patch_size = tuple(patch_size)
         self.vit = ViT(
-            in_channels=1,
+            in_channels=in_channels,
             img_size=tuple(input_shape),
             patch_size=tuple(patch_size),
             hidden_size=feature_size,
@@ -145,14 +149,19 @@ class SwinEncoder(nn.Module):
     """MONAI Swin transformer (SwinUNETR's encoder); the last stage, stride 32."""
 
     def __init__(
-        self, input_shape, feature_size: int = 24, depth: int = 2, num_heads: int = 3
+        self,
+        input_shape,
+        feature_size: int = 24,
+        depth: int = 2,
+        num_heads: int = 3,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         from monai.networks.nets.swin_unetr import SwinTransformer
 
         _check_divisible(input_shape, (32, 32, 32), "swin")
         self.swin = SwinTransformer(
-            in_chans=1,
+            in_chans=in_channels,
             embed_dim=feature_size,
             window_size=(7, 7, 7),
             patch_size=(2, 2, 2),
@@ -167,23 +176,32 @@ class SwinEncoder(nn.Module):
         return self.swin(x, normalize=True)[-1]
 
 
-ENCODERS: dict[str, Callable[[EncoderConfig, tuple[int, int, int]], nn.Module]] = {
-    "cnn": lambda c, shape: (
+ENCODERS: dict[str, Callable[[EncoderConfig, tuple[int, int, int], int], nn.Module]] = {
+    "cnn": lambda c, shape, ch: (
         _check_divisible(shape, c.patch_size, "cnn")
-        or CNNEncoder(c.feature_size, c.patch_size, c.depth)
+        or CNNEncoder(c.feature_size, c.patch_size, c.depth, ch)
     ),
-    "vit": lambda c, shape: ViTEncoder(shape, c.feature_size, c.patch_size, c.depth, c.num_heads),
-    "swin": lambda c, shape: SwinEncoder(shape, c.feature_size, max(1, c.depth // 2), c.num_heads),
+    "vit": lambda c, shape, ch: ViTEncoder(
+        shape, c.feature_size, c.patch_size, c.depth, c.num_heads, ch
+    ),
+    "swin": lambda c, shape, ch: SwinEncoder(
+        shape, c.feature_size, max(1, c.depth // 2), c.num_heads, ch
+    ),
 }
 
 
-def build_encoder(cfg: EncoderConfig, input_shape: tuple[int, int, int]) -> nn.Module:
-    """Build the encoder named by ``cfg.name``; load ``cfg.weights`` (safetensors) if given."""
+def build_encoder(
+    cfg: EncoderConfig, input_shape: tuple[int, int, int], in_channels: int = 1
+) -> nn.Module:
+    """Build the encoder named by ``cfg.name`` for ``in_channels`` input channels; load
+    ``cfg.weights`` (safetensors) if given."""
     if cfg.name not in ENCODERS:
         raise ValueError(
             f"model.encoder.name={cfg.name!r} is unknown; choose from {sorted(ENCODERS)}"
         )
-    encoder = ENCODERS[cfg.name](cfg, tuple(int(s) for s in input_shape))
+    if in_channels < 1:
+        raise ValueError(f"encoder: in_channels must be >= 1, got {in_channels}")
+    encoder = ENCODERS[cfg.name](cfg, tuple(int(s) for s in input_shape), int(in_channels))
     if cfg.weights:
         from safetensors.torch import load_file
 

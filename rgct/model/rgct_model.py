@@ -87,6 +87,7 @@ class RGCTModel(nn.Module):
     Args:
         cfg: model section of the config.
         input_shape: (D, H, W) of the volumes it takes.
+        in_channels: image channels (one per HU window, ``cfg.data.in_channels``).
         llm: the causal LM, already wrapped with LoRA (:func:`attach_lora`) or plain.
         tokenizer: the LLM's tokenizer with the placeholder tokens added.
     """
@@ -97,12 +98,14 @@ class RGCTModel(nn.Module):
         input_shape: tuple[int, int, int],
         llm: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.input_shape = tuple(input_shape)
+        self.in_channels = int(in_channels)
         self.tokenizer = tokenizer
-        self.encoder = build_encoder(cfg.encoder, self.input_shape)
+        self.encoder = build_encoder(cfg.encoder, self.input_shape, self.in_channels)
         channels = self.encoder.out_channels
         hidden = llm.get_input_embeddings().embedding_dim
         self.pooler = RegionPooler(channels, cfg.num_global_tokens, num_labels=len(CT_RATE_LABELS))
@@ -153,10 +156,15 @@ class RGCTModel(nn.Module):
 
     # -- vision side -----------------------------------------------------------------------------
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 1, D, H, W) -> patch grid (B, C, d, h, w)."""
-        if image.ndim != 5 or image.shape[1] != 1 or tuple(image.shape[2:]) != self.input_shape:
+        """(B, C_in, D, H, W) -> patch grid (B, C, d, h, w)."""
+        if (
+            image.ndim != 5
+            or image.shape[1] != self.in_channels
+            or tuple(image.shape[2:]) != self.input_shape
+        ):
             raise ValueError(
-                f"image must be (B, 1, {', '.join(map(str, self.input_shape))}), "
+                f"image must be (B, {self.in_channels}, {', '.join(map(str, self.input_shape))}) "
+                f"(channels = HU windows in data.hu_window + data.extra_hu_windows), "
                 f"got {tuple(image.shape)}"
             )
         return self.encoder(image)
