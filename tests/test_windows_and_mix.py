@@ -122,3 +122,30 @@ def test_abnormal_fraction_applies_to_the_training_mix_only(phantom_root: Path, 
     assert _abnormal_share(eval_ds.samples) < 0.6
     with pytest.raises(ConfigError, match="abnormal_fraction"):
         load_config(overrides=["data.abnormal_fraction=2"])
+
+
+def test_a_one_window_encoder_widens_to_more_windows_unchanged(phantom_root, tmp_path, seed):
+    """init_from a 1-channel checkpoint: the new window channels start at zero, so the widened
+    encoder gives the same grid on an image whose extra channels hold anything."""
+    from rgct.model.builder import build_model, load_checkpoint
+    from rgct.train.checkpoint import load_model_weights
+    from rgct.train.loop import train
+
+    one = train(
+        load_config(
+            [TINY_MODEL, TINY_TRAIN],
+            tiny_overrides(
+                phantom_root, tmp_path / "one", "train.max_steps=1", "train.eval_every=0"
+            ),
+        )
+    )
+    old, _ = load_checkpoint(one)
+    wide = build_model(load_config([TINY_MODEL, TINY_TRAIN], [WINDOWS]))
+    load_model_weights(wide, one, ["encoder", "pooler"])
+    image = torch.rand(1, 3, *wide.input_shape)
+    with torch.no_grad():
+        assert torch.allclose(wide.encode_image(image), old.encode_image(image[:, :1]), atol=1e-5)
+    # a real shape mismatch still fails with the checkpoint named
+    other = build_model(load_config([TINY_MODEL, TINY_TRAIN], ["model.encoder.feature_size=16"]))
+    with pytest.raises(ValueError, match="encoder weights do not fit"):
+        load_model_weights(other, one, ["encoder"])

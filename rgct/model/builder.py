@@ -25,6 +25,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from rgct.config import RGCTConfig, load_config, save_config
+from rgct.model.encoder import inflate_input_channels
 from rgct.model.llm import build_llm
 from rgct.model.rgct_model import RGCTModel, attach_lora
 
@@ -131,6 +132,15 @@ def load_vision_weights(
         if getattr(model, part, None) is None:
             raise ValueError(f"{directory}: this model has no {part} part to load{hint}")
         sub = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+        if part == "encoder":
+            sub, inflated = inflate_input_channels(sub, model.encoder)
+            if inflated:
+                logger.info(
+                    "%s: encoder input widened to %d channels (new HU windows start at zero): %s",
+                    directory,
+                    model.in_channels,
+                    ", ".join(inflated),
+                )
         try:
             getattr(model, part).load_state_dict(sub)
         except RuntimeError as e:

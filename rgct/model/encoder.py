@@ -190,6 +190,38 @@ ENCODERS: dict[str, Callable[[EncoderConfig, tuple[int, int, int], int], nn.Modu
 }
 
 
+def inflate_input_channels(
+    state: dict[str, torch.Tensor], encoder: nn.Module
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Fit saved encoder weights taken with fewer input channels (HU windows) to ``encoder``.
+
+    A convolution that reads the image has weight (out, C_in, k, k, k); where the saved C_in
+    is smaller than the encoder's, the saved channels are copied and the new ones start at
+    zero, so the encoder computes exactly what it did before and learns to use the added
+    windows from there. Every other mismatch is left for ``load_state_dict`` to report.
+
+    Returns:
+        ``(state with inflated tensors, names of the tensors inflated)``.
+    """
+    own = encoder.state_dict()
+    out, inflated = dict(state), []
+    for name, value in state.items():
+        target = own.get(name)
+        if (
+            target is not None
+            and value.ndim == 5
+            and target.ndim == 5
+            and value.shape[1] < target.shape[1]
+            and value.shape[:1] == target.shape[:1]
+            and value.shape[2:] == target.shape[2:]
+        ):
+            grown = torch.zeros_like(target)
+            grown[:, : value.shape[1]] = value
+            out[name] = grown
+            inflated.append(name)
+    return out, inflated
+
+
 def build_encoder(
     cfg: EncoderConfig, input_shape: tuple[int, int, int], in_channels: int = 1
 ) -> nn.Module:
