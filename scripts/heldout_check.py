@@ -6,6 +6,8 @@
 Generates region reports and VQA answers for the first ``--limit`` volumes of ``--split``
 (sorted by name) twice, normally and with the visual input zeroed (the blind baseline), scores
 both against ``ground_truth.jsonl``, prints the table and writes ``OUT/heldout.json``.
+``--oracle`` (detect-then-describe models) adds a run with the true labels as the detections
+line: the language model's own ceiling.
 ``--card`` also copies ``heldout.json`` into the checkpoint and appends the table to its
 model card (README.md).
 """
@@ -34,11 +36,16 @@ if __name__ == "__main__":
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=None, help="generation batch size")
     ap.add_argument("--card", action="store_true", help="add the result to the model card")
+    ap.add_argument(
+        "--oracle",
+        action="store_true",
+        help="also run with the true labels as the detections line (evidence-prompt models)",
+    )
     a = ap.parse_args()
     ckpt = Path(a.checkpoint)
     overrides = [f"generation.batch_size={a.batch_size}"] if a.batch_size else None
     model, cfg = load_checkpoint(ckpt, device=pick_device(a.device), overrides=overrides)
-    result = heldout_eval(model, cfg, a.data, a.out, split=a.split, limit=a.limit)
+    result = heldout_eval(model, cfg, a.data, a.out, split=a.split, limit=a.limit, oracle=a.oracle)
     section = card_section(result)
     print(section)
     if a.card:

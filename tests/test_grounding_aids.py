@@ -356,3 +356,48 @@ def test_tiny_dense_crop_run_then_pooler_on_the_frozen_encoder(phantom_root, tmp
     assert not all(
         torch.equal(v, a.pooler.state_dict()[k]) for k, v in b.pooler.state_dict().items()
     )
+
+
+def test_generation_takes_given_evidence_instead_of_the_classifier(seed):
+    model = build_model(load_config([TINY_MODEL], ["model.evidence_prompt=true"]))
+    seen = []
+    original = model.with_evidence
+    model.with_evidence = lambda prompts, det: seen.append(det.clone()) or original(prompts, det)
+    d, h, w = model.input_shape
+    image, mask = torch.rand(2, 1, d, h, w), torch.ones(2, 1, d, h, w)
+    truth = torch.zeros(2, len(CT_RATE_LABELS), dtype=torch.bool)
+    truth[1, NODULE] = True
+    model.generate(image, mask, ["q", "q"], evidence=truth)
+    assert torch.equal(seen[-1], truth)
+    with pytest.raises(ValueError, match="one row of 18 labels"):
+        model.generate(image, mask, ["q", "q"], evidence=truth[:1])
+
+
+def test_heldout_check_with_oracle_evidence(phantom_root, tmp_path):
+    from rgct.generate.heldout import card_section, heldout_eval
+    from rgct.train.loop import train
+
+    final = train(
+        load_config(
+            [TINY_MODEL, TINY_TRAIN],
+            tiny_overrides(
+                phantom_root,
+                tmp_path / "run",
+                "train.max_steps=1",
+                "train.eval_every=0",
+                "model.evidence_prompt=true",
+            ),
+        )
+    )
+    model, cfg = load_checkpoint(final)
+    cfg.generation.max_new_tokens = 8
+    result = heldout_eval(model, cfg, phantom_root, tmp_path / "ho", limit=1, oracle=True)
+    assert set(result) >= {"model", "blind_baseline", "oracle_evidence"}
+    rows = (tmp_path / "ho/predictions_oracle_evidence.jsonl").read_text().splitlines()
+    assert rows and json.loads(rows[0])["volume"]
+    assert "perfect region classifier" in card_section(result)
+    saved = json.loads((tmp_path / "ho/heldout.json").read_text())
+    assert saved["oracle_evidence"]["finding_f1"] == result["oracle_evidence"]["finding_f1"]
+    plain, plain_cfg = load_checkpoint(final, overrides=["model.evidence_prompt=false"])
+    with pytest.raises(ValueError, match="evidence_prompt"):
+        heldout_eval(plain, plain_cfg, phantom_root, tmp_path / "x", limit=1, oracle=True)

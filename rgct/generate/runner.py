@@ -171,8 +171,12 @@ def generate_units(
     gen: GenerationConfig,
     device: torch.device,
     blind: bool = False,
+    oracle_evidence: bool = False,
 ) -> list[dict]:
-    """Generate the text of a group of units (one batched call) and build their output lines."""
+    """Generate the text of a group of units (one batched call) and build their output lines.
+
+    ``oracle_evidence``: the detections line states each region's true labels (phantoms; a
+    diagnostic of the language model alone, as if the region classifier were perfect)."""
     flat = [i for u in units for i in u.rows]
     # Named prompts at generation time (training may have used unnamed ones).
     prompts, items = [], []
@@ -188,9 +192,22 @@ def generate_units(
             else s.prompt
         )
     batch = collate(items)
+    evidence = None
+    if oracle_evidence:
+        if not bool(batch["has_labels"].all()):
+            bad = next(ds.samples[i] for i, it in zip(flat, items) if not it["has_labels"])
+            raise ValueError(
+                f"oracle evidence needs ground-truth labels: {bad.volume} {bad.region!r} has none"
+            )
+        evidence = (batch["labels"] > 0.5).to(device)
     with autocast_for(device):
         texts = model.generate(
-            batch["image"].to(device), batch["mask"].to(device), prompts, gen, blind=blind
+            batch["image"].to(device),
+            batch["mask"].to(device),
+            prompts,
+            gen,
+            blind=blind,
+            evidence=evidence,
         )
     out, k = [], 0
     for u in units:
@@ -228,8 +245,12 @@ def run_generation(
     device: torch.device | None = None,
     blind: bool = False,
     gen: GenerationConfig | None = None,
+    oracle_evidence: bool = False,
 ) -> Path:
-    """Generate this process's share of the units into its part file; return the part path."""
+    """Generate this process's share of the units into its part file; return the part path.
+
+    ``blind`` zeroes the visual input; ``oracle_evidence`` puts true labels in the detections
+    line (see :func:`generate_units`)."""
     out = Path(out)
     device = device or next(model.parameters()).device
     gen = gen or cfg.generation
@@ -250,7 +271,10 @@ def run_generation(
         tqdm(total=len(mine), desc=f"generate[{rank}]", disable=rank != 0) as bar,
     ):
         for group in _batches(mine, gen.batch_size):
-            for row in generate_units(model, ds, group, gen, device, blind=blind):
+            rows = generate_units(
+                model, ds, group, gen, device, blind=blind, oracle_evidence=oracle_evidence
+            )
+            for row in rows:
                 f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())

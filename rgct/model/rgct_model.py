@@ -347,18 +347,30 @@ class RGCTModel(nn.Module):
         prompts: list[str],
         gen: GenerationConfig | None = None,
         blind: bool = False,
+        evidence: torch.Tensor | None = None,
     ) -> list[str]:
-        """Batched generation (left padding, KV cache) for precomputed grids (B,C,d,h,w)."""
+        """Batched generation (left padding, KV cache) for precomputed grids (B,C,d,h,w).
+
+        ``evidence`` (B, L) bool replaces the classifier's detections in the prompts (with
+        ``model.evidence_prompt``): true labels there measure the language model alone."""
         gen = gen or GenerationConfig()
         if len(prompts) != grid.shape[0] or mask.shape[0] != grid.shape[0]:
             raise ValueError(
                 f"{len(prompts)} prompts for {grid.shape[0]} grids and {mask.shape[0]} masks"
             )
         visual, logits = self.visual_tokens(grid, mask)
+        if evidence is not None and (
+            not self.cfg.evidence_prompt or tuple(evidence.shape) != tuple(logits.shape)
+        ):
+            raise ValueError(
+                f"evidence {tuple(evidence.shape)} needs model.evidence_prompt and one row of "
+                f"{logits.shape[1]} labels per prompt"
+            )
         if self.cfg.evidence_prompt:
             if blind:  # the blind baseline's classifier sees no image either
                 _, logits = self.visual_tokens(torch.zeros_like(grid), mask)
-            prompts = self.with_evidence(prompts, self.detect(logits))
+            present = self.detect(logits) if evidence is None else evidence.bool()
+            prompts = self.with_evidence(prompts, present)
         g, r = self.num_visual_tokens
         enc = encode_for_generation(self.tokenizer, prompts, g, r)
         device = grid.device
@@ -390,6 +402,9 @@ class RGCTModel(nn.Module):
         prompts: list[str],
         gen: GenerationConfig | None = None,
         blind: bool = False,
+        evidence: torch.Tensor | None = None,
     ) -> list[str]:
-        """Text for each (image, mask, prompt) row. image/mask: (B,1,D,H,W)."""
-        return self.generate_from_grid(self.encode_image(image), mask, prompts, gen, blind)
+        """Text for each (image, mask, prompt) row. image (B,C,D,H,W), mask (B,1,D,H,W)."""
+        return self.generate_from_grid(
+            self.encode_image(image), mask, prompts, gen, blind, evidence
+        )
