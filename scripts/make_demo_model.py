@@ -10,10 +10,11 @@ Stages (``--stages``, comma list, in this order):
   0c     the dense loss alone on 32x64x64 crops, half centred on a finding (stage0_crops.yaml)
   0p     the region classifier on the frozen encoder, whole volumes (stage0_pool.yaml)
   2      LoRA + projector instruction tuning from the stage-0 encoder (stage2_instruct.yaml)
-  3      detect-then-describe prompts, encoder frozen, from stage 2 with the encoder and
-         pooler of the last encoder stage run (stage3_evidence.yaml); then the per-label
-         thresholds are fitted on the validation volumes after the first
-         ``--heldout-volumes`` and the held-out check runs on those.
+  3      detect-then-describe prompts (regions with findings oversampled), encoder frozen,
+         from stage 2 with the encoder and pooler of the last encoder stage run
+         (stage3_evidence.yaml); then the per-label thresholds are fitted on the validation
+         volumes after the first ``--heldout-volumes`` and the held-out check (model, blind
+         baseline, true-label detections) runs on those.
 
 Every stage is also a plain ``rgct train`` / ``accelerate launch scripts/train.py`` command;
 this script only chains them, calibrates, and writes the model card with the held-out numbers.
@@ -153,7 +154,7 @@ if __name__ == "__main__":
     )
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
     model, cfg = load_checkpoint(final, device=device)
-    result = heldout_eval(model, cfg, data, work / "heldout", limit=heldout)
+    result = heldout_eval(model, cfg, data, work / "heldout", limit=heldout, oracle=True)
     card = (
         default_card(cfg, command="python " + " ".join(sys.argv))
         + "\n## Held-out check (does it use the image?)\n\n"
