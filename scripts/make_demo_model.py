@@ -78,25 +78,17 @@ if __name__ == "__main__":
         f"train.seed={a.seed}",
         *a.overrides,
     ]
-    names = {
-        "0": "stage0_encoder",
-        "0d": "stage0_dense",
-        "0c": "stage0_crops",
-        "0p": "stage0_pool",
-        "2": "stage2_instruct",
-        "3": "stage3_evidence",
-    }
-    steps = {
-        "0": a.stage0_steps,
-        "0d": a.stage0d_steps,
-        "0c": a.stage0c_steps,
-        "0p": a.stage0p_steps,
-        "2": a.stage2_steps,
-        "3": a.stage3_steps,
+    runs = {  # stage -> (config name, steps)
+        "0": ("stage0_encoder", a.stage0_steps),
+        "0d": ("stage0_dense", a.stage0d_steps),
+        "0c": ("stage0_crops", a.stage0c_steps),
+        "0p": ("stage0_pool", a.stage0p_steps),
+        "2": ("stage2_instruct", a.stage2_steps),
+        "3": ("stage3_evidence", a.stage3_steps),
     }
 
     def model_of(stage: str) -> Path:
-        return work / names[stage] / "model"
+        return work / runs[stage][0] / "model"
 
     def last_vision(before: str) -> str:
         """The latest encoder stage before ``before`` in the pipeline order that ran here."""
@@ -123,14 +115,10 @@ if __name__ == "__main__":
                 f"train.init_from={model_of('2')}",
                 f"train.init_vision_from={model_of(last_vision('3'))}",
             ]
+        name, steps = runs[stage]
         cfg = load_config(
-            [MODEL, REPO / f"configs/train/{names[stage]}.yaml"],
-            [
-                *common,
-                f"train.output_dir={work / names[stage]}",
-                f"train.max_steps={steps[stage]}",
-                *extra,
-            ],
+            [MODEL, REPO / f"configs/train/{name}.yaml"],
+            [*common, f"train.output_dir={work / name}", f"train.max_steps={steps}", *extra],
         )
         final = train(cfg, command=" ".join(sys.argv))
     if "3" not in stages:

@@ -181,7 +181,8 @@ def collate(items: list[dict | None]) -> dict:
 
     Returns:
         ``image`` (B, C, D, H, W) (C = HU windows), ``mask`` (B, 1, D, H, W), ``labels``
-        (B, 18), ``has_labels`` (B,) bool, and lists of B strings for the text fields. An all-skipped batch gives ``{}``.
+        (B, 18), ``has_labels`` (B,) bool, and lists of B strings for the text fields. An
+        all-skipped batch gives ``{}``.
     """
     items = [it for it in items if it is not None]
     if not items:

@@ -40,7 +40,6 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     Resized,
-    ScaleIntensityRanged,
 )
 
 from rgct.config import DataConfig
@@ -113,8 +112,8 @@ class HUWindowsd(MapTransform):
     """One channel per Hounsfield window: (1, D, H, W) HU -> (C, D, H, W) in [0, 1].
 
     Each window ``(low, high)`` is clipped and rescaled linearly; channel order follows
-    ``windows``. The multi-window form of ``ScaleIntensityRanged`` (lung, soft tissue and
-    calcium windows side by side, as radiologists read a chest CT).
+    ``windows``: ``data.hu_window`` alone, or with lung, soft-tissue and calcium windows side by
+    side, as radiologists read a chest CT (the multi-window form of ``ScaleIntensityRanged``).
     """
 
     def __init__(self, keys, windows: tuple[tuple[float, float], ...], **kwargs) -> None:
@@ -143,20 +142,12 @@ def build_deterministic_transforms(cfg: DataConfig) -> Compose:
     (anti-aliased downsampling), masks nearest neighbour. With ``cfg.extra_hu_windows`` the
     image has one channel per window (``cfg.in_channels``).
     """
-    lo, hi = cfg.hu_window
     size = tuple(int(s) for s in cfg.input_shape)
-    scale = (
-        HUWindowsd("image", cfg.hu_windows, allow_missing_keys=True)
-        if cfg.extra_hu_windows
-        else ScaleIntensityRanged(
-            "image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=True
-        )
-    )
     return Compose(
         [
             LoadVolumed(KEYS),
             EnsureChannelFirstd(KEYS, channel_dim="no_channel", allow_missing_keys=True),
-            scale,
+            HUWindowsd("image", cfg.hu_windows, allow_missing_keys=True),
             Resized(
                 KEYS,
                 spatial_size=size,

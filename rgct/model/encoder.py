@@ -1,4 +1,6 @@
-"""3D encoders: a volume (B, C_in, D, H, W) (one channel per HU window) -> a grid of patch features (B, C, d, h, w).
+"""3D encoders: a volume (B, C_in, D, H, W) -> a grid of patch features (B, C, d, h, w).
+
+``C_in`` is one channel per HU window (``data.hu_window`` + ``data.extra_hu_windows``).
 
 Chosen by name from :data:`ENCODERS`:
 

@@ -367,10 +367,11 @@ class RGCTModel(nn.Module):
                 f"{logits.shape[1]} labels per prompt"
             )
         if self.cfg.evidence_prompt:
-            if blind:  # the blind baseline's classifier sees no image either
-                _, logits = self.visual_tokens(torch.zeros_like(grid), mask)
-            present = self.detect(logits) if evidence is None else evidence.bool()
-            prompts = self.with_evidence(prompts, present)
+            if evidence is None:
+                if blind:  # the blind baseline's classifier sees no image either
+                    _, logits = self.visual_tokens(torch.zeros_like(grid), mask)
+                evidence = self.detect(logits)
+            prompts = self.with_evidence(prompts, evidence.bool())
         g, r = self.num_visual_tokens
         enc = encode_for_generation(self.tokenizer, prompts, g, r)
         device = grid.device
