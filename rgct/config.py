@@ -173,6 +173,10 @@ class ModelConfig:
     evidence_thresholds: list[float] | None = None
     """Per-label probability thresholds of those detections (one per CT-RATE label, in
     ``CT_RATE_LABELS`` order); None: 0.5 each. ``scripts/calibrate_evidence.py`` fits them."""
+    region_stats: bool = False
+    """The region classifier also reads the region's HU histograms (value, local contrast,
+    local minimum) at full resolution under the exact mask (:mod:`rgct.model.region_stats`);
+    ``scripts/fit_region_classifier.py`` fits that head on cached features."""
     lm_focal_gamma: float = 0.0
     """Focal weighting of the language loss, (1 - p_token)^gamma: template tokens the LLM
     already predicts count less, the image-dependent words (which finding, where) more. 0: plain

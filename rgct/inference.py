@@ -125,7 +125,7 @@ class Predictor:
                 chunk = slice(i, i + gen.batch_size)
                 m = torch.cat(masks[chunk])
                 g = grid.expand(m.shape[0], *grid.shape[1:])
-                out += self.model.generate_from_grid(g, m, prompts[chunk], gen)
+                out += self.model.generate_from_grid(g, m, prompts[chunk], gen, image=image)
         return out
 
     # -- public API ------------------------------------------------------------------------------
@@ -136,7 +136,8 @@ class Predictor:
         ``model.evidence_thresholds`` are what the language model is told it sees."""
         image, masks = self.prepare(volume, {"region": mask})
         with autocast_for(self.device):
-            _, _, logits = self.model.pooler(self.model.encode_image(image), masks["region"])
+            grid = self.model.encode_image(image)
+            _, _, logits = self.model.pooler(grid, masks["region"], image)
         return dict(zip(CT_RATE_LABELS, torch.sigmoid(logits.float())[0].tolist()))
 
     def region_report(

@@ -103,11 +103,11 @@ def bench_preset(name: str, args: argparse.Namespace) -> list[dict]:
                 for s in range(0, NUM_REGIONS, batch):
                     m = masks[s : s + batch]
                     g = grid.expand(len(m), -1, -1, -1, -1)
-                    out += model.generate_from_grid(g, m, prompts[s : s + batch], gen)
+                    out += model.generate_from_grid(g, m, prompts[s : s + batch], gen, image=image)
                     tokens += count_tokens(outputs[-1], model.tokenizer.eos_token_id)
                 return out, tokens
 
-            model.generate_from_grid(grid, masks[:1], prompts[:1], gen)  # warm-up
+            model.generate_from_grid(grid, masks[:1], prompts[:1], gen, image=image)  # warm-up
             t0 = time.perf_counter()
             texts[batch], tokens = run_all()
             seconds = time.perf_counter() - t0

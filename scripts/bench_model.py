@@ -80,7 +80,9 @@ def generate_time(model: RGCTModel, batch: int, new_tokens: int, repeats: int) -
     masks, prompts = mask.expand(batch, -1, -1, -1, -1), [PROMPT.format(region="lung")] * batch
     gen = GenerationConfig(max_new_tokens=new_tokens)
     with record_generate(model, min_new_tokens=new_tokens) as outputs:
-        seconds = time_call(lambda: model.generate_from_grid(grid, masks, prompts, gen), repeats)
+        seconds = time_call(
+            lambda: model.generate_from_grid(grid, masks, prompts, gen, image=image), repeats
+        )
     tokens = outputs[-1].numel()
     if tokens != batch * new_tokens:
         raise RuntimeError(f"expected {batch * new_tokens} generated tokens, got {tokens}")

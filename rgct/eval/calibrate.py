@@ -10,7 +10,7 @@ split (sorted by name), which are the ones a ``limit``-ed held-out check uses.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +27,34 @@ THRESHOLD_GRID = np.round(np.linspace(0.02, 0.98, 49), 2)
 """Candidate thresholds."""
 
 
+@dataclass
+class RegionFeatures:
+    """What the region classifier reads for every (volume, region) of a split, cached so its
+    heads can be fitted (:mod:`rgct.train.region_head`) and scored without the encoder."""
+
+    region: torch.Tensor
+    """(N, 2, C) pooled region tokens [mean, max] (after the pooler's LayerNorm)."""
+    stats: torch.Tensor | None
+    """(N, F) intensity statistics (``model.region_stats``), else None."""
+    labels: np.ndarray
+    """(N, 18) bool ground truth."""
+    keys: list[tuple[str, str]]
+    """(volume, region) of each row."""
+
+
 @torch.no_grad()
-def collect_region_probabilities(
+def collect_region_features(
     model: RGCTModel,
     cfg: RGCTConfig,
     data_root: str | Path,
     split: str = "valid",
     skip_volumes: int = 0,
     max_volumes: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """Classifier probabilities and true labels for every (volume, region) of a split.
+) -> RegionFeatures:
+    """Run the encoder once per volume and pool every region of a split (no augmentation).
 
-    Returns:
-        ``(probs (N, 18), labels (N, 18) bool, [(volume, region)] * N)``; the encoder runs
-        once per volume.
+    Skips the first ``skip_volumes`` volumes (sorted by name) and keeps at most
+    ``max_volumes`` of the rest; every region needs ground-truth labels.
     """
     data = replace(
         cfg.data, root=str(data_root), augment=False, finding_maps=False, crop_shape=None
@@ -56,22 +70,62 @@ def collect_region_probabilities(
         )
     device = next(model.parameters()).device
     model.eval()
-    probs, labels, keys = [], [], []
-    grid_of: tuple[str, torch.Tensor] | None = None
+    pooler = model.pooler
+    by_volume: dict[str, list[int]] = {}
     for i, sample in enumerate(ds.samples):
-        if sample.volume not in keep:
-            continue
-        if sample.labels is None:
-            raise ValueError(f"{sample.volume} region {sample.region!r} has no ground-truth labels")
-        item = ds[i]
-        if grid_of is None or grid_of[0] != sample.volume:
-            grid_of = (sample.volume, model.encode_image(item["image"][None].to(device)))
-        _, _, logits = model.pooler(grid_of[1], item["mask"][None].to(device))
-        probs.append(torch.sigmoid(logits.float())[0].cpu().numpy())
-        labels.append(item["labels"].numpy() > 0.5)
-        keys.append((sample.volume, sample.region))
-    logger.info("classifier probabilities for %d regions of %d volumes", len(keys), len(keep))
-    return np.stack(probs), np.stack(labels), keys
+        if sample.volume in keep:
+            if sample.labels is None:
+                raise ValueError(
+                    f"{sample.volume} region {sample.region!r} has no ground-truth labels"
+                )
+            by_volume.setdefault(sample.volume, []).append(i)
+    regions, stats, labels, keys = [], [], [], []
+    for volume, rows in by_volume.items():
+        items = [ds[i] for i in rows]
+        image = items[0]["image"][None].to(device)
+        masks = torch.stack([it["mask"] for it in items]).to(device)
+        grid = model.encode_image(image)
+        _, region = pooler.pool(grid.expand(len(rows), *grid.shape[1:]), masks)
+        regions.append(region.float().cpu())
+        if pooler.stats is not None:  # the image's filters once, every region's histograms
+            stats.append(pooler.stats(image, masks).float().cpu())
+        labels += [it["labels"].numpy() > 0.5 for it in items]
+        keys += [(volume, ds.samples[i].region) for i in rows]
+    logger.info("region features for %d regions of %d volumes", len(keys), len(keep))
+    return RegionFeatures(
+        region=torch.cat(regions),
+        stats=torch.cat(stats) if stats else None,
+        labels=np.stack(labels),
+        keys=keys,
+    )
+
+
+@torch.no_grad()
+def region_probabilities(model: RGCTModel, feats: RegionFeatures) -> np.ndarray:
+    """The region classifier's (N, 18) probabilities for cached features."""
+    pooler = model.pooler
+    device = next(pooler.classifier.parameters()).device
+    stats = None if feats.stats is None else feats.stats.to(device)
+    logits = pooler.classify(feats.region.to(device), stats if pooler.stats is not None else None)
+    return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+def collect_region_probabilities(
+    model: RGCTModel,
+    cfg: RGCTConfig,
+    data_root: str | Path,
+    split: str = "valid",
+    skip_volumes: int = 0,
+    max_volumes: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Classifier probabilities and true labels for every (volume, region) of a split.
+
+    Returns:
+        ``(probs (N, 18), labels (N, 18) bool, [(volume, region)] * N)``; the encoder runs
+        once per volume.
+    """
+    feats = collect_region_features(model, cfg, data_root, split, skip_volumes, max_volumes)
+    return region_probabilities(model, feats), feats.labels, feats.keys
 
 
 def _f1(pred: np.ndarray, gold: np.ndarray) -> tuple[float, int, int, int]:

@@ -48,6 +48,7 @@ def build_model(cfg: RGCTConfig) -> RGCTModel:
         attach_lora(llm, cfg.model),
         tokenizer,
         in_channels=cfg.data.in_channels,
+        hu_window=cfg.data.hu_window,
     )
     if cfg.model.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(
@@ -177,7 +178,12 @@ def load_checkpoint(
     if merge_lora:
         llm = llm.merge_and_unload()
     model = RGCTModel(
-        cfg.model, cfg.data.input_shape, llm, tokenizer, in_channels=cfg.data.in_channels
+        cfg.model,
+        cfg.data.input_shape,
+        llm,
+        tokenizer,
+        in_channels=cfg.data.in_channels,
+        hu_window=cfg.data.hu_window,
     )
     load_vision_weights(model, directory)
     model.requires_grad_(False)

@@ -7,6 +7,11 @@ Region tokens, for one binary mask per sample, pooled under the mask downsampled
   3. a region-evidence token: the auxiliary per-region abnormality classifier's probabilities
      (one per CT-RATE label), fed back as a token, so what the classifier learned from direct
      supervision reaches the language model in a form it can read.
+
+With ``region_stats`` (``model.region_stats``) the classifier also reads the region's
+intensity histograms at full resolution (:mod:`rgct.model.region_stats`): its logits are
+``classifier([mean, max]) + stats_head(histograms)``, the second head starting at zero so a
+pooler trained without it computes the same until the head is fitted.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rgct.model.region_stats import RegionIntensityStats
 
 
 def downsample_mask(mask: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -28,6 +35,8 @@ class RegionPooler(nn.Module):
         channels: C of the feature grid.
         num_global_tokens: a cube number (1, 8, 27, ...).
         num_labels: classes of the auxiliary region classifier.
+        region_stats: the HU window of the image's first channel, to add the intensity
+            histogram head (None: patch features only).
 
     Examples::
 
@@ -36,7 +45,13 @@ class RegionPooler(nn.Module):
         # g: (2, 8, 64), r: (2, 2, 64), logits: (2, 18)
     """
 
-    def __init__(self, channels: int, num_global_tokens: int = 8, num_labels: int = 18) -> None:
+    def __init__(
+        self,
+        channels: int,
+        num_global_tokens: int = 8,
+        num_labels: int = 18,
+        region_stats: tuple[float, float] | None = None,
+    ) -> None:
         super().__init__()
         g = round(num_global_tokens ** (1 / 3))
         if g**3 != num_global_tokens or num_global_tokens < 1:
@@ -48,25 +63,66 @@ class RegionPooler(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(2 * channels, channels), nn.GELU(), nn.Linear(channels, num_labels)
         )
+        self.stats: RegionIntensityStats | None = None
+        self.stats_head: nn.Module | None = None
+        if region_stats is not None:
+            self.add_region_stats(region_stats, num_labels)
+
+    def add_region_stats(self, hu_window: tuple[float, float], num_labels: int = 18) -> None:
+        """Add the intensity-histogram head (output layer at zero: logits unchanged)."""
+        self.stats = RegionIntensityStats(hu_window)
+        hidden = 256
+        self.stats_head = nn.Sequential(
+            nn.Linear(self.stats.num_features, hidden),
+            nn.GELU(),
+            nn.Dropout(0.1),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, num_labels),
+        )
+        nn.init.zeros_(self.stats_head[-1].weight)
+        nn.init.zeros_(self.stats_head[-1].bias)
+        self.stats_head.train(self.training)
+
+    def classify(self, region: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """Region tokens (B, 2, C) [+ intensity features (B, F)] -> logits (B, L)."""
+        logits = self.classifier(region.flatten(1))
+        if self.stats_head is not None:
+            if stats is None:
+                raise ValueError("this region classifier reads intensity statistics: pass them")
+            logits = logits + self.stats_head(stats)
+        return logits
 
     def forward(
-        self, features: torch.Tensor, mask: torch.Tensor
+        self, features: torch.Tensor, mask: torch.Tensor, image: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pool features under the mask.
 
         Args:
             features: (B, C, d, h, w) patch features.
             mask: (B, 1, D, H, W) region mask in {0, 1} at input resolution.
+            image: (B or 1, C_in, D, H, W) model input; needed with ``region_stats``.
 
         Returns:
             global_tokens (B, G, C), region_tokens (B, 2, C) [mean, max], logits (B, L).
         """
+        glob, region = self.pool(features, mask)
+        stats = None
+        if self.stats is not None:
+            if image is None:
+                raise ValueError(
+                    "model.region_stats: the region classifier needs the image as well"
+                )
+            stats = self.stats(image, mask)
+        return glob, region, self.classify(region, stats)
+
+    def pool(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global tokens (B, G, C) and region tokens (B, 2, C), both normalised."""
         if features.ndim != 5 or mask.ndim != 5 or features.shape[0] != mask.shape[0]:
             raise ValueError(
                 f"expected (B,C,d,h,w) features and (B,1,D,H,W) mask, got "
                 f"{tuple(features.shape)} and {tuple(mask.shape)}"
             )
-        b, c = features.shape[:2]
         grid = tuple(features.shape[2:])
         glob = (
             F.adaptive_avg_pool3d(features, self.global_grid).flatten(2).transpose(1, 2)
@@ -79,5 +135,4 @@ class RegionPooler(nn.Module):
         neg = torch.finfo(flat.dtype).min
         maxed = flat.masked_fill(weight[:, None] <= 0, neg).amax(-1)  # (B, C)
         region = self.norm(torch.stack([mean, maxed], dim=1))  # (B, 2, C)
-        logits = self.classifier(region.flatten(1))  # (B, L)
-        return self.norm(glob), region, logits
+        return self.norm(glob), region

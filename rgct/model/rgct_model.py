@@ -26,6 +26,7 @@ from rgct.config import GenerationConfig, ModelConfig
 from rgct.constants import (
     CT_RATE_LABELS,
     EVIDENCE_PREFIX,
+    HU_WINDOW,
     IGNORE_INDEX,
     MODEL_PARTS,
     SPECIAL_TOKENS,
@@ -99,16 +100,23 @@ class RGCTModel(nn.Module):
         llm: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         in_channels: int = 1,
+        hu_window: tuple[float, float] = HU_WINDOW,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.hu_window = tuple(float(v) for v in hu_window)
         self.input_shape = tuple(input_shape)
         self.in_channels = int(in_channels)
         self.tokenizer = tokenizer
         self.encoder = build_encoder(cfg.encoder, self.input_shape, self.in_channels)
         channels = self.encoder.out_channels
         hidden = llm.get_input_embeddings().embedding_dim
-        self.pooler = RegionPooler(channels, cfg.num_global_tokens, num_labels=len(CT_RATE_LABELS))
+        self.pooler = RegionPooler(
+            channels,
+            cfg.num_global_tokens,
+            num_labels=len(CT_RATE_LABELS),
+            region_stats=self.hu_window if cfg.region_stats else None,
+        )
         self.projector = build_projector(cfg.projector, channels, hidden)
         self.evidence = nn.Linear(len(CT_RATE_LABELS), hidden)
         # Dense per-patch finding head: only with a dense loss (phantom positions).
@@ -169,11 +177,22 @@ class RGCTModel(nn.Module):
             )
         return self.encoder(image)
 
+    def add_region_stats(self) -> None:
+        """Give the region classifier its intensity-histogram head (``model.region_stats``);
+        logits are unchanged until the head is trained."""
+        if self.pooler.stats is None:
+            self.pooler.add_region_stats(self.hu_window, len(CT_RATE_LABELS))
+            self.pooler.to(next(self.pooler.classifier.parameters()).device)
+            self.pooler.stats_head.requires_grad_(self.trainable_groups()["pooler"])
+        self.cfg.region_stats = True
+
     def visual_tokens(
-        self, grid: torch.Tensor, mask: torch.Tensor
+        self, grid: torch.Tensor, mask: torch.Tensor, image: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Grid (B,C,d,h,w) + mask (B,1,D,H,W) -> visual embeddings (B,V,Hd), aux logits (B,L)."""
-        glob, region, logits = self.pooler(grid, mask)
+        """Grid (B,C,d,h,w) + mask (B,1,D,H,W) -> visual embeddings (B,V,Hd), aux logits (B,L).
+
+        ``image`` (B or 1, C_in, D, H, W): the model input, for ``model.region_stats``."""
+        glob, region, logits = self.pooler(grid, mask, image)
         n_region = self.cfg.num_region_tokens
         tokens = [self.projector(glob), self.projector(region[:, : min(n_region, 2)])]
         if n_region == 3:
@@ -301,7 +320,7 @@ class RGCTModel(nn.Module):
                 "aux_logits": torch.zeros(len(image), len(CT_RATE_LABELS), device=image.device),
             }
         grid = self.encode_image(image)
-        visual, logits = self.visual_tokens(grid, mask)
+        visual, logits = self.visual_tokens(grid, mask, image)
         if aux_labels is None:
             aux = logits.sum() * 0.0
         else:
@@ -348,17 +367,19 @@ class RGCTModel(nn.Module):
         gen: GenerationConfig | None = None,
         blind: bool = False,
         evidence: torch.Tensor | None = None,
+        image: torch.Tensor | None = None,
     ) -> list[str]:
         """Batched generation (left padding, KV cache) for precomputed grids (B,C,d,h,w).
 
         ``evidence`` (B, L) bool replaces the classifier's detections in the prompts (with
-        ``model.evidence_prompt``): true labels there measure the language model alone."""
+        ``model.evidence_prompt``): true labels there measure the language model alone.
+        ``image`` (B or 1, C_in, D, H, W): the input the grids came from (``model.region_stats``)."""
         gen = gen or GenerationConfig()
         if len(prompts) != grid.shape[0] or mask.shape[0] != grid.shape[0]:
             raise ValueError(
                 f"{len(prompts)} prompts for {grid.shape[0]} grids and {mask.shape[0]} masks"
             )
-        visual, logits = self.visual_tokens(grid, mask)
+        visual, logits = self.visual_tokens(grid, mask, image)
         if evidence is not None and (
             not self.cfg.evidence_prompt or tuple(evidence.shape) != tuple(logits.shape)
         ):
@@ -369,7 +390,8 @@ class RGCTModel(nn.Module):
         if self.cfg.evidence_prompt:
             if evidence is None:
                 if blind:  # the blind baseline's classifier sees no image either
-                    _, logits = self.visual_tokens(torch.zeros_like(grid), mask)
+                    zero_image = None if image is None else torch.zeros_like(image)
+                    _, logits = self.visual_tokens(torch.zeros_like(grid), mask, zero_image)
                 evidence = self.detect(logits)
             prompts = self.with_evidence(prompts, evidence.bool())
         g, r = self.num_visual_tokens
@@ -407,5 +429,5 @@ class RGCTModel(nn.Module):
     ) -> list[str]:
         """Text for each (image, mask, prompt) row. image (B,C,D,H,W), mask (B,1,D,H,W)."""
         return self.generate_from_grid(
-            self.encode_image(image), mask, prompts, gen, blind, evidence
+            self.encode_image(image), mask, prompts, gen, blind, evidence, image
         )
