@@ -200,6 +200,9 @@ class ModelConfig:
     """Train the LoRA adapters (stage 2); False trains only the vision side (stage 1)."""
     train_projector: bool = True
     """Train projector and region pooler."""
+    train_pooler: bool | None = None
+    """Train the region pooler and its classifier; None: as ``train_projector``. False keeps
+    a classifier fitted beforehand (``scripts/fit_region_classifier.py``) as it is."""
     max_answer_tokens: int = 96
     """Answers are truncated to this many tokens during training."""
     gradient_checkpointing: bool = False
@@ -334,14 +337,15 @@ class RGCTConfig:
             and self.model.encoder.freeze
         ):
             raise ConfigError("nothing would train: encoder frozen, projector and LoRA off")
-        if (
-            self.train.objective == "aux"
-            and self.model.encoder.freeze
-            and not self.model.train_projector
-        ):
+        pooler = (
+            self.model.train_projector
+            if self.model.train_pooler is None
+            else self.model.train_pooler
+        )
+        if self.train.objective == "aux" and self.model.encoder.freeze and not pooler:
             raise ConfigError(
                 "train.objective=aux with a frozen encoder trains the pooler: "
-                "model.train_projector must be true"
+                "model.train_projector (or model.train_pooler) must be true"
             )
         if self.train.objective == "dense" and (
             self.model.encoder.freeze or self.model.dense_loss_weight <= 0

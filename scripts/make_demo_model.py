@@ -9,10 +9,13 @@ Stages (``--stages``, comma list, in this order):
   0d     + the dense per-patch finding loss from phantom positions (stage0_dense.yaml)
   0c     the dense loss alone on 32x64x64 crops, half centred on a finding (stage0_crops.yaml)
   0p     the region classifier on the frozen encoder, whole volumes (stage0_pool.yaml)
+  h      the region classifier's intensity-histogram head (model.region_stats) and its
+         classifier refitted on cached features of every training region
+         (scripts/fit_region_classifier.py)
   2      LoRA + projector instruction tuning from the stage-0 encoder (stage2_instruct.yaml)
   3      detect-then-describe prompts (regions with findings oversampled), encoder frozen,
          from stage 2 with the encoder and pooler of the last encoder stage run
-         (stage3_evidence.yaml); then the per-label thresholds are fitted on the validation
+         (stage3_evidence.yaml; after ``h`` the fitted classifier stays frozen); then the per-label thresholds are fitted on the validation
          volumes after the first ``--heldout-volumes`` and the held-out check (model, blind
          baseline, true-label detections) runs on those.
 
@@ -37,8 +40,9 @@ from rgct.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "configs" / "model" / "smollm2.yaml"
-STAGES = ("synth", "0", "0d", "0c", "0p", "2", "3")
-VISION_STAGES = ("0", "0d", "0c", "0p")
+STAGES = ("synth", "0", "0d", "0c", "0p", "h", "2", "3")
+VISION_STAGES = ("0", "0d", "0c", "0p", "h")
+HEAD_DIR = "region_head"
 
 if __name__ == "__main__":
     logging.basicConfig(
@@ -55,6 +59,7 @@ if __name__ == "__main__":
     ap.add_argument("--stage0d-steps", type=int, default=900)
     ap.add_argument("--stage0c-steps", type=int, default=1500)
     ap.add_argument("--stage0p-steps", type=int, default=500)
+    ap.add_argument("--head-epochs", type=int, default=200)
     ap.add_argument("--stage2-steps", type=int, default=1500)
     ap.add_argument("--stage3-steps", type=int, default=400)
     ap.add_argument("--heldout-volumes", type=int, default=50)
@@ -88,7 +93,7 @@ if __name__ == "__main__":
     }
 
     def model_of(stage: str) -> Path:
-        return work / runs[stage][0] / "model"
+        return work / (HEAD_DIR if stage == "h" else runs[stage][0]) / "model"
 
     def last_vision(before: str) -> str:
         """The latest encoder stage before ``before`` in the pipeline order that ran here."""
@@ -104,6 +109,25 @@ if __name__ == "__main__":
 
     final = None
     for stage in (s for s in STAGES if s in stages and s != "synth"):
+        if stage == "h":
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(REPO / "scripts/fit_region_classifier.py"),
+                    "--checkpoint",
+                    str(model_of(last_vision("h"))),
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(model_of("h")),
+                    "--epochs",
+                    str(a.head_epochs),
+                    "--seed",
+                    str(a.seed),
+                ],
+                check=True,
+            )
+            continue
         if stage == "0":
             extra = []
         elif stage in ("0d", "0c", "0p"):
@@ -111,10 +135,13 @@ if __name__ == "__main__":
         elif stage == "2":
             extra = [f"train.init_from={model_of('0')}"]
         else:  # 3
+            vision = last_vision("3")
             extra = [
                 f"train.init_from={model_of('2')}",
-                f"train.init_vision_from={model_of(last_vision('3'))}",
+                f"train.init_vision_from={model_of(vision)}",
             ]
+            if vision == "h":  # keep the fitted classifier as it is
+                extra += ["model.region_stats=true", "model.train_pooler=false"]
         name, steps = runs[stage]
         cfg = load_config(
             [MODEL, REPO / f"configs/train/{name}.yaml"],

@@ -149,6 +149,10 @@ def test_prompt_holds_placeholders_and_labels_cover_only_the_answer(seed):
             {"pooler", "projector", "evidence"},
         ),
         (["model.train_projector=false", "model.encoder.freeze=true"], {"llm"}),
+        (
+            ["model.train_pooler=false", "model.encoder.freeze=true"],
+            {"projector", "evidence", "llm"},
+        ),
     ],
 )
 def test_only_declared_parts_get_gradients(seed, overrides, expected):

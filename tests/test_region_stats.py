@@ -23,6 +23,7 @@ from rgct.eval.calibrate import (
 from rgct.model.builder import build_model, load_checkpoint, save_checkpoint
 from rgct.model.pooling import RegionPooler
 from rgct.model.region_stats import FILTERS, VALUE_EDGES_HU, RegionIntensityStats
+from rgct.train.checkpoint import load_model_weights
 from rgct.train.region_head import fit_region_classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,6 +129,10 @@ def test_region_stats_model_trains_generates_and_round_trips(stats_model, tmp_pa
         a = model.visual_tokens(model.encode_image(image), mask, image)[1]
         b = loaded.visual_tokens(loaded.encode_image(image), mask, image)[1]
     assert torch.allclose(a, b, atol=1e-5)
+    # a model built without the head is told which switch loads these weights
+    plain_cfg = load_config([TINY_MODEL, TINY_TRAIN], tiny_overrides(cfg.data.root, tmp_path / "p"))
+    with pytest.raises(ValueError, match="set model.region_stats=true"):
+        load_model_weights(build_model(plain_cfg), tmp_path / "ckpt", ["pooler"])
 
 
 def test_fit_region_classifier_learns_the_heads_and_nothing_else(stats_model):

@@ -142,6 +142,14 @@ def load_vision_weights(
                     model.in_channels,
                     ", ".join(inflated),
                 )
+        if part == "pooler" and any(k.startswith("stats_head.") for k in sub) != (
+            model.pooler.stats_head is not None
+        ):
+            has = any(k.startswith("stats_head.") for k in sub)
+            raise ValueError(
+                f"{directory}: its region classifier {'has' if has else 'lacks'} the intensity "
+                f"statistics head; set model.region_stats={str(has).lower()} to load it{hint}"
+            )
         try:
             getattr(model, part).load_state_dict(sub)
         except RuntimeError as e:

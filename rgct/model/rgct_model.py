@@ -137,7 +137,9 @@ class RGCTModel(nn.Module):
         """Which parts train, from the config: the single place this is decided."""
         return {
             "encoder": not self.cfg.encoder.freeze,
-            "pooler": self.cfg.train_projector,
+            "pooler": (
+                self.cfg.train_projector if self.cfg.train_pooler is None else self.cfg.train_pooler
+            ),
             "projector": self.cfg.train_projector,
             "evidence": self.cfg.train_projector,
             "lora": self.cfg.train_llm_lora,
