@@ -24,6 +24,8 @@ from rgct.model.builder import CARD_FILE, load_checkpoint, save_checkpoint
 from rgct.train.region_head import fit_region_classifier
 
 HISTORY_FILE = "region_head.json"
+FIT_TASKS = ("region_report", "abnormality", "presence", "location", "size", "disorders")
+"""Every task with a mask: each prompt's detections line comes from this classifier."""
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -35,6 +37,11 @@ if __name__ == "__main__":
     ap.add_argument("--out", required=True, help="new checkpoint folder")
     ap.add_argument("--split", default="train")
     ap.add_argument("--max-volumes", type=int, default=None, help="fit on at most N volumes")
+    ap.add_argument(
+        "--tasks",
+        default=",".join(FIT_TASKS),
+        help="whose masks to fit on (the VQA tasks add lobes, aorta, heart tissue, whole scan)",
+    )
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -46,7 +53,8 @@ if __name__ == "__main__":
     model, cfg = load_checkpoint(ckpt, device=pick_device(a.device))
     model.add_region_stats()
     t0 = time.perf_counter()
-    feats = collect_region_features(model, cfg, a.data, a.split, 0, a.max_volumes)
+    tasks = tuple(t for t in a.tasks.split(",") if t)
+    feats = collect_region_features(model, cfg, a.data, a.split, 0, a.max_volumes, tasks)
     t1 = time.perf_counter()
     history = fit_region_classifier(model, feats, epochs=a.epochs, lr=a.lr, seed=a.seed)
     t2 = time.perf_counter()
@@ -59,6 +67,7 @@ if __name__ == "__main__":
             "from": str(ckpt),
             "data": str(a.data),
             "split": a.split,
+            "tasks": list(tasks),
             "regions": len(feats.keys),
             "volumes": len({v for v, _ in feats.keys}),
             "epochs": a.epochs,

@@ -22,7 +22,12 @@ from rgct.eval.calibrate import (
 )
 from rgct.model.builder import build_model, load_checkpoint, save_checkpoint
 from rgct.model.pooling import RegionPooler
-from rgct.model.region_stats import FILTERS, VALUE_EDGES_HU, RegionIntensityStats
+from rgct.model.region_stats import (
+    FILTERS,
+    VALUE_EDGES_HU,
+    RegionIntensityStats,
+    unique_images,
+)
 from rgct.train.checkpoint import load_model_weights
 from rgct.train.region_head import fit_region_classifier
 
@@ -75,6 +80,14 @@ def test_one_image_many_masks_matches_one_by_one_and_bad_input_is_named():
     together = stats(image, masks)
     apart = torch.cat([stats(image, masks[i : i + 1]) for i in range(3)])
     assert torch.allclose(together, apart, atol=1e-6)
+    # a batch repeating volumes: filters once per distinct volume, same features per row
+    other = torch.rand(1, 1, 8, 16, 16, generator=g)
+    batch = torch.cat([image, other, image])
+    uniq, inverse = unique_images(batch)
+    assert uniq.shape[0] == 2 and inverse.tolist() == [0, 1, 0]
+    assert torch.equal(uniq[inverse], batch)
+    rows = torch.cat([stats(batch[i : i + 1], masks[i : i + 1]) for i in range(3)])
+    assert torch.allclose(stats(batch, masks), rows, atol=1e-6)
     with pytest.raises(ValueError, match="empty"):
         stats(image, torch.zeros(1, 1, 8, 16, 16))
     with pytest.raises(ValueError, match="same size"):
@@ -171,6 +184,18 @@ def test_collected_features_give_the_model_probabilities(stats_model, phantom_ro
     assert np.allclose(region_probabilities(model, feats), probs, atol=1e-6)
     assert item_probs.shape == (len(CT_RATE_LABELS),) and volume.startswith("train")
     assert region
+    # with the VQA tasks: every mask any prompt uses (whole scan, lobes...), each once
+    every = collect_region_features(
+        model, cfg, phantom_root, "train", max_volumes=2, tasks=("region_report", "disorders")
+    )
+    assert len(set(every.keys)) == len(every.keys) == len(feats.keys) + 2
+    whole = [i for i, (_, r) in enumerate(every.keys) if r == "whole scan"]
+    assert len(whole) == 2
+    for i in whole:  # the whole scan holds every finding of its volume
+        in_regions = [
+            feats.labels[j] for j, (v, _) in enumerate(feats.keys) if v == every.keys[i][0]
+        ]
+        assert (every.labels[i] == np.any(in_regions, axis=0)).all()
 
 
 def test_fit_region_classifier_script(tiny_checkpoint, phantom_root, tmp_path):

@@ -50,16 +50,19 @@ def collect_region_features(
     split: str = "valid",
     skip_volumes: int = 0,
     max_volumes: int | None = None,
+    tasks: tuple[str, ...] = ("region_report",),
 ) -> RegionFeatures:
     """Run the encoder once per volume and pool every region of a split (no augmentation).
 
     Skips the first ``skip_volumes`` volumes (sorted by name) and keeps at most
-    ``max_volumes`` of the rest; every region needs ground-truth labels.
+    ``max_volumes`` of the rest; every region needs ground-truth labels. ``tasks`` picks whose
+    masks count: the ten regions of ``region_report``, and with the VQA tasks also lobes,
+    aorta, heart tissue and the whole scan (each (volume, region) once).
     """
     data = replace(
         cfg.data, root=str(data_root), augment=False, finding_maps=False, crop_shape=None
     )
-    ds = RGCTDataset(data, split, train=False, tasks=["region_report"])
+    ds = RGCTDataset(data, split, train=False, tasks=list(tasks))
     volumes = sorted({s.volume for s in ds.samples})
     keep = set(volumes[skip_volumes:])
     if max_volumes is not None:
@@ -72,12 +75,14 @@ def collect_region_features(
     model.eval()
     pooler = model.pooler
     by_volume: dict[str, list[int]] = {}
+    seen: set[tuple[str, str]] = set()
     for i, sample in enumerate(ds.samples):
-        if sample.volume in keep:
+        if sample.volume in keep and (sample.volume, sample.region) not in seen:
             if sample.labels is None:
                 raise ValueError(
                     f"{sample.volume} region {sample.region!r} has no ground-truth labels"
                 )
+            seen.add((sample.volume, sample.region))
             by_volume.setdefault(sample.volume, []).append(i)
     regions, stats, labels, keys = [], [], [], []
     for volume, rows in by_volume.items():

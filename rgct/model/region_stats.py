@@ -64,6 +64,21 @@ def _box_min(x: torch.Tensor, k: tuple[int, int, int]) -> torch.Tensor:
     return -_separable(F.max_pool3d, -x, k)
 
 
+def unique_images(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``image`` (B, ...) without repeats: ``(unique (U, ...), inverse (B,))`` with
+    ``unique[inverse] == image``. Batches that ask several questions of one volume repeat it;
+    the encoder and the filters then run once per volume."""
+    keep: list[int] = []
+    inverse = []
+    for i in range(image.shape[0]):
+        same = next((k for k, j in enumerate(keep) if torch.equal(image[i], image[j])), None)
+        if same is None:
+            keep.append(i)
+            same = len(keep) - 1
+        inverse.append(same)
+    return image[keep], torch.tensor(inverse, device=image.device)
+
+
 class RegionIntensityStats(nn.Module):
     """Histograms of filtered HU values under a region mask (no parameters).
 
@@ -125,12 +140,28 @@ class RegionIntensityStats(nn.Module):
         n = weight.sum(1, keepdim=True)
         if (n <= 0).any():
             raise ValueError("a region mask is empty: it covers no voxel of the volume")
-        feats = []
-        for name, values in self.filtered(image).items():
-            edges = self.contrast_edges if name.startswith("contrast") else self.value_edges
-            idx = torch.bucketize(values, edges).expand(b, -1)
-            counts = torch.zeros(b, self.bins[name], device=weight.device)
-            counts.scatter_add_(1, idx, weight)
-            feats += [torch.sqrt(counts / n), torch.log1p(counts) / 5.0]
+        if image.shape[0] == 1:
+            counts = self._counts(image, weight)
+        else:  # the filters once per distinct volume
+            uniq, inverse = unique_images(image)
+            counts = torch.zeros(b, sum(self.bins.values()), device=weight.device)
+            for u in range(uniq.shape[0]):
+                rows = (inverse == u).nonzero().flatten()
+                counts[rows] = self._counts(uniq[u : u + 1], weight[rows])
+        feats, start = [], 0
+        for name in FILTERS:
+            c = counts[:, start : start + self.bins[name]]
+            feats += [torch.sqrt(c / n), torch.log1p(c) / 5.0]
+            start += self.bins[name]
         feats.append(torch.log(n) / 10.0)
         return torch.cat(feats, dim=1)
+
+    def _counts(self, image: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Histogram counts (B, sum of bins) of one image (1, C, D, H, W) under B masks."""
+        out = []
+        for name, values in self.filtered(image).items():
+            edges = self.contrast_edges if name.startswith("contrast") else self.value_edges
+            idx = torch.bucketize(values, edges).expand(weight.shape[0], -1)
+            counts = torch.zeros(weight.shape[0], self.bins[name], device=weight.device)
+            out.append(counts.scatter_add_(1, idx, weight))
+        return torch.cat(out, dim=1)

@@ -37,6 +37,7 @@ from rgct.model.fusion import fuse_embeddings
 from rgct.model.pooling import RegionPooler
 from rgct.model.projector import build_projector
 from rgct.model.prompt import encode_for_generation, encode_for_training
+from rgct.model.region_stats import unique_images
 
 VISION_PARTS = MODEL_PARTS[:4]
 """Sub-modules saved in a checkpoint's vision.safetensors (plus ``dense`` when the model has it)."""
@@ -429,7 +430,9 @@ class RGCTModel(nn.Module):
         blind: bool = False,
         evidence: torch.Tensor | None = None,
     ) -> list[str]:
-        """Text for each (image, mask, prompt) row. image (B,C,D,H,W), mask (B,1,D,H,W)."""
-        return self.generate_from_grid(
-            self.encode_image(image), mask, prompts, gen, blind, evidence, image
-        )
+        """Text for each (image, mask, prompt) row. image (B,C,D,H,W), mask (B,1,D,H,W).
+
+        Rows that repeat a volume share one encoder pass."""
+        uniq, inverse = unique_images(image)
+        grid = self.encode_image(uniq)[inverse]
+        return self.generate_from_grid(grid, mask, prompts, gen, blind, evidence, image)
