@@ -102,7 +102,7 @@ def card_section(result: dict) -> str:
     lines = [
         f"Held-out split `{result['split']}`: {result['volumes']} phantom volumes never seen in training. "
         "The blind baseline is the same model with its visual tokens replaced by zeros (with "
-        "evidence prompts its region classifier also sees a zero grid).",
+        "evidence prompts its region classifier also sees a zero grid and a zero image).",
         "",
         "| metric | model | blind baseline |",
         "|---|---|---|",

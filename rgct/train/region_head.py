@@ -81,7 +81,7 @@ def fit_region_classifier(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += loss.item() * len(idx)
             history.append(total / n)
             if epoch == 0 or (epoch + 1) % max(1, epochs // 10) == 0:
                 logger.info(
