@@ -198,41 +198,27 @@ def test_collected_features_give_the_model_probabilities(stats_model, phantom_ro
         assert (every.labels[i] == np.any(in_regions, axis=0)).all()
 
 
-def test_fit_region_classifier_script(tiny_checkpoint, phantom_root, tmp_path):
-    out = tmp_path / "fitted"
-    run = subprocess.run(
+def _fit_script(checkpoint: Path, data: Path, out: Path, *extra: str):
+    return subprocess.run(
         [
             sys.executable,
             str(REPO / "scripts" / "fit_region_classifier.py"),
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--data",
-            str(phantom_root),
-            "--out",
-            str(out),
-            "--epochs",
-            "3",
+            *("--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out)),
+            *extra,
         ],
         capture_output=True,
         text=True,
     )
+
+
+def test_fit_region_classifier_script(tiny_checkpoint, phantom_root, tmp_path):
+    out = tmp_path / "fitted"
+    run = _fit_script(tiny_checkpoint, phantom_root, out, "--epochs", "3")
     assert run.returncode == 0, run.stderr[-2000:]
     model, cfg = load_checkpoint(out)
     assert cfg.model.region_stats and model.pooler.stats_head is not None
     record = json.loads((out / "region_head.json").read_text())
     assert record["epochs"] == 3 and len(record["loss"]) == 3 and record["regions"] > 0
-    same = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "fit_region_classifier.py"),
-            "--checkpoint",
-            str(out),
-            "--data",
-            str(phantom_root),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    assert "disorders" in record["tasks"]  # every mask a prompt uses
+    same = _fit_script(out, phantom_root, out)
     assert same.returncode != 0 and "must differ" in same.stderr
