@@ -30,6 +30,7 @@ from bench_common import (
 
 from rgct.config import GenerationConfig, load_config
 from rgct.model.builder import build_model
+from rgct.model.region_stats import RegionIntensityStats
 from rgct.model.rgct_model import RGCTModel
 from rgct.train.optim import build_optimizer
 
@@ -89,6 +90,17 @@ def generate_time(model: RGCTModel, batch: int, new_tokens: int, repeats: int) -
     return {"seq_len": new_tokens, "step_s": seconds, "tokens": tokens}
 
 
+def region_stats_time(model: RGCTModel, masks: int, repeats: int) -> dict:
+    """Median seconds of the region intensity histograms (``model.region_stats``) of one
+    volume under ``masks`` region masks (filters once, then one histogram per mask)."""
+    stats = RegionIntensityStats(model.hu_window)
+    image, mask = inputs(model, 1)
+    masks_t = mask.expand(masks, -1, -1, -1, -1)
+    with torch.no_grad():
+        seconds = time_call(lambda: stats(image, masks_t), repeats, warmup=1)
+    return {"seq_len": "", "step_s": seconds, "tokens": 0}
+
+
 def bench_preset(name: str, args: argparse.Namespace, peak: float) -> list[dict]:
     cfg = load_config([PRESETS[name]], ["train.seed=0"])
     model = build_model(cfg)
@@ -124,6 +136,8 @@ def bench_preset(name: str, args: argparse.Namespace, peak: float) -> list[dict]
         )
     speedup = rows[-1]["tokens"] / rows[-1]["step_s"] / (rows[-2]["tokens"] / rows[-2]["step_s"])
     rows[-1].update(target=">= 4x batch 1 tokens/s", speedup=speedup, **{"pass": speedup >= 4})
+    r = region_stats_time(model, 10, args.repeats)
+    rows.append({"kind": "region_stats", "batch": 10, "flop": 0, **r, "target": "", "pass": ""})
     for row in rows:
         row.update(
             preset=name,

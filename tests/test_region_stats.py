@@ -222,3 +222,29 @@ def test_fit_region_classifier_script(tiny_checkpoint, phantom_root, tmp_path):
     assert "disorders" in record["tasks"]  # every mask a prompt uses
     same = _fit_script(out, phantom_root, out)
     assert same.returncode != 0 and "must differ" in same.stderr
+
+
+def test_training_with_region_stats_keeps_a_frozen_head_and_warns_about_jitter(
+    phantom_root, tmp_path, caplog
+):
+    from rgct.train.loop import train
+
+    cfg = load_config(
+        [TINY_MODEL, TINY_TRAIN],
+        tiny_overrides(
+            phantom_root,
+            tmp_path / "run",
+            "model.region_stats=true",
+            "model.train_pooler=false",
+            "data.augment=true",
+            "train.max_steps=2",
+            "train.eval_every=0",
+        ),
+    )
+    with caplog.at_level("WARNING", logger="rgct.train.loop"):
+        out = train(cfg)
+    assert "data.augment=false" in caplog.text
+    model, saved = load_checkpoint(out)
+    assert saved.model.region_stats and model.pooler.stats_head is not None
+    # the head was frozen: still at its zero initialisation
+    assert not model.pooler.stats_head[-1].weight.any()

@@ -191,6 +191,12 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
         save_config(cfg, out_dir / "rgct_config.yaml")
     set_seed(tc.seed)
     model = build_model(cfg)
+    if cfg.model.region_stats and cfg.data.augment and not model.trainable_groups()["pooler"]:
+        logger.warning(
+            "model.region_stats with a frozen classifier and data.augment=true: the intensity "
+            "jitter moves the histograms the fitted head reads, so the evidence token it feeds "
+            "the LLM is off during training (consider data.augment=false)"
+        )
     if tc.init_from:
         load_model_weights(model, tc.init_from, tc.init_from_parts)
         logger.info("initialised %s from %s", ", ".join(tc.init_from_parts), tc.init_from)
