@@ -1,0 +1,55 @@
+"""Reading a dataset's ``ground_truth.jsonl`` (phantom truth): the one reader in rgct.
+
+``rgct synth`` writes one line per volume: ``{"volume", "split", "shape", "spacing_mm",
+"findings": [{"kind", "label", "region", "anatomy", "side", "lobe", "size_mm", "size_text",
+"center_voxel", "radius_vox"}], "normal_regions"}``. Real datasets have no such file; every
+reader returns None for them and the features that need truth (dense finding maps,
+grounding scores) say so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rgct.constants import SPLIT_ALIASES
+from rgct.data.layout import strip_suffix
+from rgct.jsonl import iter_jsonl
+
+GROUND_TRUTH_FILE = "ground_truth.jsonl"
+
+
+class GroundTruthError(ValueError):
+    """A ``ground_truth.jsonl`` that cannot be read (the message names file and line)."""
+
+
+def ground_truth_path(root: str | Path) -> Path | None:
+    """``ROOT/ground_truth.jsonl`` or ``ROOT/radgenome_files/ground_truth.jsonl``; None if neither."""
+    root = Path(root)
+    for path in (root / GROUND_TRUTH_FILE, root / "radgenome_files" / GROUND_TRUTH_FILE):
+        if path.is_file():
+            return path
+    return None
+
+
+def load_ground_truth(root: str | Path, split: str | None = None) -> dict[str, dict] | None:
+    """volume name (no NIfTI suffix) -> its truth record; None when the dataset has none.
+
+    Args:
+        root: dataset folder.
+        split: keep only this split's volumes (``train``/``valid``/``validation``); None = all.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise GroundTruthError(f"{root}: data folder does not exist")
+    path = ground_truth_path(root)
+    if path is None:
+        return None
+    want = SPLIT_ALIASES.get(split, split) if split else None
+    out: dict[str, dict] = {}
+    for lineno, rec in iter_jsonl(path, GroundTruthError):
+        if "volume" not in rec:
+            raise GroundTruthError(f"{path}:{lineno}: line {lineno} lacks 'volume'")
+        if want and SPLIT_ALIASES.get(rec.get("split", want), rec.get("split")) != want:
+            continue
+        out[strip_suffix(str(rec["volume"]))] = rec
+    return out
