@@ -16,6 +16,7 @@ All errors raised here subclass :class:`DataError` (a ``ValueError``) and name t
 from __future__ import annotations
 
 import csv
+import functools
 import io as _io
 import logging
 import zipfile
@@ -130,6 +131,23 @@ def _spatial_shape(img: nib.Nifti1Image, path: Path) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+def canonical_geometry(
+    shape: tuple[int, ...], affine: np.ndarray
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape (D, H, W) and canonical affine of a stored (X, Y, Z) grid with ``affine``.
+
+    What :func:`load_nifti` would report for an image of that stored shape and affine, without
+    its voxels: lets two grids stored in different orientations be compared.
+    """
+    shape3 = tuple(int(s) for s in shape[:3])
+    ornt = io_orientation(affine)
+    canon_affine = np.asarray(affine) @ inv_ornt_aff(ornt, shape3)
+    canon = [0, 0, 0]
+    for src, (dst, _) in enumerate(ornt):
+        canon[int(dst)] = shape3[src]
+    return (canon[2], canon[1], canon[0]), canon_affine
+
+
 def canonical_header(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape (D, H, W) and canonical affine of a NIfTI file, reading only its header.
 
@@ -141,13 +159,7 @@ def canonical_header(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray
     """
     path = Path(path)
     img = _open_nifti(path)
-    shape = _spatial_shape(img, path)
-    ornt = io_orientation(img.affine)
-    affine = img.affine @ inv_ornt_aff(ornt, shape)
-    canon = [0, 0, 0]
-    for src, (dst, _) in enumerate(ornt):
-        canon[int(dst)] = shape[src]
-    return (canon[2], canon[1], canon[0]), affine
+    return canonical_geometry(_spatial_shape(img, path), img.affine)
 
 
 def read_canonical(
@@ -207,19 +219,26 @@ def load_nifti(
     Args:
         path: ``.nii`` or ``.nii.gz`` file holding HU (scl_slope/inter are applied).
         spacing: (d, h, w) mm overriding the header (for releases with blank headers).
-        metadata_csv: CT-RATE style metadata table (``VolumeName, XYSpacing, ZSpacing``)
-            used for spacing when given and ``spacing`` is not.
+        metadata_csv: CT-RATE style metadata table (``VolumeName, XYSpacing, ZSpacing``,
+            ``RescaleSlope, RescaleIntercept``): spacing when ``spacing`` is not given, and the
+            slope/intercept for stored values that are still raw (:func:`rescale_raw_values`).
 
     Returns:
         The :class:`Volume`; ``array`` shape (D, H, W) float32.
 
     Raises:
         VolumeReadError: missing, corrupt, truncated or non-NIfTI file.
+        DataError: ``metadata_csv`` missing, without a row for the volume, or unreadable there.
     """
     path = Path(path)
     array, affine, zooms = read_canonical(path, np.float32)
-    if spacing is None and metadata_csv is not None:
-        spacing = spacing_from_metadata(metadata_csv, _stem(path))
+    if metadata_csv is not None:
+        row = metadata_row(metadata_csv, _stem(path))
+        if spacing is None:
+            spacing = _row_spacing(row, metadata_csv, _stem(path))
+        rescale = _row_rescale(row, metadata_csv, _stem(path))
+        if rescale is not None:
+            array = rescale_raw_values(array, *rescale, source=str(path))
     if spacing is not None:
         affine = _with_spacing(affine, tuple(float(s) for s in spacing))
     elif _header_is_blank(affine, zooms):
@@ -228,9 +247,15 @@ def load_nifti(
     return Volume(array, affine, (zooms[2], zooms[1], zooms[0]), str(path))
 
 
-# --- spacing from a metadata table ----------------------------------------------------------------
+# --- spacing and rescale from a metadata table ------------------------------------------------
 
 _NAME_COLUMNS = ("VolumeName", "Volumename", "volume", "name", "filename", "NoteAcc_DEID", "id")
+
+AIR_BAND_HU = (-1100.0, -900.0)
+"""Hounsfield range of air; a chest CT in HU has a good share of its voxels here."""
+
+AIR_FRACTION = 0.01
+"""Share of voxels in :data:`AIR_BAND_HU` above which values are taken as HU already."""
 
 
 def _stem(path: str | Path) -> str:
@@ -246,46 +271,164 @@ def _floats(text: str) -> list[float]:
     return [float(t) for t in cleaned.split()]
 
 
-def spacing_from_metadata(csv_file: str | Path, name: str) -> tuple[float, float, float]:
-    """Look up (d, h, w) mm spacing of volume ``name`` in a metadata CSV.
-
-    The row is the one whose name column (``VolumeName``, ``NoteAcc_DEID``, ``name`` ...)
-    equals ``name`` with or without a file suffix. Spacing columns understood:
-    CT-RATE's ``XYSpacing`` ("[0.75, 0.75]") + ``ZSpacing``, or ``spacing_d/h/w``, or
-    ``z_spacing/y_spacing/x_spacing``.
-
-    Raises:
-        DataError: file missing, no row for ``name``, or no spacing columns.
-    """
-    csv_file = Path(csv_file)
-    if not csv_file.is_file():
-        raise DataError(f"{csv_file}: metadata CSV not found")
-    with csv_file.open(newline="") as f:
+@functools.lru_cache(maxsize=4)
+def _metadata_index(csv_file: str, mtime_ns: int, size: int) -> dict[str, dict[str, str]]:
+    """Volume stem -> row with lower-cased column names (cached per file version)."""
+    path = Path(csv_file)
+    with path.open(newline="") as f:
         reader = csv.DictReader(f)
         cols = {c.lower(): c for c in reader.fieldnames or []}
         name_col = next((cols[c.lower()] for c in _NAME_COLUMNS if c.lower() in cols), None)
         if name_col is None:
-            raise DataError(f"{csv_file}: no volume-name column (one of {_NAME_COLUMNS})")
+            raise DataError(f"{path}: no volume-name column (one of {_NAME_COLUMNS})")
+        index: dict[str, dict[str, str]] = {}
         for row in reader:
-            if _stem(row[name_col].strip()) != name:
-                continue
-            try:
-                if "xyspacing" in cols and "zspacing" in cols:
-                    xy = _floats(row[cols["xyspacing"]])
-                    return float(row[cols["zspacing"]]), xy[0], xy[-1]
-                for keys in (
-                    ("spacing_d", "spacing_h", "spacing_w"),
-                    ("z_spacing", "y_spacing", "x_spacing"),
-                ):
-                    if all(k in cols for k in keys):
-                        return tuple(float(row[cols[k]]) for k in keys)  # type: ignore[return-value]
-            except (ValueError, IndexError) as e:
-                raise DataError(f"{csv_file}: unreadable spacing for {name!r}: {e}") from e
-            raise DataError(f"{csv_file}: no spacing columns (XYSpacing+ZSpacing or spacing_d/h/w)")
-    raise DataError(f"{csv_file}: no row for volume {name!r}")
+            key = _stem((row.get(name_col) or "").strip())
+            index.setdefault(key, {k.lower(): (v or "") for k, v in row.items() if k})
+    return index
+
+
+def metadata_row(csv_file: str | Path, name: str) -> dict[str, str]:
+    """The metadata row of volume ``name`` (lower-cased column names).
+
+    The row is the one whose name column (``VolumeName``, ``NoteAcc_DEID``, ``name`` ...)
+    equals ``name`` with or without a file suffix. The table is read once per file version.
+
+    Raises:
+        DataError: file missing, no name column, or no row for ``name``.
+    """
+    csv_file = Path(csv_file)
+    if not csv_file.is_file():
+        raise DataError(f"{csv_file}: metadata CSV not found")
+    stat = csv_file.stat()
+    index = _metadata_index(str(csv_file.resolve()), stat.st_mtime_ns, stat.st_size)
+    if name not in index:
+        raise DataError(f"{csv_file}: no row for volume {name!r}")
+    return index[name]
+
+
+def _row_spacing(
+    row: dict[str, str], csv_file: str | Path, name: str
+) -> tuple[float, float, float]:
+    try:
+        if "xyspacing" in row and "zspacing" in row:
+            xy = _floats(row["xyspacing"])
+            return float(row["zspacing"]), xy[0], xy[-1]
+        for keys in (
+            ("spacing_d", "spacing_h", "spacing_w"),
+            ("z_spacing", "y_spacing", "x_spacing"),
+        ):
+            if all(k in row for k in keys):
+                return tuple(float(row[k]) for k in keys)  # type: ignore[return-value]
+    except (ValueError, IndexError) as e:
+        raise DataError(f"{csv_file}: unreadable spacing for {name!r}: {e}") from e
+    raise DataError(f"{csv_file}: no spacing columns (XYSpacing+ZSpacing or spacing_d/h/w)")
+
+
+def _row_rescale(
+    row: dict[str, str], csv_file: str | Path, name: str
+) -> tuple[float, float] | None:
+    if "rescaleslope" not in row and "rescaleintercept" not in row:
+        return None
+    try:
+        slope = float(row.get("rescaleslope") or 1.0)
+        intercept = float(row.get("rescaleintercept") or 0.0)
+    except ValueError as e:
+        raise DataError(
+            f"{csv_file}: unreadable RescaleSlope/RescaleIntercept for {name!r}: {e}"
+        ) from e
+    if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
+        raise DataError(
+            f"{csv_file}: bad RescaleSlope/RescaleIntercept for {name!r}: {slope}, {intercept}"
+        )
+    return slope, intercept
+
+
+def spacing_from_metadata(csv_file: str | Path, name: str) -> tuple[float, float, float]:
+    """Look up (d, h, w) mm spacing of volume ``name`` in a metadata CSV.
+
+    Spacing columns understood: CT-RATE's ``XYSpacing`` ("[0.75, 0.75]") + ``ZSpacing``, or
+    ``spacing_d/h/w``, or ``z_spacing/y_spacing/x_spacing``.
+
+    Raises:
+        DataError: file missing, no row for ``name``, or no spacing columns.
+    """
+    return _row_spacing(metadata_row(csv_file, name), csv_file, name)
+
+
+def rescale_from_metadata(csv_file: str | Path, name: str) -> tuple[float, float] | None:
+    """(RescaleSlope, RescaleIntercept) of volume ``name``; None when the table has neither.
+
+    Raises:
+        DataError: file missing, no row for ``name``, unreadable or zero slope.
+    """
+    return _row_rescale(metadata_row(csv_file, name), csv_file, name)
+
+
+def _air_fraction(sample: np.ndarray) -> float:
+    lo, hi = AIR_BAND_HU
+    return float(np.count_nonzero((sample >= lo) & (sample <= hi))) / max(sample.size, 1)
+
+
+def rescale_raw_values(
+    array: np.ndarray, slope: float, intercept: float, *, source: str = "volume"
+) -> np.ndarray:
+    """Apply a metadata slope/intercept to a volume whose stored values are still raw.
+
+    Some CT-RATE files hold the scanner's stored values (e.g. 0..4095, air near 0) and leave
+    ``RescaleSlope``/``RescaleIntercept`` to the metadata CSV; most hold HU already (their
+    header's own scl_slope/inter, if any, has been applied on reading). The rule: a chest CT in
+    HU always has air, so the values are taken as HU when at least :data:`AIR_FRACTION` of the
+    voxels lie in :data:`AIR_BAND_HU`; otherwise, when ``value * slope + intercept`` puts that
+    share of voxels there, they are raw and that transform is applied. When neither reading
+    shows air the values are left as they are, with a warning. Identity transforms do nothing.
+
+    Args:
+        array: the volume's values (any shape).
+        slope, intercept: from the metadata row.
+        source: the file, for messages.
+
+    Returns:
+        float32 HU (the input itself when nothing is applied).
+    """
+    if slope == 1.0 and intercept == 0.0:
+        return array
+    sample = np.asarray(array[tuple(slice(None, None, 2) for _ in range(array.ndim))], np.float32)
+    if _air_fraction(sample) >= AIR_FRACTION:
+        return array
+    if _air_fraction(sample * slope + intercept) >= AIR_FRACTION:
+        logger.info(
+            "%s: stored values are raw; applying metadata slope %g, intercept %g",
+            source,
+            slope,
+            intercept,
+        )
+        return (np.asarray(array, np.float32) * np.float32(slope) + np.float32(intercept)).astype(
+            np.float32
+        )
+    logger.warning(
+        "%s: no air in the values with or without the metadata slope %g / intercept %g; "
+        "left as stored",
+        source,
+        slope,
+        intercept,
+    )
+    return array
 
 
 # --- DICOM ----------------------------------------------------------------------------------------
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a file with the DICOM preamble ('DICM' at byte 128) or a .dcm name."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with path.open("rb") as f:
+        head = f.read(132)
+    return head[128:132] == b"DICM"
 
 
 def _read_dicom_datasets(path: Path) -> list:
@@ -305,8 +448,10 @@ def _read_dicom_datasets(path: Path) -> list:
                 ]
         except (zipfile.BadZipFile, OSError, zlib.error) as e:
             raise VolumeReadError(f"{path}: corrupt zip archive ({e})") from e
+    elif is_dicom_file(path):
+        sources = [(str(path), path)]
     else:
-        raise VolumeReadError(f"{path}: not a DICOM folder or zip archive")
+        raise VolumeReadError(f"{path}: not a DICOM file, folder or zip archive")
     datasets = []
     for name, src in sources:
         try:
@@ -323,8 +468,151 @@ def _read_dicom_datasets(path: Path) -> list:
     return datasets
 
 
+ENHANCED_CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2.1"
+"""Enhanced CT Image Storage: one file, many frames, geometry in functional groups."""
+
+ORIENTATION_TOLERANCE = 1e-3
+"""Largest allowed difference between two frames' ImageOrientationPatient cosines."""
+
+
+@dataclass
+class _Frame:
+    """One 2D image of a series: a classic single-frame file or one frame of an enhanced file."""
+
+    name: str
+    ds: object
+    index: int | None  # frame index inside a multi-frame dataset; None for a single frame
+    position: np.ndarray  # ImagePositionPatient (LPS mm)
+    orientation: np.ndarray  # ImageOrientationPatient (row cosines, column cosines)
+    pixel_spacing: tuple[float, float]  # (between rows, between columns) mm
+    slope: float
+    intercept: float
+    thickness: float | None
+
+
+def _floats_of(value: object) -> np.ndarray:
+    return np.array([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
+
+
+def _classic_frame(name: str, ds) -> _Frame:
+    try:
+        return _Frame(
+            name,
+            ds,
+            None,
+            _floats_of(ds.ImagePositionPatient),
+            _floats_of(ds.ImageOrientationPatient),
+            tuple(float(v) for v in ds.PixelSpacing),  # type: ignore[arg-type]
+            float(getattr(ds, "RescaleSlope", 1.0)),
+            float(getattr(ds, "RescaleIntercept", 0.0)),
+            float(ds.SliceThickness) if getattr(ds, "SliceThickness", None) else None,
+        )
+    except AttributeError as e:
+        raise VolumeReadError(f"{name}: DICOM slice lacks geometry tags ({e})") from e
+
+
+def _is_multiframe(ds) -> bool:
+    return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+
+
+def _group_value(name: str, frame: int, groups: list, sequence: str, attribute: str):
+    """``attribute`` of the first item of ``sequence``, per-frame group first, then shared."""
+    for group in groups:
+        if group is not None and sequence in group and len(group[sequence]) > 0:
+            item = group[sequence][0]
+            if attribute in item and item[attribute].value not in (None, ""):
+                return item[attribute].value
+    raise VolumeReadError(
+        f"{name}: enhanced CT frame {frame + 1} has no {sequence} > {attribute} in its "
+        "per-frame or shared functional groups"
+    )
+
+
+def _enhanced_frames(name: str, ds) -> list[_Frame]:
+    """The frames of an Enhanced CT (multi-frame) dataset with their own geometry."""
+    try:
+        n = int(ds.NumberOfFrames)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise VolumeReadError(f"{name}: multi-frame DICOM without a NumberOfFrames") from e
+    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence", []))
+    if len(per_frame) != n:
+        raise VolumeReadError(
+            f"{name}: NumberOfFrames is {n} but the PerFrameFunctionalGroupsSequence has "
+            f"{len(per_frame)} items"
+        )
+    shared_seq = ds.get("SharedFunctionalGroupsSequence", [])
+    shared = shared_seq[0] if len(shared_seq) else None
+    frames = []
+    for k, item in enumerate(per_frame):
+        groups = [item, shared]
+        rescale: tuple[float, float] = (
+            float(getattr(ds, "RescaleSlope", 1.0)),
+            float(getattr(ds, "RescaleIntercept", 0.0)),
+        )
+        try:
+            rescale = (
+                float(
+                    _group_value(
+                        name, k, groups, "PixelValueTransformationSequence", "RescaleSlope"
+                    )
+                ),
+                float(
+                    _group_value(
+                        name, k, groups, "PixelValueTransformationSequence", "RescaleIntercept"
+                    )
+                ),
+            )
+        except VolumeReadError:
+            pass  # no transformation group: the top-level values (or identity) stand
+        try:
+            thickness = float(
+                _group_value(name, k, groups, "PixelMeasuresSequence", "SliceThickness")
+            )
+        except VolumeReadError:
+            thickness = None
+        spacing = _floats_of(_group_value(name, k, groups, "PixelMeasuresSequence", "PixelSpacing"))
+        frames.append(
+            _Frame(
+                f"{name} (frame {k + 1})",
+                ds,
+                k,
+                _floats_of(
+                    _group_value(name, k, groups, "PlanePositionSequence", "ImagePositionPatient")
+                ),
+                _floats_of(
+                    _group_value(
+                        name, k, groups, "PlaneOrientationSequence", "ImageOrientationPatient"
+                    )
+                ),
+                (float(spacing[0]), float(spacing[1])),
+                *rescale,
+                thickness,
+            )
+        )
+    return frames
+
+
+def _frame_pixels(frame: _Frame, decoded: dict[int, np.ndarray]) -> np.ndarray:
+    key = id(frame.ds)
+    if key not in decoded:
+        try:
+            decoded[key] = frame.ds.pixel_array  # type: ignore[attr-defined]
+        except (ValueError, AttributeError, RuntimeError) as e:
+            raise VolumeReadError(f"{frame.name}: cannot decode pixel data ({e})") from e
+    pixels = decoded[key]
+    if frame.index is not None and pixels.ndim == 3:
+        pixels = pixels[frame.index]
+    return pixels.astype(np.float32)
+
+
 def load_dicom_series(path: str | Path) -> Volume:
-    """Read one DICOM CT series from a folder (searched recursively) or a ``.zip``.
+    """Read one DICOM CT series from a folder (searched recursively), a ``.zip`` or one file.
+
+    Classic series (one slice per file) and Enhanced CT (one file, many frames) are both
+    read. An enhanced frame's geometry comes from its functional groups, the per-frame group
+    first, then the shared one: PlanePositionSequence (ImagePositionPatient),
+    PlaneOrientationSequence (ImageOrientationPatient), PixelMeasuresSequence (PixelSpacing,
+    SliceThickness) and PixelValueTransformationSequence (RescaleSlope/Intercept).
 
     Slices are sorted by ImagePositionPatient projected on the slice normal; HU come from
     RescaleSlope/RescaleIntercept; spacing from PixelSpacing and the slice positions. The
@@ -332,7 +620,8 @@ def load_dicom_series(path: str | Path) -> Volume:
 
     Raises:
         MixedSeriesError: slices from more than one SeriesInstanceUID (all are named).
-        VolumeReadError: no slices, missing geometry tags, differing slice sizes.
+        VolumeReadError: no slices, missing geometry tags or functional groups (the file and
+            frame are named), frames of differing orientation or size.
     """
     path = Path(path)
     datasets = _read_dicom_datasets(path)
@@ -342,42 +631,46 @@ def load_dicom_series(path: str | Path) -> Volume:
         raise MixedSeriesError(
             f"{path}: holds {len(series)} DICOM series: {found}; pass one series"
         )
-    try:
-        iop = np.array([float(v) for v in datasets[0][1].ImageOrientationPatient])
-        row_dir, col_dir = iop[:3], iop[3:]
-        normal = np.cross(row_dir, col_dir)
-        entries = []
-        for name, ds in datasets:
-            ipp = np.array([float(v) for v in ds.ImagePositionPatient])
-            entries.append((float(ipp @ normal), name, ds, ipp))
-        row_spacing, col_spacing = (float(v) for v in datasets[0][1].PixelSpacing)
-    except AttributeError as e:
-        raise VolumeReadError(f"{path}: DICOM slices lack geometry tags ({e})") from e
-    entries.sort(key=lambda e: e[0])
-    positions = np.array([e[0] for e in entries])
-    if len(entries) > 1 and np.any(np.diff(positions) < 1e-4):
-        raise VolumeReadError(f"{path}: two slices share one ImagePositionPatient")
+    frames: list[_Frame] = []
+    for name, ds in datasets:
+        frames.extend(
+            _enhanced_frames(name, ds) if _is_multiframe(ds) else [_classic_frame(name, ds)]
+        )
+    first = frames[0]
+    for frame in frames[1:]:
+        if np.abs(frame.orientation - first.orientation).max() > ORIENTATION_TOLERANCE:
+            raise VolumeReadError(
+                f"{frame.name}: ImageOrientationPatient {frame.orientation.tolist()} differs "
+                f"from {first.name}'s {first.orientation.tolist()}"
+            )
+    row_dir, col_dir = first.orientation[:3], first.orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    frames.sort(key=lambda f: float(f.position @ normal))
+    positions = np.array([float(f.position @ normal) for f in frames])
+    if len(frames) > 1 and np.any(np.diff(positions) < 1e-4):
+        k = int(np.argmin(np.diff(positions)))
+        raise VolumeReadError(
+            f"{path}: two slices share one ImagePositionPatient "
+            f"({frames[k].name} and {frames[k + 1].name})"
+        )
+    decoded: dict[int, np.ndarray] = {}
     slices = []
-    for _, name, ds, _ in entries:
-        try:
-            pixels = ds.pixel_array.astype(np.float32)
-        except (ValueError, AttributeError, RuntimeError) as e:
-            raise VolumeReadError(f"{name}: cannot decode pixel data ({e})") from e
-        slope = float(getattr(ds, "RescaleSlope", 1.0))
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0))
+    for frame in frames:
+        pixels = _frame_pixels(frame, decoded)
         if slices and pixels.shape != slices[0].shape:
-            raise VolumeReadError(f"{name}: slice shape {pixels.shape} != {slices[0].shape}")
-        slices.append(pixels * slope + intercept)
+            raise VolumeReadError(f"{frame.name}: slice shape {pixels.shape} != {slices[0].shape}")
+        slices.append(pixels * frame.slope + frame.intercept)
     data_krc = np.stack(slices)  # (K, rows, cols)
-    if len(entries) > 1:
-        step = (entries[-1][3] - entries[0][3]) / (len(entries) - 1)
+    if len(frames) > 1:
+        step = (frames[-1].position - frames[0].position) / (len(frames) - 1)
     else:
-        step = normal * float(getattr(entries[0][2], "SliceThickness", 1.0) or 1.0)
+        step = normal * (first.thickness or 1.0)
+    row_spacing, col_spacing = first.pixel_spacing
     lps = np.eye(4)
     lps[:3, 0] = row_dir * col_spacing  # index 0 = column (moves along a row)
     lps[:3, 1] = col_dir * row_spacing  # index 1 = row
     lps[:3, 2] = step
-    lps[:3, 3] = entries[0][3]
+    lps[:3, 3] = frames[0].position
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
     img = nib.Nifti1Image(data_krc.transpose(2, 1, 0), ras)
     canon = nib.as_closest_canonical(img)
@@ -432,7 +725,7 @@ def load_volume(
     spacing: tuple[float, float, float] | None = None,
     metadata_csv: str | Path | None = None,
 ) -> Volume:
-    """Read a CT volume from NIfTI, a DICOM folder or ``.zip``, or a RAD-ChestCT ``.npz``.
+    """Read a CT volume from NIfTI, DICOM (folder, ``.zip`` or one multi-frame file), or ``.npz``.
 
     Args:
         path: the file or folder.
@@ -453,8 +746,11 @@ def load_volume(
         return load_dicom_series(path)
     if not path.exists():
         raise VolumeReadError(f"{path}: file not found")
+    if is_dicom_file(path):
+        return load_dicom_series(path)
     raise VolumeReadError(
-        f"{path}: unsupported input; expected .nii/.nii.gz, .npz, a DICOM folder or .zip"
+        f"{path}: unsupported input; expected .nii/.nii.gz, .npz, a DICOM file (e.g. one "
+        "enhanced multi-frame CT), a DICOM folder or .zip"
     )
 
 

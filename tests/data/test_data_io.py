@@ -29,7 +29,7 @@ from rgct.data.io import (
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
 
-MINI = Path(__file__).parent / "fixtures" / "mini_radgenome"
+MINI = Path(__file__).parents[1] / "fixtures" / "mini_radgenome"
 LPS_VOL = MINI / "train_preprocessed/train_1/train_1a/train_1_a_1.nii.gz"
 
 
