@@ -12,9 +12,14 @@ Items are dicts::
 
 Bad samples: a sample whose files cannot be read raises a :class:`~rgct.data.io.DataError`
 naming the sample and the file. With ``cfg.skip_bad_samples`` the error is logged as a
-warning, counted in ``dataset.num_skipped`` (per process: worker counts do not reach the
-main process), and ``None`` is returned; :func:`collate` drops ``None`` items, so that batch
-is smaller. Another sample is never silently substituted.
+warning, counted in ``dataset.num_skipped`` (one counter in shared memory: DataLoader workers
+add to the count the main process reads), and ``None`` is returned; :func:`collate` drops
+``None`` items, so that batch is smaller. Another sample is never silently substituted.
+
+Missing tasks: a split without rows for one of the requested tasks (a small validation split, a
+RadGenome subset) leaves that task out with a warning naming the task, the split and its CSV
+(``dataset.missing_tasks``); only a split with no rows at all is an error (and a training set
+with none of its tasks).
 
 Example::
 
@@ -25,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import zlib
 from pathlib import Path
 
@@ -36,8 +42,8 @@ from rgct.config import DataConfig
 from rgct.constants import CT_RATE_LABELS, TASKS
 from rgct.data.finding_maps import paint_finding_map
 from rgct.data.io import DataError
-from rgct.data.layout import strip_suffix
-from rgct.data.records import Sample, build_samples, load_split, mix_samples
+from rgct.data.layout import csv_path, strip_suffix
+from rgct.data.records import TASK_CSV, Sample, build_samples, load_split, mix_samples
 from rgct.data.transforms import TransformCache, build_random_transforms
 
 logger = logging.getLogger(__name__)
@@ -59,7 +65,8 @@ class RGCTDataset(Dataset):
 
     Attributes:
         samples: the :class:`Sample` list items are made from.
-        num_skipped: bad samples skipped so far (this process).
+        num_skipped: bad samples skipped so far (all DataLoader workers together).
+        missing_tasks: requested tasks the split has no rows for (left out, warned).
         problems: problems :func:`load_split` found (rows dropped).
     """
 
@@ -81,25 +88,42 @@ class RGCTDataset(Dataset):
         self.cfg = cfg
         self.train = train
         self.seed = seed
-        self.epoch = 0
-        self.num_skipped = 0
+        self._skipped = multiprocessing.Value("q", 0)  # shared with forked/spawned workers
         tasks = cfg.tasks if tasks is None else tasks
         weights = dict(tasks) if isinstance(tasks, dict) else {t: 1.0 for t in tasks}
         index = load_split(root, split, max_volumes=cfg.max_volumes)
         self.problems = index.problems
         for p in index.problems:
             logger.warning("%s", p.message)
+        if not any(index.tables.values()):
+            raise DataError(
+                f"{root}: split {split!r} has no rows at all (no CSV rows under "
+                f"{csv_path(root, split, 'region_report').parent} name a volume of this split)"
+            )
         by_task = build_samples(
             index, weights, unnamed_region_fraction=cfg.unnamed_region_fraction, seed=seed
         )
-        if num_samples is not None:
+        self.missing_tasks = [t for t in by_task if weights.get(t, 0.0) > 0 and not by_task[t]]
+        for task in self.missing_tasks:
+            logger.warning(
+                "split %r has no rows for task %r (%s): that task is left out of this %s set",
+                split,
+                task,
+                csv_path(root, split, TASK_CSV[task]),
+                "training" if train else "evaluation",
+            )
+        if len(self.missing_tasks) == len(by_task):
+            if train:
+                raise DataError(
+                    f"{root}: split {split!r} has no rows for any training task {list(weights)}"
+                )
+            self.samples = []
+        elif num_samples is not None:
             # positives oversampled (data.abnormal_fraction) in the training mix only
             abnormal = cfg.abnormal_fraction if train else None
             self.samples = mix_samples(by_task, weights, num_samples, seed, abnormal)
         else:
             self.samples = [s for t in TASKS if t in by_task for s in by_task[t]]
-        if not self.samples:
-            raise DataError(f"{root}: no samples for split {split!r} and tasks {list(weights)}")
         self.ground_truth = None  # dense finding maps: training samples only
         if cfg.finding_maps and train:
             if index.ground_truth is None:
@@ -114,9 +138,10 @@ class RGCTDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Change the augmentation draw (items are seeded by seed, epoch and index)."""
-        self.epoch = int(epoch)
+    @property
+    def num_skipped(self) -> int:
+        """Bad samples skipped so far, counted across DataLoader worker processes."""
+        return int(self._skipped.value)
 
     def load_tensors(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached deterministic (image, mask), each (1, D, H, W) float32."""
@@ -135,14 +160,16 @@ class RGCTDataset(Dataset):
             msg = f"sample {i} ({sample.task}, {sample.volume}, region {sample.region!r}): {e}"
             if not self.cfg.skip_bad_samples:
                 raise DataError(msg) from e
-            self.num_skipped += 1
-            logger.warning("skipping bad %s (%d skipped so far)", msg, self.num_skipped)
+            with self._skipped.get_lock():
+                self._skipped.value += 1
+                skipped = self._skipped.value
+            logger.warning("skipping bad %s (%d skipped so far)", msg, skipped)
             return None
         arrays = {"image": image, "mask": mask}
         if self.ground_truth is not None:
             arrays["findings"] = self.finding_map(sample)
         if self.random is not None:
-            seed = int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0])
+            seed = int(np.random.SeedSequence([self.seed, i]).generate_state(1)[0])
             self.random.set_random_state(seed=seed)
             arrays = self.random(arrays)
             if isinstance(arrays, list):  # a crop transform returns its samples as a list

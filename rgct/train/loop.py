@@ -308,6 +308,7 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
                 "lr": scheduler.get_last_lr()[0],
                 "samples_per_s": seen / max(elapsed, 1e-9),
                 "step_time_s": elapsed / max(len(window) / tc.grad_accum, 1),
+                "skipped_samples": train_ds.num_skipped,  # bad samples so far (data.skip_bad_samples)
             }
             pbar.set_postfix(
                 loss=f"{loss:.3f}", aux=f"{aux:.3f}", sps=f"{row['samples_per_s']:.1f}"
@@ -340,6 +341,10 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
             break
     pbar.close()
     trace.close()
+    if train_ds.num_skipped:
+        logger.warning(
+            "%d bad training samples were skipped (see the warnings above)", train_ds.num_skipped
+        )
     final = out_dir / FINAL_DIR
     if step >= tc.max_steps:
         accelerator.wait_for_everyone()
