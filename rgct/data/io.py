@@ -515,13 +515,24 @@ def _is_multiframe(ds) -> bool:
     return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
 
 
-def _group_value(name: str, frame: int, groups: list, sequence: str, attribute: str):
-    """``attribute`` of the first item of ``sequence``, per-frame group first, then shared."""
+_REQUIRED = object()
+
+
+def _group_value(
+    name: str, frame: int, groups: list, sequence: str, attribute: str, default=_REQUIRED
+):
+    """``attribute`` of the first item of ``sequence``, per-frame group first, then shared.
+
+    Returns ``default`` when neither group has it; without a default that is an error.
+    """
     for group in groups:
-        if group is not None and sequence in group and len(group[sequence]) > 0:
-            item = group[sequence][0]
-            if attribute in item and item[attribute].value not in (None, ""):
-                return item[attribute].value
+        items = getattr(group, sequence, None) if group is not None else None
+        if items:
+            value = getattr(items[0], attribute, None)
+            if value not in (None, ""):
+                return value
+    if default is not _REQUIRED:
+        return default
     raise VolumeReadError(
         f"{name}: enhanced CT frame {frame + 1} has no {sequence} > {attribute} in its "
         "per-frame or shared functional groups"
@@ -542,52 +553,50 @@ def _enhanced_frames(name: str, ds) -> list[_Frame]:
         )
     shared_seq = ds.get("SharedFunctionalGroupsSequence", [])
     shared = shared_seq[0] if len(shared_seq) else None
-    frames = []
+    top_rescale = (
+        float(getattr(ds, "RescaleSlope", 1.0)),
+        float(getattr(ds, "RescaleIntercept", 0.0)),
+    )
+    frames, without_rescale = [], []
     for k, item in enumerate(per_frame):
         groups = [item, shared]
-        rescale: tuple[float, float] = (
-            float(getattr(ds, "RescaleSlope", 1.0)),
-            float(getattr(ds, "RescaleIntercept", 0.0)),
+        slope = _group_value(
+            name, k, groups, "PixelValueTransformationSequence", "RescaleSlope", None
         )
-        try:
-            rescale = (
-                float(
-                    _group_value(
-                        name, k, groups, "PixelValueTransformationSequence", "RescaleSlope"
-                    )
-                ),
-                float(
-                    _group_value(
-                        name, k, groups, "PixelValueTransformationSequence", "RescaleIntercept"
-                    )
-                ),
-            )
-        except VolumeReadError:
-            pass  # no transformation group: the top-level values (or identity) stand
-        try:
-            thickness = float(
-                _group_value(name, k, groups, "PixelMeasuresSequence", "SliceThickness")
-            )
-        except VolumeReadError:
-            thickness = None
+        intercept = _group_value(
+            name, k, groups, "PixelValueTransformationSequence", "RescaleIntercept", None
+        )
+        if slope is None or intercept is None:
+            without_rescale.append(k)
+            slope, intercept = top_rescale
+        thickness = _group_value(name, k, groups, "PixelMeasuresSequence", "SliceThickness", None)
         spacing = _floats_of(_group_value(name, k, groups, "PixelMeasuresSequence", "PixelSpacing"))
+        position = _group_value(name, k, groups, "PlanePositionSequence", "ImagePositionPatient")
+        iop = _group_value(name, k, groups, "PlaneOrientationSequence", "ImageOrientationPatient")
         frames.append(
             _Frame(
                 f"{name} (frame {k + 1})",
                 ds,
                 k,
-                _floats_of(
-                    _group_value(name, k, groups, "PlanePositionSequence", "ImagePositionPatient")
-                ),
-                _floats_of(
-                    _group_value(
-                        name, k, groups, "PlaneOrientationSequence", "ImageOrientationPatient"
-                    )
-                ),
+                _floats_of(position),
+                _floats_of(iop),
                 (float(spacing[0]), float(spacing[1])),
-                *rescale,
-                thickness,
+                float(slope),
+                float(intercept),
+                float(thickness) if thickness is not None else None,
             )
+        )
+    if without_rescale and len(without_rescale) < len(frames):
+        raise VolumeReadError(
+            f"{name}: enhanced CT frame {without_rescale[0] + 1} has no "
+            "PixelValueTransformationSequence > RescaleSlope/RescaleIntercept while other "
+            "frames have one"
+        )
+    if without_rescale:
+        logger.warning(
+            "%s: no PixelValueTransformationSequence; using RescaleSlope %g, RescaleIntercept %g",
+            name,
+            *top_rescale,
         )
     return frames
 

@@ -24,6 +24,8 @@ from rgct.data.io import (
     canonical_header,
     load_mask,
     load_volume,
+    rescale_from_metadata,
+    rescale_raw_values,
 )
 
 pydicom = pytest.importorskip("pydicom")
@@ -204,3 +206,69 @@ def test_copy_of_fixture_is_read_identically(tmp_path: Path) -> None:
     dst = tmp_path / "v.nii.gz"
     shutil.copy(LPS_VOL, dst)
     np.testing.assert_array_equal(load_volume(dst).array, load_volume(LPS_VOL).array)
+
+
+def _ct_like(shape: tuple[int, int, int] = (8, 10, 6)) -> np.ndarray:
+    """(X, Y, Z) HU: air around a soft-tissue body holding two lungs."""
+    hu = np.full(shape, -1000.0, np.float32)
+    hu[2:6, 2:8, :] = 40.0
+    hu[2:3, 3:7, :] = -850.0
+    hu[5:6, 3:7, :] = -850.0
+    return hu
+
+
+def test_metadata_slope_intercept_for_raw_values(tmp_path: Path) -> None:
+    hu = _ct_like()
+    raw = _save(tmp_path / "train_7_a_1.nii.gz", (hu + 1024).astype(np.int16), np.eye(4))
+    good = _save(tmp_path / "train_8_a_1.nii.gz", hu.astype(np.int16), np.eye(4))
+    meta = tmp_path / "meta.csv"
+    meta.write_text(
+        "VolumeName,XYSpacing,ZSpacing,RescaleIntercept,RescaleSlope\n"
+        'train_7_a_1.nii.gz,"[0.7, 0.7]",1.5,-1024,1\n'
+        'train_8_a_1.nii.gz,"[0.7, 0.7]",1.5,-1024,1\n'
+    )
+    expected = hu.transpose(2, 1, 0)
+    fixed = load_volume(raw, metadata_csv=meta)
+    np.testing.assert_array_equal(fixed.array, expected)
+    assert fixed.spacing == pytest.approx((1.5, 0.7, 0.7))
+    # already HU: the same metadata changes nothing
+    np.testing.assert_array_equal(load_volume(good, metadata_csv=meta).array, expected)
+    # explicit spacing still takes the metadata's slope/intercept
+    np.testing.assert_array_equal(
+        load_volume(raw, spacing=(1, 1, 1), metadata_csv=meta).array, expected
+    )
+    # without metadata the raw values stay raw
+    assert load_volume(raw).array.min() == 24.0
+
+
+def test_metadata_rescale_rule_edges(tmp_path: Path, caplog) -> None:
+    hu = _ct_like()
+    raw = (hu + 1024) * 2  # slope 0.5
+    assert rescale_raw_values(raw, 0.5, -1024.0).min() == -1000.0
+    assert rescale_raw_values(hu, 0.5, -1024.0) is hu
+    assert rescale_raw_values(raw, 1.0, 0.0) is raw
+    water = np.full((4, 4, 4), 500.0, np.float32)  # no air in either reading
+    with caplog.at_level("WARNING"):
+        assert rescale_raw_values(water, 1.0, -1024.0, source="w.nii") is water
+    assert "w.nii" in caplog.text and "no air" in caplog.text
+
+
+def test_metadata_rescale_bad_rows(tmp_path: Path) -> None:
+    path = _save(tmp_path / "train_9_a_1.nii.gz", _ct_like().astype(np.int16), np.eye(4))
+    meta = tmp_path / "meta.csv"
+    meta.write_text(
+        "VolumeName,XYSpacing,ZSpacing,RescaleIntercept,RescaleSlope\n"
+        "train_9_a_1,[1 1],1,-1024,abc\n"
+    )
+    with pytest.raises(DataError, match="RescaleSlope") as e:
+        load_volume(path, metadata_csv=meta)
+    assert str(meta) in str(e.value) and "train_9_a_1" in str(e.value)
+    meta.write_text(
+        "VolumeName,XYSpacing,ZSpacing,RescaleIntercept,RescaleSlope\ntrain_9_a_1,[1 1],1,-1024,0\n"
+    )
+    with pytest.raises(DataError, match="bad RescaleSlope"):
+        load_volume(path, metadata_csv=meta)
+    meta.write_text("VolumeName,XYSpacing,ZSpacing\ntrain_9_a_1,[1 1],1\n")
+    assert rescale_from_metadata(meta, "train_9_a_1") is None
+    with pytest.raises(DataError, match="no row for volume 'train_10_a_1'"):
+        rescale_from_metadata(meta, "train_10_a_1")
