@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rgct.data.check_cli",
         "inspect a dataset folder ('rgct data check DIR', 'rgct data show')",
     ),
+    "masks": (
+        "rgct.data.masks_cli",
+        "region masks from other tools ('rgct masks from-totalsegmentator SRC --out DIR')",
+    ),
     "train": ("rgct.train.cli", "fine-tune a model (same as scripts/train.py)"),
     "generate": ("rgct.generate.cli", "batch-generate reports and answers for a split to JSONL"),
     "evaluate": (
