@@ -3,6 +3,13 @@
 Example::
 
     rgct evaluate --predictions runs/demo/preds.jsonl --data data/phantom --out runs/demo/metrics
+    rgct evaluate --predictions preds.jsonl --protocol reg2rg --out metrics_reg2rg/
+    rgct evaluate --predictions new.jsonl --compare old.jsonl --out metrics_new/
+
+Every bad line of a predictions file (not UTF-8, not JSON, missing or bad fields, an empty
+prediction, a duplicate (volume, task, region, question), a volume that ``--data`` does not
+hold) is listed with its line number; nothing is scored unless ``--skip-invalid`` is given,
+which scores the valid lines and records the skipped ones in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -10,9 +17,18 @@ from __future__ import annotations
 import argparse
 import logging
 
+from rgct.data.truth import GroundTruthError, load_ground_truth
+from rgct.eval.bootstrap import DEFAULT_REPLICATES
 from rgct.eval.labeler import CTRateLabeler
-from rgct.eval.predictions import PredictionsError, load_ground_truth, load_predictions
-from rgct.eval.report import evaluate_predictions, save_metrics
+from rgct.eval.predictions import PredictionsError, read_predictions
+from rgct.eval.report import (
+    PROTOCOLS,
+    compare_predictions,
+    comparison_markdown,
+    evaluate_predictions,
+    language_keys,
+    save_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +39,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--data", default=None, help="dataset folder; its ground_truth.jsonl enables grounding"
     )
     parser.add_argument("--out", required=True, help="output folder for metrics.json/md and PNGs")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="coco",
+        help="language metrics: coco (pycocoevalcap, default) or reg2rg (Reg2RG's published "
+        "protocol: smoothed per-sample BLEU, NLTK METEOR, ROUGE-1/2/L, CIDEr)",
+    )
+    parser.add_argument(
+        "--compare",
+        default=None,
+        metavar="OTHER.jsonl",
+        help="a second predictions file of the same samples: paired bootstrap differences",
+    )
+    parser.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="score the valid lines when some are bad (they are listed either way)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_REPLICATES,
+        help="bootstrap replicates over volumes for the 95%% intervals (0: none)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draw")
     parser.add_argument("--no-bertscore", action="store_true", help="skip BERTScore")
-    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs Java)")
+    parser.add_argument(
+        "--no-meteor", action="store_true", help="skip METEOR (coco: Java; reg2rg: WordNet)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--hedges-negative",
         action="store_true",
@@ -37,11 +81,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _read(path: str, ground_truth: dict | None, skip_invalid: bool) -> tuple[list[dict], list]:
+    report = read_predictions(path, ground_truth)
+    if report.problems:
+        text = report.summary()
+        if not skip_invalid:
+            raise PredictionsError(text + "\n(--skip-invalid scores the valid lines only)")
+        log.warning("%s\nskipping these lines (--skip-invalid)", text)
+    if not report.rows:
+        raise PredictionsError(f"{path}: no valid prediction lines")
+    return report.rows, report.problems
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        rows = load_predictions(args.predictions)
         ground_truth = load_ground_truth(args.data) if args.data else None
-    except PredictionsError as e:
+        rows, problems = _read(args.predictions, ground_truth, args.skip_invalid)
+        other = _read(args.compare, ground_truth, args.skip_invalid)[0] if args.compare else None
+    except (PredictionsError, GroundTruthError) as e:
         log.error("%s", e)
         return 2
     if args.data and ground_truth is None:
@@ -55,25 +112,70 @@ def run(args: argparse.Namespace) -> int:
         bertscore=not args.no_bertscore,
         meteor=not args.no_meteor,
         labeler=labeler,
+        protocol=args.protocol,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        progress=not args.no_progress,
     )
+    metrics["invalid_lines"] = [
+        {"line": p.line, "kind": p.kind, "message": p.message} for p in problems
+    ]
+    if other is not None:
+        try:
+            metrics["comparison"] = compare_predictions(
+                rows,
+                other,
+                protocol=args.protocol,
+                meteor=not args.no_meteor,
+                labeler=labeler,
+                bootstrap=args.bootstrap or DEFAULT_REPLICATES,
+                seed=args.seed,
+                progress=not args.no_progress,
+            )
+        except ValueError as e:
+            log.error("--compare %s: %s", args.compare, e)
+            return 2
+        metrics["comparison"]["other"] = str(args.compare)
     paths = save_metrics(metrics, args.out)
+    _print_summary(metrics)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _print_summary(metrics: dict) -> None:
     ov = metrics["overall"]
-    lang = ov["language"]
+    mean = ov["language_per_sample_mean"]
+    ci = ov.get("ci95", {}).get("language_per_sample_mean", {})
 
-    def f(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.4f}"
+    def f(v: float | None, interval: list[float] | None = None) -> str:
+        if v is None:
+            return "n/a"
+        return f"{v:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
+    keys = [
+        k
+        for k in language_keys(metrics["protocol"])
+        if k in ("bleu_4", "meteor", "rouge_l", "cider", "bertscore_f1")
+    ]
+    clin = ov["clinical"]
+    cci = ov.get("ci95", {}).get("clinical") or {}
     print(
-        f"{ov['num_samples']} samples ({', '.join(ov['tasks'])}): "
-        f"BLEU-4 {f(lang['bleu_4'])}  METEOR {f(lang['meteor'])}  ROUGE-L {f(lang['rouge_l'])}  "
-        f"CIDEr {f(lang['cider'])}  BERTScore-F1 {f(lang['bertscore_f1'])}  "
-        f"clinical micro-F1 {f(ov['clinical']['micro']['f1'])}"
+        f"{ov['num_samples']} samples ({', '.join(ov['tasks'])}), protocol {metrics['protocol']}, "
+        "per-sample means with bootstrap 95% CI over volumes:"
+    )
+    print("  " + "  ".join(f"{k} {f(mean[k], ci.get(k))}" for k in keys))
+    print(
+        f"  clinical micro-F1 {f(clin['micro']['f1'], cci.get('micro_f1'))}  "
+        f"CRG {f(clin['crg'], cci.get('crg'))}"
     )
     if metrics["grounding"]:
         g = metrics["grounding"]
+        gci = g.get("ci95") or {}
         print(
-            f"grounding: finding F1 {f(g['finding']['f1'])}  lobe acc {f(g['lobe_accuracy'])}  "
-            f"size MAE {f(g['size_mae_mm'])} mm"
+            f"grounding: finding F1 {f(g['finding']['f1'], gci.get('finding_f1'))}  "
+            f"lobe acc {f(g['lobe_accuracy'])}  size MAE {f(g['size_mae_mm'])} mm"
         )
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    if metrics.get("invalid_lines"):
+        print(f"skipped {len(metrics['invalid_lines'])} invalid line(s) (see metrics.json)")
+    if metrics.get("comparison"):
+        print("\n".join(comparison_markdown(metrics["comparison"])))

@@ -17,7 +17,7 @@ written by ``rgct generate``, else the region the labeler reads from the sentenc
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -84,6 +84,16 @@ def grounding_scores(
     ground_truth: dict[str, dict],
     labeler: CTRateLabeler | None = None,
 ) -> dict[str, Any]:
+    """Region-level finding detection, lobe/side accuracy and size error (see
+    :func:`grounding_with_counts`, which also returns per-volume counts)."""
+    return grounding_with_counts(predictions, ground_truth, labeler)[0]
+
+
+def grounding_with_counts(
+    predictions: list[dict],
+    ground_truth: dict[str, dict],
+    labeler: CTRateLabeler | None = None,
+) -> tuple[dict[str, Any], dict[str, tuple[int, int, int]]]:
     """Region-level finding detection, lobe/side accuracy and size error.
 
     Args:
@@ -93,9 +103,10 @@ def grounding_scores(
         labeler: Labeler for the predicted text; the default one if None.
 
     Returns:
-        ``{"finding": {precision, recall, f1, tp, fp, fn}, "lobe_accuracy", "lobe_n",
-        "side_accuracy", "side_n", "size_mae_mm", "size_n", "num_asked_regions",
-        "num_volumes"}``; accuracies are None when nothing could be scored.
+        (scores, counts): scores ``{"finding": {precision, recall, f1, tp, fp, fn},
+        "lobe_accuracy", "lobe_n", "side_accuracy", "side_n", "size_mae_mm", "size_n",
+        "num_asked_regions", "num_volumes"}`` (accuracies None when nothing could be scored);
+        counts: volume -> its finding (tp, fp, fn), for intervals over volumes.
     """
     lab = labeler or default_labeler()
     gt = {volume_key(k): v for k, v in ground_truth.items()}
@@ -144,7 +155,19 @@ def grounding_scores(
             true_size = _gt_size(f)
             if true_size is not None and sizes:
                 size_err.append(min(abs(s - true_size) for s in sizes))
-    return {
+    by_volume = {
+        kind: Counter(k[0] for k in keys)
+        for kind, keys in (
+            ("tp", pred_set & gt_set),
+            ("fp", pred_set - gt_set),
+            ("fn", gt_set - pred_set),
+        )
+    }
+    counts = {
+        vol: (by_volume["tp"][vol], by_volume["fp"][vol], by_volume["fn"][vol])
+        for vol in sorted({v for v, _ in asked})
+    }
+    scores = {
         "finding": {
             "precision": precision,
             "recall": recall,
@@ -162,3 +185,4 @@ def grounding_scores(
         "num_asked_regions": len(asked),
         "num_volumes": len({v for v, _ in asked}),
     }
+    return scores, counts

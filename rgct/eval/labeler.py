@@ -38,10 +38,11 @@ from typing import Any
 import yaml
 
 from rgct.constants import CT_RATE_LABELS, REGIONS
+from rgct.text import split_sentences
 
 DEFAULT_VOCAB = Path(__file__).with_name("labeler_vocab.yaml")
+_CACHE_SIZE = 200_000  # sentences kept by a labeler's cache before it starts afresh
 
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _SIZE_MULTI = re.compile(
     r"(\d+(?:[.,]\d+)?)\s*(?:mm|cm)?\s*[x×*]\s*(\d+(?:[.,]\d+)?)"
     r"(?:\s*(?:mm|cm)?\s*[x×*]\s*(\d+(?:[.,]\d+)?))?\s*(mm|cm)\b"
@@ -188,11 +189,6 @@ def parse_lobes(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def split_sentences(text: str) -> list[str]:
-    """Split report text into sentences (not on decimal points such as "4.6 mm")."""
-    return [s.strip() for s in _SENTENCE_SPLIT.split(text or "") if s and s.strip()]
-
-
 class CTRateLabeler:
     """Rule-based labeler for the 18 CT-RATE abnormality labels.
 
@@ -256,6 +252,7 @@ class CTRateLabeler:
             raise ValueError(f"labeler vocabulary {path}: unknown regions {bad}; known {REGIONS}")
         self._regions = {r: _compile(p, f"{path}: regions.{r}") for r, p in regions.items()}
         self._label_regions: dict[str, str | None] = dict(vocab.get("label_regions") or {})
+        self._cache: dict[str, SentenceLabel] = {}
 
     # --- negation ---------------------------------------------------------------------------
     def affirmed(self, clause: str) -> str:
@@ -358,28 +355,41 @@ class CTRateLabeler:
         Returns:
             One :class:`SentenceLabel` per sentence, in text order.
         """
-        out = []
-        for sentence in split_sentences(text):
-            found: set[str] = set()
-            affirmed_parts = []
-            for clause in sentence.split(";"):
-                aff = self.affirmed(clause)
-                found |= self._clause_labels(aff)
-                affirmed_parts.append(aff)
-            positive = [name for name in CT_RATE_LABELS if name in found]
-            # where the sentence names findings, read side and lobe from the affirmed text only
-            where = " ; ".join(affirmed_parts) if positive else sentence
-            out.append(
-                SentenceLabel(
-                    sentence=sentence,
-                    labels={name: int(name in found) for name in CT_RATE_LABELS},
-                    region=self._region(sentence, positive),
-                    side=parse_side(where),
-                    lobes=parse_lobes(where),
-                    sizes_mm=parse_sizes_mm(where),
-                )
-            )
-        return out
+        return [self.label_sentence(sentence) for sentence in split_sentences(text)]
+
+    def label_sentence(self, sentence: str) -> SentenceLabel:
+        """Label one sentence (results are cached per labeler: reports repeat sentences).
+
+        Args:
+            sentence: One sentence (clauses split on ';').
+
+        Returns:
+            Its :class:`SentenceLabel` (shared with later calls: do not modify).
+        """
+        cached = self._cache.get(sentence)
+        if cached is not None:
+            return cached
+        found: set[str] = set()
+        affirmed_parts = []
+        for clause in sentence.split(";"):
+            aff = self.affirmed(clause)
+            found |= self._clause_labels(aff)
+            affirmed_parts.append(aff)
+        positive = [name for name in CT_RATE_LABELS if name in found]
+        # where the sentence names findings, read side and lobe from the affirmed text only
+        where = " ; ".join(affirmed_parts) if positive else sentence
+        result = SentenceLabel(
+            sentence=sentence,
+            labels={name: int(name in found) for name in CT_RATE_LABELS},
+            region=self._region(sentence, positive),
+            side=parse_side(where),
+            lobes=parse_lobes(where),
+            sizes_mm=parse_sizes_mm(where),
+        )
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.clear()
+        self._cache[sentence] = result
+        return result
 
     def label_text(self, text: str) -> dict[str, int]:
         """The 18 CT-RATE labels of a report (1 when any sentence is positive).

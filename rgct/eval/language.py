@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import re
 import shutil
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,14 +64,15 @@ def tokenize(text: str) -> str:
     return " ".join(_TOKEN.findall((text or "").lower()))
 
 
-def _as_coco(predictions: Sequence[str], references: Sequence[str]) -> tuple[dict, dict]:
-    gts = {i: [tokenize(r)] for i, r in enumerate(references)}
-    res = {i: [tokenize(p)] for i, p in enumerate(predictions)}
-    return gts, res
-
-
 class MeteorScorer:
     """pycocoevalcap METEOR 1.5, started once (one Java process) and reused.
+
+    The jar scores a pair in two steps: ``SCORE`` turns it into alignment statistics, ``EVAL``
+    turns a list of statistics into per-pair scores and the set's score. :meth:`stats` sends
+    all ``SCORE`` requests of a batch at once (a writer thread feeds the jar while this thread
+    reads its answers) and :meth:`evaluate` scores any subset from stored statistics, so a
+    pair is aligned once however many subsets (overall, per region, per task) it is in. The
+    requests are pycocoevalcap's, so the numbers are its numbers.
 
     ``available`` is False when Java is missing or the jar cannot start.
     """
@@ -91,14 +93,50 @@ class MeteorScorer:
     def available(self) -> bool:
         return self._meteor is not None
 
+    def stats(
+        self, hypotheses: Sequence[str], references: Sequence[str], progress: Any = None
+    ) -> list[str]:
+        """The jar's statistics line of each (tokenised hypothesis, reference) pair."""
+        if self._meteor is None:
+            raise RuntimeError("METEOR is not available")
+        proc = self._meteor.meteor_p
+        requests = [
+            " ||| ".join(("SCORE", r, h.replace("|||", "").replace("  ", " ")))
+            for h, r in zip(hypotheses, references)
+        ]
+
+        def feed() -> None:
+            for line in requests:
+                proc.stdin.write(f"{line}\n".encode())
+            proc.stdin.flush()
+
+        out: list[str] = []
+        with self._meteor.lock:
+            writer = threading.Thread(target=feed, daemon=True)
+            writer.start()
+            for _ in requests:
+                out.append(proc.stdout.readline().decode().strip())
+                if progress is not None:
+                    progress.update(1)
+            writer.join()
+        return out
+
+    def evaluate(self, stats: Sequence[str]) -> tuple[float, list[float]]:
+        """(set METEOR, per-pair METEOR) from statistics lines of :meth:`stats`."""
+        proc = self._meteor.meteor_p
+        with self._meteor.lock:
+            proc.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
+            proc.stdin.flush()
+            per = [float(proc.stdout.readline().strip()) for _ in stats]
+            corpus = float(proc.stdout.readline().strip())
+        return corpus, per
+
     def score(self, gts: dict, res: dict) -> tuple[float | None, list[float] | None]:
         """Corpus METEOR and per-sample scores on tokenised input, or (None, None)."""
         if self._meteor is None or not gts:
             return None, None
-        # the jar reads one line per request: keep the separators out of the text
-        clean = {k: [v[0].replace("|||", " ")] for k, v in res.items()}
-        corpus, per = self._meteor.compute_score(gts, clean)
-        return float(corpus), [float(s) for s in per]
+        keys = list(gts)
+        return self.evaluate(self.stats([res[k][0] for k in keys], [gts[k][0] for k in keys]))
 
     def close(self) -> None:
         """Stop the Java process."""
@@ -206,6 +244,71 @@ class BertScorer:
         return p, r, f
 
 
+class CocoScores:
+    """The coco protocol's scores of N pairs: tokenised once, METEOR aligned once, BERTScore
+    given; :meth:`block` scores any subset with pycocoevalcap (BLEU, ROUGE-L and CIDEr are
+    called on the subset, so CIDEr's IDF is the subset's).
+
+    Args:
+        predictions: N generated texts.
+        references: N reference texts.
+        meteor: A started :class:`MeteorScorer`, or None to skip METEOR.
+        bertscore_f1: Per-pair BERTScore F1 (N,), or None to skip it.
+        progress: Optional tqdm-like bar advanced once per METEOR pair.
+    """
+
+    def __init__(
+        self,
+        predictions: Sequence[str],
+        references: Sequence[str],
+        meteor: MeteorScorer | None = None,
+        bertscore_f1: Sequence[float] | None = None,
+        progress: Any = None,
+    ) -> None:
+        if len(predictions) != len(references):
+            raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+        self.res = [tokenize(p) for p in predictions]
+        self.gts = [tokenize(r) for r in references]
+        self.meteor = meteor if meteor is not None and meteor.available else None
+        self.meteor_stats = (
+            self.meteor.stats(self.res, self.gts, progress) if self.meteor and self.res else None
+        )
+        self.bertscore_f1 = None if bertscore_f1 is None else np.asarray(bertscore_f1, float)
+
+    def block(self, idx: Sequence[int]) -> dict[str, Any]:
+        """Scores of the subset ``idx``: ``{"corpus", "mean", "per_sample"}`` over
+        :data:`LANGUAGE_KEYS` (skipped metrics None; ``per_sample`` holds arrays)."""
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        idx = [int(i) for i in idx]
+        corpus: dict[str, float | None] = dict.fromkeys(LANGUAGE_KEYS)
+        mean: dict[str, float | None] = dict.fromkeys(LANGUAGE_KEYS)
+        per: dict[str, np.ndarray] = {}
+        if not idx:
+            return {"corpus": corpus, "mean": mean, "per_sample": per}
+        gts = {j: [self.gts[i]] for j, i in enumerate(idx)}
+        res = {j: [self.res[i]] for j, i in enumerate(idx)}
+        bleu, bleu_per = Bleu(4).compute_score(gts, res, verbose=0)
+        for n in range(4):
+            corpus[f"bleu_{n + 1}"] = float(bleu[n])
+            per[f"bleu_{n + 1}"] = np.asarray(bleu_per[n], dtype=float)
+        rouge, rouge_per = Rouge().compute_score(gts, res)
+        corpus["rouge_l"], per["rouge_l"] = float(rouge), np.asarray(rouge_per, dtype=float)
+        cider, cider_per = Cider().compute_score(gts, res)
+        corpus["cider"], per["cider"] = float(cider), np.asarray(cider_per, dtype=float)
+        if self.meteor_stats is not None:
+            m, m_per = self.meteor.evaluate([self.meteor_stats[i] for i in idx])
+            corpus["meteor"], per["meteor"] = m, np.asarray(m_per, dtype=float)
+        if self.bertscore_f1 is not None:
+            per["bertscore_f1"] = self.bertscore_f1[idx]
+            corpus["bertscore_f1"] = float(per["bertscore_f1"].mean())
+        for key, values in per.items():
+            mean[key] = float(values.mean())
+        return {"corpus": corpus, "mean": mean, "per_sample": per}
+
+
 def language_scores(
     predictions: Sequence[str],
     references: Sequence[str],
@@ -223,29 +326,5 @@ def language_scores(
     Returns:
         (corpus, per_sample_mean): dicts over :data:`LANGUAGE_KEYS`; skipped metrics are None.
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    corpus: dict[str, float | None] = dict.fromkeys(LANGUAGE_KEYS)
-    mean: dict[str, float | None] = dict.fromkeys(LANGUAGE_KEYS)
-    if not predictions:
-        return corpus, mean
-    gts, res = _as_coco(predictions, references)
-    bleu, bleu_per = Bleu(4).compute_score(gts, res, verbose=0)
-    for n in range(4):
-        corpus[f"bleu_{n + 1}"] = float(bleu[n])
-        mean[f"bleu_{n + 1}"] = float(np.mean(bleu_per[n]))
-    rouge, rouge_per = Rouge().compute_score(gts, res)
-    corpus["rouge_l"], mean["rouge_l"] = float(rouge), float(np.mean(rouge_per))
-    cider, cider_per = Cider().compute_score(gts, res)
-    corpus["cider"], mean["cider"] = float(cider), float(np.mean(cider_per))
-    if meteor is not None:
-        m, m_per = meteor.score(gts, res)
-        corpus["meteor"] = m
-        mean["meteor"] = float(np.mean(m_per)) if m_per else None
-    if bertscore_f1 is not None:
-        corpus["bertscore_f1"] = mean["bertscore_f1"] = float(np.mean(bertscore_f1))
-    return corpus, mean
+    block = CocoScores(predictions, references, meteor, bertscore_f1).block(range(len(predictions)))
+    return block["corpus"], block["mean"]

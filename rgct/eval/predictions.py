@@ -1,74 +1,224 @@
-"""Reading the predictions JSONL of ``rgct generate`` and a dataset's ``ground_truth.jsonl``."""
+"""Reading the predictions JSONL of ``rgct generate``, with a report of every bad line.
+
+Each line is a JSON object with ``prediction`` and ``reference`` (both strings) and, from
+``rgct generate``, ``volume``, ``task``, ``region`` and ``question``. The bare form (only
+``prediction``/``reference``) gets ``task`` "report", ``region`` "whole scan", ``volume`` "".
+
+:func:`read_predictions` checks every line and lists each problem with its line number:
+
+- ``encoding``: the line is not UTF-8;
+- ``json``: the line is not a JSON object;
+- ``missing field``: ``prediction`` or ``reference`` is absent;
+- ``bad field``: a field that is not a string (``prediction``, ``reference``, ``volume``,
+  ``region``, ``question``), or an unknown ``task``;
+- ``empty prediction``: the prediction is empty or only whitespace;
+- ``duplicate``: the same (volume, task, region, question) as an earlier line;
+- ``unknown volume``: with ``--data``, a volume its ``ground_truth.jsonl`` does not hold.
+
+A line with a problem is left out of ``rows``; :func:`load_predictions` raises unless told
+to skip them. Ground truth is read by :func:`rgct.data.truth.load_ground_truth`.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rgct.constants import TASKS, WHOLE_SCAN
+from rgct.data.truth import load_ground_truth
 from rgct.eval.grounding import volume_key
-from rgct.jsonl import iter_jsonl
 
-GROUND_TRUTH_FILE = "ground_truth.jsonl"
+__all__ = [
+    "PredictionsError",
+    "PredictionsReport",
+    "Problem",
+    "load_ground_truth",
+    "load_predictions",
+    "read_predictions",
+]
+
+_TEXT_FIELDS = ("prediction", "reference", "volume", "region", "question")
 
 
 class PredictionsError(ValueError):
-    """A predictions or ground-truth file is missing or malformed."""
+    """A predictions file that is missing or has bad lines (the message lists them)."""
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    if not path.is_file():
-        raise PredictionsError(f"{path}: no such file")
-    return list(iter_jsonl(path, PredictionsError))
+@dataclass(frozen=True)
+class Problem:
+    """One bad line: its number (1-based), the kind of problem and what is wrong."""
+
+    line: int
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.kind}: {self.message}"
 
 
-def load_predictions(path: str | Path) -> list[dict]:
-    """Read prediction lines; fill defaults for the bare ``prediction``/``reference`` form.
+@dataclass
+class PredictionsReport:
+    """What :func:`read_predictions` found.
+
+    Attributes:
+        path: The file read.
+        rows: Valid records in file order (each with ``line``: its line number).
+        problems: Every problem, in line order.
+        num_lines: Non-blank lines read.
+    """
+
+    path: Path
+    rows: list[dict] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    num_lines: int = 0
+
+    def summary(self, limit: int = 50) -> str:
+        """A multi-line text naming the file and each problem (the first ``limit``)."""
+        kinds: dict[str, int] = {}
+        for p in self.problems:
+            kinds[p.kind] = kinds.get(p.kind, 0) + 1
+        head = (
+            f"{self.path}: {len(self.problems)} problem(s) in {self.num_lines} line(s) ("
+            + ", ".join(f"{k}: {v}" for k, v in kinds.items())
+            + ")"
+        )
+        lines = [head, *(f"  {p}" for p in self.problems[:limit])]
+        if len(self.problems) > limit:
+            lines.append(f"  ... and {len(self.problems) - limit} more")
+        return "\n".join(lines)
+
+
+def _check(
+    rec: dict, lineno: int, ground_truth: dict[str, dict] | None, allow_empty: bool
+) -> list[Problem]:
+    problems = []
+    missing = [k for k in ("prediction", "reference") if k not in rec]
+    if missing:
+        problems.append(Problem(lineno, "missing field", f"lacks {missing}"))
+    for key in _TEXT_FIELDS:
+        if key in rec and rec[key] is not None and not isinstance(rec[key], str):
+            problems.append(
+                Problem(lineno, "bad field", f"{key!r} is {type(rec[key]).__name__}, not text")
+            )
+    task = rec.get("task", "report")
+    if task not in TASKS:
+        problems.append(Problem(lineno, "bad field", f"unknown task {task!r}; known: {TASKS}"))
+    pred = rec.get("prediction")
+    if (
+        not allow_empty
+        and "prediction" in rec
+        and (pred is None or (isinstance(pred, str) and not pred.strip()))
+    ):
+        problems.append(Problem(lineno, "empty prediction", "the prediction is empty"))
+    volume = rec.get("volume")
+    if ground_truth is not None and isinstance(volume, str) and volume:
+        if volume_key(volume) not in ground_truth:
+            problems.append(
+                Problem(
+                    lineno,
+                    "unknown volume",
+                    f"volume {volume!r} is not in the --data ground truth "
+                    f"({len(ground_truth)} volumes)",
+                )
+            )
+    return problems
+
+
+def read_predictions(
+    path: str | Path, ground_truth: dict[str, dict] | None = None, allow_empty: bool = False
+) -> PredictionsReport:
+    """Read a predictions JSONL and check every line (see the module docstring).
 
     Args:
-        path: JSONL file, one object per line with at least ``prediction`` and ``reference``;
-            ``task`` defaults to "report", ``region`` to "whole scan", ``volume`` to "".
+        path: The JSONL file.
+        ground_truth: volume -> truth record (``--data``); volumes are checked against it.
+        allow_empty: An empty prediction is not a problem (it is scored as empty text).
+
+    Returns:
+        The report: valid rows (with defaults filled in) and every problem found.
+
+    Raises:
+        PredictionsError: the file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionsError(f"{path}: no such file")
+    report = PredictionsReport(path=path)
+    seen: dict[tuple, int] = {}
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                report.num_lines += 1
+                report.problems.append(
+                    Problem(lineno, "encoding", f"not UTF-8 (byte {e.start}: {e.reason})")
+                )
+                continue
+            if not line.strip():
+                continue
+            report.num_lines += 1
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                report.problems.append(Problem(lineno, "json", f"not valid JSON ({e.msg})"))
+                continue
+            if not isinstance(rec, dict):
+                report.problems.append(Problem(lineno, "json", "not a JSON object"))
+                continue
+            problems = _check(rec, lineno, ground_truth, allow_empty)
+            key = None
+            if rec.get("volume"):
+                key = tuple(str(rec.get(k) or "") for k in ("volume", "task", "region", "question"))
+                if key in seen:
+                    problems.append(
+                        Problem(
+                            lineno,
+                            "duplicate",
+                            f"same (volume, task, region, question) as line {seen[key]}",
+                        )
+                    )
+                else:
+                    seen[key] = lineno
+            if problems:
+                report.problems.extend(problems)
+                continue
+            rec.setdefault("task", "report")
+            rec["region"] = rec.get("region") or WHOLE_SCAN
+            rec["volume"] = rec.get("volume") or ""
+            rec["prediction"] = rec.get("prediction") or ""
+            rec["reference"] = rec.get("reference") or ""
+            rec["line"] = lineno
+            report.rows.append(rec)
+    return report
+
+
+def load_predictions(
+    path: str | Path,
+    ground_truth: dict[str, dict] | None = None,
+    skip_invalid: bool = False,
+    allow_empty: bool = True,
+) -> list[dict]:
+    """The valid prediction records of a file.
+
+    Args:
+        path: JSONL file (see the module docstring).
+        ground_truth: volume -> truth record; volumes are checked against it when given.
+        skip_invalid: Leave bad lines out instead of raising.
+        allow_empty: Keep lines whose prediction is empty (scored as empty text) instead of
+            counting them as problems.
 
     Returns:
         The records, in file order.
 
     Raises:
-        PredictionsError: missing file, a line that is not a JSON object, a missing field or an
-            unknown task (the message names the file and the line number).
+        PredictionsError: missing file, any problem (unless ``skip_invalid``), or no valid
+            line at all; the message names the file and each bad line.
     """
-    path = Path(path)
-    out = []
-    for lineno, rec in _read_jsonl(path):
-        missing = [k for k in ("prediction", "reference") if k not in rec]
-        if missing:
-            raise PredictionsError(f"{path}: line {lineno} lacks field(s) {missing}")
-        rec.setdefault("task", "report")
-        rec.setdefault("region", WHOLE_SCAN)
-        rec.setdefault("volume", "")
-        if rec["task"] not in TASKS:
-            raise PredictionsError(
-                f"{path}: line {lineno} has unknown task {rec['task']!r}; known: {TASKS}"
-            )
-        rec["prediction"] = "" if rec["prediction"] is None else str(rec["prediction"])
-        rec["reference"] = "" if rec["reference"] is None else str(rec["reference"])
-        out.append(rec)
-    if not out:
-        raise PredictionsError(f"{path}: no prediction lines")
-    return out
-
-
-def load_ground_truth(data_dir: str | Path) -> dict[str, dict] | None:
-    """volume -> ground-truth record from ``DIR/ground_truth.jsonl`` (or under
-    ``radgenome_files/``), all splits; None when the dataset has no such file.
-    """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise PredictionsError(f"{root}: data folder does not exist")
-    for path in (root / GROUND_TRUTH_FILE, root / "radgenome_files" / GROUND_TRUTH_FILE):
-        if path.is_file():
-            out = {}
-            for lineno, rec in _read_jsonl(path):
-                if "volume" not in rec:
-                    raise PredictionsError(f"{path}: line {lineno} lacks 'volume'")
-                out[volume_key(rec["volume"])] = rec
-            return out
-    return None
+    report = read_predictions(path, ground_truth, allow_empty=allow_empty)
+    if report.problems and not skip_invalid:
+        raise PredictionsError(report.summary())
+    if not report.rows:
+        raise PredictionsError(f"{report.path}: no valid prediction lines")
+    return report.rows

@@ -91,6 +91,39 @@ def size_scores(predictions: Sequence[str], references: Sequence[str]) -> dict:
     }
 
 
+def vqa_per_sample(task: str, predictions: Sequence[str], references: Sequence[str]) -> dict:
+    """Per-question values behind a task's headline numbers (NaN = not scored).
+
+    Returns:
+        presence: ``{"accuracy": 0/1}``; abnormality/location/disorders: ``{"exact",
+        "normalized", "item_f1"}``; size: ``{"mae_mm": absolute error of the largest
+        dimension}``; each an array (N,).
+    """
+    if task == "presence":
+        correct = [
+            (p := parse_yes_no(a)) is not None and p == parse_yes_no(b)
+            for a, b in zip(predictions, references)
+        ]
+        return {"accuracy": np.asarray(correct, dtype=float)}
+    if task == "size":
+        err = []
+        for p, r in zip(predictions, references):
+            ps, rs = parse_sizes_mm(p or ""), parse_sizes_mm(r or "")
+            err.append(abs(max(ps[0]) - max(rs[0])) if ps and rs else np.nan)
+        return {"mae_mm": np.asarray(err, dtype=float)}
+    exact, norm, f1s = [], [], []
+    for p, r in zip(predictions, references):
+        exact.append((p or "").strip() == (r or "").strip())
+        norm.append(normalize_answer(p) == normalize_answer(r))
+        ps, rs = _items(p), _items(r)
+        f1s.append(2 * len(ps & rs) / (len(ps) + len(rs)) if ps or rs else 1.0)
+    return {
+        "exact": np.asarray(exact, dtype=float),
+        "normalized": np.asarray(norm, dtype=float),
+        "item_f1": np.asarray(f1s, dtype=float),
+    }
+
+
 VQA_SCORERS = {
     "presence": presence_scores,
     "abnormality": match_scores,

@@ -143,7 +143,8 @@ def test_evaluate_end_to_end(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     assert (out / "per_region.png").read_bytes()[:4] == b"\x89PNG"
     m = json.loads((out / "metrics.json").read_text())
-    assert m["schema_version"] == 1 and m["num_predictions"] == 5
+    assert m["schema_version"] == 2 and m["num_predictions"] == 5
+    assert m["protocol"] == "coco" and m["invalid_lines"] == []
     assert "lower-case" in m["tokenization"]
     lang = m["overall"]["language"]
     for key in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider", "bertscore_f1"):
@@ -166,7 +167,8 @@ def test_evaluate_end_to_end(tmp_path, capsys):
     assert g["lobe_accuracy"] == 1.0 and g["size_mae_mm"] == 1.0
     md = (out / "metrics.md").read_text()
     assert "## Per region" in md and "## Grounding" in md and "| Lung nodule |" in md
-    assert "BLEU-4" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "bleu_4" in out_text and "CRG" in out_text and "95% CI" in out_text
 
 
 def test_evaluate_bare_jsonl(tmp_path):

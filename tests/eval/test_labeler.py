@@ -17,7 +17,7 @@ from rgct.eval.labeler import (
     split_sentences,
 )
 
-SENTENCES = Path(__file__).parent / "data" / "labeler_sentences.csv"
+SENTENCES = Path(__file__).parents[1] / "data" / "labeler_sentences.csv"
 
 
 def _rows() -> list[dict[str, str]]:
