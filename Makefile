@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: install demo app chromium test test-slow bench lint clean
+.PHONY: install demo app chromium wordnet test test-slow bench lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,7 +31,11 @@ app: install
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser test will be skipped"
 
-test: install chromium
+# WordNet 3.0 for NLTK METEOR (rgct evaluate --protocol reg2rg); PyPI has no package with its data
+wordnet:
+	@test -f /usr/share/wordnet/data.noun || (apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null) || echo "wordnet-base not installed: reg2rg METEOR will be reported unavailable"
+
+test: install chromium wordnet
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m "not slow and not gpu" tests
 
 test-slow: install
