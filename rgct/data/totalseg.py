@@ -579,12 +579,11 @@ def _shell(mask: np.ndarray) -> np.ndarray:
     """Voxels 6-adjacent to ``mask`` but outside it (a one-voxel outer shell)."""
     grown = mask.copy()
     for axis in range(3):
-        for step in (1, -1):
-            shifted = np.roll(mask, step, axis=axis)
-            edge = [slice(None)] * 3
-            edge[axis] = 0 if step == 1 else -1
-            shifted[tuple(edge)] = False
-            grown |= shifted
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        grown[tuple(hi)] |= mask[tuple(lo)]  # neighbour below
+        grown[tuple(lo)] |= mask[tuple(hi)]  # neighbour above
     return grown & ~mask
 
 
@@ -607,10 +606,11 @@ class _Masks:
                     mask &= ~self.unpack(self.packed[other])
             if not mask.any():
                 self.empty.add(cls)
-            self.packed[cls] = np.packbits(mask.ravel())
+            self.packed[cls] = np.packbits(mask.ravel(order="F"))
 
     def unpack(self, bits: np.ndarray) -> np.ndarray:
-        return np.unpackbits(bits, count=self.size).astype(bool).reshape(self.shape)
+        # Fortran order throughout: NIfTI voxels arrive and are written that way (no copies)
+        return np.unpackbits(bits, count=self.size).view(bool).reshape(self.shape, order="F")
 
     def union(self, classes: Iterable[str]) -> np.ndarray | None:
         bits = [self.packed[c] for c in classes if c in self.packed]

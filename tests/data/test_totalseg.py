@@ -211,6 +211,26 @@ def test_extra_tasks_effusion_out_of_lobes(tmp_path: Path) -> None:
     np.testing.assert_array_equal(stored(result.regions["breast"]), extra["breast"])
 
 
+def test_pleura_is_effusion_plus_shell_around_lobes(tmp_path: Path) -> None:
+    total = total_classes()
+    effusion = extra_task_classes()["pleural_effusion"]
+    srcs = [
+        write_folder(tmp_path / "total", total),
+        write_folder(tmp_path / "eff", {"pleural_effusion": effusion}),
+    ]
+    result = masks_from_totalsegmentator(srcs, tmp_path / "out")
+    pleura = stored(result.regions["pleura"])
+    lung = stored(result.regions["lung"])
+    assert pleura[effusion].all() and not (pleura & lung).any()
+    assert pleura[6, 5, 8] and pleura[0, 5, 8] and pleura[3, 2, 8]  # beside a right upper lobe
+    assert not pleura[8, 5, 8]  # two voxels away from any lobe: not pleura
+    shell = pleura & ~effusion
+    grown = lung.copy()
+    for axis in range(3):
+        grown |= np.roll(lung, 1, axis) | np.roll(lung, -1, axis)
+    np.testing.assert_array_equal(shell, grown & ~lung & ~effusion)
+
+
 def test_multilabel_with_header_and_class_maps(tmp_path: Path) -> None:
     classes = {k: v for k, v in total_classes().items() if v.any()}
     folder = masks_from_totalsegmentator(
