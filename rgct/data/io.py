@@ -495,6 +495,11 @@ def _floats_of(value: object) -> np.ndarray:
 
 
 def _classic_frame(name: str, ds) -> _Frame:
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        raise VolumeReadError(
+            f"{name}: {ds.NumberOfFrames} frames but no Per-frame/Shared Functional Groups "
+            "Sequence: the frames' positions are unknown"
+        )
     try:
         return _Frame(
             name,

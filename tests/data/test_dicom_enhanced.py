@@ -203,6 +203,17 @@ def test_missing_shared_orientation_and_frame_count(tmp_path: Path) -> None:
         load_volume(path)
 
 
+def test_multiframe_without_functional_groups_refused(tmp_path: Path) -> None:
+    path = write_enhanced(tmp_path / "nogroups.dcm", _stored(), AXIAL, [(1.0, 0.0)] * K)
+    ds = pydicom.dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence
+    del ds.SharedFunctionalGroupsSequence
+    ds.save_as(path)
+    with pytest.raises(VolumeReadError, match="5 frames but no Per-frame") as e:
+        load_volume(path)
+    assert str(path) in str(e.value)
+
+
 def test_duplicate_frame_positions_named(tmp_path: Path) -> None:
     stored = _stored()
     path = write_enhanced(
