@@ -117,3 +117,39 @@ MODEL_PARTS = ("encoder", "pooler", "projector", "evidence", "dense")
 
 EVIDENCE_PREFIX = "Image findings in this region: "
 """Start of the detections line that ``model.evidence_prompt`` adds to every prompt."""
+
+# --- learned segmentation (rgct.model.segmenter) ------------------------------------------------
+LUNG_LOBES = (
+    "right lung upper lobe",
+    "right lung middle lobe",
+    "right lung lower lobe",
+    "left lung upper lobe",
+    "left lung lower lobe",
+)
+"""The five lung lobes, spelled as the anatomy mask files are named."""
+
+LUNG_SIDES = {"right lung": LUNG_LOBES[:3], "left lung": LUNG_LOBES[3:]}
+"""Anatomy masks that are unions of lobes (written from the predicted lobes)."""
+
+SEGMENT_ANATOMY = ("aorta", "heart tissue")
+"""Anatomy masks (besides the lobes) that prompts name and the segmenter predicts."""
+
+SEGMENT_FINDINGS = (
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pleural effusion",
+    "Consolidation",
+    "Bronchiectasis",
+)
+"""CT-RATE labels with a finding voxel-map channel (the 13 the phantoms paint), CT-RATE order."""
+
+SEGMENT_CLASSES = (*REGIONS, *LUNG_LOBES, *SEGMENT_ANATOMY, *SEGMENT_FINDINGS)
+"""Output channels of the segmenter, in order: ten regions, five lobes, anatomy, findings."""

@@ -1,0 +1,182 @@
+"""Running the learned segmenter on a volume and writing its masks in the RadGenome layout.
+
+:func:`segment_volume` preprocesses a :class:`~rgct.data.io.Volume` exactly as training did
+(the checkpoint's ``data`` settings), runs the segmenter once, and returns masks and findings
+on the volume's own grid. :func:`write_segmentation` writes them where
+:func:`rgct.data.totalseg.output_dirs` puts a mask source (for a CT-RATE name the output folder
+reads as a dataset root), each file on the input's own grid and affine (a NIfTI input keeps
+its stored orientation), plus ``mask_source.json``: per-mask voxel counts, warnings for masks
+predicted empty ("lung: no mask predicted, region skipped") and the findings with boxes.
+
+Example::
+
+    model, meta = load_segmenter("runs/segmenter")
+    seg = segment_volume(model, meta, load_volume("ct.nii.gz"))
+    write_segmentation(seg, "out/", "ct", source="ct.nii.gz")
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+from rgct.constants import LUNG_LOBES, LUNG_SIDES, REGIONS, SEGMENT_ANATOMY
+from rgct.data.io import Volume, is_nifti
+from rgct.data.totalseg import SUMMARY_FILE, output_dirs
+from rgct.data.transforms import preprocess
+from rgct.files import atomic_path, write_json
+from rgct.model.seg_postprocess import finding_probabilities, localize_findings, predict_masks
+from rgct.model.segmenter import Segmenter, data_config_from_meta
+
+logger = logging.getLogger(__name__)
+
+MASK_SOURCE = "learned"
+
+
+@dataclass
+class Segmentation:
+    """A volume's predicted masks and findings, on the volume's own grid.
+
+    Attributes:
+        masks: name -> bool (D, H, W): the ten regions, the lobes, the prompt anatomy and the
+            two lungs (unions of their lobes). Empty masks stay in (all False).
+        findings: :func:`rgct.model.seg_postprocess.localize_findings` output.
+        shape: the volume's (D, H, W).
+        affine: its canonical affine.
+        spacing: its voxel size (d, h, w) mm.
+        warnings: one line per mask predicted empty.
+    """
+
+    masks: dict[str, np.ndarray]
+    findings: list[dict]
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> list[str]:
+        """Names of the masks predicted empty."""
+        return [n for n, m in self.masks.items() if not m.any()]
+
+
+def empty_mask_warning(name: str) -> str:
+    """The one wording of a mask that segmentation did not find."""
+    kind = "region" if name in REGIONS else "anatomy"
+    return f"{name}: no mask predicted, {kind} skipped"
+
+
+@torch.no_grad()
+def segment_volume(
+    model: Segmenter,
+    meta: dict,
+    volume: Volume,
+    *,
+    threshold: float | Mapping[str, float] = 0.5,
+    finding_threshold: float | Mapping[str, float] = 0.5,
+) -> Segmentation:
+    """Segment one volume: preprocess, run the network once, post-process on the volume's grid.
+
+    Args:
+        model: the segmenter (its device is used).
+        meta: the checkpoint meta (``data``: input shape and HU windows).
+        volume: the CT.
+        threshold: mask probability threshold (one, or per class).
+        finding_threshold: finding probability threshold (one, or per label).
+    """
+    data_cfg = data_config_from_meta(meta)
+    if data_cfg.in_channels != model.in_channels:
+        raise ValueError(
+            f"checkpoint data settings give {data_cfg.in_channels} input channels, "
+            f"the network takes {model.in_channels}"
+        )
+    image, _ = preprocess(volume, None, data_cfg)  # (C, D, H, W)
+    device = next(model.parameters()).device
+    model.eval()
+    logits = model(image[None].to(device))[0].float().cpu()  # (K, D, H, W)
+    masks = predict_masks(logits, model.classes, threshold=threshold, out_shape=volume.shape)
+    for lung, lobes in LUNG_SIDES.items():
+        if all(lb in masks for lb in lobes):
+            masks[lung] = np.logical_or.reduce([masks[lb] for lb in lobes])
+    probs = finding_probabilities(logits, model.classes, out_shape=volume.shape)
+    findings = localize_findings(
+        probs,
+        lobe_masks={n: masks[n] for n in LUNG_LOBES if n in masks},
+        region_masks={n: masks[n] for n in REGIONS if n in masks},
+        spacing_mm=volume.spacing,
+        thresholds=finding_threshold,
+        affine=volume.affine,
+    )
+    seg = Segmentation(masks, findings, volume.shape, volume.affine, volume.spacing)
+    seg.warnings = [empty_mask_warning(n) for n in seg.empty]
+    for w in seg.warnings:
+        logger.warning("%s: %s", volume.source, w)
+    return seg
+
+
+def _to_stored(mask: np.ndarray, source: str | Path | None, affine: np.ndarray):
+    """(array (X, Y, Z), affine) in the stored orientation of NIfTI ``source`` if it is one."""
+    xyz = np.ascontiguousarray(mask.transpose(2, 1, 0)).astype(np.uint8)
+    if source is None or not is_nifti(str(source)) or not Path(source).is_file():
+        return xyz, np.asarray(affine)
+    img = nib.load(str(source))
+    to_orig = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(img.affine))
+    return apply_orientation(xyz, to_orig).astype(np.uint8), img.affine
+
+
+def _save(path: Path, mask: np.ndarray, source: str | Path | None, affine: np.ndarray) -> None:
+    data, aff = _to_stored(mask, source, affine)
+    img = nib.Nifti1Image(data, aff)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(aff, code=1)
+    img.set_sform(aff, code=1)
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        nib.save(img, str(tmp))
+
+
+def write_segmentation(
+    seg: Segmentation, out_dir: str | Path, volume_name: str, *, source: str | Path | None = None
+) -> dict:
+    """Write the masks (regions and anatomy) and ``mask_source.json``; return the summary.
+
+    Args:
+        seg: :func:`segment_volume` output.
+        out_dir: output root (layout of :func:`rgct.data.totalseg.output_dirs`).
+        volume_name: the ``<volume>`` of ``seg_<volume>``.
+        source: the input file; a NIfTI input's stored orientation and affine are kept.
+    """
+    region_dir, anatomy_dir = output_dirs(out_dir, volume_name)
+    anatomy_names = (*LUNG_LOBES, *SEGMENT_ANATOMY, *LUNG_SIDES)
+    written: dict[str, dict[str, str]] = {"regions": {}, "anatomy": {}}
+    for name, mask in seg.masks.items():
+        if not mask.any():
+            continue
+        kind, folder = ("regions", region_dir) if name in REGIONS else ("anatomy", anatomy_dir)
+        if kind == "anatomy" and name not in anatomy_names:
+            continue
+        path = folder / f"{name}.nii.gz"
+        _save(path, mask, source, seg.affine)
+        written[kind][name] = str(path)
+    summary = {
+        "mask_source": MASK_SOURCE,
+        "volume": volume_name,
+        "source": None if source is None else str(source),
+        "shape": list(seg.shape),
+        "spacing_mm": [round(float(s), 4) for s in seg.spacing],
+        "region_dir": str(region_dir),
+        "anatomy_dir": str(anatomy_dir),
+        "voxels": {n: int(m.sum()) for n, m in seg.masks.items()},
+        **written,
+        "missing": seg.empty,
+        "warnings": list(seg.warnings),
+        "findings": [{k: v for k, v in f.items() if k != "mask"} for f in seg.findings],
+    }
+    write_json(region_dir / SUMMARY_FILE, summary)
+    return summary

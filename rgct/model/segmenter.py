@@ -1,0 +1,270 @@
+"""The learned segmenter: regions, lobes, prompt anatomy and finding voxel maps from the image.
+
+A MONAI :class:`~monai.networks.nets.UNet` runs at a reduced internal resolution (half the
+model grid by default: 2 s budget per volume on two CPU cores), its logits are upsampled back
+to the input grid, and an optional light refinement convolution sees the full-resolution image
+next to the upsampled logits (thin structures such as the pleura are one voxel thick at full
+resolution). Output channels follow :data:`rgct.constants.SEGMENT_CLASSES`: one independent
+sigmoid per class (multi-label: a lobe lies inside the lung region, a nodule inside its lobe).
+
+Checkpoints are a folder with ``segmenter.safetensors`` (weights only) and ``segmenter.json``
+(the network's keyword arguments, its class list and free-form metadata); loading never
+unpickles.
+
+Example::
+
+    net = Segmenter(in_channels=1)
+    logits = net(torch.rand(1, 1, 64, 128, 128))     # (1, 30, 64, 128, 128)
+    save_segmenter("runs/seg", net, {"steps": 100})
+    net2, meta = load_segmenter("runs/seg")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from monai.networks.nets import UNet
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rgct.config import DataConfig
+from rgct.constants import HU_WINDOW, SEGMENT_CLASSES
+from rgct.files import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "segmenter.safetensors"
+CONFIG_FILE = "segmenter.json"
+FORMAT_VERSION = 1
+
+
+class Segmenter(nn.Module):
+    """Multi-label 3D segmenter of the regions, lobes, anatomy and findings of a chest CT.
+
+    Args:
+        in_channels: image channels (one per HU window of the preprocessing).
+        classes: output channel names, in order (default :data:`SEGMENT_CLASSES`).
+        channels: UNet feature widths per level (at least two levels).
+        num_res_units: residual units per UNet block.
+        internal_scale: factor in (0, 1] applied to the input size before the UNet; each
+            internal size is rounded up to a multiple of ``2 ** (len(channels) - 1)``.
+        refine_channels: width of the full-resolution refinement convolution (0 = none).
+        dropout: dropout inside the UNet blocks.
+
+    Shapes:
+        input (B, in_channels, D, H, W) preprocessed image in [0, 1];
+        output (B, K, D, H, W) logits, K = ``len(classes)``.
+
+    Examples::
+
+        >>> net = Segmenter(in_channels=1, channels=(8, 16, 32), internal_scale=0.5)
+        >>> net(torch.rand(2, 1, 16, 32, 32)).shape
+        torch.Size([2, 30, 16, 32, 32])
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        classes: Sequence[str] = SEGMENT_CLASSES,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        num_res_units: int = 1,
+        internal_scale: float = 0.5,
+        refine_channels: int = 0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        classes = tuple(str(c) for c in classes)
+        channels = tuple(int(c) for c in channels)
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        if not classes or len(set(classes)) != len(classes):
+            raise ValueError(f"classes must be non-empty and unique, got {list(classes)}")
+        if len(channels) < 2 or min(channels) < 1:
+            raise ValueError(f"channels needs >= 2 positive widths, got {list(channels)}")
+        if num_res_units < 0:
+            raise ValueError(f"num_res_units must be >= 0, got {num_res_units}")
+        if not 0.0 < internal_scale <= 1.0:
+            raise ValueError(f"internal_scale must lie in (0, 1], got {internal_scale}")
+        if refine_channels < 0:
+            raise ValueError(f"refine_channels must be >= 0, got {refine_channels}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.in_channels = int(in_channels)
+        self.classes = classes
+        self.channels = channels
+        self.num_res_units = int(num_res_units)
+        self.internal_scale = float(internal_scale)
+        self.refine_channels = int(refine_channels)
+        self.dropout = float(dropout)
+        self.multiple = 2 ** (len(channels) - 1)
+        k = len(classes)
+        self.unet = UNet(
+            spatial_dims=3,
+            in_channels=self.in_channels,
+            out_channels=k,
+            channels=channels,
+            strides=(2,) * (len(channels) - 1),
+            num_res_units=self.num_res_units,
+            dropout=self.dropout,
+        )
+        self.refine: nn.Module | None = None
+        if self.refine_channels:
+            self.refine = nn.Sequential(
+                Convolution(
+                    3, k + self.in_channels, self.refine_channels, kernel_size=3, norm="instance"
+                ),
+                nn.Conv3d(self.refine_channels, k, kernel_size=1),
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of output channels."""
+        return len(self.classes)
+
+    def config(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this network (JSON-ready)."""
+        return {
+            "in_channels": self.in_channels,
+            "classes": list(self.classes),
+            "channels": list(self.channels),
+            "num_res_units": self.num_res_units,
+            "internal_scale": self.internal_scale,
+            "refine_channels": self.refine_channels,
+            "dropout": self.dropout,
+        }
+
+    def internal_size(self, size: Sequence[int]) -> tuple[int, int, int]:
+        """(D, H, W) the UNet runs at for an input of spatial ``size``."""
+        m = self.multiple
+        return tuple(max(m, math.ceil(int(s) * self.internal_scale / m) * m) for s in size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) image -> (B, K, D, H, W) logits."""
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"Segmenter expects (B, {self.in_channels}, D, H, W), got {tuple(x.shape)}"
+            )
+        size = tuple(int(s) for s in x.shape[2:])
+        inner = self.internal_size(size)
+        low = x if inner == size else F.interpolate(x, size=inner, mode="trilinear")
+        logits = self.unet(low)  # (B, K, d, h, w)
+        if inner != size:
+            logits = F.interpolate(logits, size=size, mode="trilinear", align_corners=False)
+        if self.refine is not None:
+            logits = logits + self.refine(torch.cat([logits, x], dim=1))
+        return logits
+
+
+_SEGMENTER_KEYS = (
+    "in_channels",
+    "classes",
+    "channels",
+    "num_res_units",
+    "internal_scale",
+    "refine_channels",
+    "dropout",
+)
+
+
+def build_segmenter(config: dict[str, Any]) -> Segmenter:
+    """A :class:`Segmenter` from :meth:`Segmenter.config` output; unknown keys raise."""
+    known = set(_SEGMENTER_KEYS)
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown segmenter settings {unknown}; known: {sorted(known)}")
+    return Segmenter(**config)
+
+
+def save_segmenter(
+    out_dir: str | Path, model: Segmenter, meta: dict[str, Any] | None = None
+) -> Path:
+    """Write ``segmenter.safetensors`` and ``segmenter.json`` into ``out_dir`` (atomically).
+
+    Args:
+        out_dir: folder (created if needed).
+        model: the network (its weights are saved in float32 on CPU).
+        meta: JSON-ready extras (data settings, steps, measured Dice ...).
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    out = Path(out_dir)
+    state = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
+    }
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    write_json(
+        out / CONFIG_FILE,
+        {"format": FORMAT_VERSION, "config": model.config(), "meta": dict(meta or {})},
+    )
+    return out
+
+
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[Segmenter, dict]:
+    """Read a segmenter folder written by :func:`save_segmenter` (safetensors, no pickle).
+
+    Args:
+        path: the folder, or its ``segmenter.safetensors`` file.
+        device: where to put the weights.
+
+    Returns:
+        ``(model in eval mode, meta dict)``.
+
+    Raises:
+        FileNotFoundError: no ``segmenter.safetensors`` / ``segmenter.json`` there.
+        ValueError: an unreadable config, or weights that do not fit it.
+    """
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    weights, cfg_file = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+    for f in (weights, cfg_file):
+        if not f.is_file():
+            raise FileNotFoundError(
+                f"{f}: not found (a segmenter checkpoint folder holds "
+                f"{WEIGHTS_FILE} and {CONFIG_FILE})"
+            )
+    try:
+        saved = json.loads(cfg_file.read_text(encoding="utf-8"))
+        config = saved["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{cfg_file}: not a segmenter config ({e})") from e
+    if saved.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{cfg_file}: format {saved.get('format')!r}, expected {FORMAT_VERSION}")
+    model = build_segmenter(config)
+    state = load_file(str(weights))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{weights}: weights do not fit {cfg_file} ({e})") from e
+    model.to(device).eval()
+    return model, dict(saved.get("meta") or {})
+
+
+def data_meta(cfg: DataConfig) -> dict:
+    """The preprocessing a segmenter checkpoint needs at inference (JSON-ready)."""
+    return {
+        "input_shape": [int(s) for s in cfg.input_shape],
+        "hu_window": [float(v) for v in cfg.hu_window],
+        "extra_hu_windows": [[float(a), float(b)] for a, b in cfg.extra_hu_windows],
+    }
+
+
+def data_config_from_meta(meta: dict) -> DataConfig:
+    """Inverse of :func:`data_meta` (a checkpoint without it gets the defaults)."""
+    d = meta.get("data") or {}
+    return DataConfig(
+        input_shape=tuple(d.get("input_shape", (64, 128, 128))),
+        hu_window=tuple(d.get("hu_window", HU_WINDOW)),
+        extra_hu_windows=tuple(tuple(w) for w in d.get("extra_hu_windows", ())),
+    )

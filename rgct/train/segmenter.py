@@ -1,0 +1,352 @@
+"""Training the segmenter on a dataset's own masks: a plain accelerate loop.
+
+Each step draws its batch and its augmentation from generators seeded by ``(seed, step)``, so a
+run killed after a checkpoint and resumed continues exactly as if it had never stopped.
+Augmentation (small rotations, scaling, shifts and intensity jitter, no flips: a flip would turn
+the right lung into the left) runs batched on the device, identically for image and targets.
+The loss is sigmoid BCE over every annotated channel plus MONAI's soft Dice over the channels
+that hold foreground in the sample (an empty finding channel is taught by BCE alone).
+
+Layout of ``out_dir``: ``metrics.jsonl`` (one row per ``log_every`` steps),
+``checkpoint/`` (the latest resumable state: weights, ``optimizer.pt``, ``scheduler.pt``
+read back with ``weights_only=True``, ``state.json``) and at the end ``segmenter.safetensors``
++ ``segmenter.json`` (:func:`rgct.model.segmenter.save_segmenter`).
+
+Example::
+
+    cfg = SegmenterTrainConfig(data_root="data/phantoms", out_dir="runs/seg", steps=300)
+    fit_segmenter(cfg)                   # run again with the same cfg to resume
+    model, meta = load_segmenter("runs/seg")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from monai.losses import DiceLoss
+
+from rgct.config import DataConfig
+from rgct.constants import HU_WINDOW, METRICS_FILE, SEGMENT_CLASSES
+from rgct.data.seg_targets import SegmentationDataset, SegTargetCache, split_volumes
+from rgct.data.truth import load_ground_truth
+from rgct.files import atomic_dir, write_json, write_jsonl
+from rgct.jsonl import iter_jsonl
+from rgct.model.segmenter import (
+    Segmenter,
+    build_segmenter,
+    data_meta,
+    load_segmenter,
+    save_segmenter,
+)
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class SegmenterTrainConfig:
+    """Settings of one segmenter training run (validated on creation)."""
+
+    data_root: str
+    """Dataset folder in the RadGenome layout (phantoms add finding truth)."""
+    out_dir: str
+    """Run folder: metrics, resumable checkpoint, final weights."""
+    split: str = "train"
+    """Split whose volumes train."""
+    steps: int = 300
+    """Optimizer steps."""
+    batch_size: int = 2
+    """Volumes per step."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (linear warm-up, then cosine to 5 %)."""
+    weight_decay: float = 1e-5
+    warmup_steps: int = 20
+    save_every: int = 50
+    """Write the resumable checkpoint every this many steps (and at the end)."""
+    log_every: int = 10
+    """Append a metrics.jsonl row every this many steps."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    seed: int = 0
+    max_volumes: int | None = None
+    """Train on the first this many volumes of the split (sorted by name)."""
+    cache_dir: str | None = None
+    """Cache of preprocessed images and targets (default ``<data_root>/.rgct_cache``)."""
+    input_shape: tuple[int, int, int] = (64, 128, 128)
+    """Model grid (D, H, W) in voxels."""
+    hu_window: tuple[float, float] = HU_WINDOW
+    extra_hu_windows: tuple[tuple[float, float], ...] = ()
+    """More HU windows, one input channel each."""
+    augment: bool = True
+    """Random affine and intensity jitter (never flips)."""
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+    model: dict[str, Any] = field(default_factory=dict)
+    """Segmenter keyword arguments (``channels``, ``internal_scale``, ``refine_channels`` ...)."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "save_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.dice_weight < 0 or self.bce_weight < 0 or self.dice_weight + self.bce_weight == 0:
+            raise ValueError("dice_weight and bce_weight must be >= 0 and not both 0")
+        unknown = {"in_channels", "classes"} & set(self.model)
+        if unknown:
+            raise ValueError(f"model: {sorted(unknown)} follow from the data settings; drop them")
+        self.input_shape = tuple(int(s) for s in self.input_shape)
+
+    def data_config(self) -> DataConfig:
+        """The preprocessing settings (shared with inference through the checkpoint meta)."""
+        return DataConfig(
+            root=self.data_root,
+            input_shape=self.input_shape,
+            hu_window=tuple(self.hu_window),
+            extra_hu_windows=tuple(tuple(w) for w in self.extra_hu_windows),
+            cache_dir=self.cache_dir,
+        )
+
+
+# --- loss and augmentation ---------------------------------------------------------------------
+
+_DICE = DiceLoss(sigmoid=True, reduction="none", smooth_nr=1e-5, smooth_dr=1e-5)
+
+
+def segmentation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    dice_weight: float = 1.0,
+    bce_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """BCE over annotated channels + soft Dice over annotated channels holding foreground.
+
+    Args:
+        logits: (B, K, D, H, W).
+        target: (B, K, D, H, W) {0, 1}.
+        valid: (B, K) bool: the channel is annotated for that sample.
+
+    Returns:
+        ``{"loss", "bce", "dice"}`` scalars (a term with no channel to score is 0).
+    """
+    logits, target = logits.float(), target.float()
+    valid = valid.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((2, 3, 4))
+    bce = (bce * valid).sum() / valid.sum().clamp(min=1.0)
+    present = valid * (target.flatten(2).amax(-1) > 0).float()  # (B, K)
+    dice = _DICE(logits, target).reshape(present.shape)
+    dice = (dice * present).sum() / present.sum().clamp(min=1.0)
+    return {"loss": bce_weight * bce + dice_weight * dice, "bce": bce, "dice": dice}
+
+
+def augment_batch(
+    image: torch.Tensor, target: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random small affine (same for image and target) and intensity jitter; no flips.
+
+    Args:
+        image: (B, C, D, H, W) in [0, 1].
+        target: (B, K, D, H, W) {0, 1} (float).
+        generator: CPU generator (the draws do not depend on the device).
+
+    Returns:
+        the augmented ``(image, target)``: image bilinear and clamped to [0, 1], target nearest.
+    """
+    b = image.shape[0]
+
+    def u(*shape: int, scale: float) -> torch.Tensor:
+        return (torch.rand(*shape, generator=generator) * 2 - 1) * scale
+
+    angles = u(b, 3, scale=0.08)  # radians, about 4.5 degrees
+    scale = 1.0 + u(b, 3, scale=0.05)
+    shift = u(b, 3, scale=0.06)  # normalised coordinates (3 % of the size each way)
+    cos, sin = angles.cos(), angles.sin()
+    eye = torch.eye(3).expand(b, 3, 3)
+    rx, ry, rz = eye.clone(), eye.clone(), eye.clone()
+    rx[:, 1, 1], rx[:, 1, 2], rx[:, 2, 1], rx[:, 2, 2] = cos[:, 0], -sin[:, 0], sin[:, 0], cos[:, 0]
+    ry[:, 0, 0], ry[:, 0, 2], ry[:, 2, 0], ry[:, 2, 2] = cos[:, 1], sin[:, 1], -sin[:, 1], cos[:, 1]
+    rz[:, 0, 0], rz[:, 0, 1], rz[:, 1, 0], rz[:, 1, 1] = cos[:, 2], -sin[:, 2], sin[:, 2], cos[:, 2]
+    theta = torch.cat([rz @ ry @ rx * scale[:, None, :], shift[:, :, None]], dim=2)  # (B, 3, 4)
+    gain = 1.0 + u(b, 1, 1, 1, 1, scale=0.05)
+    offset = u(b, 1, 1, 1, 1, scale=0.03)
+    noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    dev = image.device
+    grid = F.affine_grid(theta.to(dev), list(image.shape), align_corners=False)
+    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    target = F.grid_sample(
+        target, grid.to(target.dtype), mode="nearest", padding_mode="zeros", align_corners=False
+    )
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(noise_seed)).to(dev)
+    image = (image * gain.to(dev) + offset.to(dev) + 0.01 * noise).clamp(0.0, 1.0)
+    return image, target
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """Batch indices for steps ``start .. steps-1``, each drawn from ``rng([seed, step])``."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, steps: int) -> None:
+        self.n, self.batch, self.seed, self.start, self.steps = n, batch, seed, start, steps
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start, 0)
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            rng = np.random.default_rng([self.seed, step])
+            yield rng.choice(self.n, size=self.batch, replace=self.batch > self.n).tolist()
+
+
+def _collate(items: list[dict]) -> dict:
+    return {
+        "image": torch.stack([i["image"] for i in items]),
+        "target": torch.stack([i["target"] for i in items]),
+        "valid": torch.stack([i["valid"] for i in items]),
+        "volume": [i["volume"] for i in items],
+    }
+
+
+def _lr_lambda(cfg: SegmenterTrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+    return f
+
+
+def _save_checkpoint(
+    out: Path, model: Segmenter, optimizer, scheduler, step: int, meta: dict
+) -> None:
+    with atomic_dir(out / CHECKPOINT_DIR) as tmp:
+        save_segmenter(tmp, model, meta)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        write_json(tmp / "state.json", {"step": step})
+
+
+def _load_checkpoint(out: Path, model: Segmenter, optimizer, scheduler) -> int:
+    ck = out / CHECKPOINT_DIR
+    saved, _ = load_segmenter(ck)
+    if saved.config() != model.config():
+        raise ValueError(
+            f"{ck}: checkpoint network {saved.config()} differs from this run's {model.config()}"
+        )
+    model.load_state_dict(saved.state_dict())
+    optimizer.load_state_dict(
+        torch.load(ck / "optimizer.pt", weights_only=True, map_location="cpu")
+    )
+    scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=True))
+    return int(json.loads((ck / "state.json").read_text())["step"])
+
+
+def fit_segmenter(cfg: SegmenterTrainConfig, stop_after: int | None = None) -> Path:
+    """Train (or resume) a segmenter; returns ``out_dir`` holding ``segmenter.safetensors``.
+
+    Args:
+        cfg: run settings. A run folder with a ``checkpoint/`` resumes from it.
+        stop_after: return after this many steps of this call without the final save (tests
+            simulate a killed run with it).
+
+    Raises:
+        ValueError: a checkpoint whose network differs from ``cfg.model``.
+        DataError: no volumes in the split.
+    """
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_cfg = cfg.data_config()
+    torch.manual_seed(cfg.seed)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    model = build_segmenter(
+        {"in_channels": data_cfg.in_channels, "classes": list(SEGMENT_CLASSES), **cfg.model}
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    step = 0
+    metrics = out / METRICS_FILE
+    rows: list[dict] = []
+    if (out / CHECKPOINT_DIR / "state.json").is_file():
+        step = _load_checkpoint(out, model, optimizer, scheduler)
+        logger.info("resumed %s at step %d", out, step)
+        if metrics.is_file():  # keep the rows logged up to the checkpoint
+            rows = [r for _, r in iter_jsonl(metrics) if r.get("step", 0) <= step]
+
+    names = split_volumes(cfg.data_root, cfg.split)
+    if cfg.max_volumes is not None:
+        names = names[: cfg.max_volumes]
+    truth = load_ground_truth(cfg.data_root, cfg.split)
+    cache_dir = cfg.cache_dir or str(Path(cfg.data_root) / ".rgct_cache")
+    dataset = SegmentationDataset(
+        cfg.data_root, names, truth, SegTargetCache(data_cfg, cache_dir, SEGMENT_CLASSES)
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=_StepBatches(len(dataset), cfg.batch_size, cfg.seed, step, cfg.steps),
+        num_workers=cfg.num_workers,
+        collate_fn=_collate,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    meta = {
+        "data": data_meta(data_cfg),
+        "train": {**asdict(cfg), "volumes": len(names)},
+    }
+    logger.info("training segmenter on %d volumes, steps %d..%d", len(names), step, cfg.steps)
+    model.train()
+    t0, done, window = time.perf_counter(), 0, []
+    for batch in loader:
+        image = batch["image"].to(accelerator.device, non_blocking=True)
+        target = batch["target"].to(accelerator.device, non_blocking=True).float()
+        valid = batch["valid"].to(accelerator.device)
+        if cfg.augment:
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            image, target = augment_batch(image, target, gen)
+        with accelerator.autocast():
+            logits = model(image)
+        losses = segmentation_loss(logits, target, valid, cfg.dice_weight, cfg.bce_weight)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(losses["loss"])
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        done += 1
+        window.append({k: float(v.detach()) for k, v in losses.items()})
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row = {
+                "step": step,
+                **{k: round(float(np.mean([w[k] for w in window])), 5) for k in window[0]},
+                "lr": scheduler.get_last_lr()[0],
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            window = []
+            rows.append(row)
+            write_jsonl(metrics, rows)
+            logger.info(
+                "step %d loss %.4f (bce %.4f dice %.4f)", step, row["loss"], row["bce"], row["dice"]
+            )
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            _save_checkpoint(out, raw, optimizer, scheduler, step, meta)
+        if stop_after is not None and done >= stop_after:
+            return out
+    meta["train"]["seconds_last_call"] = round(time.perf_counter() - t0, 1)
+    save_segmenter(out, raw, meta)
+    logger.info("wrote %s", out / "segmenter.safetensors")
+    return out
