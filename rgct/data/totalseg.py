@@ -48,6 +48,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from rgct.constants import LUNG_LOBES, LUNG_SIDES
 from rgct.data.io import (
     AFFINE_TOLERANCE_MM,
     DataError,
@@ -96,18 +97,22 @@ class Target:
     lung_shell: bool = False
 
 
-LOBE_CLASSES: dict[str, str] = {
-    "right lung upper lobe": "lung_upper_lobe_right",
-    "right lung middle lobe": "lung_middle_lobe_right",
-    "right lung lower lobe": "lung_lower_lobe_right",
-    "left lung upper lobe": "lung_upper_lobe_left",
-    "left lung lower lobe": "lung_lower_lobe_left",
-}
+LOBE_CLASSES: dict[str, str] = dict(
+    zip(
+        LUNG_LOBES,  # right upper, middle, lower; left upper, lower
+        (
+            "lung_upper_lobe_right",
+            "lung_middle_lobe_right",
+            "lung_lower_lobe_right",
+            "lung_upper_lobe_left",
+            "lung_lower_lobe_left",
+        ),
+        strict=True,
+    )
+)
 """RadGenome lobe anatomy name -> TotalSegmentator class."""
 
 _LOBES = tuple(LOBE_CLASSES.values())
-_RIGHT_LOBES = _LOBES[:3]
-_LEFT_LOBES = _LOBES[3:]
 _AIRWAYS = ("lung_airways", "lung_trachea_bronchia")  # task lung_vessels (new / legacy name)
 _RIBS_LEFT = tuple(f"rib_left_{i}" for i in range(1, 13))
 _RIBS_RIGHT = tuple(f"rib_right_{i}" for i in range(1, 13))
@@ -164,8 +169,10 @@ TARGETS: tuple[Target, ...] = (
     Target("abdomen", "region", _ABDOMEN),
     # anatomy masks (names as RadGenome and the phantom generator spell them)
     *(Target(name, "anatomy", (cls,)) for name, cls in LOBE_CLASSES.items()),
-    Target("right lung", "anatomy", _RIGHT_LOBES),
-    Target("left lung", "anatomy", _LEFT_LOBES),
+    *(
+        Target(side, "anatomy", tuple(LOBE_CLASSES[lobe] for lobe in lobes))
+        for side, lobes in LUNG_SIDES.items()
+    ),
     Target("trachea", "anatomy", ("trachea",)),
     Target("bronchie", "anatomy", _AIRWAYS, minus=("trachea",)),
     Target("heart tissue", "anatomy", ("heart", "atrial_appendage_left")),
