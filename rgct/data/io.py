@@ -657,6 +657,11 @@ def load_dicom_series(path: str | Path) -> Volume:
                 f"{frame.name}: ImageOrientationPatient {frame.orientation.tolist()} differs "
                 f"from {first.name}'s {first.orientation.tolist()}"
             )
+        if np.abs(np.subtract(frame.pixel_spacing, first.pixel_spacing)).max() > 1e-3:
+            raise VolumeReadError(
+                f"{frame.name}: PixelSpacing {list(frame.pixel_spacing)} differs from "
+                f"{first.name}'s {list(first.pixel_spacing)}"
+            )
     row_dir, col_dir = first.orientation[:3], first.orientation[3:]
     normal = np.cross(row_dir, col_dir)
     frames.sort(key=lambda f: float(f.position @ normal))

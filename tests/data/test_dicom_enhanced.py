@@ -214,6 +214,26 @@ def test_multiframe_without_functional_groups_refused(tmp_path: Path) -> None:
     assert str(path) in str(e.value)
 
 
+def test_frames_of_differing_geometry_named(tmp_path: Path) -> None:
+    path = write_enhanced(tmp_path / "mixed.dcm", _stored(), AXIAL, [(1.0, 0.0)] * K)
+    ds = pydicom.dcmread(path)
+    group = ds.PerFrameFunctionalGroupsSequence[2]
+    group.PixelMeasuresSequence = [Dataset()]
+    group.PixelMeasuresSequence[0].PixelSpacing = [0.5, 0.5]
+    ds.save_as(path)
+    with pytest.raises(VolumeReadError, match=r"frame 3\): PixelSpacing \[0.5, 0.5\] differs"):
+        load_volume(path)
+    ds = pydicom.dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence[2].PixelMeasuresSequence
+    ds.PerFrameFunctionalGroupsSequence[4].PlaneOrientationSequence = [Dataset()]
+    ds.PerFrameFunctionalGroupsSequence[4].PlaneOrientationSequence[
+        0
+    ].ImageOrientationPatient = CORONAL
+    ds.save_as(path)
+    with pytest.raises(VolumeReadError, match=r"frame 5\): ImageOrientationPatient"):
+        load_volume(path)
+
+
 def test_duplicate_frame_positions_named(tmp_path: Path) -> None:
     stored = _stored()
     path = write_enhanced(
