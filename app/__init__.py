@@ -1,4 +1,5 @@
-"""The rgct Gradio demo: ``build_demo(predictor) -> gr.Blocks`` and its launcher.
+"""The rgct Gradio demo: ``app.demo.build_demo(predictor) -> gr.Blocks`` and ``rgct demo``.
 
-Importing this package does not import gradio; use ``from app.main import build_demo``.
+Importing this package does not import gradio; ``app.main`` (the command) imports it only when
+the demo is served.
 """

@@ -1,30 +1,37 @@
 """What the demo does, free of layout: sessions, loading, masks, generation, API calls.
 
 :class:`DemoApp` holds the one shared Predictor and the app's policies (upload folder, size
-limit, examples, scratch root). Each browser session gets its own :class:`Session` (kept in
-a ``gr.State``) with its own scratch folder, deleted when the session ends. Methods raise
-:class:`~app.inputs.InputError` for anything the user can fix; the UI layer turns those into
-messages.
+limit, examples, scratch root, how many scans the server keeps, how often a session may ask
+the model). Each browser session gets its own :class:`Session` (kept in a ``gr.State``) with
+its own scratch folder. A session's scan is released when its tab closes
+(:meth:`DemoApp.release`, wired to ``demo.unload``) or when more than ``max_scans`` sessions
+hold one (least recently used first). Methods raise :class:`~app.inputs.InputError` for
+anything the user can fix; the UI layer turns those into messages.
+
+The Predictor contract (``rgct.inference``): ``region_report``, ``report``, ``answer``,
+``detect``, and where present ``segment`` (predicted masks) and ``check_scan`` (does this look
+like a chest CT). Features an older Predictor lacks are detected and named in a note.
 """
 
 from __future__ import annotations
 
-import html
-import json
+import inspect
 import logging
-import os
+import re
 import shutil
 import tempfile
+import threading
 import time
-import uuid
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app import inputs, viewer
+from app import inputs, results, viewer
 from app.inputs import InputError, Scan
+from rgct.constants import REGIONS, WHOLE_SCAN
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,13 @@ STALE_SESSION_S = 24 * 3600
 DISPLAY_SIZE = 512
 """Small slices are enlarged (integer factor, nearest neighbour) to about this many pixels."""
 
+MAX_NEW_TOKENS_RANGE = (1, 512)
+NUM_BEAMS_RANGE = (1, 8)
+"""Accepted generation settings (inclusive); anything else is refused with these ranges."""
+
+DEFAULT_BOX_DEPTH_MM = 20.0
+"""A new box spans this many millimetres of slices, starting at the slice it was drawn on."""
+
 
 @dataclass
 class Session:
@@ -44,19 +58,39 @@ class Session:
 
     Attributes:
         workdir: scratch folder (extracted zips, report downloads), deleted with the session.
+        key: gradio's session hash (None for one-shot API sessions).
         scan: the loaded scan and its masks, or None.
         selected: name of the mask in use (a key of ``scan.masks``), or None.
+        cursor: (z, y, x) voxel the three planes pass through.
         corner: first click of a box being drawn on the axial view, (y, x), or None.
-        report: the last full report, as returned by ``Predictor.report``.
         box_preview: (y0, y1, x0, x1) box outlined on the axial view while drawing, or None.
+        box_slice: axial slice the box was drawn on.
+        report: the last full report (normalised, see :mod:`app.results`).
+        region_result: the last region report (normalised).
+        focus: index of the report sentence shown in the viewer, or None.
+        chat: the conversation: ``{"question", "answer", "region", "mask_source", "warnings"}``.
+        evidence: region -> label probabilities from the region classifier (cache).
+        scan_warnings: warnings about the scan itself (not a chest CT, regions not found).
+        settings: the generation settings last used (recorded in exports).
+        released: why the server let go of this session's scan, or None.
     """
 
     workdir: Path
+    key: str | None = None
     scan: Scan | None = None
     selected: str | None = None
+    cursor: tuple[int, int, int] | None = None
     corner: tuple[int, int] | None = None
-    report: dict | None = None
     box_preview: tuple[int, int, int, int] | None = None
+    box_slice: int | None = None
+    report: dict | None = None
+    region_result: dict | None = None
+    focus: int | None = None
+    chat: list[dict] = field(default_factory=list)
+    evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+    scan_warnings: list[str] = field(default_factory=list)
+    settings: dict[str, int] = field(default_factory=dict)
+    released: str | None = None
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -65,54 +99,130 @@ class Session:
             return None
         return self.scan.masks.get(self.selected)
 
+    @property
+    def mask_source(self) -> str | None:
+        """Where the selected mask came from: dataset, predicted, uploaded or drawn."""
+        if self.scan is None or self.selected is None:
+            return None
+        return self.scan.sources.get(self.selected)
+
     def require_scan(self) -> Scan:
         if self.scan is None:
+            if self.released:
+                raise InputError(self.released)
             raise InputError("Load a scan first (upload one or pick an example).")
         return self.scan
 
+    def clear_outputs(self) -> None:
+        """Forget everything derived from the previous scan."""
+        self.selected = self.cursor = self.corner = self.box_preview = self.box_slice = None
+        self.report = self.region_result = self.focus = None
+        self.chat, self.evidence, self.scan_warnings = [], {}, []
+        self.released = None
+
+    def warnings(self) -> list[str]:
+        """Every warning that applies to what is on screen."""
+        out = list(self.scan_warnings)
+        for result in (self.report, self.region_result):
+            if result:
+                out += result.get("warnings", [])
+        if self.chat:
+            out += self.chat[-1].get("warnings", [])
+        return list(dict.fromkeys(out))
+
 
 def delete_session(session: Session | None) -> None:
-    """``gr.State`` delete callback: remove the session's scratch folder."""
+    """``gr.State`` delete callback: remove the session's scratch folder and scan."""
     if isinstance(session, Session):
+        session.scan = None
         shutil.rmtree(session.workdir, ignore_errors=True)
         log.debug("deleted session folder %s", session.workdir)
 
 
+def check_generation(max_new_tokens: Any, num_beams: Any) -> dict[str, int]:
+    """Validated Predictor keyword arguments.
+
+    Raises:
+        InputError: a value that is not a whole number in its range; the message gives it.
+    """
+    out = {}
+    for name, value, (lo, hi) in (
+        ("max_new_tokens", max_new_tokens, MAX_NEW_TOKENS_RANGE),
+        ("num_beams", num_beams, NUM_BEAMS_RANGE),
+    ):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not (number == int(number) if np.isfinite(number) else False) or not lo <= number <= hi:
+            raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}.")
+        out[name] = int(number)
+    return out
+
+
 def generation_kwargs(max_new_tokens: float, decoding: str, num_beams: float) -> dict[str, int]:
     """Predictor keyword arguments from the settings accordion (greedy means one beam)."""
-    beams = 1 if decoding == "greedy" else max(1, int(num_beams))
-    return {"max_new_tokens": max(1, int(max_new_tokens)), "num_beams": beams}
+    beams = 1 if decoding == "greedy" else num_beams
+    return check_generation(max_new_tokens, beams)
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s/'\":,;()]+){2,}/?")
 
 
-def report_html(report: dict) -> str:
-    """The full report as HTML, one coloured line per sentence with its region name."""
-    rows = []
-    for s in report.get("sentences", []):
-        region = s.get("region", "")
-        colour = viewer.colour_hex(region)
-        rows.append(
-            f'<div class="rgct-sentence" style="display:flex;gap:0.75em;border-left:6px solid '
-            f'{colour};padding:4px 8px;margin:4px 0"><span style="flex:0 0 9.5em;font-weight:600;'
-            f'color:{colour}">{html.escape(region)}</span><span style="flex:1">'
-            f"{html.escape(s.get('text', ''))}</span></div>"
-        )
-    if not rows:
-        rows.append(f"<div>{html.escape(report.get('text', ''))}</div>")
-    return '<div class="rgct-report">' + "\n".join(rows) + "</div>"
+def public_message(text: str) -> str:
+    """``text`` with every absolute path reduced to its last part (no server folders shown)."""
+    return _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
-def report_text(report: dict) -> str:
-    """Plain-text report: ``region: sentence`` lines."""
-    lines = [f"{s['region']}: {s['text']}" for s in report.get("sentences", [])]
-    return "\n".join(lines) if lines else report.get("text", "")
+def _accepts(fn: Any, name: str) -> bool:
+    """Whether callable ``fn`` takes a parameter ``name`` (feature detection on the Predictor)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params
+
+
+def _masks_optional(fn: Any) -> bool:
+    try:
+        p = inspect.signature(fn).parameters.get("masks")
+    except (TypeError, ValueError):
+        return False
+    return p is not None and p.default is None
+
+
+class RateLimiter:
+    """At most ``limit`` requests per ``window_s`` seconds for each key (a session)."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit, self.window_s = int(limit), float(window_s)
+        self._seen: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: str | None) -> None:
+        """Count one request for ``key``.
+
+        Raises:
+            InputError: over the limit; the message says how long to wait.
+        """
+        if self.limit <= 0 or key is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.setdefault(key, deque())
+            while seen and now - seen[0] > self.window_s:
+                seen.popleft()
+            if len(seen) >= self.limit:
+                wait = self.window_s - (now - seen[0])
+                raise InputError(
+                    f"Too many requests: at most {self.limit} per {self.window_s:.0f} s per "
+                    f"session. Try again in {wait:.0f} s."
+                )
+            seen.append(now)
+
+    def forget(self, key: str | None) -> None:
+        with self._lock:
+            self._seen.pop(key, None)
 
 
 class DemoApp:
@@ -124,6 +234,9 @@ class DemoApp:
         max_upload_mb: size limit per uploaded file, in MB.
         upload_roots: folders uploads may come from; default gradio's upload folder.
         tmp_root: parent of the per-session scratch folders; default ``<tmp>/rgct_demo``.
+        max_scans: scans the server keeps in memory at once, over all sessions.
+        rate_limit: (requests, seconds): model calls allowed per session in that window.
+        model_name: how exports name the model (a checkpoint folder name, never a path).
     """
 
     def __init__(
@@ -134,6 +247,9 @@ class DemoApp:
         max_upload_mb: float = 512,
         upload_roots: list[Path] | None = None,
         tmp_root: Path | None = None,
+        max_scans: int = 8,
+        rate_limit: tuple[int, float] = (30, 60.0),
+        model_name: str | None = None,
     ) -> None:
         self.predictor = predictor
         self.examples_dir = Path(examples_dir) if examples_dir is not None else None
@@ -147,6 +263,12 @@ class DemoApp:
         self.tmp_root.mkdir(parents=True, exist_ok=True)
         self._sweep_stale_sessions()
         self.examples = inputs.list_examples(self.examples_dir)
+        self.max_scans = max(1, int(max_scans))
+        self.limiter = RateLimiter(*rate_limit)
+        self.model_name = model_name or type(predictor).__name__
+        self._live: OrderedDict[int, Session] = OrderedDict()  # sessions holding a scan, LRU
+        self._by_key: dict[str, Session] = {}
+        self._lock = threading.Lock()
 
     def _sweep_stale_sessions(self, max_age_s: float = STALE_SESSION_S) -> None:
         """Delete session folders left behind by a crashed or killed server."""
@@ -155,14 +277,56 @@ class DemoApp:
             if folder.is_dir() and now - folder.stat().st_mtime > max_age_s:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    # --- sessions --------------------------------------------------------------------------------
-    def session(self, session: Session | None) -> Session:
-        """The given session, or a new one with a fresh scratch folder."""
-        if isinstance(session, Session):
-            session.workdir.mkdir(parents=True, exist_ok=True)
-            return session
-        workdir = Path(tempfile.mkdtemp(prefix="session-", dir=self.tmp_root))
-        return Session(workdir=workdir)
+    # --- sessions and memory ---------------------------------------------------------------------
+    def session(self, session: Session | None, key: str | None = None) -> Session:
+        """The given session, or a new one with a fresh scratch folder; ``key`` is the browser
+        session it belongs to (released with :meth:`release`)."""
+        if not isinstance(session, Session):
+            workdir = Path(tempfile.mkdtemp(prefix="session-", dir=self.tmp_root))
+            session = Session(workdir=workdir)
+        session.workdir.mkdir(parents=True, exist_ok=True)
+        if key is not None:
+            session.key = key
+            with self._lock:
+                self._by_key[key] = session
+        if session.scan is not None:
+            with self._lock:
+                if id(session) in self._live:
+                    self._live.move_to_end(id(session))
+        return session
+
+    def _hold(self, session: Session) -> None:
+        """Count ``session``'s new scan against ``max_scans``; release the least recent ones."""
+        with self._lock:
+            self._live[id(session)] = session
+            self._live.move_to_end(id(session))
+            while len(self._live) > self.max_scans:
+                _, old = self._live.popitem(last=False)
+                old.scan, old.report, old.region_result = None, None, None
+                old.released = (
+                    "This session's scan was released to free server memory (too many open "
+                    "scans). Load it again."
+                )
+                log.info("released the scan of an idle session (limit %d)", self.max_scans)
+
+    def release(self, key: str | None) -> bool:
+        """Free everything a browser session holds (its tab closed). Returns whether it had one."""
+        with self._lock:
+            session = self._by_key.pop(key, None) if key else None
+            if session is not None:
+                self._live.pop(id(session), None)
+        self.limiter.forget(key)
+        if session is None:
+            return False
+        session.clear_outputs()
+        delete_session(session)
+        session.released = "This session was closed. Reload the page."
+        return True
+
+    def live_scans(self) -> int:
+        """Scans held in memory now, over all sessions."""
+        with self._lock:
+            return len(self._live)
 
     def _checked(self, path: str | Path | None, what: str) -> Path:
         if not path:
@@ -170,17 +334,57 @@ class DemoApp:
         return inputs.check_upload(path, self.upload_roots, self.max_bytes)
 
     # --- loading ---------------------------------------------------------------------------------
-    def load_volume(self, session: Session | None, path: str | Path | None) -> tuple[Session, str]:
-        """Load an uploaded scan into the session (dropping previous masks)."""
+    def _new_scan(self, session: Session, scan: Scan) -> None:
+        session.clear_outputs()
+        session.scan = scan
+        self._hold(session)
+        session.scan_warnings = self._check_scan(scan)
+
+    def _check_scan(self, scan: Scan) -> list[str]:
+        check = getattr(self.predictor, "check_scan", None)
+        if check is None:
+            return []
+        return [str(w) for w in check(scan.volume)]
+
+    def load_volume(
+        self, session: Session | None, path: str | Path | None, *, segment: bool = True
+    ) -> tuple[Session, str]:
+        """Load an uploaded scan into the session (everything from the previous one cleared).
+
+        With ``segment`` and a Predictor that can segment, its regions are predicted.
+        """
         session = self.session(session)
         scan = inputs.load_volume_file(
             self._checked(path, "a scan"), session.workdir, self.max_bytes
         )
-        session.scan, session.selected, session.corner, session.report = scan, None, None, None
-        return (
-            session,
-            f"Loaded **{scan.name}**, shape {scan.volume.array.shape}. Now give a region.",
+        self._new_scan(session, scan)
+        message = f"Loaded **{scan.name}**, shape {scan.volume.array.shape}."
+        if segment and hasattr(self.predictor, "segment"):
+            found = self.predict_masks(session)
+            message += f" Predicted {found} region masks; pick one, upload masks, or draw a box."
+        else:
+            message += " Now give a region (upload masks or draw a box)."
+        return session, message
+
+    def predict_masks(self, session: Session) -> int:
+        """Add the Predictor's own region masks to the scan. Returns how many it found."""
+        scan = session.require_scan()
+        out = self.predictor.segment(scan.volume)
+        masks = {
+            n: np.asarray(m, dtype=bool)
+            for n, m in (out.get("masks") or {}).items()
+            if m is not None
+        }
+        masks = {n: m for n, m in masks.items() if m.shape == scan.volume.array.shape and m.any()}
+        for name in inputs.region_order(list(masks)):
+            scan.masks[name] = masks[name]
+            scan.sources[name] = "predicted"
+        session.scan_warnings += [str(w) for w in out.get("warnings") or []]
+        session.selected = next(
+            (r for r in REGIONS if r in scan.masks), next(iter(scan.masks), None)
         )
+        self._centre_on_selected(session)
+        return len(masks)
 
     def load_example(self, session: Session | None, name: str | None) -> tuple[Session, str]:
         """Load a bundled example (volume and its region masks) by name."""
@@ -188,10 +392,11 @@ class DemoApp:
         if not name:
             raise InputError("Pick an example first.")
         scan = inputs.load_example(name, self.examples_dir)
-        session.scan, session.corner, session.report = scan, None, None
-        session.selected = next(iter(scan.masks), None)
+        self._new_scan(session, scan)
+        session.selected = "lung" if "lung" in scan.masks else next(iter(scan.masks), None)
+        self._centre_on_selected(session)
         return session, (
-            f"Loaded example **{name}** with {len(scan.masks)} region masks; "
+            f"Loaded example **{name}** with {len(scan.masks)} region masks (dataset); "
             f"showing **{session.selected}**."
         )
 
@@ -202,181 +407,413 @@ class DemoApp:
         masks, notes = inputs.load_masks_file(
             self._checked(path, "a mask"), scan.volume, session.workdir, self.max_bytes
         )
-        scan.masks.update(masks)
+        for name, mask in masks.items():
+            scan.masks[name] = mask
+            scan.sources[name] = "uploaded"
+            session.evidence.pop(name, None)
         session.selected = next(iter(masks))
+        self._centre_on_selected(session)
         note = f" ({'; '.join(notes)})" if notes else ""
-        return session, f"Added {len(masks)} mask(s): {', '.join(masks)}{note}."
+        return session, f"Added {len(masks)} uploaded mask(s): {', '.join(masks)}{note}."
+
+    def rename_single_mask(self, session: Session, old: str, region: str) -> None:
+        """Make one uploaded mask count as the named region (API: one file + a region name)."""
+        scan = session.require_scan()
+        scan.masks[region] = scan.masks.pop(old)
+        scan.sources[region] = scan.sources.pop(old, "uploaded")
+        session.selected = region
+
+    # --- the box tool ----------------------------------------------------------------------------
+    def box_defaults(self, session: Session, z: int) -> tuple[int, int]:
+        """Slice range of a new box drawn on slice ``z``: from ``z`` upwards,
+        :data:`DEFAULT_BOX_DEPTH_MM` deep (clipped to the scan)."""
+        scan = session.require_scan()
+        d = scan.volume.array.shape[0]
+        step = float(scan.volume.spacing[0]) if scan.volume.spacing else 1.0
+        depth = max(1, int(round(DEFAULT_BOX_DEPTH_MM / max(step, 1e-3))))
+        z = int(np.clip(z, 0, d - 1))
+        return z, min(d - 1, z + depth - 1)
 
     def set_box(
         self, session: Session | None, z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]
     ) -> tuple[Session, str]:
-        """Make a box mask from slice/row/column ranges (inclusive) and select it."""
+        """Make a box mask from voxel slice/row/column ranges (inclusive) and select it."""
         session = self.session(session)
         scan = session.require_scan()
         scan.masks[BOX_MASK] = inputs.make_box_mask(scan.volume.array.shape, z, y, x)
+        scan.sources[BOX_MASK] = "drawn"
+        session.evidence.pop(BOX_MASK, None)
         session.selected = BOX_MASK
+        session.box_preview = None
+        self._centre_on_selected(session)
         voxels = int(scan.masks[BOX_MASK].sum())
         return (
             session,
-            f"Box region set: slices {sorted(z)}, rows {sorted(y)}, columns {sorted(x)} ({voxels} voxels).",
+            f"Box region set: slices {sorted(z)}, {voxels} voxels.",
         )
 
-    def click(
-        self, session: Session | None, y: int, x: int
-    ) -> tuple[Session, tuple[int, int, int, int] | None]:
-        """Register a click on the axial image; every second click closes a box.
-
-        Args:
-            session: the session (its scan gives the display scale).
-            y, x: clicked pixel in the displayed (possibly enlarged) axial image.
-
-        Returns:
-            (session, box) with box (y0, y1, x0, x1) in voxels when this click completed one,
-            else None.
-        """
+    def set_box_from_image(
+        self,
+        session: Session | None,
+        slices: tuple[int, int],
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+    ) -> tuple[Session, str]:
+        """Box from the axial image's own coordinates: rows counted from the image's top
+        (anterior), columns from its left (the patient's right)."""
         session = self.session(session)
         _, h, w = session.require_scan().volume.array.shape
-        f = viewer.display_factor((h, w), DISPLAY_SIZE)
-        y, x = viewer.axial_display_to_voxel(y, x, (h, w), f)
+        y = tuple(h - 1 - int(r) for r in rows)
+        x = tuple(w - 1 - int(c) for c in cols)
+        return self.set_box(session, slices, y, x)
+
+    def click_box(self, session: Session, voxel: tuple[int, int, int]) -> tuple | None:
+        """Register a box corner clicked on the axial view; every second click closes a box.
+
+        Returns:
+            None after the first corner, else ((z0, z1), (top, bottom), (left, right)): the
+            slice range (starting at the slice drawn on) and the box in axial-image rows and
+            columns, each pair ordered.
+        """
+        z, y, x = voxel
+        _, h, w = session.require_scan().volume.array.shape
         if session.corner is None:
             session.corner = (y, x)
-            return session, None
+            session.box_preview = (y, y, x, x)
+            session.box_slice = z
+            return None
         (y0, x0), session.corner = session.corner, None
-        return session, (y0, y, x0, x)
+        session.box_preview = (y0, y, x0, x)
+        rows = tuple(sorted((h - 1 - y0, h - 1 - y)))
+        cols = tuple(sorted((w - 1 - x0, w - 1 - x)))
+        return self.box_defaults(session, session.box_slice or z), rows, cols
 
     def select(self, session: Session | None, name: str | None) -> Session:
-        """Select a mask by name (ignored if unknown)."""
+        """Select a mask by name (ignored if unknown) and show it where it is largest."""
         session = self.session(session)
         if session.scan is not None and name in session.scan.masks:
             session.selected = name
+            session.focus = None
+            self._centre_on_selected(session)
         return session
 
+    def _centre_on_selected(self, session: Session) -> None:
+        mask = session.mask
+        at = viewer.largest_slices(mask) if mask is not None else None
+        if at is None and session.scan is not None:
+            at = tuple(s // 2 for s in session.scan.volume.array.shape)
+        session.cursor = at
+
+    def regions_at(self, session: Session, voxel: tuple[int, int, int]) -> list[str]:
+        """Names of the scan's masks that contain ``voxel``, smallest mask first."""
+        scan = session.require_scan()
+        z, y, x = voxel
+        hits = [n for n, m in scan.masks.items() if m[z, y, x]]
+        return sorted(hits, key=lambda n: int(scan.masks[n].sum()))
+
+    def focus_sentence(self, session: Session | None, index: int) -> tuple[Session, str]:
+        """Show a report sentence: a finding centred in all three planes with its own mask, a
+        region sentence at the region's largest slices."""
+        session = self.session(session)
+        scan = session.require_scan()
+        report = session.report
+        if report is None or not 0 <= index < len(report["sentences"]):
+            raise InputError("Write the full report first, then click one of its sentences.")
+        sentence = report["sentences"][index]
+        region = sentence["region"]
+        session.focus = index
+        if region in scan.masks:
+            session.selected = region
+        mask = results.finding_mask(report, sentence, scan.volume.array.shape)
+        centre = results.finding_centre(sentence, mask)
+        if centre is not None:
+            session.cursor = centre
+            return session, (
+                f"Finding: **{results.finding_words(sentence['finding'])}** at voxel "
+                f"{list(centre)} (z, y, x); region **{region}** outlined."
+            )
+        if region not in scan.masks:
+            session.focus = None
+            return session, f"No mask for **{region}** in this scan."
+        self._centre_on_selected(session)
+        return session, f"Showing **{region}** where it is largest."
+
     # --- viewing ---------------------------------------------------------------------------------
-    def render(
+    def frame(
         self,
         session: Session | None,
         view: str,
-        index: float,
-        window: str,
-        box: tuple[int, int, int, int] | None = None,
-    ) -> np.ndarray | None:
-        """The current frame as (rows, cols, 3) uint8, or None without a scan."""
+        window: tuple[float, float],
+        zoom: float = 1.0,
+    ) -> tuple[np.ndarray, viewer.Plane] | None:
+        """The current frame (rows, cols, 3) uint8 and its plane, or None without a scan."""
         if not isinstance(session, Session) or session.scan is None:
             return None
         vol = session.scan.volume
-        return viewer.render_slice(
-            vol.array,
+        shape = vol.array.shape
+        cursor = session.cursor or tuple(s // 2 for s in shape)
+        p = viewer.plane(
+            shape,
             view,
-            int(index),
-            window,
-            mask=session.mask,
-            colour=viewer.region_colour(session.selected),
+            cursor[viewer.VIEW_AXIS[view]],
             spacing=tuple(vol.spacing) if getattr(vol, "spacing", None) is not None else None,
-            box=box,
             min_size=DISPLAY_SIZE,
+            zoom=zoom,
+            centre=cursor,
         )
+        layers: list[viewer.Layer] = []
+        finding = None
+        if session.focus is not None and session.report is not None:
+            sentence = session.report["sentences"][session.focus]
+            finding = results.finding_mask(session.report, sentence, shape)
+        if session.mask is not None:
+            colour = viewer.region_colour(session.selected)
+            # with a finding shown, its region is an outline only
+            layers.append(viewer.Layer(session.mask, colour, 0.0 if finding is not None else 0.3))
+        if finding is not None:
+            layers.append(viewer.Layer(finding, viewer.FINDING_COLOUR, 0.5))
+        rgb = viewer.render_plane(
+            vol.array,
+            p,
+            window,
+            layers,
+            box=session.box_preview,
+            cursor=cursor if finding is not None else None,
+        )
+        return rgb, p
+
+    def move(self, session: Session, view: str, index: int) -> None:
+        """Move the cursor to slice ``index`` of ``view`` (the other two planes follow)."""
+        scan = session.require_scan()
+        shape = scan.volume.array.shape
+        cursor = list(session.cursor or (s // 2 for s in shape))
+        axis = viewer.VIEW_AXIS[view]
+        cursor[axis] = int(np.clip(index, 0, shape[axis] - 1))
+        session.cursor = (cursor[0], cursor[1], cursor[2])
 
     # --- generation ------------------------------------------------------------------------------
     def _region_arg(self, name: str | None) -> str | None:
-        return name if name in getattr(self.predictor, "regions", ()) else None
+        return name if name in getattr(self.predictor, "regions", REGIONS) else None
 
-    def region_report(self, session: Session | None, **gen: int) -> tuple[str, float]:
-        """Report for the selected mask. Returns (text, seconds)."""
+    def _limit(self, session: Session) -> None:
+        self.limiter.check(session.key or str(id(session)))
+
+    def region_report(self, session: Session | None, **gen: int) -> tuple[dict, float]:
+        """Report for the selected mask. Returns (normalised report, seconds)."""
         session = self.session(session)
         scan = session.require_scan()
         if session.mask is None:
             raise InputError("Give a region first: upload a mask, pick a region, or draw a box.")
+        self._limit(session)
         t0 = time.perf_counter()
-        text = self.predictor.region_report(
-            scan.volume, session.mask, self._region_arg(session.selected), **gen
-        )
-        return text, time.perf_counter() - t0
+        region = self._region_arg(session.selected)
+        raw = self.predictor.region_report(scan.volume, session.mask, region, **gen)
+        result = results.normalise_report(raw, region or session.selected, session.mask_source)
+        session.region_result, session.settings = result, dict(gen)
+        return result, time.perf_counter() - t0
 
     def full_report(self, session: Session | None, **gen: int) -> tuple[Session, dict, float]:
-        """Report over every named region mask of the scan. Returns (session, report, seconds)."""
+        """Report over every named region mask of the scan (or the Predictor's own masks).
+
+        Returns (session, normalised report, seconds).
+        """
         session = self.session(session)
         scan = session.require_scan()
-        masks = {n: m for n, m in scan.masks.items() if self._region_arg(n)}
-        if not masks:
+        masks = {n: m for n, m in scan.masks.items() if n in REGIONS}
+        sources = sorted({scan.sources.get(n, "unknown") for n in masks})
+        if not masks and not _masks_optional(self.predictor.report):
             raise InputError(
                 "A full report needs the region masks: load an example or upload a .zip of "
                 "<region>.nii.gz masks."
             )
+        self._limit(session)
         t0 = time.perf_counter()
-        report = self.predictor.report(scan.volume, masks, **gen)
-        session.report = report
+        raw = self.predictor.report(scan.volume, masks or None, **gen)
+        report = results.normalise_report(raw, None, "+".join(sources) if masks else None)
+        session.report, session.focus, session.settings = report, None, dict(gen)
         return session, report, time.perf_counter() - t0
 
-    def report_files(self, session: Session) -> tuple[Path, Path]:
-        """Write the session's last report as JSON and text for download. Returns both paths."""
+    def evidence(self, session: Session | None) -> dict[str, float]:
+        """The region classifier's label probabilities for the selected region (cached)."""
+        session = self.session(session)
+        scan = session.require_scan()
+        if session.selected is None or session.mask is None:
+            raise InputError("Pick a region to see the region classifier's evidence.")
+        if session.selected not in session.evidence:
+            self._limit(session)
+            probs = self.predictor.detect(scan.volume, session.mask)
+            session.evidence[session.selected] = {k: float(v) for k, v in probs.items()}
+        return session.evidence[session.selected]
+
+    def report_files(self, session: Session) -> tuple[Path, Path, Path]:
+        """Write the session's last report as JSON, text and HTML (with key images)."""
         if session.report is None:
             raise InputError("Generate a full report first.")
-        stem = session.scan.name if session.scan else "report"
-        js = write_atomic(
-            session.workdir / f"{stem}_report.json", json.dumps(session.report, indent=2)
-        )
-        txt = write_atomic(
-            session.workdir / f"{stem}_report.txt", report_text(session.report) + "\n"
-        )
-        return js, txt
+        scan = session.require_scan()
+        meta = self.export_meta(session)
+        images = results.key_images(scan.volume, session.report, scan.masks)
+        return results.write_exports(session.workdir, scan.name, session.report, meta, images)
 
-    def answer(self, session: Session | None, question: str, **gen: int) -> tuple[str, float]:
-        """Answer a question about the selected region (whole scan if none). Returns (text, s)."""
+    def export_meta(self, session: Session) -> dict:
+        """Model, settings and scan recorded in every export."""
+        scan = session.require_scan()
+        return {
+            "scan": scan.name,
+            "shape": list(scan.volume.array.shape),
+            "spacing_mm": [float(s) for s in scan.volume.spacing],
+            "model": self.model_name,
+            "settings": dict(session.settings),
+            "scan_warnings": list(session.scan_warnings),
+            "conversation": [
+                {k: t[k] for k in ("question", "answer", "region", "mask_source")}
+                for t in session.chat
+            ],
+        }
+
+    def ask(
+        self, session: Session | None, question: str, whole_scan: bool = False, **gen: int
+    ) -> tuple[dict, float]:
+        """One conversation turn about the selected region (or the whole scan).
+
+        The earlier turns of this scan go to the Predictor as history when it takes one.
+
+        Returns:
+            (turn, seconds); the turn ``{"question", "answer", "region", "mask_source",
+            "warnings"}`` is appended to ``session.chat``.
+        """
         session = self.session(session)
         scan = session.require_scan()
         if not question or not question.strip():
             raise InputError("Type a question or pick a template.")
+        if not whole_scan and session.mask is None:
+            raise InputError("Pick a region, or choose the whole-scan scope.")
+        mask = None if whole_scan else session.mask
+        region = WHOLE_SCAN if whole_scan else session.selected
+        source = "whole scan" if whole_scan else session.mask_source
+        self._limit(session)
         t0 = time.perf_counter()
-        text = self.predictor.answer(scan.volume, question.strip(), session.mask, **gen)
-        return text, time.perf_counter() - t0
+        kwargs = dict(gen)
+        warnings: list[str] = []
+        if _accepts(self.predictor.answer, "history"):
+            kwargs["history"] = [(t["question"], t["answer"]) for t in session.chat]
+        elif session.chat:
+            warnings.append("This model answers each question on its own (no conversation memory).")
+        raw = self.predictor.answer(scan.volume, question.strip(), mask, **kwargs)
+        text = raw if isinstance(raw, str) else str(raw.get("text", ""))
+        if isinstance(raw, dict):
+            warnings += [str(w) for w in raw.get("warnings") or []]
+            if raw.get("truncated"):
+                warnings.append("The answer was cut at the token limit: raise 'Max new tokens'.")
+        warnings += results.disagreements(session.report, question, text)
+        turn = {
+            "question": question.strip(),
+            "answer": text,
+            "region": region,
+            "mask_source": source,
+            "warnings": warnings,
+        }
+        session.chat.append(turn)
+        session.settings = dict(gen)
+        return turn, time.perf_counter() - t0
 
     # --- stateless API ---------------------------------------------------------------------------
-    def _api_scan(self, volume_file: str | None) -> tuple[Session, Scan]:
+    def _api_session(self, volume_file: str | None, key: str | None) -> Session:
+        self.limiter.check(key)
         session = self.session(None)
         try:
-            session, _ = self.load_volume(session, volume_file)
+            self.load_volume(session, volume_file, segment=False)
         except InputError:
             delete_session(session)
             raise
-        return session, session.require_scan()
+        return session
+
+    def _api_masks(self, session: Session, mask_file: str | None, region: str | None) -> None:
+        """Masks for an API call: a file (a single mask counts as ``region``), else predicted."""
+        scan = session.require_scan()
+        if mask_file:
+            before = set(scan.masks)
+            self.load_masks(session, mask_file)
+            added = [n for n in scan.masks if n not in before]
+            single = not str(mask_file).lower().endswith(".zip")
+            if region and single and added and added[0] != region:
+                self.rename_single_mask(session, added[0], region)
+        elif hasattr(self.predictor, "segment"):
+            self.predict_masks(session)
+        if region:
+            if region not in scan.masks:
+                raise InputError(
+                    f"Region {region!r} is not among the masks: {', '.join(scan.masks) or 'none'}."
+                )
+            session.selected = region
 
     def api_region_report(
-        self, volume_file: str | None, mask_file: str | None, region: str | None, **gen: int
-    ) -> str:
-        """One-shot region report from files: a scan and a mask NIfTI (or a zip + region)."""
-        session, scan = self._api_scan(volume_file)
+        self,
+        volume_file: str | None,
+        mask_file: str | None,
+        region: str | None,
+        key: str | None = None,
+        **gen: int,
+    ) -> dict:
+        """One-shot region report: a scan, a mask (one file counts as ``region``; a zip needs
+        ``region``; none: the predicted mask of ``region``)."""
+        session = self._api_session(volume_file, key)
         try:
-            if mask_file:
-                session, _ = self.load_masks(session, mask_file)
-                if region:
-                    if region not in scan.masks:
-                        raise InputError(
-                            f"Region {region!r} is not among the masks: {', '.join(scan.masks)}."
-                        )
-                    session.selected = region
-            else:
-                raise InputError("Upload a mask for the region.")
-            return self.region_report(session, **gen)[0]
+            if not mask_file and not region:
+                raise InputError("Upload a mask for the region, or name a region.")
+            self._api_masks(session, mask_file, region)
+            result, _ = self.region_report(session, **gen)
+            return results.public_report(result, warnings=session.warnings())
         finally:
             delete_session(session)
 
-    def api_report(self, volume_file: str | None, masks_file: str | None, **gen: int) -> dict:
-        """One-shot full report from a scan and a zip of region masks."""
-        session, _ = self._api_scan(volume_file)
+    def api_report(
+        self, volume_file: str | None, masks_file: str | None, key: str | None = None, **gen: int
+    ) -> dict:
+        """One-shot full report from a scan and a zip of region masks (none: predicted)."""
+        session = self._api_session(volume_file, key)
         try:
-            session, _ = self.load_masks(session, masks_file)
-            return self.full_report(session, **gen)[1]
+            self._api_masks(session, masks_file, None)
+            report = self.full_report(session, **gen)[1]
+            return results.public_report(report, warnings=session.warnings())
         finally:
             delete_session(session)
 
     def api_answer(
-        self, volume_file: str | None, mask_file: str | None, question: str, **gen: int
-    ) -> str:
-        """One-shot answer from a scan, an optional mask and a question."""
-        session, _ = self._api_scan(volume_file)
+        self,
+        volume_file: str | None,
+        mask_file: str | None,
+        question: str,
+        region: str | None = None,
+        history: list | None = None,
+        key: str | None = None,
+        **gen: int,
+    ) -> dict:
+        """One conversation turn from files: ``history`` is ``[[question, answer], ...]``.
+
+        Without a mask file or region the question is about the whole scan.
+        """
+        session = self._api_session(volume_file, key)
         try:
-            if mask_file:
-                session, _ = self.load_masks(session, mask_file)
-            return self.answer(session, question, **gen)[0]
+            for pair in history or []:
+                if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                    raise InputError("history must be a list of [question, answer] pairs.")
+                session.chat.append(
+                    {
+                        "question": str(pair[0]),
+                        "answer": str(pair[1]),
+                        "region": None,
+                        "mask_source": None,
+                        "warnings": [],
+                    }
+                )
+            whole = not mask_file and not region
+            if not whole:
+                self._api_masks(session, mask_file, region)
+            turn, _ = self.ask(session, question, whole_scan=whole, **gen)
+            return {
+                **turn,
+                "warnings": list(dict.fromkeys(session.scan_warnings + turn["warnings"])),
+                "history": [[t["question"], t["answer"]] for t in session.chat],
+            }
         finally:
             delete_session(session)

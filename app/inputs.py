@@ -23,8 +23,8 @@ from rgct.data import io as rio
 
 log = logging.getLogger(__name__)
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".zip", ".npz")
-"""Upload types accepted for a scan (a DICOM series comes as a .zip)."""
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".zip", ".npz", ".dcm")
+"""Upload types accepted for a scan (a DICOM series as a .zip, one multi-frame DICOM as .dcm)."""
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".zip")
 """Upload types accepted for region masks (one binary NIfTI, or a .zip of them)."""
@@ -57,11 +57,13 @@ class Scan:
         volume: the :class:`rgct.data.io.Volume` (array (D, H, W) float32 HU).
         name: short display name (file or example name).
         masks: mask name -> (D, H, W) bool array, in display order.
+        sources: mask name -> where it came from: "dataset", "predicted", "uploaded", "drawn".
     """
 
     volume: rio.Volume
     name: str
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def strip_suffix(name: str, suffixes: tuple[str, ...] = VOLUME_SUFFIXES) -> str:
@@ -305,6 +307,7 @@ def load_example(name: str, examples_dir: Path | None) -> Scan:
         for region in region_order(list(found)):
             try:
                 scan.masks[region] = _read_mask(found[region], scan.volume, region)
+                scan.sources[region] = "dataset"
             except InputError as err:
                 log.info("example %s: %s", name, err)
     return scan

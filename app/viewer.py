@@ -1,11 +1,16 @@
 """Slice rendering for the demo: numpy only, one RGB uint8 image per frame.
 
-A frame is a 2D cut of a (D, H, W) Hounsfield volume, windowed to grey, with an optional
-binary mask drawn as a translucent fill plus a solid outline, and an optional in-plane box.
+A frame is a 2D cut of a (D, H, W) Hounsfield volume through a cursor voxel, windowed to grey,
+with optional layers on top: a mask drawn as a translucent fill and/or a solid outline (the
+selected region, a finding), an in-plane box, and a crosshair at the cursor. Every frame is
+built from two index maps (display row -> voxel, display column -> voxel) that also turn a
+click back into a voxel, so flips, physical proportions, enlargement and zoom are written once.
 Nothing here touches matplotlib or gradio, so a frame costs a few milliseconds.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +27,9 @@ VIEWS = ("axial", "coronal", "sagittal")
 """Viewing planes; the axis each one slices along is ``VIEW_AXIS[view]``."""
 
 VIEW_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+ZOOM_RANGE = (1.0, 8.0)
+"""Smallest and largest zoom factor of the viewer."""
 
 # A qualitative palette (Okabe-Ito + Tableau tones) that stays readable over grey CT.
 _PALETTE = (
@@ -42,6 +50,12 @@ REGION_COLOURS[WHOLE_SCAN] = (180, 180, 180)
 DEFAULT_COLOUR = (255, 64, 64)
 """Colour for masks that are not named regions (an uploaded mask, a drawn box)."""
 
+FINDING_COLOUR = (255, 0, 200)
+"""Colour of a finding's own mask (magenta: distinct from every region colour)."""
+
+BOX_COLOUR = (255, 220, 0)
+CURSOR_COLOUR = (0, 255, 255)
+
 
 def region_colour(name: str | None) -> tuple[int, int, int]:
     """RGB colour used for ``name`` everywhere in the app (viewer overlay and report HTML)."""
@@ -59,13 +73,121 @@ def num_slices(shape: tuple[int, ...], view: str) -> int:
     return int(shape[VIEW_AXIS[view]])
 
 
-def _stretch_rows(image: np.ndarray, factor: float) -> np.ndarray:
-    """Repeat rows (nearest neighbour) so that rows and columns have the same physical size."""
-    if abs(factor - 1.0) < 0.05 or factor <= 0:
-        return image
-    rows = max(1, int(round(image.shape[0] * factor)))
-    index = np.minimum((np.arange(rows) / factor).astype(np.int64), image.shape[0] - 1)
-    return image[index]
+def plane_axes(view: str) -> tuple[int, int]:
+    """Volume axes shown as (rows, columns) in ``view``: axial (y, x), coronal (z, x),
+    sagittal (z, y)."""
+    if view not in VIEW_AXIS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    axis = VIEW_AXIS[view]
+    a, b = (i for i in range(3) if i != axis)
+    return a, b
+
+
+def window_from_level(level: float, width: float) -> tuple[float, float]:
+    """(low, high) HU of a window given its level (centre) and width."""
+    width = max(float(width), 1.0)
+    return float(level) - width / 2, float(level) + width / 2
+
+
+def level_from_window(window: tuple[float, float]) -> tuple[float, float]:
+    """(level, width) of a (low, high) HU window."""
+    lo, hi = window
+    return (lo + hi) / 2, hi - lo
+
+
+@dataclass(frozen=True)
+class Plane:
+    """Where each displayed pixel of a frame comes from.
+
+    Attributes:
+        view: the plane.
+        index: the slice index along the view's axis.
+        rows: (R,) voxel coordinate along ``plane_axes(view)[0]`` of each displayed row.
+        cols: (C,) voxel coordinate along ``plane_axes(view)[1]`` of each displayed column.
+    """
+
+    view: str
+    index: int
+    rows: np.ndarray
+    cols: np.ndarray
+
+    def voxel(self, row: int, col: int) -> tuple[int, int, int]:
+        """The (z, y, x) voxel shown at displayed pixel (row, col)."""
+        a, b = plane_axes(self.view)
+        out = [0, 0, 0]
+        out[VIEW_AXIS[self.view]] = self.index
+        out[a] = int(self.rows[int(np.clip(row, 0, len(self.rows) - 1))])
+        out[b] = int(self.cols[int(np.clip(col, 0, len(self.cols) - 1))])
+        return out[0], out[1], out[2]
+
+    def pixel(self, voxel: tuple[int, int, int]) -> tuple[float, float] | None:
+        """Displayed (row, col) centre of ``voxel``'s in-plane position, None if zoomed out of
+        view."""
+        a, b = plane_axes(self.view)
+        rr = np.flatnonzero(self.rows == int(voxel[a]))
+        cc = np.flatnonzero(self.cols == int(voxel[b]))
+        if rr.size == 0 or cc.size == 0:
+            return None
+        return float(rr.mean()), float(cc.mean())
+
+
+def _axis_map(n: int, out: int, zoom: float, centre: float) -> np.ndarray:
+    """Voxel index of each of ``out`` displayed pixels along an axis of ``n`` voxels.
+
+    The axis is shown flipped (highest index first: anterior up, head up, patient's right on
+    the left), ``zoom`` times enlarged around voxel ``centre``.
+    """
+    span = n / max(float(zoom), 1.0)
+    centre_flipped = (n - 1 - float(centre)) + 0.5
+    lo = float(np.clip(centre_flipped - span / 2, 0.0, n - span))
+    shown = np.floor(lo + (np.arange(out) + 0.5) * (span / out)).astype(np.int64)
+    return n - 1 - np.clip(shown, 0, n - 1)
+
+
+def plane(
+    shape: tuple[int, int, int],
+    view: str,
+    index: int,
+    *,
+    spacing: tuple[float, float, float] | None = None,
+    min_size: int = 0,
+    zoom: float = 1.0,
+    centre: tuple[int, int, int] | None = None,
+) -> Plane:
+    """The index maps of one frame.
+
+    Rows are stretched by the pixel-spacing ratio so anatomy keeps its proportions; small
+    slices are enlarged by an integer factor until the longer side reaches ``min_size``;
+    ``zoom`` > 1 shows ``1/zoom`` of the plane around ``centre`` (z, y, x) at the same size.
+
+    Args:
+        shape: (D, H, W) of the volume.
+        view: one of :data:`VIEWS`.
+        index: slice index along the view's axis; clipped into range.
+        spacing: (sd, sh, sw) voxel size in mm, or None for isotropic.
+        min_size: target length of the displayed image's longer side, in pixels.
+        zoom: magnification in :data:`ZOOM_RANGE` (clipped).
+        centre: voxel to zoom around; default the middle of the volume.
+    """
+    a, b = plane_axes(view)
+    axis = VIEW_AXIS[view]
+    index = int(np.clip(index, 0, shape[axis] - 1))
+    na, nb = int(shape[a]), int(shape[b])
+    stretch = 1.0
+    if spacing is not None:
+        stretch = float(spacing[a]) / float(spacing[b])
+        if abs(stretch - 1.0) < 0.05 or stretch <= 0:
+            stretch = 1.0
+    rows0 = max(1, int(round(na * stretch)))
+    f = display_factor((rows0, nb), min_size)
+    zoom = float(np.clip(zoom, *ZOOM_RANGE))
+    c = centre if centre is not None else tuple(s // 2 for s in shape)
+    return Plane(
+        view=view,
+        index=index,
+        rows=_axis_map(na, rows0 * f, zoom, c[a]),
+        cols=_axis_map(nb, nb * f, zoom, c[b]),
+    )
 
 
 def take_slice(
@@ -80,41 +202,16 @@ def take_slice(
     Coronal and sagittal rows are stretched by the slice-to-pixel spacing ratio so anatomy
     keeps its proportions.
 
-    Args:
-        array: (D, H, W) volume or mask.
-        view: one of :data:`VIEWS`.
-        index: slice index along the view's axis; clipped into range.
-        spacing: (sd, sh, sw) voxel size in mm, or None for isotropic.
-
     Returns:
-        (rows, cols) array, same dtype as ``array``: axial (H, W), coronal (D', W),
-        sagittal (D', H) with D' the stretched slice count.
+        (rows, cols) array, same dtype as ``array``.
     """
-    if view not in VIEW_AXIS:
-        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-    axis = VIEW_AXIS[view]
-    index = int(np.clip(index, 0, array.shape[axis] - 1))
-    cut = np.take(array, index, axis=axis)[::-1, ::-1]
-    if axis != 0 and spacing is not None:
-        in_plane = spacing[2] if axis == 1 else spacing[1]
-        cut = _stretch_rows(cut, float(spacing[0]) / float(in_plane))
-    return cut
+    p = plane(array.shape, view, index, spacing=spacing)
+    return _cut(array, p)
 
 
-def axial_display_to_voxel(
-    row: int, col: int, shape: tuple[int, int], factor: int
-) -> tuple[int, int]:
-    """Map a pixel of the displayed axial image back to the voxel (y, x) it shows.
-
-    Args:
-        row, col: pixel in the displayed image (enlarged ``factor`` times).
-        shape: (H, W) of the volume.
-        factor: the display factor used by :func:`render_slice`.
-    """
-    h, w = shape
-    y = h - 1 - min(int(row) // factor, h - 1)
-    x = w - 1 - min(int(col) // factor, w - 1)
-    return max(y, 0), max(x, 0)
+def _cut(array: np.ndarray, p: Plane) -> np.ndarray:
+    sl = np.take(array, p.index, axis=VIEW_AXIS[p.view])
+    return sl[np.ix_(p.rows, p.cols)]
 
 
 def display_factor(shape: tuple[int, ...], min_size: int) -> int:
@@ -122,27 +219,93 @@ def display_factor(shape: tuple[int, ...], min_size: int) -> int:
     return max(1, int(min_size) // max(int(shape[0]), int(shape[1]), 1))
 
 
-def _upscale(image: np.ndarray, factor: int) -> np.ndarray:
-    if factor == 1:
-        return image
-    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
-
-
 def window_to_grey(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """Clip HU to ``window`` and map it to uint8 grey, same shape."""
     lo, hi = window
-    scaled = (np.asarray(hu, dtype=np.float32) - lo) * (255.0 / (hi - lo))
+    scaled = (np.asarray(hu, dtype=np.float32) - lo) * (255.0 / max(hi - lo, 1e-6))
     return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
-    """Pixels of a 2D bool mask that touch a background pixel (4-neighbourhood)."""
-    inner = mask.copy()
-    inner[1:] &= mask[:-1]
-    inner[:-1] &= mask[1:]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
+    """Pixels of a 2D bool mask that touch a background pixel or the image edge."""
+    padded = np.pad(mask, 1)
+    inner = mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return mask & ~inner
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A mask drawn over the grey image.
+
+    Attributes:
+        mask: (D, H, W) bool.
+        colour: RGB.
+        fill: opacity of the fill in [0, 1] (0: outline only).
+        outline: draw the solid outline.
+    """
+
+    mask: np.ndarray
+    colour: tuple[int, int, int] = DEFAULT_COLOUR
+    fill: float = 0.35
+    outline: bool = True
+
+
+def _draw(rgb: np.ndarray, cut: np.ndarray, layer: Layer) -> None:
+    if not cut.any():
+        return
+    tint = np.asarray(layer.colour, dtype=np.float32)
+    if layer.fill > 0:
+        blended = rgb[cut].astype(np.float32) * (1.0 - layer.fill) + tint * layer.fill
+        rgb[cut] = blended.astype(np.uint8)
+    if layer.outline:
+        rgb[_outline(cut)] = layer.colour
+
+
+def _draw_cross(rgb: np.ndarray, at: tuple[float, float], arm: int = 12, gap: int = 5) -> None:
+    r, c = int(round(at[0])), int(round(at[1]))
+    h, w = rgb.shape[:2]
+    for d in range(gap, gap + arm):
+        for rr, cc in ((r - d, c), (r + d, c), (r, c - d), (r, c + d)):
+            if 0 <= rr < h and 0 <= cc < w:
+                rgb[rr, cc] = CURSOR_COLOUR
+
+
+def render_plane(
+    volume: np.ndarray,
+    p: Plane,
+    window: tuple[float, float],
+    layers: list[Layer] | tuple[Layer, ...] = (),
+    *,
+    box: tuple[int, int, int, int] | None = None,
+    cursor: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """Render the frame ``p`` of ``volume`` with its layers.
+
+    Args:
+        volume: (D, H, W) float HU.
+        p: from :func:`plane`.
+        window: (low, high) HU.
+        layers: masks drawn in order (later on top).
+        box: (y0, y1, x0, x1) voxel rectangle (inclusive) outlined on axial frames.
+        cursor: (z, y, x) voxel marked with a crosshair (when it is in view).
+
+    Returns:
+        (rows, cols, 3) uint8 RGB image.
+    """
+    grey = window_to_grey(_cut(volume, p), window)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    for layer in layers:
+        _draw(rgb, _cut(layer.mask, p).astype(bool), layer)
+    if box is not None and p.view == "axial":
+        y0, y1, x0, x1 = (int(v) for v in box)
+        (y0, y1), (x0, x1) = sorted((y0, y1)), sorted((x0, x1))
+        inside = ((p.rows >= y0) & (p.rows <= y1))[:, None] & ((p.cols >= x0) & (p.cols <= x1))
+        rgb[_outline(inside)] = BOX_COLOUR
+    if cursor is not None:
+        at = p.pixel(cursor)
+        if at is not None:
+            _draw_cross(rgb, at)
+    return rgb
 
 
 def render_slice(
@@ -158,7 +321,7 @@ def render_slice(
     box: tuple[int, int, int, int] | None = None,
     min_size: int = 0,
 ) -> np.ndarray:
-    """Render one slice with an optional mask overlay and in-plane box.
+    """Render one slice with an optional mask overlay and in-plane box (no zoom, no cursor).
 
     Args:
         volume: (D, H, W) float HU.
@@ -170,38 +333,17 @@ def render_slice(
         alpha: fill opacity in [0, 1].
         spacing: (sd, sh, sw) mm, used to keep coronal/sagittal proportions.
         box: optional (y0, y1, x0, x1) voxel rectangle (inclusive) outlined on axial slices.
-        min_size: small slices are enlarged by an integer factor (nearest neighbour, see
-            :func:`display_factor`) until their longer side reaches this many pixels.
+        min_size: small slices are enlarged by an integer factor until their longer side
+            reaches this many pixels.
 
     Returns:
-        (rows * f, cols * f, 3) uint8 RGB image, f the display factor (1 for large slices).
+        (rows, cols, 3) uint8 RGB image.
     """
     if isinstance(window, str):
         window = WINDOW_PRESETS[window]
-    cut_hu = take_slice(volume, view, index, spacing)
-    f = display_factor(cut_hu.shape, min_size)
-    grey = _upscale(window_to_grey(cut_hu, window), f)
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    if mask is not None:
-        cut = _upscale(take_slice(mask, view, index, spacing).astype(bool), f)
-        if cut.any():
-            tint = np.asarray(colour, dtype=np.float32)
-            fill = rgb[cut].astype(np.float32) * (1.0 - alpha) + tint * alpha
-            rgb[cut] = fill.astype(np.uint8)
-            rgb[_outline(cut)] = colour
-    if box is not None and view == "axial":
-        h, w = cut_hu.shape
-        y0, y1, x0, x1 = (int(v) for v in box)
-        # voxel (y, x) -> displayed row/col (both axes are flipped for display)
-        y0, y1 = sorted((h - 1 - int(np.clip(y0, 0, h - 1)), h - 1 - int(np.clip(y1, 0, h - 1))))
-        x0, x1 = sorted((w - 1 - int(np.clip(x0, 0, w - 1)), w - 1 - int(np.clip(x1, 0, w - 1))))
-        y0, x0, y1, x1 = y0 * f, x0 * f, (y1 + 1) * f - 1, (x1 + 1) * f - 1
-        yellow = (255, 220, 0)
-        rgb[y0, x0 : x1 + 1] = yellow
-        rgb[y1, x0 : x1 + 1] = yellow
-        rgb[y0 : y1 + 1, x0] = yellow
-        rgb[y0 : y1 + 1, x1] = yellow
-    return rgb
+    p = plane(volume.shape, view, index, spacing=spacing, min_size=min_size)
+    layers = [] if mask is None else [Layer(mask, colour, alpha)]
+    return render_plane(volume, p, window, layers, box=box)
 
 
 def mask_centre(mask: np.ndarray, view: str) -> int | None:
@@ -212,3 +354,28 @@ def mask_centre(mask: np.ndarray, view: str) -> int | None:
     if present.size == 0:
         return None
     return int((present[0] + present[-1]) // 2)
+
+
+def largest_slices(mask: np.ndarray) -> tuple[int, int, int] | None:
+    """(z, y, x): along each axis, the slice where ``mask`` has the most voxels; None if empty.
+
+    Used to show a region where it is largest in all three planes (not at the volume's
+    middle, where the lungs or pleura may be absent in the sagittal plane).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return None
+    out = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        out.append(int(np.argmax(mask.sum(axis=other))))
+    return out[0], out[1], out[2]
+
+
+def mask_centroid(mask: np.ndarray) -> tuple[int, int, int] | None:
+    """Rounded centre of mass (z, y, x) of a mask, None if empty."""
+    idx = np.argwhere(np.asarray(mask, dtype=bool))
+    if idx.size == 0:
+        return None
+    z, y, x = np.round(idx.mean(axis=0)).astype(int)
+    return int(z), int(y), int(x)

@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "label": ("rgct.eval.label_cli", "add one 0/1 column per CT-RATE label to a CSV of reports"),
     "plot": ("rgct.train.plot", "draw a run's loss curves to a PNG"),
-    "demo": ("rgct.demo_cli", "launch the Gradio app (shipped demo model by default)"),
+    "demo": ("app.main", "launch the Gradio app (shipped demo model by default)"),
 }
 
 

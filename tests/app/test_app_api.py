@@ -15,10 +15,13 @@ pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 sys.path.insert(0, str(Path(__file__).parent))
+from app_data import SHAPE, phantom, save_nifti  # noqa: E402
 from fake_predictor import FakePredictor  # noqa: E402
-from test_app import SHAPE, phantom, save_nifti  # noqa: E402
 
-from app.main import build_demo, launch  # noqa: E402
+from app.demo import build_demo, launch  # noqa: E402
+
+RATE = 25
+"""Requests per minute each client session may make on the test server."""
 
 
 def free_port() -> int:
@@ -34,7 +37,12 @@ def predictor() -> FakePredictor:
 
 @pytest.fixture(scope="module")
 def server(predictor, tmp_path_factory):
-    demo = build_demo(predictor, concurrency_limit=4, tmp_root=tmp_path_factory.mktemp("sessions"))
+    demo = build_demo(
+        predictor,
+        concurrency_limit=4,
+        tmp_root=tmp_path_factory.mktemp("sessions"),
+        rate_limit=(RATE, 60.0),
+    )
     launch(demo, host="127.0.0.1", port=free_port(), max_upload_mb=5, prevent_thread_lock=True)
     try:
         yield demo
@@ -86,6 +94,7 @@ def test_report_endpoint(client, files):
         "lung": "The lung has 384 voxels.",
     }
     assert [s["region"] for s in report["sentences"]] == ["heart", "lung"]
+    assert report["mask_source"] == "uploaded" and report["findings"] == []
 
 
 def test_answer_endpoint(client, files):
@@ -105,7 +114,7 @@ def test_answer_endpoint(client, files):
 
 def test_endpoint_errors_are_messages(client, files):
     h = gradio_client.handle_file
-    with pytest.raises(gradio_client.exceptions.AppError, match="empty"):
+    with pytest.raises(gradio_client.exceptions.AppError, match="empty") as info:
         client.predict(
             h(str(files["scan"])),
             h(str(files["breast"])),
@@ -114,6 +123,50 @@ def test_endpoint_errors_are_messages(client, files):
             1,
             api_name="/region_report",
         )
+    assert "/" not in str(info.value), "no server paths in messages"
+    for bad, message in ((-1, "max_new_tokens must be a whole number from 1 to 512; got -1"),
+                         (10**6, "from 1 to 512")):  # fmt: skip
+        with pytest.raises(gradio_client.exceptions.AppError, match=message):
+            client.predict(h(str(files["scan"])), None, "Q?", bad, 1, api_name="/answer")
+    with pytest.raises(gradio_client.exceptions.AppError, match="num_beams .* from 1 to 8"):
+        client.predict(h(str(files["scan"])), None, "Q?", 8, 99, api_name="/answer")
+
+
+def test_single_mask_counts_as_the_named_region(client, files):
+    h = gradio_client.handle_file
+    text = client.predict(
+        h(str(files["scan"])), h(str(files["box3"])), "lung", 16, 1, api_name="/region_report"
+    )
+    assert text == "lung: 16 voxels in 12x24x20 (tokens=16, beams=1)."
+    details = client.predict(
+        h(str(files["scan"])), h(str(files["heart"])), "heart", 16, 1,
+        api_name="/region_report_details",
+    )  # fmt: skip
+    assert details["mask_source"] == "uploaded" and details["sentences"][0]["region"] == "heart"
+
+
+def test_chat_endpoint_three_turns(client, files):
+    h = gradio_client.handle_file
+    history = []
+    for k, question in enumerate(["What is in the heart?", "Is it big?", "Anything else?"]):
+        turn = client.predict(
+            h(str(files["scan"])), h(str(files["heart"])), "heart", question, history, 16, 1,
+            api_name="/chat",
+        )  # fmt: skip
+        assert turn["region"] == "heart" and turn["mask_source"] == "uploaded"
+        assert turn["answer"].startswith(f"Q={question} | voxels=256")
+        assert turn["answer"].endswith(f"turn={k + 1}") == (k > 0)
+        history = turn["history"]
+        assert len(history) == k + 1 and history[-1] == [question, turn["answer"]]
+
+
+def test_rate_limit_per_client(server, files):
+    h = gradio_client.handle_file
+    c = gradio_client.Client(server.local_url, verbose=False)
+    for _ in range(RATE):
+        c.predict(h(str(files["scan"])), None, "Q?", 4, 1, api_name="/answer")
+    with pytest.raises(gradio_client.exceptions.AppError, match="Too many requests"):
+        c.predict(h(str(files["scan"])), None, "Q?", 4, 1, api_name="/answer")
 
 
 def test_concurrent_calls_are_not_mixed(client, files, predictor):

@@ -23,11 +23,11 @@ playwright_api = pytest.importorskip(
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
+from app_data import save_nifti  # noqa: E402
 from fake_predictor import FakePredictor  # noqa: E402
-from test_app import save_nifti  # noqa: E402
 
+from app.demo import EXAMPLES_DIR, build_demo, launch  # noqa: E402
 from app.inputs import list_examples  # noqa: E402
-from app.main import EXAMPLES_DIR, build_demo, launch  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless",

@@ -10,11 +10,16 @@ import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from app.main import build_demo, launch  # noqa: E402
+from app.demo import build_demo, launch  # noqa: E402
 from rgct.constants import REGIONS  # noqa: E402
 from rgct.data.layout import region_mask_path, volume_path  # noqa: E402
 from rgct.data.records import find_volumes  # noqa: E402
 from rgct.inference import Predictor  # noqa: E402
+
+
+def _text(result) -> str:
+    """The text of a Predictor result (a dict under the current contract, text before it)."""
+    return result if isinstance(result, str) else result["text"]
 
 
 def free_port() -> int:
@@ -52,17 +57,20 @@ def test_endpoints_match_the_predictor(served, case):
     text = client.predict(
         h(str(scan)), h(str(masks["lung"])), "lung", 12, 1, api_name="/region_report"
     )
-    assert text == predictor.region_report(
-        scan, masks["lung"], region="lung", max_new_tokens=12, num_beams=1
+    assert text == _text(
+        predictor.region_report(scan, masks["lung"], region="lung", max_new_tokens=12, num_beams=1)
     )
     answer = client.predict(
         h(str(scan)), None, "What are the abnormalities in the scan?", 8, 1, api_name="/answer"
     )
-    assert answer == predictor.answer(
-        scan, "What are the abnormalities in the scan?", max_new_tokens=8, num_beams=1
+    assert answer == _text(
+        predictor.answer(
+            scan, "What are the abnormalities in the scan?", max_new_tokens=8, num_beams=1
+        )
     )
     report = client.predict(h(str(scan)), h(str(zpath)), 8, 1, api_name="/report")
-    assert isinstance(report, (dict, str)) and report
+    assert report["mask_source"] == "uploaded"
+    assert set(report["regions"]) == set(masks) and report["sentences"]
 
 
 def test_eight_concurrent_calls_all_return(served, case):
@@ -70,7 +78,7 @@ def test_eight_concurrent_calls_all_return(served, case):
     scan, masks, _ = case
     regions = sorted(masks)[:8]
     expected = {
-        r: predictor.region_report(scan, masks[r], region=r, max_new_tokens=6, num_beams=1)
+        r: _text(predictor.region_report(scan, masks[r], region=r, max_new_tokens=6, num_beams=1))
         for r in regions
     }
     h = gradio_client.handle_file

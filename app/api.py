@@ -1,0 +1,162 @@
+"""Named endpoints for scripts (``gradio_client``): files and text in, text or JSON out.
+
+Single-shot: ``/region_report`` (text), ``/region_report_details`` (JSON: sentences, findings,
+mask source, warnings), ``/report`` (JSON) and ``/answer`` (text). A conversation: ``/chat``
+takes the earlier turns as ``history`` and returns the answer with the updated history. Every
+endpoint validates the generation settings, counts against the caller's request rate, and
+reports errors as messages without server paths. Examples are in the README.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from app.handlers import DemoApp, check_generation, public_message
+from app.inputs import InputError
+
+log = logging.getLogger(__name__)
+
+
+def _api_guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Errors become ``gr.Error`` messages (the client sees them; no paths, no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except InputError as err:
+            raise gr.Error(public_message(str(err))) from err
+        except gr.Error:
+            raise
+        except Exception as err:  # noqa: BLE001 - API boundary: log it, send a message
+            log.exception("endpoint %s failed", fn.__name__)
+            raise gr.Error(
+                public_message(f"Something went wrong ({type(err).__name__}: {err}).")
+            ) from err
+
+    return wrapped
+
+
+def _gen(max_new_tokens: Any, num_beams: Any, default_tokens: int) -> dict[str, int]:
+    return check_generation(
+        default_tokens if max_new_tokens is None else max_new_tokens,
+        1 if num_beams is None else num_beams,
+    )
+
+
+def _history(value: Any) -> list:
+    """``history`` from the client: a list of [question, answer] pairs, or its JSON text."""
+    if value in (None, "", []):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise InputError(f"history is not valid JSON ({err.msg}).") from err
+    if not isinstance(value, list):
+        raise InputError("history must be a list of [question, answer] pairs.")
+    return value
+
+
+def add_api(app: DemoApp) -> None:
+    """Add the named endpoints (inside the ``gr.Blocks`` context, on hidden components)."""
+    with gr.Column(visible=False):
+        a_volume = gr.File(label="volume", type="filepath")
+        a_mask = gr.File(label="mask", type="filepath")
+        a_region = gr.Textbox(label="region")
+        a_question = gr.Textbox(label="question")
+        a_history = gr.JSON(label="history")
+        a_max_new = gr.Number(64, label="max_new_tokens", precision=0)
+        a_beams = gr.Number(1, label="num_beams", precision=0)
+        a_text = gr.Textbox(label="text")
+        a_json = gr.JSON(label="result")
+        buttons = [gr.Button(visible=False) for _ in range(5)]
+
+    def key(request: gr.Request | None) -> str | None:
+        return getattr(request, "session_hash", None)
+
+    @_api_guard
+    def region_report(
+        volume: str,
+        mask: str | None,
+        region: str,
+        max_new_tokens: float,
+        num_beams: float,
+        request: gr.Request,
+    ) -> str:
+        gen = _gen(max_new_tokens, num_beams, 64)
+        return app.api_region_report(volume, mask, region or None, key(request), **gen)["text"]
+
+    @_api_guard
+    def region_report_details(
+        volume: str,
+        mask: str | None,
+        region: str,
+        max_new_tokens: float,
+        num_beams: float,
+        request: gr.Request,
+    ) -> dict:
+        gen = _gen(max_new_tokens, num_beams, 64)
+        return app.api_region_report(volume, mask, region or None, key(request), **gen)
+
+    @_api_guard
+    def report(
+        volume: str, masks: str | None, max_new_tokens: float, num_beams: float, request: gr.Request
+    ) -> dict:
+        return app.api_report(volume, masks, key(request), **_gen(max_new_tokens, num_beams, 64))
+
+    @_api_guard
+    def answer(
+        volume: str,
+        mask: str | None,
+        question: str,
+        max_new_tokens: float,
+        num_beams: float,
+        request: gr.Request,
+    ) -> str:
+        gen = _gen(max_new_tokens, num_beams, 32)
+        return app.api_answer(volume, mask, question, key=key(request), **gen)["answer"]
+
+    @_api_guard
+    def chat(
+        volume: str,
+        mask: str | None,
+        region: str,
+        question: str,
+        history: Any,
+        max_new_tokens: float,
+        num_beams: float,
+        request: gr.Request,
+    ) -> dict:
+        gen = _gen(max_new_tokens, num_beams, 32)
+        return app.api_answer(
+            volume, mask, question, region or None, _history(history), key(request), **gen
+        )
+
+    gen_inputs = [a_max_new, a_beams]
+    buttons[0].click(
+        region_report,
+        [a_volume, a_mask, a_region, *gen_inputs],
+        a_text,
+        api_name="region_report",
+    )
+    buttons[1].click(
+        region_report_details,
+        [a_volume, a_mask, a_region, *gen_inputs],
+        a_json,
+        api_name="region_report_details",
+    )
+    buttons[2].click(report, [a_volume, a_mask, *gen_inputs], a_json, api_name="report")
+    buttons[3].click(answer, [a_volume, a_mask, a_question, *gen_inputs], a_text, api_name="answer")
+    buttons[4].click(
+        chat,
+        [a_volume, a_mask, a_region, a_question, a_history, *gen_inputs],
+        a_json,
+        api_name="chat",
+    )
