@@ -12,6 +12,8 @@ Rules beyond the union, all stated in the table or here:
   is given (TotalSegmentator's own note: lobe masks often include the effusion).
 * ``bronchie`` is the airway tree minus ``trachea``; ``pleura`` is the pleural classes minus the
   lobes, plus the one-voxel shell around the lobes (the phantom generator's convention).
+* ``left breast`` / ``right breast`` split the two-sided ``breast`` class at the body midline
+  (the centroid of the sternum, thoracic vertebrae, trachea, esophagus given).
 * A target with ``requires`` is written only when one of those classes is given; the other
   classes only add to it (the great vessels do not make a mediastinum on their own).
 * A target that no given file covers, or whose files are empty, is listed as missing (in the
@@ -87,6 +89,8 @@ class Target:
         requires: when not empty, the mask is written only if one of these is given.
         minus: classes removed from the union.
         lung_shell: add the one-voxel shell around the lung lobes.
+        side: ``"left"`` or ``"right"``: keep the patient's side of the body midline (the
+            centroid of :data:`MIDLINE_CLASSES`), for classes that hold both sides.
     """
 
     name: str
@@ -95,6 +99,7 @@ class Target:
     requires: tuple[str, ...] = ()
     minus: tuple[str, ...] = ()
     lung_shell: bool = False
+    side: str | None = None
 
 
 LOBE_CLASSES: dict[str, str] = dict(
@@ -194,10 +199,15 @@ TARGETS: tuple[Target, ...] = (
     Target("gallbladder", "anatomy", ("gallbladder",)),
     Target("kidney", "anatomy", ("kidney_left", "kidney_right")),
     Target("pancreas", "anatomy", ("pancreas",)),
+    Target("left breast", "anatomy", ("breast",), side="left"),
+    Target("right breast", "anatomy", ("breast",), side="right"),
     Target("left adrenal gland", "anatomy", ("adrenal_gland_left",)),
     Target("right adrenal gland", "anatomy", ("adrenal_gland_right",)),
 )
 """The one mapping from TotalSegmentator classes to RadGenome masks."""
+
+MIDLINE_CLASSES = ("sternum", *_THORACIC, "trachea", "esophagus", "spinal_cord")
+"""Structures on the body midline: their centroid splits a two-sided class into left and right."""
 
 SUBTRACT_BEFORE_UNION: dict[str, tuple[str, ...]] = {lobe: ("pleural_effusion",) for lobe in _LOBES}
 """Class -> classes removed from it as soon as it is read (effusion out of the lobes)."""
@@ -219,9 +229,11 @@ CLASS_TASK: dict[str, str] = {
 EXTRA_TASKS = ("lung_vessels", "pleural_pericard_effusion", "trunk_cavities", "breasts")
 """Tasks beyond ``total`` that add RadGenome masks (bronchi, pleura, mediastinum, breast)."""
 
-KNOWN_CLASSES: frozenset[str] = frozenset(
-    c for t in TARGETS for c in (*t.classes, *t.requires, *t.minus)
-) | frozenset(c for cs in SUBTRACT_BEFORE_UNION.values() for c in cs)
+KNOWN_CLASSES: frozenset[str] = (
+    frozenset(c for t in TARGETS for c in (*t.classes, *t.requires, *t.minus))
+    | frozenset(c for cs in SUBTRACT_BEFORE_UNION.values() for c in cs)
+    | frozenset(MIDLINE_CLASSES)
+)
 """Every TotalSegmentator class the table reads."""
 
 
@@ -597,9 +609,15 @@ def _shell(mask: np.ndarray) -> np.ndarray:
 class _Masks:
     """Reads each class once, keeps every mask as packed bits (1 bit per voxel)."""
 
-    def __init__(self, where: dict[str, _ClassFiles | _Multilabel], shape: tuple[int, ...]):
+    def __init__(
+        self,
+        where: dict[str, _ClassFiles | _Multilabel],
+        shape: tuple[int, ...],
+        affine: np.ndarray,
+    ):
         self.where = where
         self.shape = shape
+        self.affine = affine
         self.size = int(np.prod(shape))
         self.packed: dict[str, np.ndarray] = {}
         self.empty: set[str] = set()
@@ -647,9 +665,29 @@ def _build_target(target: Target, masks: _Masks) -> tuple[np.ndarray | None, str
         lobes = masks.union(_LOBES)
         if lobes is not None:
             mask |= _shell(masks.unpack(lobes))
+    if target.side is not None:
+        midline = masks.union(MIDLINE_CLASSES)
+        if midline is None or not np.any(midline):
+            return (
+                None,
+                f"no midline structure ({', '.join(MIDLINE_CLASSES[:4])} ...) to split sides",
+            )
+        mask = _side_of(mask, masks.unpack(midline), masks.affine, target.side)
     if not mask.any():
         return None, f"empty: no voxel in {', '.join(given)}"
     return mask, ""
+
+
+def _side_of(mask: np.ndarray, midline: np.ndarray, affine: np.ndarray, side: str) -> np.ndarray:
+    """The voxels of ``mask`` on the patient's ``side``: RAS x below (left) or above (right)
+    the world x of ``midline``'s centroid."""
+    centre_x = (affine @ np.array([*np.argwhere(midline).mean(axis=0), 1.0]))[0]
+    ijk = np.array(np.nonzero(mask))  # (3, N) voxel indices
+    x = affine[0, :3] @ ijk + affine[0, 3]  # (N,) RAS x in mm
+    keep = x < centre_x if side == "left" else x > centre_x
+    out = np.zeros_like(mask)
+    out[tuple(ijk[:, keep])] = True
+    return out
 
 
 def _save_mask(path: Path, mask: np.ndarray, affine: np.ndarray) -> Path:
@@ -712,7 +750,7 @@ def masks_from_totalsegmentator(
     for s in sources:
         if s.ignored:
             logger.debug("%s: not used by the mapping: %s", s.origin, ", ".join(s.ignored))
-    masks = _Masks(where, grid.shape)
+    masks = _Masks(where, grid.shape, grid.affine)
     masks.load_all()
     for s in used:
         if isinstance(s, _Multilabel) and s.unmapped:

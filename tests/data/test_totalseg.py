@@ -128,7 +128,7 @@ def test_table_covers_the_ten_regions_with_radgenome_names() -> None:
     assert sorted(regions) == sorted(REGIONS)
     anatomy = {t.name for t in TARGETS if t.kind == "anatomy"}
     assert len(anatomy) == sum(t.kind == "anatomy" for t in TARGETS)
-    phantom_names = set(ANATOMY_LABELS) - {"spinal canal", "left breast", "right breast"}
+    phantom_names = set(ANATOMY_LABELS) - {"spinal canal"}
     assert phantom_names <= anatomy  # spelled as the phantom generator and RadGenome spell them
     assert {
         "lung_upper_lobe_left",
@@ -173,6 +173,7 @@ def test_folder_of_total_task(tmp_path: Path) -> None:
     )
     # covered by no file: listed, never written; the airway tree needs task lung_vessels
     assert "bronchie" in result.missing_anatomy and "mediastinal tissue" in result.missing_anatomy
+    assert "breasts" in result.missing_anatomy["left breast"]
     np.testing.assert_array_equal(
         stored(result.regions["trachea and bronchie"]), classes["trachea"]
     )
@@ -209,6 +210,11 @@ def test_extra_tasks_effusion_out_of_lobes(tmp_path: Path) -> None:
     heart = stored(result.regions["heart"])
     assert heart[extra["pericardial_effusion"]].all() and heart[total["heart"]].all()
     np.testing.assert_array_equal(stored(result.regions["breast"]), extra["breast"])
+    # AFFINE stores x towards the patient's left; the midline structures sit at x 7-8
+    left, right = stored(result.anatomy["left breast"]), stored(result.anatomy["right breast"])
+    x = np.arange(SHAPE[0])[:, None, None]
+    np.testing.assert_array_equal(left, extra["breast"] & (x >= 8))
+    np.testing.assert_array_equal(right, extra["breast"] & (x <= 7))
 
 
 def test_pleura_is_effusion_plus_shell_around_lobes(tmp_path: Path) -> None:
@@ -229,6 +235,16 @@ def test_pleura_is_effusion_plus_shell_around_lobes(tmp_path: Path) -> None:
     for axis in range(3):
         grown |= np.roll(lung, 1, axis) | np.roll(lung, -1, axis)
     np.testing.assert_array_equal(shell, grown & ~lung & ~effusion)
+
+
+def test_breast_sides_need_a_midline(tmp_path: Path) -> None:
+    breast = extra_task_classes()["breast"]
+    result = masks_from_totalsegmentator(
+        write_folder(tmp_path / "b", {"breast": breast, "liver": total_classes()["liver"]}),
+        tmp_path / "out",
+    )
+    assert "breast" in result.regions
+    assert "midline" in result.missing_anatomy["left breast"]
 
 
 def test_multilabel_with_header_and_class_maps(tmp_path: Path) -> None:
