@@ -417,3 +417,39 @@ def test_run_totalsegmentator_missing_and_present(tmp_path: Path, monkeypatch) -
     assert "mediastinum" in result.regions and "pleura" in result.regions
     with pytest.raises(FileNotFoundError, match="no such volume"):
         run_totalsegmentator(tmp_path / "nope.nii.gz", tmp_path / "ts")
+
+
+def test_phantom_anatomy_round_trip_through_rgct_readers(tmp_path: Path) -> None:
+    """TotalSegmentator-named files cut from a phantom give back the phantom's own masks."""
+    from rgct.data.io import load_mask, load_volume
+    from rgct.data.phantom import build_phantom
+
+    ph = build_phantom((24, 48, 48), np.random.default_rng(5))
+    ct = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ph.volume.transpose(2, 1, 0), ph.affine), ct)
+    as_ts = {
+        "lung_upper_lobe_right": "right lung upper lobe",
+        "lung_middle_lobe_right": "right lung middle lobe",
+        "lung_lower_lobe_right": "right lung lower lobe",
+        "lung_upper_lobe_left": "left lung upper lobe",
+        "lung_lower_lobe_left": "left lung lower lobe",
+        "trachea": "trachea",
+        "thyroid_gland": "thyroid gland",
+        "heart": "heart tissue",
+        "sternum": "sternum",
+        "liver": "liver",
+    }
+    folder = tmp_path / "ts"
+    folder.mkdir()
+    for cls, anatomy in as_ts.items():
+        mask = ph.anatomy_masks[anatomy].transpose(2, 1, 0)  # (D, H, W) -> stored (X, Y, Z)
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), ph.affine), folder / f"{cls}.nii.gz")
+    result = masks_from_totalsegmentator(folder, tmp_path / "out", ct, volume_name=NAME)
+    volume = load_volume(ct)
+    np.testing.assert_array_equal(
+        load_mask(result.regions["lung"], volume), ph.region_masks["lung"].astype(bool)
+    )
+    for name in ("left lung", "right lung", "right lung middle lobe", "thyroid gland"):
+        np.testing.assert_array_equal(
+            load_mask(result.anatomy[name], volume), ph.anatomy_masks[name].astype(bool), name
+        )
