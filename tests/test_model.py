@@ -236,8 +236,17 @@ def test_batched_generation_equals_one_by_one(seed, tmp_path):
     assert batched == single
 
 
+# Full-size pretrained encoders (rgct.model.pretrained): minutes and GBs on a CPU, so slow;
+# tests/model/test_pretrained.py loads their weight layouts into the same encoders fast.
+HEAVY_PRESETS = {"smollm2_swin_ssl.yaml", "smollm2_m3d_vit.yaml"}
+
+
 @pytest.mark.parametrize(
-    "preset", sorted(p.name for p in (REPO / "configs" / "model").glob("*.yaml"))
+    "preset",
+    [
+        pytest.param(p.name, marks=pytest.mark.slow) if p.name in HEAVY_PRESETS else p.name
+        for p in sorted((REPO / "configs" / "model").glob("*.yaml"))
+    ],
 )
 def test_every_model_preset_builds(preset, rgct_cache):
     cfg = load_config([REPO / "configs" / "model" / preset])

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from rgct.config import RGCTConfig, load_config, save_config
 from rgct.model.encoder import inflate_input_channels
 from rgct.model.llm import build_llm
+from rgct.model.pretrained import load_pretrained_encoder
 from rgct.model.rgct_model import RGCTModel, attach_lora
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ def build_model(cfg: RGCTConfig) -> RGCTModel:
         in_channels=cfg.data.in_channels,
         hu_window=cfg.data.hu_window,
     )
+    if cfg.model.encoder_weights:  # a published pretrained encoder (rgct.model.pretrained)
+        load_pretrained_encoder(
+            model.encoder, cfg.model.encoder_weights, cfg.model.encoder_weights_format
+        )
     if cfg.model.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}

@@ -108,7 +108,17 @@ class CNNEncoder(nn.Module):
 
 
 class ViTEncoder(nn.Module):
-    """MONAI ``ViT`` returning its patch tokens as a 3D grid."""
+    """MONAI ``ViT`` returning its patch tokens as a 3D grid.
+
+    Args:
+        proj_type: patch embedding, 'conv' or 'perceptron' (M3D-CLIP's vision tower).
+        cls_token: prepend a learned class token (M3D-CLIP); it is dropped from the grid.
+
+    Examples::
+
+        enc = ViTEncoder((32, 64, 64), 96, (4, 16, 16), 2, 12, proj_type="perceptron", cls_token=True)
+        enc(torch.zeros(1, 1, 32, 64, 64)).shape  # torch.Size([1, 96, 8, 4, 4])
+    """
 
     def __init__(
         self,
@@ -118,6 +128,8 @@ class ViTEncoder(nn.Module):
         depth: int = 4,
         num_heads: int = 4,
         in_channels: int = 1,
+        proj_type: str = "conv",
+        cls_token: bool = False,
     ) -> None:
         super().__init__()
         from monai.networks.nets import ViT
@@ -127,6 +139,8 @@ class ViTEncoder(nn.Module):
             raise ValueError(
                 f"vit: feature_size {feature_size} not divisible by num_heads {num_heads}"
             )
+        if proj_type not in ("conv", "perceptron"):
+            raise ValueError(f"vit: proj_type must be 'conv' or 'perceptron', got {proj_type!r}")
         self.grid = tuple(s // p for s, p in zip(input_shape, patch_size))
         self.out_channels = feature_size
         self.patch_size = tuple(patch_size)
@@ -138,11 +152,17 @@ class ViTEncoder(nn.Module):
             mlp_dim=feature_size * 4,
             num_layers=depth,
             num_heads=num_heads,
+            proj_type=proj_type,
             classification=False,
         )
+        self.has_cls_token = bool(cls_token)
+        if cls_token:  # MONAI's ViT prepends it when present; no classification head
+            self.vit.cls_token = nn.Parameter(torch.zeros(1, 1, feature_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens, _ = self.vit(x)  # (B, N, C)
+        tokens, _ = self.vit(x)  # (B, N, C), N = 1 + patches with a class token
+        if self.has_cls_token:
+            tokens = tokens[:, 1:]
         b, _, c = tokens.shape
         return tokens.transpose(1, 2).reshape(b, c, *self.grid)
 
@@ -184,7 +204,7 @@ ENCODERS: dict[str, Callable[[EncoderConfig, tuple[int, int, int], int], nn.Modu
         or CNNEncoder(c.feature_size, c.patch_size, c.depth, ch)
     ),
     "vit": lambda c, shape, ch: ViTEncoder(
-        shape, c.feature_size, c.patch_size, c.depth, c.num_heads, ch
+        shape, c.feature_size, c.patch_size, c.depth, c.num_heads, ch, c.proj_type, c.cls_token
     ),
     "swin": lambda c, shape, ch: SwinEncoder(
         shape, c.feature_size, max(1, c.depth // 2), c.num_heads, ch
