@@ -361,7 +361,11 @@ class DemoApp:
         message = f"Loaded **{scan.name}**, shape {scan.volume.array.shape}."
         if segment and hasattr(self.predictor, "segment"):
             found = self.predict_masks(session)
-            message += f" Predicted {found} region masks; pick one, upload masks, or draw a box."
+            message += (
+                f" Predicted {found} region masks; pick one, upload masks, or draw a box."
+                if found
+                else " No region was predicted (see the warnings): upload masks or draw a box."
+            )
         else:
             message += " Now give a region (upload masks or draw a box)."
         return session, message

@@ -237,7 +237,7 @@ def build_layout(app: DemoApp) -> UI:
                 with gr.Row():
                     ask_btn = gr.Button("Ask", variant="primary", elem_id="rgct-ask")
                     clear_chat = gr.Button("New conversation", elem_id="rgct-clear-chat")
-            with gr.Accordion("Generation settings", open=False):
+            with gr.Accordion("Generation settings", open=False, elem_id="rgct-settings"):
                 max_new = gr.Slider(
                     *MAX_NEW_TOKENS_RANGE,
                     value=64,

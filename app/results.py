@@ -209,7 +209,7 @@ def _sentence_div(i: int, s: dict, active: bool = False) -> str:
     colour = viewer.colour_hex(region)
     finding = s.get("finding")
     badge = (
-        f'<span class="rgct-badge" title="located finding">📍 {html.escape(finding_words(finding))}'
+        f'<span class="rgct-badge" title="located finding">▸ {html.escape(finding_words(finding))}'
         "</span>"
         if finding
         else ""

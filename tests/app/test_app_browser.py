@@ -1,7 +1,14 @@
-"""Drive the demo in headless Chromium: load an example, move the slider, get a region report.
+"""Drive the demo in headless Chromium, the way a reader uses it, with the fake predictor.
+
+One walk through the whole flow: load a chest phantom, write the full report, click the nodule
+sentence (all three planes land on the nodule), click the lung in the viewer (its sentences are
+listed), scroll slices with the mouse wheel, talk with the scan for three turns, see the
+warnings (disagreement, token limit, not a chest CT), switch scans (nothing stale stays), and
+close the tab (the server frees the scan).
 
 Skipped when ``/usr/bin/chromium`` or the ``playwright`` package is missing (this test never
-downloads a browser). Set ``RGCT_SCREENSHOT_DIR`` to keep the screenshot.
+downloads a browser; ``make chromium`` installs Debian's). Set ``RGCT_SCREENSHOT_DIR`` to keep
+the screenshots.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +29,13 @@ if not CHROMIUM.exists():
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="the playwright package is not installed"
 )
+expect = playwright_api.expect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from app_data import save_nifti  # noqa: E402
+from app_data import CHEST_SHAPE, NODULE_CENTRE, save_nifti, write_chest_examples  # noqa: E402
 from fake_predictor import FakePredictor  # noqa: E402
 
-from app.demo import EXAMPLES_DIR, build_demo, launch  # noqa: E402
-from app.inputs import list_examples  # noqa: E402
+from app.demo import build_demo, launch  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -39,37 +47,12 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def _phantom_examples(root: Path) -> Path:
-    """A chest-like phantom (body, two lungs, heart) used when app/examples is empty."""
-    d, h, w = 32, 96, 96
-    zz, yy, xx = np.mgrid[:d, :h, :w]
-    body = ((yy - 48) / 40) ** 2 + ((xx - 48) / 44) ** 2 < 1
-    left = ((yy - 46) / 24) ** 2 + ((xx - 28) / 13) ** 2 < 1
-    right = ((yy - 46) / 24) ** 2 + ((xx - 68) / 13) ** 2 < 1
-    heart = ((yy - 56) / 12) ** 2 + ((xx - 50) / 12) ** 2 + ((zz - 12) / 10) ** 2 < 1
-    vol = np.where(body, 40, -1000) + np.where(left | right, -860, 0) + np.where(heart, 0, 0)
-    folder = root / "phantom_chest"
-    (folder / "seg_valid_1_a_1").mkdir(parents=True)
-    save_nifti(folder / "valid_1_a_1.nii.gz", vol.astype(np.int16), spacing=(2.0, 1.0, 1.0))
-    masks = {"lung": (left | right) & ~heart, "heart": heart}
-    for name, m in masks.items():
-        save_nifti(
-            folder / "seg_valid_1_a_1" / f"{name}.nii.gz",
-            m.astype(np.uint8),
-            spacing=(2.0, 1.0, 1.0),
-        )
-    return root
+TIMEOUT = 20_000
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    examples = (
-        EXAMPLES_DIR
-        if list_examples(EXAMPLES_DIR)
-        else _phantom_examples(tmp_path_factory.mktemp("ex"))
-    )
+def served(tmp_path_factory):
+    examples = write_chest_examples(tmp_path_factory.mktemp("examples"))
     demo = build_demo(
         FakePredictor(), examples_dir=examples, tmp_root=tmp_path_factory.mktemp("sessions")
     )
@@ -78,71 +61,153 @@ def url(tmp_path_factory):
         port = s.getsockname()[1]
     launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True)
     try:
-        yield demo.local_url
+        yield demo
     finally:
         demo.close()
 
 
-def test_example_slider_region_report(url, tmp_path):
+def _slice(page) -> int:
+    return int(float(page.locator("#rgct-slice input[type=number]").input_value()))
+
+
+def _wait_slice(page, near: int, tolerance: int = 2) -> int:
+    deadline = time.monotonic() + TIMEOUT / 1000
+    while time.monotonic() < deadline:
+        value = _slice(page)
+        if abs(value - near) <= tolerance:
+            return value
+        page.wait_for_timeout(200)
+    raise AssertionError(f"slice {_slice(page)} is not within {tolerance} of {near}")
+
+
+def _click_voxel_pixel(page, row: float, col: float) -> None:
+    """Click the viewer image at pixel (row, col) of the image it shows (object-fit aware)."""
+    box = page.evaluate(
+        """() => { const i = document.querySelector('#rgct-viewer img');
+        const r = i.getBoundingClientRect();
+        return [r.x, r.y, r.width, r.height, i.naturalWidth, i.naturalHeight]; }"""
+    )
+    x, y, w, h, nw, nh = box
+    scale = min(w / nw, h / nh)
+    ox, oy = x + (w - nw * scale) / 2, y + (h - nh * scale) / 2
+    page.mouse.click(ox + (col + 0.5) * scale, oy + (row + 0.5) * scale)
+
+
+def _select_radio(page, elem_id: str, label: str) -> None:
+    page.locator(f"#{elem_id} label", has_text=label).first.click()
+
+
+def _ask(page, question: str) -> None:
+    box = page.locator("#rgct-question textarea")
+    box.fill(question)
+    page.locator("#rgct-ask").click()
+
+
+def test_the_whole_flow_in_a_browser(served, tmp_path):
+    app = served.rgct_app
+    bad = tmp_path / "head.nii.gz"  # 6 slices of water: not a chest CT
+    save_nifti(bad, np.zeros((6, 32, 32), np.int16), spacing=(5.0, 1.0, 1.0))
     with playwright_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
         )
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
-            page.locator("#rgct-load-example").click()
+            page = browser.new_page(viewport={"width": 1600, "height": 1100})
+            page.goto(served.local_url, wait_until="domcontentloaded")
             status = page.locator("#rgct-status")
-            playwright_api.expect(status).to_contain_text("Loaded example", timeout=20_000)
-            viewer_img = page.locator("#rgct-viewer img")
-            playwright_api.expect(viewer_img).to_be_visible(timeout=10_000)
-            before = viewer_img.get_attribute("src")
+            warnings = page.locator("#rgct-warnings")
+            page.locator("#rgct-load-example").click()
+            expect(status).to_contain_text("Loaded example chest_a", timeout=TIMEOUT)
+            expect(page.locator("#rgct-viewer img")).to_be_visible(timeout=TIMEOUT)
 
-            number = page.locator("#rgct-slice input[type=number]")
-            start = int(number.input_value())
-            number.fill(str(max(start - 6, 0)))
-            number.press("Enter")
-            playwright_api.expect(number).to_have_value(str(max(start - 6, 0)))
-            page.wait_for_function(
-                "before => document.querySelector('#rgct-viewer img')?.src !== before",
-                arg=before,
-                timeout=10_000,
-            )
-
-            page.locator("#rgct-rr-btn").click()
-            out = page.locator("#rgct-rr-out textarea")
-            playwright_api.expect(out).to_have_value(
-                __import__("re").compile(r"voxels"), timeout=20_000
-            )
-            assert "voxels in" in out.input_value()
-
-            _screenshot(page, tmp_path / "demo_region_report.png")
-
-            # full report; picking a sentence shows its region in the viewer
+            # full report; the nodule sentence centres all three planes on the nodule
             page.get_by_role("tab", name="Full report").click()
             page.locator("#rgct-fr-btn").click()
             report = page.locator("#rgct-report")
-            playwright_api.expect(report).to_contain_text("The lung has", timeout=20_000)
-            before = viewer_img.get_attribute("src")
-            page.locator("#rgct-sentences label", has_text="lung: The lung has").click()
-            playwright_api.expect(status).to_contain_text("Showing lung", timeout=10_000)
-            _wait_new_frame(page, before)
-            playwright_api.expect(page.locator("#rgct-viewer")).to_contain_text("overlay: lung")
-            playwright_api.expect(page.locator("#rgct-json-dl")).to_be_visible()
-            _screenshot(page, tmp_path / "demo_full_report.png")
+            expect(report).to_contain_text("nodule is seen in the right", timeout=TIMEOUT)
+            report.locator("[data-sentence]", has_text="nodule").click()
+            expect(status).to_contain_text("Finding", timeout=TIMEOUT)
+            _wait_slice(page, NODULE_CENTRE[0])
+            _screenshot(page, tmp_path / "app_finding_axial.png")
+            for view, axis in (("coronal", 1), ("sagittal", 2)):
+                _select_radio(page, "rgct-plane", view)
+                _wait_slice(page, NODULE_CENTRE[axis])
+            _screenshot(page, tmp_path / "app_finding_sagittal.png")
+            _select_radio(page, "rgct-plane", "axial")
+            _wait_slice(page, NODULE_CENTRE[0])
+
+            # a click on the lung in the viewer lists the lung's sentences
+            page.wait_for_timeout(500)
+            f = 512 // CHEST_SHAPE[1]
+            _click_voxel_pixel(
+                page,
+                (CHEST_SHAPE[1] - 1 - NODULE_CENTRE[1] + 10) * f,
+                (CHEST_SHAPE[2] - 1 - NODULE_CENTRE[2]) * f,
+            )
+            listed = page.locator("#rgct-region-sentences")
+            expect(listed).to_contain_text("nodule is seen", timeout=TIMEOUT)
+            expect(listed).not_to_contain_text("The heart has")
+            expect(status).to_contain_text("inside: lung")
+
+            # the mouse wheel over the image moves one slice per notch
+            before = _slice(page)
+            page.locator("#rgct-viewer img").hover()
+            page.mouse.wheel(0, -120)
+            _wait_slice(page, before + 1, tolerance=0)
+
+            # a three-turn conversation, each answer tagged with its region
+            page.get_by_role("tab", name="Chat").click()
+            for k, question in enumerate(
+                ("What is in the lung?", "Is it large?", "Anything else?")
+            ):
+                _ask(page, question)
+                expect(page.locator("#rgct-chat")).to_contain_text(
+                    f"turn={k + 1}" if k else "Q=What is in the lung?", timeout=TIMEOUT
+                )
+            expect(page.locator("#rgct-chat")).to_contain_text("[lung, dataset mask]")
+            # the report and an answer disagree about the nodule: said on screen
+            _ask(page, "Where is the nodule located in the image?")
+            expect(warnings).to_contain_text("left lung lower lobe", timeout=TIMEOUT)
+            expect(warnings).to_contain_text("right lung upper lobe")
+            _screenshot(page, tmp_path / "app_chat_warning.png")
+
+            # text cut at the token limit is flagged
+            page.locator("#rgct-settings").get_by_text("Generation settings").click()
+            page.locator("#rgct-max-new input[type=number]").fill("3")
+            page.locator("#rgct-max-new input[type=number]").press("Enter")
+            page.get_by_role("tab", name="Full report").click()
+            page.locator("#rgct-fr-btn").click()
+            expect(warnings).to_contain_text("token limit", timeout=TIMEOUT)
+
+            # another scan: nothing of the first one stays on screen
+            page.locator("#rgct-example input").click()
+            page.get_by_role("option", name="chest_b").click()
+            page.locator("#rgct-load-example").click()
+            expect(status).to_contain_text("Loaded example chest_b", timeout=TIMEOUT)
+            expect(report).to_contain_text("Write the full report")
+            expect(report).not_to_contain_text("nodule")
+            expect(warnings).not_to_contain_text("token limit")
+            expect(listed).not_to_contain_text("nodule")
+            expect(page.locator("#rgct-chat")).not_to_contain_text("Q=")
+            expect(page.locator("#rgct-viewer")).to_contain_text("chest_b")
+
+            # a scan that is not a chest CT is called out
+            page.get_by_role("tab", name="Upload").click()
+            page.locator("#rgct-volume-file input[type=file]").set_input_files(str(bad))
+            expect(status).to_contain_text("Loaded head", timeout=TIMEOUT)
+            expect(warnings).to_contain_text("Only 6 slices")
+            expect(warnings).to_contain_text("No lungs found")
+            _screenshot(page, tmp_path / "app_not_chest.png")
+            assert app.live_scans() == 1
+
+            # closing the tab frees the session's scan on the server
+            page.close()
+            deadline = time.monotonic() + 40
+            while app.live_scans() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert app.live_scans() == 0
         finally:
             browser.close()
-
-
-def _wait_new_frame(page, before: str | None) -> None:
-    """Wait until the viewer shows a frame other than ``before`` and it has loaded."""
-    page.wait_for_function(
-        "before => { const i = document.querySelector('#rgct-viewer img');"
-        " return i && i.src !== before && i.complete && i.naturalWidth > 0; }",
-        arg=before,
-        timeout=10_000,
-    )
-    page.wait_for_timeout(500)
 
 
 def _screenshot(page, path: Path) -> None:
