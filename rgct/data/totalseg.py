@@ -758,18 +758,16 @@ def masks_from_totalsegmentator(
     if "pleural_effusion" in masks.packed and "pleural_effusion" not in masks.empty:
         logger.info("pleural effusion removed from the lung lobes")
 
-    built: list[tuple[Target, np.ndarray]] = []
-    for target in TARGETS:
+    for target in TARGETS:  # every input is read by now: build and write one mask at a time
         mask, why = _build_target(target, masks)
-        missing = result.missing_regions if target.kind == "region" else result.missing_anatomy
+        is_region = target.kind == "region"
         if mask is None:
-            missing[target.name] = why
-        else:
-            built.append((target, mask))
-    for target, mask in built:
-        folder = region_dir if target.kind == "region" else anatomy_dir
-        path = _save_mask(folder / f"{target.name}.nii.gz", mask, grid.affine)
-        (result.regions if target.kind == "region" else result.anatomy)[target.name] = path
+            (result.missing_regions if is_region else result.missing_anatomy)[target.name] = why
+            continue
+        path = (region_dir if is_region else anatomy_dir) / f"{target.name}.nii.gz"
+        (result.regions if is_region else result.anatomy)[target.name] = _save_mask(
+            path, mask, grid.affine
+        )
     for region, why in result.missing_regions.items():
         logger.warning("%s: region %r not written: %s", name, region, why)
     summary = result.to_dict()
