@@ -7,8 +7,10 @@ file belongs to, for its shape/affine check), a :class:`~rgct.data.io.Volume`, o
 (1, D, H, W) with D, H, W = ``cfg.input_shape`` (images: one channel per HU window).
 
 The cache boundary is explicit: :class:`TransformCache` stores the deterministic output
-once per volume file and once per mask file as ``.npy`` (never pickle), keyed by a hash of
-the path, its mtime and size, and the deterministic settings. The random part runs after it.
+once per volume file and once per mask file (``.npy`` / ``.npz``, never pickle), keyed by a hash
+of the path, its mtime and size, and the deterministic settings. Images are stored as uint16
+(2 bytes per voxel: ``round(x * 65535)``, read back within :data:`IMAGE_CACHE_TOLERANCE` of the
+float32 pipeline output), masks as packed bits (1 bit per voxel). The random part runs after it.
 
 Example::
 
@@ -50,8 +52,14 @@ logger = logging.getLogger(__name__)
 KEYS = ("image", "mask")
 RANDOM_KEYS = (*KEYS, "findings")
 """Keys the random transforms move together: the image, its mask and the dense finding map."""
-PIPELINE_VERSION = "1"
-"""Bump when the deterministic transforms change, so old cache files are not reused."""
+PIPELINE_VERSION = "2"
+"""Bump when the deterministic transforms or the cache encoding change, so old cache files are
+not reused (version 1: float32 images, uint8 masks; version 2: uint16 images, packed-bit masks)."""
+IMAGE_CACHE_SCALE = 65535
+"""Cached images hold ``round(x * 65535)`` as uint16 for x in [0, 1]."""
+IMAGE_CACHE_TOLERANCE = 0.5 / IMAGE_CACHE_SCALE + 1e-7
+"""Largest difference between a cached image value and the float32 pipeline output (7.7e-6 of
+the [0, 1] range: 0.009 HU in the default 1200-HU window), float32 rounding included."""
 
 
 class LoadVolumed(MapTransform):
@@ -268,12 +276,42 @@ def _file_key(path: str | Path) -> list:
     return [str(p), st.st_mtime_ns, st.st_size]
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
+def encode_image(image: np.ndarray) -> np.ndarray:
+    """(C, D, H, W) float in [0, 1] -> uint16 ``round(x * 65535)`` (values outside are clipped)."""
+    scaled = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * IMAGE_CACHE_SCALE
+    return np.rint(scaled).astype(np.uint16)
+
+
+def decode_image(stored: np.ndarray) -> torch.Tensor:
+    """uint16 from :func:`encode_image` -> float32 tensor in [0, 1]."""
+    out = stored.astype(np.float32)
+    out /= IMAGE_CACHE_SCALE
+    return torch.from_numpy(out)
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, np.ndarray]:
+    """A {0, 1} mask of any shape -> its bits packed 8 per byte, and its shape."""
+    bits = np.packbits(np.asarray(mask).reshape(-1) > 0.5)
+    return {"bits": bits, "shape": np.asarray(np.shape(mask), dtype=np.int64)}
+
+
+def decode_mask(stored: dict[str, np.ndarray]) -> torch.Tensor:
+    """:func:`encode_mask` output -> float32 {0, 1} tensor of the original shape."""
+    shape = tuple(int(s) for s in stored["shape"])
+    flat = np.unpackbits(stored["bits"], count=int(np.prod(shape)))
+    return torch.from_numpy(flat.reshape(shape).astype(np.float32))
+
+
+def _atomic_save(path: Path, array: np.ndarray | dict[str, np.ndarray]) -> None:
+    """Write one ``.npy`` array, or a ``.npz`` of named arrays (uncompressed), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npy")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp" + path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
+            if isinstance(array, dict):
+                np.savez(f, **array)
+            else:
+                np.save(f, array, allow_pickle=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -283,9 +321,12 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 class TransformCache:
     """Disk cache of :func:`build_deterministic_transforms` outputs, one file per input file.
 
-    Images are stored as float32 ``.npy`` (C, D, H, W), masks as uint8. Keys hash the
-    file's resolved path, mtime and size plus the deterministic settings, so editing a
-    file or changing ``input_shape`` / ``hu_window`` misses the cache.
+    Images are stored as uint16 ``.npy`` (C, D, H, W) (2 bytes per voxel, within
+    :data:`IMAGE_CACHE_TOLERANCE` of float32), masks as packed bits in ``.npz`` (1 bit per
+    voxel). A miss returns the same decoded values a later hit reads, so a run reads identical
+    tensors whether the cache was warm or cold. Keys hash the file's resolved path, mtime and
+    size plus the deterministic settings and :data:`PIPELINE_VERSION`, so editing a file,
+    changing ``input_shape`` / ``hu_window`` or a new cache encoding misses the cache.
 
     Attributes:
         hits, misses: counters (per process).
@@ -299,41 +340,64 @@ class TransformCache:
         self.hits = 0
         self.misses = 0
 
-    def _path(self, kind: str, parts: list) -> Path:
+    def _path(self, kind: str, parts: list, suffix: str) -> Path:
         blob = json.dumps([kind, self._settings, parts], sort_keys=True).encode()
         digest = hashlib.sha256(blob).hexdigest()
-        return self.dir / kind / digest[:2] / f"{digest}.npy"
+        return self.dir / kind / digest[:2] / f"{digest}{suffix}"
 
-    def _get(self, path: Path) -> torch.Tensor | None:
+    def _read(self, path: Path, decode, check) -> torch.Tensor | None:
         if not path.is_file():
             return None
         try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
+            with open(path, "rb") as f:
+                stored = np.load(f, allow_pickle=False)
+                if isinstance(stored, np.lib.npyio.NpzFile):
+                    stored = {k: stored[k] for k in stored.files}
+            problem = check(stored)
+            if problem:
+                raise ValueError(problem)
+            out = decode(stored)
+        except (OSError, ValueError, EOFError, KeyError) as e:
             logger.warning("%s: unreadable cache file, recomputing (%s)", path, e)
             return None
         self.hits += 1
-        return torch.from_numpy(np.asarray(arr, dtype=np.float32))
+        return out
 
     def image(self, image_path: str | Path) -> torch.Tensor:
         """Deterministic image tensor (C, D, H, W) float32 of a volume file."""
-        key = self._path("image", _file_key(image_path))
-        cached = self._get(key)
+        key = self._path("image", _file_key(image_path), ".npy")
+        cached = self._read(key, decode_image, _check_image)
         if cached is not None:
             return cached
         self.misses += 1
         out = run_transforms(self.transforms, {"image": str(image_path)})["image"]
-        _atomic_save(key, out.numpy().astype(np.float32))
-        return out
+        stored = encode_image(out.numpy())
+        _atomic_save(key, stored)
+        return decode_image(stored)
 
     def mask(self, mask_path: str | Path, image_path: str | Path) -> torch.Tensor:
         """Deterministic mask tensor (1, D, H, W) float32 {0, 1} of a mask file of a volume."""
-        key = self._path("mask", _file_key(mask_path) + _file_key(image_path))
-        cached = self._get(key)
+        key = self._path("mask", _file_key(mask_path) + _file_key(image_path), ".npz")
+        cached = self._read(key, decode_mask, _check_mask)
         if cached is not None:
             return cached
         self.misses += 1
         data = {"mask": str(mask_path), "ref": str(image_path)}
         out = run_transforms(self.transforms, data)["mask"]
-        _atomic_save(key, out.numpy().astype(np.uint8))
-        return out
+        stored = encode_mask(out.numpy())
+        _atomic_save(key, stored)
+        return decode_mask(stored)
+
+
+def _check_image(stored) -> str | None:
+    if not isinstance(stored, np.ndarray) or stored.dtype != np.uint16 or stored.ndim != 4:
+        return "expected a uint16 (C, D, H, W) array"
+    return None
+
+
+def _check_mask(stored) -> str | None:
+    if not isinstance(stored, dict) or set(stored) != {"bits", "shape"}:
+        return "expected packed mask bits and their shape"
+    if stored["bits"].dtype != np.uint8 or stored["bits"].size * 8 < int(np.prod(stored["shape"])):
+        return "packed mask bits too short for their shape"
+    return None
