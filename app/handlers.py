@@ -312,16 +312,27 @@ class DemoApp:
     def release(self, key: str | None) -> bool:
         """Free everything a browser session holds (its tab closed). Returns whether it had one."""
         with self._lock:
-            session = self._by_key.pop(key, None) if key else None
-            if session is not None:
-                self._live.pop(id(session), None)
+            session = self._by_key.get(key) if key else None
         self.limiter.forget(key)
         if session is None:
             return False
-        session.clear_outputs()
-        delete_session(session)
+        self.discard(session)
         session.released = "This session was closed. Reload the page."
         return True
+
+    def discard(self, session: Session | None) -> None:
+        """Forget a session: its scan, its outputs, its scratch folder and its registry entries.
+
+        Also the ``gr.State`` delete callback (gradio drops a closed session's state later).
+        """
+        if not isinstance(session, Session):
+            return
+        with self._lock:
+            self._live.pop(id(session), None)
+            if session.key is not None and self._by_key.get(session.key) is session:
+                del self._by_key[session.key]
+        session.clear_outputs()
+        delete_session(session)
 
     def live_scans(self) -> int:
         """Scans held in memory now, over all sessions."""
@@ -727,7 +738,7 @@ class DemoApp:
         try:
             self.load_volume(session, volume_file, segment=False)
         except InputError:
-            delete_session(session)
+            self.discard(session)
             raise
         return session
 
@@ -768,7 +779,7 @@ class DemoApp:
             result, _ = self.region_report(session, **gen)
             return results.public_report(result, warnings=session.warnings())
         finally:
-            delete_session(session)
+            self.discard(session)
 
     def api_report(
         self, volume_file: str | None, masks_file: str | None, key: str | None = None, **gen: int
@@ -780,7 +791,7 @@ class DemoApp:
             report = self.full_report(session, **gen)[1]
             return results.public_report(report, warnings=session.warnings())
         finally:
-            delete_session(session)
+            self.discard(session)
 
     def api_answer(
         self,
@@ -820,4 +831,4 @@ class DemoApp:
                 "history": [[t["question"], t["answer"]] for t in session.chat],
             }
         finally:
-            delete_session(session)
+            self.discard(session)

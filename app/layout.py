@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app import viewer
-from app.handlers import MAX_NEW_TOKENS_RANGE, NUM_BEAMS_RANGE, DemoApp, delete_session
+from app.handlers import MAX_NEW_TOKENS_RANGE, NUM_BEAMS_RANGE, DemoApp
 from app.inputs import MASK_SUFFIXES, VOLUME_SUFFIXES
 from app.results import SENTENCE_JS
 from rgct.constants import QUESTION_TEMPLATES
@@ -106,7 +106,7 @@ def _sentence_html(elem_id: str, value: str = "") -> gr.HTML:
 
 def build_layout(app: DemoApp) -> UI:
     """Place every component of the page; call inside ``gr.Blocks``."""
-    state = gr.State(None, delete_callback=delete_session)
+    state = gr.State(None, delete_callback=app.discard)
     gr.Markdown(INSTRUCTIONS)
     lung_level, lung_width = viewer.level_from_window(viewer.WINDOW_PRESETS["lung"])
     with gr.Row(equal_height=False):

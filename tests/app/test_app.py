@@ -425,6 +425,8 @@ def test_scan_cap_and_tab_close_release_memory(predictor, examples_dir, tmp_path
     assert app.release("tab2") and sessions[2].scan is None
     assert not sessions[2].workdir.exists() and app.live_scans() == 1
     assert not app.release("tab2") and not app.release(None)
+    app.discard(sessions[1])  # gradio's state delete callback
+    assert app.live_scans() == 0 and not app.release("tab1")
 
 
 def test_rate_limit_per_session(predictor, examples_dir, tmp_path):
@@ -559,6 +561,7 @@ def test_api_helpers(app, files, tmp_path):
     with pytest.raises(InputError, match="pairs"):
         app.api_answer(files["nii.gz"], None, "Q?", history=["bad"], **GEN)
     assert list((tmp_path / "sessions").iterdir()) == []
+    assert app.live_scans() == 0, "one-shot API sessions must not hold scans"
 
 
 def test_parse_auth():
