@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rgct.data.masks_cli",
         "region masks from other tools ('rgct masks from-totalsegmentator SRC --out DIR')",
     ),
+    "segment": (
+        "rgct.generate.segment_cli",
+        "region, lobe and finding masks of a volume ('rgct segment CT --checkpoint DIR --out DIR')",
+    ),
     "train": ("rgct.train.cli", "fine-tune a model (same as scripts/train.py)"),
     "generate": ("rgct.generate.cli", "batch-generate reports and answers for a split to JSONL"),
     "evaluate": (
@@ -35,6 +39,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "label": ("rgct.eval.label_cli", "add one 0/1 column per CT-RATE label to a CSV of reports"),
     "plot": ("rgct.train.plot", "draw a run's loss curves to a PNG"),
+    "classifier": (
+        "rgct.train.classifier_cli",
+        "fit a checkpoint's region classifier or its thresholds (writes a new folder)",
+    ),
+    "heldout": (
+        "rgct.generate.heldout_cli",
+        "score a checkpoint and its blind baseline on phantoms",
+    ),
+    "recipe": ("rgct.recipe", "run a recipe: every stage of how a model is made, resumable"),
     "demo": ("app.main", "launch the Gradio app (shipped demo model by default)"),
 }
 

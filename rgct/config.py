@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from rgct.constants import CT_RATE_LABELS, HU_WINDOW, MODEL_PARTS, TASKS
+from rgct.files import write_text
 
 OBJECTIVES = ("lm", "aux", "dense")
 
@@ -260,6 +261,41 @@ class GenerationConfig:
 
 
 @dataclass
+class InitSource:
+    """One ``train.init`` entry: load ``parts`` of the checkpoint folder ``from``."""
+
+    from_: str
+    """Checkpoint folder (YAML key ``from``)."""
+    parts: list[str] = field(
+        default_factory=lambda: ["encoder", "pooler", "projector", "evidence", "lora"]
+    )
+    """Which parts to load: encoder, pooler, projector, evidence, dense, lora."""
+
+    def __post_init__(self) -> None:
+        if not self.from_:
+            raise ConfigError("train.init: each entry needs 'from: CHECKPOINT_DIR'")
+        bad = sorted(set(self.parts) - {*MODEL_PARTS, "lora"})
+        if bad or not self.parts:
+            raise ConfigError(
+                f"train.init: unknown or no part(s) {bad or self.parts} for {self.from_}; "
+                f"known: {[*MODEL_PARTS, 'lora']}"
+            )
+
+
+KEY_ALIASES = {"from": "from_"}
+"""YAML keys that are Python keywords -> dataclass field names."""
+
+MOVED_KEYS = {
+    "train.init_from": "train.init: [{from: DIR, parts: [...]}]",
+    "train.init_from_parts": "the 'parts' list of a train.init entry",
+    "train.init_vision_from": "a second train.init entry {from: DIR, parts: [encoder, pooler]}",
+    "model.encoder.weights": "train.init: [{from: CHECKPOINT, parts: [encoder]}] (or "
+    "model.encoder_weights for a published pretrained encoder)",
+}
+"""Keys that earlier versions read, and what replaced them (named in the error)."""
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "runs/rgct"
     """Run folder: checkpoints, logs, TensorBoard events."""
@@ -293,15 +329,10 @@ class TrainConfig:
     log_every: int = 10
     resume: str | None = None
     """'auto' (latest checkpoint in output_dir), a checkpoint folder, or None."""
-    init_from: str | None = None
-    """Start from this checkpoint's weights (not its optimizer): stage 2 after stage 1."""
-    init_from_parts: list[str] = field(
-        default_factory=lambda: ["encoder", "pooler", "projector", "evidence", "lora"]
-    )
-    """Which parts init_from loads (stage 0 -> 2 loads only encoder and pooler)."""
-    init_vision_from: str | None = None
-    """After init_from, load the encoder and region pooler from this checkpoint instead: a
-    newer stage-0 encoder under an already instruction-tuned projector and adapter."""
+    init: list[InitSource] = field(default_factory=list)
+    """Where the starting weights come from: ``[{from: DIR, parts: [encoder, pooler, ...]}]``,
+    loaded in order (a later entry overrides the parts it names). Parts: encoder, pooler,
+    projector, evidence, dense, lora. Weights only: ``resume`` continues a run instead."""
     objective: str = "lm"
     """'lm': language loss (+ auxiliary loss); 'aux': encoder pre-training on the auxiliary
     per-region abnormality loss alone (no LLM forward: several times cheaper per sample; with
@@ -321,17 +352,14 @@ class TrainConfig:
             raise ConfigError("train.batch_size and train.grad_accum must be >= 1, max_steps >= 0")
         if self.keep_last < 1:
             raise ConfigError("train.keep_last must be >= 1")
-        bad = set(self.init_from_parts) - {*MODEL_PARTS, "lora"}
-        if bad:
-            raise ConfigError(f"train.init_from_parts: unknown part(s) {sorted(bad)}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(
                 f"train.objective must be one of {OBJECTIVES}, got {self.objective!r}"
             )
-        if self.resume is not None and (self.init_from or self.init_vision_from):
+        if self.resume is not None and self.init:
             raise ConfigError(
-                "train.resume and train.init_from/init_vision_from exclude each other: resume continues "
-                "a run, init_from starts a new one from a checkpoint's weights"
+                "train.resume and train.init exclude each other: resume continues a run, init "
+                "starts a new one from checkpoints' weights"
             )
 
 
@@ -456,6 +484,11 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for k, v in data.items():
+        k = KEY_ALIASES.get(k, k)
+        if prefix + k in MOVED_KEYS:
+            raise ConfigError(
+                f"config key '{prefix}{k}' was replaced: use {MOVED_KEYS[prefix + k]}"
+            )
         if k not in names:
             close = difflib.get_close_matches(k, names, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known: {names}"
@@ -474,7 +507,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
     def conv(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            back = {field_name: key for key, field_name in KEY_ALIASES.items()}
+            return {
+                back.get(f.name, f.name): conv(getattr(v, f.name)) for f in dataclasses.fields(v)
+            }
         if isinstance(v, (list, tuple)):
             return [conv(x) for x in v]
         if isinstance(v, dict):
@@ -551,7 +587,18 @@ def load_config(
 
 def save_config(cfg: RGCTConfig, path: str | Path) -> None:
     """Write the fully resolved config as YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_saved_config(path: str | Path, overrides: list[str] | None = None) -> RGCTConfig:
+    """A checkpoint's saved config. Keys that only said how an older checkpoint was started
+    (:data:`MOVED_KEYS`) are dropped: they do not change what the checkpoint computes."""
+    data = _read_yaml_layers(Path(path))
+    for dotted in MOVED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return load_config(overrides=overrides, base=data)

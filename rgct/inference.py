@@ -16,7 +16,6 @@ None for the whole scan. Preprocessing is the training pipeline's deterministic 
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,12 @@ from rgct.config import GenerationConfig, RGCTConfig
 from rgct.constants import CT_RATE_LABELS, REGIONS, REPORT_PROMPTS, WHOLE_SCAN
 from rgct.data.io import Volume, load_mask, load_volume
 from rgct.data.transforms import preprocess
-from rgct.model.builder import load_checkpoint
+from rgct.model.checkpoint import load_checkpoint
+from rgct.model.region_classifier import region_probabilities
 from rgct.model.rgct_model import RGCTModel
+from rgct.text import split_sentences
 
 DEMO_MODEL_DIR = Path(__file__).parent / "assets" / "demo_model"
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
 def default_checkpoint() -> Path:
@@ -55,11 +55,6 @@ def autocast_for(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split generated prose into sentences (on . ! ? followed by a capital letter)."""
-    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
 
 
 class Predictor:
@@ -136,9 +131,8 @@ class Predictor:
         ``model.evidence_thresholds`` are what the language model is told it sees."""
         image, masks = self.prepare(volume, {"region": mask})
         with autocast_for(self.device):
-            grid = self.model.encode_image(image)
-            _, _, logits = self.model.pooler(grid, masks["region"], image)
-        return dict(zip(CT_RATE_LABELS, torch.sigmoid(logits.float())[0].tolist()))
+            probs = region_probabilities(self.model, image, masks["region"])
+        return dict(zip(CT_RATE_LABELS, probs[0].tolist()))
 
     def region_report(
         self,

@@ -30,7 +30,7 @@ from bench_common import (
 
 from rgct.config import GenerationConfig, load_config
 from rgct.model.builder import build_model
-from rgct.model.region_stats import RegionIntensityStats
+from rgct.model.region_classifier import RegionIntensityStats
 from rgct.model.rgct_model import RGCTModel
 from rgct.train.optim import build_optimizer
 

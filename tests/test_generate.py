@@ -11,7 +11,7 @@ import pytest
 
 from rgct.config import load_config
 from rgct.generate.runner import expand_tasks, merge_parts, run_generation
-from rgct.model.builder import load_checkpoint
+from rgct.model.checkpoint import load_checkpoint
 from rgct.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +15,14 @@ from rgct.constants import CT_RATE_LABELS, EVIDENCE_PREFIX
 from rgct.data.dataset import RGCTDataset
 from rgct.data.finding_maps import finding_targets, paint_finding_map
 from rgct.data.io import DataError
-from rgct.eval.calibrate import collect_region_probabilities, detection_scores, fit_thresholds
-from rgct.model.builder import build_model, load_checkpoint, save_checkpoint
+from rgct.model import region_classifier as rc
+from rgct.model.builder import build_model
+from rgct.model.checkpoint import load_checkpoint, save_checkpoint
+from rgct.model.region_classifier import (
+    collect_region_probabilities,
+    detection_scores,
+    fit_thresholds,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NODULE = CT_RATE_LABELS.index("Lung nodule")
@@ -121,24 +125,26 @@ def test_dense_part_round_trips_and_loads_into_a_model_without_it(seed, tmp_path
     ckpt = save_checkpoint(model, cfg, tmp_path / "ckpt")
     loaded, _ = load_checkpoint(ckpt)
     assert torch.equal(loaded.dense.weight, model.dense.weight)
-    from rgct.train.checkpoint import load_model_weights
+    from rgct.model.checkpoint import load_parts
 
     plain = build_model(load_config([TINY_MODEL]))
     assert plain.dense is None
-    load_model_weights(plain, ckpt, ["encoder", "pooler"])  # stage 0 -> later stages
+    load_parts(plain, ckpt, ["encoder", "pooler"])  # stage 0 -> later stages
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(plain.encoder.state_dict()[k], v)
     with pytest.raises(ValueError, match="no dense part"):
-        load_model_weights(plain, ckpt, ["dense"])
+        load_parts(plain, ckpt, ["dense"])
 
 
 # -- detect, then describe ----------------------------------------------------------------------
-def test_evidence_line_from_labels_in_training_and_from_the_classifier_in_generation(seed):
+def test_evidence_line_from_labels_in_training_and_from_the_classifier_in_generation(
+    seed, monkeypatch
+):
     cfg = load_config([TINY_MODEL], ["model.evidence_prompt=true"])
     model = build_model(cfg)
     present = torch.zeros(2, len(CT_RATE_LABELS), dtype=torch.bool)
     present[0, NODULE] = present[0, EFFUSION] = True
-    lines = model.with_evidence(["Describe the findings in the lung."] * 2, present)
+    lines = rc.evidence_prompts(["Describe the findings in the lung."] * 2, present)
     assert lines[0] == (
         f"{EVIDENCE_PREFIX}lung nodule, pleural effusion.\nDescribe the findings in the lung."
     )
@@ -154,13 +160,13 @@ def test_evidence_line_from_labels_in_training_and_from_the_classifier_in_genera
 
     # generation: the detections come from the classifier at the configured thresholds
     seen = []
-    original = model.with_evidence
+    original = rc.evidence_prompts
 
     def spy(prompts, det):
         seen.append(det.clone())
         return original(prompts, det)
 
-    model.with_evidence = spy
+    monkeypatch.setattr(rc, "evidence_prompts", spy)
     d, h, w = model.input_shape
     image, mask = torch.rand(2, 1, d, h, w), torch.ones(2, 1, d, h, w)
     model.cfg.evidence_thresholds = [0.02] * len(CT_RATE_LABELS)  # everything counts
@@ -194,42 +200,39 @@ def test_fit_thresholds_finds_the_separating_cut():
         fit_thresholds(probs[:, :3], labels[:, :3])
 
 
-def test_calibrate_script_writes_thresholds(tiny_checkpoint, phantom_root, tmp_path):
-    import shutil
+def test_calibrate_writes_a_new_checkpoint_with_thresholds(tiny_checkpoint, phantom_root, tmp_path):
+    from rgct.cli import main
 
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(tiny_checkpoint, ckpt)
+    ckpt = tiny_checkpoint
+    before = (ckpt / "rgct_config.yaml").read_text()
     model, cfg = load_checkpoint(ckpt)
     probs, labels, keys = collect_region_probabilities(model, cfg, phantom_root, "train", 1)
     assert probs.shape == labels.shape and len(keys) == len(probs)
     everything, _, all_keys = collect_region_probabilities(model, cfg, phantom_root, "train", 0)
     first = sorted({v for v, _ in all_keys})[0]
     assert first not in {v for v, _ in keys} and len(everything) > len(probs)
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts/calibrate_evidence.py"),
-            "--checkpoint",
-            str(ckpt),
-            "--data",
-            str(phantom_root),
-            "--split",
-            "train",
-            "--skip-volumes",
-            "1",
-            "--report-volumes",
-            "1",
-            "--write",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "micro F1" in out.stdout
-    report = json.loads((ckpt / "calibration.json").read_text())
-    loaded, cfg2 = load_checkpoint(ckpt)
+    out = tmp_path / "calibrated"
+    argv = ["classifier", "calibrate", "--checkpoint", str(ckpt), "--data", str(phantom_root)]
+    argv += ["--out", str(out), "--split", "train", "--skip-volumes", "1", "--report-volumes", "1"]
+    assert main(argv) == 0
+    report = json.loads((out / "calibration.json").read_text())
+    loaded, cfg2 = load_checkpoint(out)
     assert cfg2.model.evidence_thresholds == report["thresholds"]
     assert len(report["thresholds"]) == len(CT_RATE_LABELS)
+    assert (ckpt / "rgct_config.yaml").read_text() == before  # the source is never edited
+    with pytest.raises(ValueError, match="must differ"):
+        main(
+            [
+                "classifier",
+                "calibrate",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(phantom_root),
+                "--out",
+                str(ckpt),
+            ]
+        )
 
 
 def test_tiny_run_with_dense_loss_and_evidence_prompt(phantom_root, tmp_path):
@@ -343,7 +346,7 @@ def test_tiny_dense_crop_run_then_pooler_on_the_frozen_encoder(phantom_root, tmp
             phantom_root,
             tmp_path / "pool",
             "train.max_steps=2",
-            f"train.init_from={crops}",
+            f"train.init=[{{from: {crops}, parts: [encoder, pooler]}}]",
             "train.batch_size=4",
             "train.eval_every=0",
         ),
@@ -358,11 +361,15 @@ def test_tiny_dense_crop_run_then_pooler_on_the_frozen_encoder(phantom_root, tmp
     )
 
 
-def test_generation_takes_given_evidence_instead_of_the_classifier(seed):
+def test_generation_takes_given_evidence_instead_of_the_classifier(seed, monkeypatch):
     model = build_model(load_config([TINY_MODEL], ["model.evidence_prompt=true"]))
     seen = []
-    original = model.with_evidence
-    model.with_evidence = lambda prompts, det: seen.append(det.clone()) or original(prompts, det)
+    original = rc.evidence_prompts
+    monkeypatch.setattr(
+        rc,
+        "evidence_prompts",
+        lambda prompts, det: seen.append(det.clone()) or original(prompts, det),
+    )
     d, h, w = model.input_shape
     image, mask = torch.rand(2, 1, d, h, w), torch.ones(2, 1, d, h, w)
     truth = torch.zeros(2, len(CT_RATE_LABELS), dtype=torch.bool)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rgct.config import ConfigError, EncoderConfig, load_config
-from rgct.model.builder import REQUIRED_FILES, build_model, load_checkpoint, save_checkpoint
+from rgct.model.builder import build_model
+from rgct.model.checkpoint import REQUIRED_FILES, load_checkpoint, save_checkpoint
 from rgct.model.encoder import build_encoder
 from rgct.model.fusion import fuse_embeddings
 from rgct.model.pooling import RegionPooler

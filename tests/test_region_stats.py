@@ -1,10 +1,9 @@
-"""Region intensity statistics (``model.region_stats``) and fitting the classifier heads."""
+"""The region classifier (:mod:`rgct.model.region_classifier`): intensity statistics
+(``model.region_stats``), cached features, fitting its heads, ``rgct classifier fit``."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,22 +13,21 @@ from conftest import TINY_MODEL, TINY_TRAIN, tiny_overrides
 
 from rgct.config import load_config
 from rgct.constants import CT_RATE_LABELS
-from rgct.eval.calibrate import (
-    RegionFeatures,
-    collect_region_features,
-    collect_region_probabilities,
-    region_probabilities,
-)
-from rgct.model.builder import build_model, load_checkpoint, save_checkpoint
+from rgct.model.builder import build_model
+from rgct.model.checkpoint import load_checkpoint, load_parts, save_checkpoint
 from rgct.model.pooling import RegionPooler
-from rgct.model.region_stats import (
+from rgct.model.region_classifier import (
     FILTERS,
     VALUE_EDGES_HU,
+    RegionFeatures,
     RegionIntensityStats,
+    add_region_stats,
+    collect_region_features,
+    collect_region_probabilities,
+    feature_probabilities,
+    fit_region_classifier,
     unique_images,
 )
-from rgct.train.checkpoint import load_model_weights
-from rgct.train.region_head import fit_region_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW = (-1000.0, 200.0)
@@ -118,7 +116,7 @@ def stats_model(phantom_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("stats") / "run"
     cfg = load_config([TINY_MODEL, TINY_TRAIN], tiny_overrides(phantom_root, out))
     model = build_model(cfg).eval()
-    model.add_region_stats()
+    add_region_stats(model)
     return model, cfg
 
 
@@ -145,7 +143,7 @@ def test_region_stats_model_trains_generates_and_round_trips(stats_model, tmp_pa
     # a model built without the head is told which switch loads these weights
     plain_cfg = load_config([TINY_MODEL, TINY_TRAIN], tiny_overrides(cfg.data.root, tmp_path / "p"))
     with pytest.raises(ValueError, match="set model.region_stats=true"):
-        load_model_weights(build_model(plain_cfg), tmp_path / "ckpt", ["pooler"])
+        load_parts(build_model(plain_cfg), tmp_path / "ckpt", ["pooler"])
 
 
 def test_fit_region_classifier_learns_the_heads_and_nothing_else(stats_model):
@@ -160,7 +158,7 @@ def test_fit_region_classifier_learns_the_heads_and_nothing_else(stats_model):
     model.pooler.requires_grad_(False)
     history = fit_region_classifier(model, feats, epochs=150, lr=3e-3)
     assert history[-1] < 0.5 * history[0]
-    probs = region_probabilities(model, feats)
+    probs = feature_probabilities(model, feats)
     assert ((probs[:, 7] > 0.5) == labels[:, 7]).mean() > 0.95
     assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in encoder_before.items())
     assert not any(p.requires_grad for p in model.pooler.parameters())  # flags restored
@@ -181,7 +179,7 @@ def test_collected_features_give_the_model_probabilities(stats_model, phantom_ro
     volume, region = keys[0]
     item_probs = probs[0]
     assert keys == feats.keys and labels.shape == probs.shape
-    assert np.allclose(region_probabilities(model, feats), probs, atol=1e-6)
+    assert np.allclose(feature_probabilities(model, feats), probs, atol=1e-6)
     assert item_probs.shape == (len(CT_RATE_LABELS),) and volume.startswith("train")
     assert region
     # with the VQA tasks: every mask any prompt uses (whole scan, lobes...), each once
@@ -198,30 +196,25 @@ def test_collected_features_give_the_model_probabilities(stats_model, phantom_ro
         assert (every.labels[i] == np.any(in_regions, axis=0)).all()
 
 
-def _fit_script(checkpoint: Path, data: Path, out: Path, *extra: str):
-    return subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "fit_region_classifier.py"),
-            *("--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out)),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
+def _fit(checkpoint: Path, data: Path, out: Path, *extra: str) -> int:
+    from rgct.cli import main
+
+    return main(
+        ["classifier", "fit", "--checkpoint", str(checkpoint), "--data", str(data)]
+        + ["--out", str(out), *extra]
     )
 
 
-def test_fit_region_classifier_script(tiny_checkpoint, phantom_root, tmp_path):
+def test_classifier_fit_command_writes_a_new_checkpoint(tiny_checkpoint, phantom_root, tmp_path):
     out = tmp_path / "fitted"
-    run = _fit_script(tiny_checkpoint, phantom_root, out, "--epochs", "3")
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert _fit(tiny_checkpoint, phantom_root, out, "--epochs", "3") == 0
     model, cfg = load_checkpoint(out)
     assert cfg.model.region_stats and model.pooler.stats_head is not None
     record = json.loads((out / "region_head.json").read_text())
     assert record["epochs"] == 3 and len(record["loss"]) == 3 and record["regions"] > 0
     assert "disorders" in record["tasks"]  # every mask a prompt uses
-    same = _fit_script(out, phantom_root, out)
-    assert same.returncode != 0 and "must differ" in same.stderr
+    with pytest.raises(ValueError, match="must differ"):
+        _fit(out, phantom_root, out)
 
 
 def test_training_with_region_stats_keeps_a_frozen_head_and_warns_about_jitter(

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from rgct.config import ConfigError, load_config
-from rgct.model.builder import REQUIRED_FILES
-from rgct.train.checkpoint import STATE_DIR, list_checkpoints
+from rgct.model.checkpoint import REQUIRED_FILES
 from rgct.train.loop import train
+from rgct.train.state import STATE_DIR, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "tests" / "fixtures" / "mini_radgenome"
@@ -77,7 +77,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert order_a == order_b
 
 
-def test_init_from_loads_weights(tmp_path):
+def test_train_init_loads_the_named_parts(tmp_path):
     first = train(
         cfg_for(
             tmp_path / "s0",
@@ -90,8 +90,7 @@ def test_init_from_loads_weights(tmp_path):
         tmp_path / "s1",
         "train.eval_every=0",
         "train.max_steps=1",
-        f"train.init_from={first}",
-        "train.init_from_parts=[encoder,pooler]",
+        f"train.init=[{{from: {first}, parts: [encoder, pooler]}}]",
         "model.encoder.freeze=true",
     )
     second = train(cfg)
@@ -163,7 +162,11 @@ def test_every_train_config_loads(name):
             "objective=aux",
         ),
         (["train.objective=dense"], "dense_loss_weight > 0"),
-        (["train.resume=auto", "train.init_from=somewhere"], "exclude each other"),
+        (["train.resume=auto", "train.init=[{from: somewhere}]"], "exclude each other"),
+        (["train.init_from=somewhere"], "replaced: use train.init"),
+        (["train.init_vision_from=somewhere"], "replaced: use a second train.init entry"),
+        (["model.encoder.weights=enc.safetensors"], "replaced: use train.init"),
+        (["train.init=[{from: x, parts: [wings]}]"], "unknown or no part"),
         (["data.tasks={captioning: 1.0}"], "unknown task"),
         (["model.num_global_tokens=10"], "cube"),
     ],

@@ -64,7 +64,7 @@ def test_cache_keys_include_the_windows(phantom_root: Path, tmp_path: Path) -> N
 
 def test_tiny_run_with_windows_trains_saves_and_predicts(phantom_root: Path, tmp_path: Path):
     from rgct.inference import Predictor
-    from rgct.model.builder import load_checkpoint
+    from rgct.model.checkpoint import load_checkpoint
     from rgct.train.loop import train
 
     cfg = load_config(
@@ -125,10 +125,10 @@ def test_abnormal_fraction_applies_to_the_training_mix_only(phantom_root: Path, 
 
 
 def test_a_one_window_encoder_widens_to_more_windows_unchanged(phantom_root, tmp_path, seed):
-    """init_from a 1-channel checkpoint: the new window channels start at zero, so the widened
+    """train.init from a 1-channel checkpoint: the new window channels start at zero, so the widened
     encoder gives the same grid on an image whose extra channels hold anything."""
-    from rgct.model.builder import build_model, load_checkpoint
-    from rgct.train.checkpoint import load_model_weights
+    from rgct.model.builder import build_model
+    from rgct.model.checkpoint import load_checkpoint, load_parts
     from rgct.train.loop import train
 
     one = train(
@@ -141,11 +141,11 @@ def test_a_one_window_encoder_widens_to_more_windows_unchanged(phantom_root, tmp
     )
     old, _ = load_checkpoint(one)
     wide = build_model(load_config([TINY_MODEL, TINY_TRAIN], [WINDOWS]))
-    load_model_weights(wide, one, ["encoder", "pooler"])
+    load_parts(wide, one, ["encoder", "pooler"])
     image = torch.rand(1, 3, *wide.input_shape)
     with torch.no_grad():
         assert torch.allclose(wide.encode_image(image), old.encode_image(image[:, :1]), atol=1e-5)
     # a real shape mismatch still fails with the checkpoint named
     other = build_model(load_config([TINY_MODEL, TINY_TRAIN], ["model.encoder.feature_size=16"]))
     with pytest.raises(ValueError, match="encoder weights do not fit"):
-        load_model_weights(other, one, ["encoder"])
+        load_parts(other, one, ["encoder"])

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rgct.generate.runner import expand_tasks, merge_parts, run_generation
     from rgct.inference import default_checkpoint
-    from rgct.model.builder import load_checkpoint
+    from rgct.model.checkpoint import load_checkpoint
 
     tasks = expand_tasks(args.tasks)
     accelerator = Accelerator(cpu=args.device == "cpu")

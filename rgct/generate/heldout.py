@@ -7,13 +7,14 @@ ground truth, and writes ``heldout.json`` plus a section of the model card.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from rgct.config import RGCTConfig
-from rgct.eval.predictions import load_ground_truth, load_predictions
+from rgct.data.truth import load_ground_truth
+from rgct.eval.predictions import load_predictions
 from rgct.eval.report import evaluate_predictions
+from rgct.files import write_json
 from rgct.generate.runner import merge_parts, run_generation
 from rgct.model.rgct_model import RGCTModel
 
@@ -92,7 +93,7 @@ def heldout_eval(
         logger.info("%s: %s", name, result[name])
     m, b = result["model"]["finding_f1"], result["blind_baseline"]["finding_f1"]
     result["finding_f1_gain_over_blind"] = None if m is None or b is None else m - b
-    (out_dir / "heldout.json").write_text(json.dumps(result, indent=2))
+    write_json(out_dir / "heldout.json", result)
     return result
 
 

@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 from rgct.config import GenerationConfig, RGCTConfig
 from rgct.constants import REGIONS, REPORT_PROMPTS, WHOLE_SCAN
 from rgct.data.dataset import RGCTDataset, collate
-from rgct.inference import autocast_for, split_sentences
+from rgct.inference import autocast_for
 from rgct.model.rgct_model import RGCTModel
+from rgct.text import split_sentences
 
 logger = logging.getLogger(__name__)
 

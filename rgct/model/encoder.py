@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from monai.networks.blocks import Convolution, ResidualUnit
@@ -247,8 +246,8 @@ def inflate_input_channels(
 def build_encoder(
     cfg: EncoderConfig, input_shape: tuple[int, int, int], in_channels: int = 1
 ) -> nn.Module:
-    """Build the encoder named by ``cfg.name`` for ``in_channels`` input channels; load
-    ``cfg.weights`` (safetensors) if given."""
+    """Build the encoder named by ``cfg.name`` for ``in_channels`` input channels (random
+    weights: ``train.init`` and ``model.encoder_weights`` load trained ones)."""
     if cfg.name not in ENCODERS:
         raise ValueError(
             f"model.encoder.name={cfg.name!r} is unknown; choose from {sorted(ENCODERS)}"
@@ -256,15 +255,4 @@ def build_encoder(
     if in_channels < 1:
         raise ValueError(f"encoder: in_channels must be >= 1, got {in_channels}")
     encoder = ENCODERS[cfg.name](cfg, tuple(int(s) for s in input_shape), int(in_channels))
-    if cfg.weights:
-        from safetensors.torch import load_file
-
-        path = Path(cfg.weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"model.encoder.weights: {path} does not exist")
-        missing, unexpected = encoder.load_state_dict(load_file(str(path)), strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path}: encoder weights do not match (missing {missing[:5]}, unexpected {unexpected[:5]})"
-            )
     return encoder

@@ -8,10 +8,9 @@ Region tokens, for one binary mask per sample, pooled under the mask downsampled
      (one per CT-RATE label), fed back as a token, so what the classifier learned from direct
      supervision reaches the language model in a form it can read.
 
-With ``region_stats`` (``model.region_stats``) the classifier also reads the region's
-intensity histograms at full resolution (:mod:`rgct.model.region_stats`): its logits are
-``classifier([mean, max]) + stats_head(histograms)``, the second head starting at zero so a
-pooler trained without it computes the same until the head is fitted.
+The classifier's heads are built, fitted, thresholded and read through
+:mod:`rgct.model.region_classifier` (its one home); the pooler only holds them, so a checkpoint's
+``pooler.*`` weights keep their names.
 """
 
 from __future__ import annotations
@@ -20,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgct.model.region_stats import RegionIntensityStats
+from rgct.model.region_classifier import (
+    RegionIntensityStats,
+    build_classifier_head,
+    build_stats_head,
+)
 
 
 def downsample_mask(mask: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -60,9 +63,7 @@ class RegionPooler(nn.Module):
             raise ValueError(f"channels and num_labels must be >= 1, got {channels}, {num_labels}")
         self.global_grid = (g, g, g)
         self.norm = nn.LayerNorm(channels)
-        self.classifier = nn.Sequential(
-            nn.Linear(2 * channels, channels), nn.GELU(), nn.Linear(channels, num_labels)
-        )
+        self.classifier = build_classifier_head(channels, num_labels)
         self.stats: RegionIntensityStats | None = None
         self.stats_head: nn.Module | None = None
         if region_stats is not None:
@@ -71,17 +72,7 @@ class RegionPooler(nn.Module):
     def add_region_stats(self, hu_window: tuple[float, float], num_labels: int = 18) -> None:
         """Add the intensity-histogram head (output layer at zero: logits unchanged)."""
         self.stats = RegionIntensityStats(hu_window)
-        hidden = 256
-        self.stats_head = nn.Sequential(
-            nn.Linear(self.stats.num_features, hidden),
-            nn.GELU(),
-            nn.Dropout(0.1),
-            nn.Linear(hidden, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, num_labels),
-        )
-        nn.init.zeros_(self.stats_head[-1].weight)
-        nn.init.zeros_(self.stats_head[-1].bias)
+        self.stats_head = build_stats_head(self.stats.num_features, num_labels)
         self.stats_head.train(self.training)
 
     def classify(self, region: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:

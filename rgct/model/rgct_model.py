@@ -25,19 +25,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rgct.config import GenerationConfig, ModelConfig
 from rgct.constants import (
     CT_RATE_LABELS,
-    EVIDENCE_PREFIX,
     HU_WINDOW,
     IGNORE_INDEX,
     MODEL_PARTS,
     SPECIAL_TOKENS,
 )
 from rgct.data.finding_maps import finding_targets
+from rgct.model import region_classifier as rc
 from rgct.model.encoder import build_encoder
 from rgct.model.fusion import fuse_embeddings
 from rgct.model.pooling import RegionPooler
 from rgct.model.projector import build_projector
 from rgct.model.prompt import encode_for_generation, encode_for_training
-from rgct.model.region_stats import unique_images
 
 VISION_PARTS = MODEL_PARTS[:4]
 """Sub-modules saved in a checkpoint's vision.safetensors (plus ``dense`` when the model has it)."""
@@ -180,22 +179,13 @@ class RGCTModel(nn.Module):
             )
         return self.encoder(image)
 
-    def add_region_stats(self) -> None:
-        """Give the region classifier its intensity-histogram head (``model.region_stats``);
-        logits are unchanged until the head is trained."""
-        if self.pooler.stats is None:
-            self.pooler.add_region_stats(self.hu_window, len(CT_RATE_LABELS))
-            self.pooler.to(next(self.pooler.classifier.parameters()).device)
-            self.pooler.stats_head.requires_grad_(self.trainable_groups()["pooler"])
-        self.cfg.region_stats = True
-
     def visual_tokens(
         self, grid: torch.Tensor, mask: torch.Tensor, image: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Grid (B,C,d,h,w) + mask (B,1,D,H,W) -> visual embeddings (B,V,Hd), aux logits (B,L).
 
         ``image`` (B or 1, C_in, D, H, W): the model input, for ``model.region_stats``."""
-        glob, region, logits = self.pooler(grid, mask, image)
+        glob, region, logits = self.pooler(grid, mask, image)  # logits: the region classifier
         n_region = self.cfg.num_region_tokens
         tokens = [self.projector(glob), self.projector(region[:, : min(n_region, 2)])]
         if n_region == 3:
@@ -248,23 +238,6 @@ class RGCTModel(nn.Module):
         hard = flat.topk(k, dim=-1).values.mean(dim=(0, 2))
         return (pos + neg + hard).mean()
 
-    # -- detect, then describe (model.evidence_prompt) -------------------------------------------
-    def detect(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, L) classifier logits -> (B, L) bool detections at ``evidence_thresholds``."""
-        th = self.cfg.evidence_thresholds or [0.5] * len(CT_RATE_LABELS)
-        return torch.sigmoid(logits.float()) >= torch.tensor(th, device=logits.device)
-
-    @staticmethod
-    def with_evidence(prompts: list[str], present: torch.Tensor) -> list[str]:
-        """Prefix each prompt with its detections line ("Image findings in this region: ...")."""
-        if len(prompts) != present.shape[0]:
-            raise ValueError(f"{len(prompts)} prompts for {present.shape[0]} detection rows")
-        out = []
-        for prompt, row in zip(prompts, present.tolist()):
-            names = [lab.lower() for lab, on in zip(CT_RATE_LABELS, row) if on]
-            out.append(f"{EVIDENCE_PREFIX}{', '.join(names) or 'none'}.\n{prompt}")
-        return out
-
     # -- training --------------------------------------------------------------------------------
     def tokenize(
         self,
@@ -282,7 +255,7 @@ class RGCTModel(nn.Module):
                     "model.evidence_prompt needs per-region labels for every training sample "
                     "(ground_truth.jsonl); some samples have none"
                 )
-            prompts = self.with_evidence(prompts, labels > 0.5)
+            prompts = rc.evidence_prompts(prompts, labels > 0.5)
         g, r = self.num_visual_tokens
         return encode_for_training(
             self.tokenizer, prompts, answers, g, r, self.cfg.max_answer_tokens
@@ -395,8 +368,8 @@ class RGCTModel(nn.Module):
                 if blind:  # the blind baseline's classifier sees no image either
                     zero_image = None if image is None else torch.zeros_like(image)
                     _, logits = self.visual_tokens(torch.zeros_like(grid), mask, zero_image)
-                evidence = self.detect(logits)
-            prompts = self.with_evidence(prompts, evidence.bool())
+                evidence = rc.detections(logits, self.cfg.evidence_thresholds)
+            prompts = rc.evidence_prompts(prompts, evidence.bool())
         g, r = self.num_visual_tokens
         enc = encode_for_generation(self.tokenizer, prompts, g, r)
         device = grid.device
@@ -433,6 +406,6 @@ class RGCTModel(nn.Module):
         """Text for each (image, mask, prompt) row. image (B,C,D,H,W), mask (B,1,D,H,W).
 
         Rows that repeat a volume share one encoder pass."""
-        uniq, inverse = unique_images(image)
+        uniq, inverse = rc.unique_images(image)
         grid = self.encode_image(uniq)[inverse]
         return self.generate_from_grid(grid, mask, prompts, gen, blind, evidence, image)

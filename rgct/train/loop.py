@@ -21,16 +21,16 @@ from tqdm.auto import tqdm
 
 from rgct.config import RGCTConfig, save_config
 from rgct.constants import METRICS_FILE
-from rgct.model.builder import build_model, default_card
+from rgct.model.builder import build_model
+from rgct.model.checkpoint import apply_init, default_card, save_checkpoint
 from rgct.model.rgct_model import RGCTModel
-from rgct.train.checkpoint import (
-    load_model_weights,
+from rgct.train.optim import build_optimizer, build_scheduler
+from rgct.train.state import (
     load_training_checkpoint,
     resolve_resume,
     restore_rng,
     save_training_checkpoint,
 )
-from rgct.train.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +48,9 @@ def check_before_work(cfg: RGCTConfig) -> None:
         raise ValueError("train.device=cuda but no CUDA device is visible")
     if cfg.train.mixed_precision == "bf16" and not torch.cuda.is_available():
         raise ValueError("train.mixed_precision=bf16 needs CUDA (bf16 matmul crashes these CPUs)")
-    for key in ("init_from", "init_vision_from"):
-        path = getattr(cfg.train, key)
-        if path and not Path(path).is_dir():
-            raise FileNotFoundError(f"train.{key}={path} does not exist")
+    for src in cfg.train.init:
+        if not Path(src.from_).is_dir():
+            raise FileNotFoundError(f"train.init: checkpoint folder {src.from_} does not exist")
 
 
 def make_accelerator(cfg: RGCTConfig) -> Accelerator:
@@ -197,12 +196,7 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
             "jitter moves the histograms the fitted head reads, so the evidence token it feeds "
             "the LLM is off during training (consider data.augment=false)"
         )
-    if tc.init_from:
-        load_model_weights(model, tc.init_from, tc.init_from_parts)
-        logger.info("initialised %s from %s", ", ".join(tc.init_from_parts), tc.init_from)
-    if tc.init_vision_from:
-        load_model_weights(model, tc.init_vision_from, ["encoder", "pooler"])
-        logger.info("initialised encoder, pooler from %s", tc.init_vision_from)
+    apply_init(model, tc.init)
     world = accelerator.num_processes
     total_samples = tc.max_steps * tc.batch_size * tc.grad_accum * world
     train_ds = RGCTDataset(
@@ -349,8 +343,6 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
     if step >= tc.max_steps:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            from rgct.model.builder import save_checkpoint
-
             save_checkpoint(raw, cfg, final, card=card)
         accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -1,0 +1,460 @@
+"""Recipes: how a model is made, as data, run by one command (``rgct recipe``).
+
+A recipe YAML lists stages; each stage writes its own folder under ``--work`` and a done-marker
+(``DONE.json``), so a killed run resumes at the stage it was in (a training stage also resumes
+inside itself from its last checkpoint). ``--from ID`` re-runs from a stage, ``--until ID``
+stops after one. Every stage appends what it did (the equivalent command, its seconds and its
+result) to ``WORK/recipe_log.jsonl``; the ``export`` stage writes the model card from that log.
+
+    rgct recipe configs/recipes/quick.yaml --work runs/quick
+    rgct recipe configs/recipes/demo.yaml --work runs/demo --from stage3_stats
+
+Recipe file::
+
+    name: quick
+    description: one paragraph for the model card
+    model: ../model/tiny.yaml            # the model preset every training stage starts from
+    overrides: [data.num_workers=0]      # dotted overrides for every training stage
+    stages:
+      - {id: synth, kind: synth, num_volumes: 8, seed: 3, shape: [24, 48, 48]}
+      - {id: stage0_encoder, kind: train, overrides: [train.max_steps=4]}
+      - {id: stage2_instruct, kind: train, init: [{from: stage0_encoder, parts: [encoder, pooler]}]}
+      - {id: classifier_fit, kind: fit_classifier, from: stage2_instruct, epochs: 5}
+      - {id: calibrate, kind: calibrate, from: classifier_fit, skip_volumes: 1}
+      - {id: heldout, kind: heldout, from: calibrate, data: heldout_synth, limit: 2}
+      - {id: export, kind: export, from: calibrate, heldout: heldout}
+
+Stage kinds and their keys (paths are relative to the recipe file; ``from`` names an earlier
+stage, whose checkpoint is ``WORK/<id>/model``; ``data`` names a synth stage, default the first):
+
+- ``synth``: ``num_volumes``, ``seed``, ``shape``, ``valid_fraction`` (phantoms in ``WORK/<id>``).
+- ``train``: the training config is ``configs/train/<id>.yaml`` (stage ids equal file names;
+  ``config:`` names another file of that folder); ``init`` entries take a stage id or a
+  folder; ``overrides``.
+- ``fit_classifier`` / ``calibrate``: :mod:`rgct.train.classifier` (new checkpoint folders).
+- ``heldout``: :func:`rgct.generate.heldout.heldout_eval` (``limit``, ``oracle``).
+- ``export``: the ``from`` checkpoint plus a model card written from the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rgct.files import atomic_dir, write_json, write_text
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("synth", "train", "fit_classifier", "calibrate", "heldout", "export")
+DONE_FILE = "DONE.json"
+LOG_FILE = "recipe_log.jsonl"
+MODEL_DIR = "model"
+_KEYS = {
+    "synth": {"num_volumes", "seed", "shape", "valid_fraction", "workers"},
+    "train": {"config", "init", "overrides"},
+    "fit_classifier": {"from", "data", "split", "max_volumes", "epochs", "lr", "seed"},
+    "calibrate": {"from", "data", "split", "skip_volumes", "max_volumes", "report_volumes"},
+    "heldout": {"from", "data", "split", "limit", "oracle", "batch_size"},
+    "export": {"from", "heldout", "calibration"},
+}
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run (the message names the file and the stage)."""
+
+
+@dataclass
+class Stage:
+    id: str
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    path: Path
+    name: str
+    description: str
+    model: Path
+    overrides: list[str]
+    stages: list[Stage]
+
+    def stage(self, stage_id: str) -> Stage:
+        for s in self.stages:
+            if s.id == stage_id:
+                return s
+        raise RecipeError(f"{self.path}: no stage {stage_id!r}; stages: {self.ids}")
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.stages]
+
+    def train_config(self, stage: Stage) -> Path:
+        """``configs/train/<id>.yaml`` beside ``configs/recipes/`` (or the stage's ``config``)."""
+        name = stage.options.get("config", stage.id)
+        return (self.path.parent.parent / "train" / f"{name}.yaml").resolve()
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and check a recipe: kinds, keys, references to earlier stages, config files."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from e
+    unknown = set(raw) - {"name", "description", "model", "overrides", "stages"}
+    if unknown:
+        raise RecipeError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
+    for key in ("name", "model", "stages"):
+        if key not in raw:
+            raise RecipeError(f"{path}: missing '{key}'")
+    stages: list[Stage] = []
+    for i, entry in enumerate(raw["stages"] or []):
+        if not isinstance(entry, dict) or "id" not in entry or "kind" not in entry:
+            raise RecipeError(f"{path}: stage {i + 1} needs 'id' and 'kind', got {entry!r}")
+        sid, kind = str(entry["id"]), str(entry["kind"])
+        if kind not in KINDS:
+            raise RecipeError(f"{path}: stage {sid!r}: unknown kind {kind!r}; kinds: {KINDS}")
+        if sid in (s.id for s in stages):
+            raise RecipeError(f"{path}: stage id {sid!r} is used twice")
+        options = {k: v for k, v in entry.items() if k not in ("id", "kind")}
+        bad = set(options) - _KEYS[kind]
+        if bad:
+            raise RecipeError(
+                f"{path}: stage {sid!r} ({kind}): unknown key(s) {sorted(bad)}; "
+                f"known: {sorted(_KEYS[kind])}"
+            )
+        stages.append(Stage(sid, kind, options))
+    recipe = Recipe(
+        path=path,
+        name=str(raw["name"]),
+        description=str(raw.get("description", "")).strip(),
+        model=(path.parent / raw["model"]).resolve(),
+        overrides=[str(o) for o in raw.get("overrides") or []],
+        stages=stages,
+    )
+    if not recipe.model.is_file():
+        raise RecipeError(f"{path}: model preset {recipe.model} does not exist")
+    seen: list[Stage] = []
+    for s in stages:
+        refs = [s.options[k] for k in ("from", "heldout", "calibration") if k in s.options]
+        refs += [
+            e.get("from") for e in s.options.get("init", []) if isinstance(e, dict)
+        ]  # folders are allowed for init entries: only ids of later stages are errors
+        for ref in refs:
+            if ref in recipe.ids and ref not in (x.id for x in seen):
+                raise RecipeError(f"{path}: stage {s.id!r} uses {ref!r}, which comes after it")
+            if ref not in recipe.ids and s.kind != "train":
+                raise RecipeError(f"{path}: stage {s.id!r} names unknown stage {ref!r}")
+        if "data" in s.options and s.options["data"] not in (x.id for x in seen):
+            if not (path.parent / str(s.options["data"])).is_dir():
+                raise RecipeError(
+                    f"{path}: stage {s.id!r}: data {s.options['data']!r} is neither an earlier "
+                    "synth stage nor a folder"
+                )
+        if s.kind == "train" and not recipe.train_config(s).is_file():
+            raise RecipeError(
+                f"{path}: stage {s.id!r}: training config {recipe.train_config(s)} does not "
+                "exist (a train stage's id is its config file's name)"
+            )
+        seen.append(s)
+    if not any(s.kind == "synth" for s in stages) and any(
+        s.kind != "export" and "data" not in s.options for s in stages
+    ):
+        raise RecipeError(f"{path}: stages need data: add a synth stage or give 'data'")
+    return recipe
+
+
+class RecipeRunner:
+    """Runs a recipe's stages in a work folder, skipping those already done."""
+
+    def __init__(self, recipe: Recipe, work: str | Path, device: str = "auto") -> None:
+        self.recipe = recipe
+        self.work = Path(work)
+        self.device = device
+
+    # -- paths -------------------------------------------------------------------------------
+    def stage_dir(self, stage_id: str) -> Path:
+        return self.work / stage_id
+
+    def model_dir(self, stage_id: str) -> Path:
+        return self.stage_dir(stage_id) / MODEL_DIR
+
+    def is_done(self, stage_id: str) -> bool:
+        return (self.stage_dir(stage_id) / DONE_FILE).is_file()
+
+    def _ref(self, ref: str) -> Path:
+        """A stage id -> its checkpoint folder; anything else -> a folder beside the recipe."""
+        if ref in self.recipe.ids:
+            return self.model_dir(ref)
+        return (self.recipe.path.parent / ref).resolve()
+
+    def data_dir(self, stage: Stage) -> Path:
+        ref = stage.options.get("data")
+        if ref is None:
+            synths = [s.id for s in self.recipe.stages if s.kind == "synth"]
+            return self.stage_dir(synths[0])
+        if ref in self.recipe.ids:
+            return self.stage_dir(ref)
+        return (self.recipe.path.parent / ref).resolve()
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, start: str | None = None, until: str | None = None) -> list[str]:
+        """Run the stages (from ``start`` through ``until``); return the ids that ran."""
+        ids = self.recipe.ids
+        first = ids.index(self.recipe.stage(start).id) if start else 0
+        last = ids.index(self.recipe.stage(until).id) if until else len(ids) - 1
+        if last < first:
+            raise RecipeError(f"--until {until!r} comes before --from {start!r}")
+        self.work.mkdir(parents=True, exist_ok=True)
+        ran = []
+        for stage in self.recipe.stages[first : last + 1]:
+            if self.is_done(stage.id) and not (start and stage.id == start):
+                logger.info(
+                    "stage %s: done already (%s), skipped", stage.id, self.stage_dir(stage.id)
+                )
+                continue
+            if start and stage.id == start:
+                (self.stage_dir(stage.id) / DONE_FILE).unlink(missing_ok=True)
+            logger.info("stage %s (%s): running", stage.id, stage.kind)
+            t0 = time.time()
+            command, result = getattr(self, f"_run_{stage.kind}")(stage)
+            record = {
+                "stage": stage.id,
+                "kind": stage.kind,
+                "command": self._portable(command),
+                "seconds": round(time.time() - t0, 1),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "result": result,
+            }
+            with (self.work / LOG_FILE).open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            write_json(self.stage_dir(stage.id) / DONE_FILE, record)
+            ran.append(stage.id)
+        return ran
+
+    def _portable(self, command: str) -> str:
+        """The command with the work folder as ``$WORK`` and the recipe's repository as ``.``,
+        so the card names no machine path."""
+        repo = self.recipe.path.resolve().parent.parent.parent
+        for path, name in ((self.work.resolve(), "$WORK"), (self.work, "$WORK"), (repo, ".")):
+            command = command.replace(str(path) + "/", name + "/")
+        return command
+
+    def log(self) -> list[dict]:
+        """The latest record of every stage that finished, in recipe order."""
+        latest: dict[str, dict] = {}
+        path = self.work / LOG_FILE
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    latest[rec["stage"]] = rec
+        return [latest[i] for i in self.recipe.ids if i in latest]
+
+    def _run_synth(self, stage: Stage) -> tuple[str, dict]:
+        from rgct.data.synth import write_dataset
+
+        o = stage.options
+        out = self.stage_dir(stage.id)
+        kwargs = {
+            "num_volumes": int(o.get("num_volumes", 100)),
+            "seed": int(o.get("seed", 0)),
+            "valid_fraction": float(o.get("valid_fraction", 0.2)),
+            "workers": int(o.get("workers", 2)),
+        }
+        if "shape" in o:
+            kwargs["shape"] = tuple(int(v) for v in o["shape"])
+        write_dataset(out, overwrite=True, **kwargs)
+        shape = " --shape " + " ".join(map(str, kwargs["shape"])) if "shape" in kwargs else ""
+        command = (
+            f"rgct synth --out {out} --num-volumes {kwargs['num_volumes']} --seed {kwargs['seed']} "
+            f"--valid-fraction {kwargs['valid_fraction']}{shape}"
+        )
+        return command, {"volumes": kwargs["num_volumes"], "seed": kwargs["seed"]}
+
+    def _run_train(self, stage: Stage) -> tuple[str, dict]:
+        from rgct.config import load_config
+        from rgct.train.loop import train
+
+        init = [
+            {"from": str(self._ref(str(e["from"]))), "parts": list(e.get("parts") or [])}
+            if e.get("parts")
+            else {"from": str(self._ref(str(e["from"])))}
+            for e in stage.options.get("init", [])
+        ]
+        out = self.stage_dir(stage.id)
+        overrides = [
+            f"data.root={self.data_dir(stage)}",
+            f"train.output_dir={out}",
+            *self.recipe.overrides,
+            *[str(o) for o in stage.options.get("overrides", [])],
+        ]
+        if init:
+            overrides.append("train.init=" + json.dumps(init))
+        paths = [self.recipe.model, self.recipe.train_config(stage)]
+        cfg = load_config(paths, overrides)
+        if any(p.name.startswith("step_") for p in (out / "checkpoints").glob("step_*")):
+            cfg.train.resume, cfg.train.init = "auto", []  # continue the stage where it stopped
+        command = shlex.join(
+            ["rgct", "train", *sum((["--config", str(p)] for p in paths), []), *overrides]
+        )
+        train(cfg, command=command)
+        metrics = _last_metrics(out)
+        return command, {"steps": cfg.train.max_steps, **metrics}
+
+    def _run_fit_classifier(self, stage: Stage) -> tuple[str, dict]:
+        from rgct.train.classifier import fit_classifier_checkpoint
+
+        o = stage.options
+        src, out, data = self._ref(o["from"]), self.model_dir(stage.id), self.data_dir(stage)
+        kwargs = {k: o[k] for k in ("split", "max_volumes", "epochs", "lr", "seed") if k in o}
+        record = fit_classifier_checkpoint(src, data, out, device=self.device, **kwargs)
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
+        command = f"rgct classifier fit --checkpoint {src} --data {data} --out {out} {flags}"
+        return command.strip(), {
+            k: record[k] for k in ("regions", "volumes", "feature_seconds", "fit_seconds")
+        } | {"final_loss": record["loss"][-1]}
+
+    def _run_calibrate(self, stage: Stage) -> tuple[str, dict]:
+        from rgct.train.classifier import calibrate_checkpoint
+
+        o = stage.options
+        src, out, data = self._ref(o["from"]), self.model_dir(stage.id), self.data_dir(stage)
+        kwargs = {
+            k: o[k] for k in ("split", "skip_volumes", "max_volumes", "report_volumes") if k in o
+        }
+        report = calibrate_checkpoint(src, data, out, device=self.device, **kwargs)
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
+        command = f"rgct classifier calibrate --checkpoint {src} --data {data} --out {out} {flags}"
+        keep = ("regions", "micro_f1_at_0.5", "micro_f1", "report_fitted")
+        return command.strip(), {k: report[k] for k in keep if k in report}
+
+    def _run_heldout(self, stage: Stage) -> tuple[str, dict]:
+        from rgct.generate.heldout import heldout_eval
+        from rgct.inference import pick_device
+        from rgct.model.checkpoint import load_checkpoint
+
+        o = stage.options
+        src, data, out = self._ref(o["from"]), self.data_dir(stage), self.stage_dir(stage.id)
+        overrides = [f"generation.batch_size={o['batch_size']}"] if "batch_size" in o else None
+        model, cfg = load_checkpoint(src, device=pick_device(self.device), overrides=overrides)
+        result = heldout_eval(
+            model,
+            cfg,
+            data,
+            out,
+            split=o.get("split", "valid"),
+            limit=o.get("limit"),
+            oracle=bool(o.get("oracle", False)),
+        )
+        flags = f" --limit {o['limit']}" if "limit" in o else ""
+        flags += " --oracle" if o.get("oracle") else ""
+        return f"rgct heldout --checkpoint {src} --data {data} --out {out}{flags}", result
+
+    def _run_export(self, stage: Stage) -> tuple[str, dict]:
+        o = stage.options
+        src = self._ref(o["from"])
+        heldout = None
+        if "heldout" in o:
+            heldout = json.loads((self.stage_dir(o["heldout"]) / "heldout.json").read_text())
+        card = model_card(self.recipe, self.log(), heldout)
+        with atomic_dir(self.model_dir(stage.id)) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            write_text(tmp / "README.md", card)
+            if heldout is not None:
+                write_json(tmp / "heldout.json", heldout)
+            write_text(tmp / "recipe.yaml", self.recipe.path.read_text())
+        return f"(copy of {src} with the model card)", {"model": str(self.model_dir(stage.id))}
+
+
+def _last_metrics(run_dir: Path) -> dict:
+    """The last logged training losses of a run (for the log and the card)."""
+    path = run_dir / "metrics.jsonl"
+    out: dict = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            row = json.loads(line) if line.strip() else {}
+            for k in ("loss", "lm_loss", "aux_loss", "dense_loss"):
+                if k in row:
+                    out[f"final_{k}"] = round(float(row[k]), 5)
+    return out
+
+
+def model_card(recipe: Recipe, log: list[dict], heldout: dict | None) -> str:
+    """The model card, written from the recipe and its run log (nothing by hand)."""
+    lines = [
+        f"# rgct model: recipe `{recipe.name}`",
+        "",
+        recipe.description or "Region-grounded chest-CT report model made by an rgct recipe.",
+        "",
+        f"Made by `rgct recipe {recipe.path.name}` (the recipe is copied here as `recipe.yaml`); "
+        "every stage below is also a plain command.",
+        "",
+        "## How it was made",
+        "",
+        "| stage | kind | seconds | result |",
+        "|---|---|---|---|",
+    ]
+    for rec in log:
+        res = rec.get("result") or {}
+        short = {k: v for k, v in res.items() if isinstance(v, int | float | str)}
+        if rec["kind"] == "heldout":
+            short = {"finding_f1": (res.get("model") or {}).get("finding_f1")}
+        lines.append(
+            f"| {rec['stage']} | {rec['kind']} | {rec['seconds']} | "
+            f"{', '.join(f'{k}={_fmt(v)}' for k, v in short.items())} |"
+        )
+    lines += ["", "Commands, in order:", "", "```"]
+    lines += [rec["command"] for rec in log if rec["kind"] != "export"]
+    lines += ["```"]
+    if heldout is not None:
+        from rgct.generate.heldout import card_section
+
+        lines += ["", "## Held-out check (does it use the image?)", "", card_section(heldout)]
+    lines += ["", "Load with `rgct.inference.Predictor.from_checkpoint(path)`."]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# --- the `rgct recipe` command ---------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe YAML (configs/recipes/<name>.yaml)")
+    parser.add_argument("--work", required=True, help="work folder: one subfolder per stage")
+    parser.add_argument("--from", dest="start", default=None, help="re-run from this stage")
+    parser.add_argument("--until", default=None, help="stop after this stage")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (non-training stages)")
+    parser.add_argument(
+        "--export", default=None, help="copy the last export stage's model folder here"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe)
+    runner = RecipeRunner(recipe, args.work, device=args.device)
+    ran = runner.run(args.start, args.until)
+    print(f"recipe {recipe.name}: ran {ran or 'nothing (all stages done)'} in {runner.work}")
+    if args.export:
+        exports = [s.id for s in recipe.stages if s.kind == "export" and runner.is_done(s.id)]
+        if not exports:
+            raise RecipeError(f"--export: no finished export stage in {runner.work}")
+        with atomic_dir(args.export) as tmp:
+            shutil.copytree(runner.model_dir(exports[-1]), tmp, dirs_exist_ok=True)
+        print(f"exported {runner.model_dir(exports[-1])} to {args.export}")
+    return 0

@@ -1,0 +1,72 @@
+"""``rgct classifier fit|calibrate``: fit a checkpoint's region classifier into a new folder.
+
+    rgct classifier fit --checkpoint runs/stage0_dense/model --data DIR --out runs/head/model
+    rgct classifier calibrate --checkpoint runs/stage3/model --data DIR --out runs/cal/model \
+        --skip-volumes 50 --report-volumes 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rgct.model.region_classifier import FIT_TASKS
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    fit = sub.add_parser("fit", help="add the histogram head and fit both heads (new folder)")
+    cal = sub.add_parser("calibrate", help="fit per-label detection thresholds (new folder)")
+    for p in (fit, cal):
+        p.add_argument("--checkpoint", required=True, help="source checkpoint folder (unchanged)")
+        p.add_argument("--data", required=True, help="dataset with ground_truth.jsonl")
+        p.add_argument("--out", required=True, help="new checkpoint folder")
+        p.add_argument("--max-volumes", type=int, default=None, help="use at most N volumes")
+        p.add_argument("--device", default="auto")
+    fit.add_argument("--split", default="train")
+    fit.add_argument(
+        "--tasks", default=",".join(FIT_TASKS), help="whose masks to fit on (comma list)"
+    )
+    fit.add_argument("--epochs", type=int, default=200)
+    fit.add_argument("--lr", type=float, default=1e-3)
+    fit.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--split", default="valid")
+    cal.add_argument("--skip-volumes", type=int, default=0, help="leave these for reporting")
+    cal.add_argument("--report-volumes", type=int, default=0, help="score on the first N")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rgct.train.classifier import (
+        calibrate_checkpoint,
+        calibration_table,
+        fit_classifier_checkpoint,
+    )
+
+    if args.action == "fit":
+        record = fit_classifier_checkpoint(
+            args.checkpoint,
+            args.data,
+            args.out,
+            split=args.split,
+            max_volumes=args.max_volumes,
+            tasks=tuple(t for t in args.tasks.split(",") if t),
+            epochs=args.epochs,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+        )
+        print(json.dumps({k: v for k, v in record.items() if k != "loss"}, indent=1))
+    else:
+        report = calibrate_checkpoint(
+            args.checkpoint,
+            args.data,
+            args.out,
+            split=args.split,
+            skip_volumes=args.skip_volumes,
+            max_volumes=args.max_volumes,
+            report_volumes=args.report_volumes,
+            device=args.device,
+        )
+        print(calibration_table(report))
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,119 @@
+"""Recipes (:mod:`rgct.recipe`): every shipped recipe loads; the quick one runs end to end and
+resumes at the stage it was in; bad recipes are refused with the stage named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rgct.cli import main
+from rgct.recipe import DONE_FILE, LOG_FILE, RecipeError, RecipeRunner, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "configs" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_shipped_recipe_loads_and_its_train_stages_are_config_files(path):
+    from rgct.config import load_config
+
+    recipe = load_recipe(path)
+    assert recipe.stages
+    for stage in recipe.stages:
+        if stage.kind == "train":
+            cfg_path = recipe.train_config(stage)
+            assert cfg_path.stem == stage.options.get("config", stage.id)
+            load_config(
+                [recipe.model, cfg_path], [str(o) for o in stage.options.get("overrides", [])]
+            )
+
+
+def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
+    work = tmp_path / "work"
+    recipe = REPO / "configs/recipes/quick.yaml"
+    assert main(["recipe", str(recipe), "--work", str(work), "--until", "stage2_instruct"]) == 0
+    assert (work / "stage2_instruct" / DONE_FILE).is_file()
+    assert not (work / "classifier_fit").exists()
+    # a training stage killed mid-way: its checkpoint is there, its done-marker is not
+    from rgct.config import load_config
+    from rgct.train.loop import train
+
+    runner = RecipeRunner(load_recipe(recipe), work)
+    stage = runner.recipe.stage("stage3_stats")
+    cfg = load_config(
+        [runner.recipe.model, runner.recipe.train_config(stage)],
+        [
+            f"data.root={runner.data_dir(stage)}",
+            f"train.output_dir={work / 'stage3_stats'}",
+            *runner.recipe.overrides,
+            *stage.options["overrides"],
+            "train.init=" + json.dumps([{"from": str(work / "classifier_fit" / "model")}]),
+        ],
+    )
+    with pytest.raises(FileNotFoundError):  # classifier_fit has not run yet
+        train(cfg)
+    assert main(["recipe", str(recipe), "--work", str(work), "--until", "classifier_fit"]) == 0
+    train(cfg, stop_after=1)
+    assert not (work / "stage3_stats" / DONE_FILE).exists()
+    export = tmp_path / "exported"
+    assert main(["recipe", str(recipe), "--work", str(work), "--export", str(export)]) == 0
+    steps = [
+        json.loads(line)["step"]
+        for line in (work / "stage3_stats" / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in line
+    ]
+    assert steps == [1, 2]  # continued at step 2, not restarted
+    log = [json.loads(x) for x in (work / LOG_FILE).read_text().splitlines()]
+    assert [r["stage"] for r in log] == runner.recipe.ids  # each stage ran exactly once
+    card = (export / "README.md").read_text()
+    assert "## How it was made" in card and "rgct classifier calibrate" in card
+    assert "Held-out check" in card and str(tmp_path) not in card  # no machine paths
+    assert json.loads((export / "heldout.json").read_text())["blind_baseline"]
+    from rgct.inference import Predictor
+
+    assert Predictor.from_checkpoint(export, device="cpu").cfg.model.evidence_thresholds
+    # everything done: a rerun does nothing; --from re-runs that stage and what follows
+    assert RecipeRunner(load_recipe(recipe), work).run() == []
+    assert RecipeRunner(load_recipe(recipe), work).run("export") == ["export"]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "recipes").mkdir(exist_ok=True)
+    path = tmp_path / "recipes" / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("stages", "match"),
+    [
+        ("- {id: a, kind: bake}", "unknown kind 'bake'"),
+        ("- {id: synth, kind: synth}\n- {id: synth, kind: synth}", "used twice"),
+        ("- {id: synth, kind: synth, colour: red}", "unknown key"),
+        ("- {id: synth, kind: synth}\n- {id: h, kind: heldout, from: cal}", "unknown stage 'cal'"),
+        (
+            "- {id: synth, kind: synth}\n- {id: h, kind: heldout, from: c}\n"
+            "- {id: c, kind: calibrate, from: h}",
+            "comes after it",
+        ),
+        ("- {id: synth, kind: synth}\n- {id: no_such_stage, kind: train}", "does not exist"),
+        ("- {id: h, kind: heldout, from: x}", "unknown stage"),
+    ],
+)
+def test_bad_recipes_are_refused_naming_the_stage(tmp_path, stages, match):
+    path = _write(
+        tmp_path, f"name: r\nmodel: {REPO / 'configs/model/tiny.yaml'}\nstages:\n{stages}\n"
+    )
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(path)
+
+
+def test_recipe_file_errors(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "none.yaml")
+    with pytest.raises(RecipeError, match="missing 'stages'"):
+        load_recipe(_write(tmp_path, f"name: r\nmodel: {REPO / 'configs/model/tiny.yaml'}\n"))
+    with pytest.raises(RecipeError, match="model preset"):
+        load_recipe(_write(tmp_path, "name: r\nmodel: nowhere.yaml\nstages: []\n"))
