@@ -282,6 +282,8 @@ class _ClassFiles:
         path = self.files[cls]
         img = _open(path)
         data = _voxels(img, path)
+        if data.dtype == np.uint8 and data.max(initial=0) <= 1:
+            return data.view(bool)  # TotalSegmentator's own files: 0/1 bytes, no copy
         mask = data == 1
         if not np.all(mask | (data == 0)):
             values = np.unique(data[~mask & (data != 0)])[:6].tolist()
@@ -628,7 +630,7 @@ class _Masks:
             mask = self.where[cls].read(cls)
             for other in SUBTRACT_BEFORE_UNION.get(cls, ()):
                 if other in self.packed:
-                    mask &= ~self.unpack(self.packed[other])
+                    mask = mask & ~self.unpack(self.packed[other])  # never in place: may be a view
             if not mask.any():
                 self.empty.add(cls)
             self.packed[cls] = np.packbits(mask.ravel(order="F"))
@@ -681,7 +683,12 @@ def _build_target(target: Target, masks: _Masks) -> tuple[np.ndarray | None, str
 def _side_of(mask: np.ndarray, midline: np.ndarray, affine: np.ndarray, side: str) -> np.ndarray:
     """The voxels of ``mask`` on the patient's ``side``: RAS x below (left) or above (right)
     the world x of ``midline``'s centroid."""
-    centre_x = (affine @ np.array([*np.argwhere(midline).mean(axis=0), 1.0]))[0]
+    total = float(np.count_nonzero(midline))
+    centroid = [
+        float((np.arange(n) * midline.sum(axis=tuple(b for b in range(3) if b != a))).sum()) / total
+        for a, n in enumerate(midline.shape)
+    ]  # voxel (i, j, k) of the centroid, without listing the voxels
+    centre_x = (affine @ np.array([*centroid, 1.0]))[0]
     ijk = np.array(np.nonzero(mask))  # (3, N) voxel indices
     x = affine[0, :3] @ ijk + affine[0, 3]  # (N,) RAS x in mm
     keep = x < centre_x if side == "left" else x > centre_x
