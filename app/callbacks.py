@@ -284,7 +284,7 @@ def wire(ui: UI, app: DemoApp) -> None:
         result, seconds = app.region_report(session, **generation_kwargs(mx, dec, nb))
         evidence = app.evidence(session)
         return {
-            ui.rr_out: result["text"],
+            ui.rr_out: results.report_html(result, source="region"),
             ui.evidence: results.evidence_html(evidence, session.selected),
             ui.warnings: results.warnings_html(session.warnings()),
             ui.latency: f"Region report in {seconds:.2f} s.",
@@ -313,10 +313,20 @@ def wire(ui: UI, app: DemoApp) -> None:
         index = _event_value(evt, "sentence")
         if index is None:
             return {}
-        session, message = app.focus_sentence(session, int(index))
+        source = "region" if _event_value(evt, "source") == "region" else "report"
+        session, message = app.focus_sentence(session, int(index), source)
+        active = session.focus[1] if session.focus else None
         return {
             **show(session, view, level, width, zoom),
-            ui.fr_html: results.report_html(session.report, active=session.focus),
+            ui.fr_html: results.report_html(
+                session.report, active=active if source == "report" else None
+            )
+            or EMPTY_REPORT,
+            ui.rr_out: results.report_html(
+                session.region_result,
+                active=active if source == "region" else None,
+                source="region",
+            ),
             ui.evidence: results.evidence_html(
                 session.evidence.get(session.selected), session.selected
             ),
@@ -449,8 +459,9 @@ def wire(ui: UI, app: DemoApp) -> None:
         ],
         **private,
     )
-    sentence_outputs = [*shown, ui.fr_html, ui.evidence]
+    sentence_outputs = [*shown, ui.fr_html, ui.rr_out, ui.evidence]
     ui.fr_html.click(on_sentence, [state, *views], sentence_outputs, **private)
+    ui.rr_out.click(on_sentence, [state, *views], sentence_outputs, **private)
     ui.region_sentences.click(on_sentence, [state, *views], sentence_outputs, **private)
     ui.evidence_btn.click(on_evidence, [state], [state, ui.evidence, status], **private)
     for trigger in (ui.template.input, ui.abnormality.input, ui.region_dd.change):

@@ -67,7 +67,7 @@ class Session:
         box_slice: axial slice the box was drawn on.
         report: the last full report (normalised, see :mod:`app.results`).
         region_result: the last region report (normalised).
-        focus: index of the report sentence shown in the viewer, or None.
+        focus: the sentence shown in the viewer: ("report" or "region", its index), or None.
         chat: the conversation: ``{"question", "answer", "region", "mask_source", "warnings"}``.
         evidence: region -> label probabilities from the region classifier (cache).
         scan_warnings: warnings about the scan itself (not a chest CT, regions not found).
@@ -85,7 +85,7 @@ class Session:
     box_slice: int | None = None
     report: dict | None = None
     region_result: dict | None = None
-    focus: int | None = None
+    focus: tuple[str, int] | None = None
     chat: list[dict] = field(default_factory=list)
     evidence: dict[str, dict[str, float]] = field(default_factory=dict)
     scan_warnings: list[str] = field(default_factory=list)
@@ -105,6 +105,19 @@ class Session:
         if self.scan is None or self.selected is None:
             return None
         return self.scan.sources.get(self.selected)
+
+    def result(self, source: str) -> dict | None:
+        """The full report (``"report"``) or the region report (``"region"``)."""
+        return self.report if source == "report" else self.region_result
+
+    def focused(self) -> tuple[dict, dict] | None:
+        """(result, sentence) of the sentence shown in the viewer, or None."""
+        if self.focus is None:
+            return None
+        result = self.result(self.focus[0])
+        if result is None or not 0 <= self.focus[1] < len(result["sentences"]):
+            return None
+        return result, result["sentences"][self.focus[1]]
 
     def require_scan(self) -> Scan:
         if self.scan is None:
@@ -526,17 +539,20 @@ class DemoApp:
         hits = [n for n, m in scan.masks.items() if m[z, y, x]]
         return sorted(hits, key=lambda n: int(scan.masks[n].sum()))
 
-    def focus_sentence(self, session: Session | None, index: int) -> tuple[Session, str]:
-        """Show a report sentence: a finding centred in all three planes with its own mask, a
-        region sentence at the region's largest slices."""
+    def focus_sentence(
+        self, session: Session | None, index: int, source: str = "report"
+    ) -> tuple[Session, str]:
+        """Show a sentence of the full report (``source="report"``) or of the region report
+        (``"region"``): a finding centred in all three planes with its own mask, a region
+        sentence at the region's largest slices."""
         session = self.session(session)
         scan = session.require_scan()
-        report = session.report
+        report = session.result(source)
         if report is None or not 0 <= index < len(report["sentences"]):
-            raise InputError("Write the full report first, then click one of its sentences.")
+            raise InputError("Write the report first, then click one of its sentences.")
         sentence = report["sentences"][index]
         region = sentence["region"]
-        session.focus = index
+        session.focus = (source, index)
         if region in scan.masks:
             session.selected = region
         mask = results.finding_mask(report, sentence, scan.volume.array.shape)
@@ -578,9 +594,9 @@ class DemoApp:
         )
         layers: list[viewer.Layer] = []
         finding = None
-        if session.focus is not None and session.report is not None:
-            sentence = session.report["sentences"][session.focus]
-            finding = results.finding_mask(session.report, sentence, shape)
+        focused = session.focused()
+        if focused is not None:
+            finding = results.finding_mask(*focused, shape)
         if session.mask is not None:
             colour = viewer.region_colour(session.selected)
             # with a finding shown, its region is an outline only
@@ -624,6 +640,8 @@ class DemoApp:
         region = self._region_arg(session.selected)
         raw = self.predictor.region_report(scan.volume, session.mask, region, **gen)
         result = results.normalise_report(raw, region or session.selected, session.mask_source)
+        if session.focus and session.focus[0] == "region":
+            session.focus = None
         session.region_result, session.settings = result, dict(gen)
         return result, time.perf_counter() - t0
 
@@ -645,7 +663,9 @@ class DemoApp:
         t0 = time.perf_counter()
         raw = self.predictor.report(scan.volume, masks or None, **gen)
         report = results.normalise_report(raw, None, "+".join(sources) if masks else None)
-        session.report, session.focus, session.settings = report, None, dict(gen)
+        if session.focus and session.focus[0] == "report":
+            session.focus = None
+        session.report, session.settings = report, dict(gen)
         return session, report, time.perf_counter() - t0
 
     def evidence(self, session: Session | None) -> dict[str, float]:

@@ -68,7 +68,7 @@ class UI:
     evidence_btn: gr.Button
     evidence: gr.HTML
     rr_btn: gr.Button
-    rr_out: gr.Textbox
+    rr_out: gr.HTML
     fr_btn: gr.Button
     fr_html: gr.HTML
     json_dl: gr.DownloadButton
@@ -205,7 +205,7 @@ def build_layout(app: DemoApp) -> UI:
             gr.Markdown("### 3. Text")
             with gr.Tab("Region report"):
                 rr_btn = gr.Button("Write region report", variant="primary", elem_id="rgct-rr-btn")
-                rr_out = gr.Textbox(label="Region report", lines=5, elem_id="rgct-rr-out")
+                rr_out = _sentence_html("rgct-rr-out")
             with gr.Tab("Full report", elem_id="rgct-tab-report"):
                 fr_btn = gr.Button("Write full report", variant="primary", elem_id="rgct-fr-btn")
                 fr_html = _sentence_html("rgct-report", EMPTY_REPORT)

@@ -204,7 +204,7 @@ def disagreements(report: dict | None, question: str, answer: str) -> list[str]:
 # --- HTML for the UI ---------------------------------------------------------------------------
 
 
-def _sentence_div(i: int, s: dict, active: bool = False) -> str:
+def _sentence_div(i: int, s: dict, active: bool = False, source: str = "report") -> str:
     region = s.get("region", "")
     colour = viewer.colour_hex(region)
     finding = s.get("finding")
@@ -216,25 +216,32 @@ def _sentence_div(i: int, s: dict, active: bool = False) -> str:
     )
     cls = "rgct-sentence rgct-active" if active else "rgct-sentence"
     return (
-        f'<div class="{cls}" data-sentence="{i}" role="button" tabindex="0" '
-        f'style="border-left:6px solid {colour}">'
+        f'<div class="{cls}" data-sentence="{i}" data-source="{source}" role="button" '
+        f'tabindex="0" style="border-left:6px solid {colour}">'
         f'<span class="rgct-region" style="color:{colour}">{html.escape(region)}</span>'
         f'<span class="rgct-text">{html.escape(s.get("text", ""))}{badge}</span></div>'
     )
 
 
-def report_html(report: dict | None, active: int | None = None, only: str | None = None) -> str:
+def report_html(
+    report: dict | None,
+    active: int | None = None,
+    only: str | None = None,
+    source: str = "report",
+) -> str:
     """The report as clickable sentences, one coloured line each with its region.
 
     Args:
         report: a normalised report, or None.
         active: index of the highlighted sentence.
         only: show only this region's sentences (the list shown after a click in the viewer).
+        source: which result the sentences belong to ("report" or "region"), sent back on a
+            click.
     """
     if not report:
         return ""
     rows = [
-        _sentence_div(i, s, i == active)
+        _sentence_div(i, s, i == active, source)
         for i, s in enumerate(report.get("sentences", []))
         if only is None or s.get("region") == only
     ]
@@ -248,7 +255,7 @@ def report_html(report: dict | None, active: int | None = None, only: str | None
 SENTENCE_JS = (
     "element.addEventListener('click', (e) => {"
     " const s = e.target.closest('[data-sentence]');"
-    " if (s) trigger('click', {sentence: s.dataset.sentence}); });"
+    " if (s) trigger('click', {sentence: s.dataset.sentence, source: s.dataset.source}); });"
 )
 """``js_on_load`` of the report HTML: a click on a sentence sends its index to the server."""
 

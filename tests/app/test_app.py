@@ -329,7 +329,7 @@ def test_finding_sentence_centres_all_planes_and_shows_the_finding(app):
     session, message = app.focus_sentence(session, heart)
     assert session.cursor == viewer.largest_slices(session.scan.masks["heart"])
     assert "largest" in message
-    with pytest.raises(InputError, match="full report"):
+    with pytest.raises(InputError, match="Write the report first"):
         app.focus_sentence(session, 99)
 
 
@@ -590,6 +590,13 @@ def test_ui_loading_a_scan_clears_every_output(predictor, examples_dir, tmp_path
     out = ui_fn(demo, "on_sentence")(session, *VIEW, _Evt(sentence=str(index)))
     assert out[by_id(demo, "rgct-slice")].value == NODULE_CENTRE[0]
     assert "rgct-active" in out[by_id(demo, "rgct-report")]
+    assert "rgct-active" not in out[by_id(demo, "rgct-rr-out")]
+    # a region report's sentences are clickable too
+    rr = ui_fn(demo, "on_region_report")(session, 64, "greedy", 1, None)[by_id(demo, "rgct-rr-out")]
+    assert 'data-source="region"' in rr and "nodule" in rr
+    out = ui_fn(demo, "on_sentence")(session, *VIEW, _Evt(sentence="1", source="region"))
+    assert session.focus == ("region", 1) and "rgct-active" in out[by_id(demo, "rgct-rr-out")]
+    assert out[by_id(demo, "rgct-slice")].value == NODULE_CENTRE[0]
     ui_fn(demo, "on_ask")(session, "What is in the lung?", "selected region", 64, "greedy", 1, None)
     out = on_example(session, "chest_b", *VIEW, None)
     for elem_id, empty in (
