@@ -41,6 +41,9 @@ CSS = """
 .rgct-warnings { border: 1px solid #e0a800; background: rgba(255, 193, 7, 0.12); padding: 6px 10px;
   border-radius: 4px; }
 #rgct-status { min-height: 2.5em; }
+/* never enlarge a frame beyond its own pixels: gradio maps a click to a pixel assuming that */
+#rgct-viewer img { width: auto !important; height: auto !important; max-width: 100%;
+  max-height: 100%; object-fit: contain; }
 """
 
 DELETE_CACHE = (600, 1800)

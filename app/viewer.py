@@ -360,7 +360,8 @@ def largest_slices(mask: np.ndarray) -> tuple[int, int, int] | None:
     """(z, y, x): along each axis, the slice where ``mask`` has the most voxels; None if empty.
 
     Used to show a region where it is largest in all three planes (not at the volume's
-    middle, where the lungs or pleura may be absent in the sagittal plane).
+    middle, where the lungs or pleura may be absent in the sagittal plane). Among slices
+    within 1% of the largest, the middle one is taken.
     """
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
@@ -368,7 +369,9 @@ def largest_slices(mask: np.ndarray) -> tuple[int, int, int] | None:
     out = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
-        out.append(int(np.argmax(mask.sum(axis=other))))
+        counts = mask.sum(axis=other)
+        near = np.flatnonzero(counts >= 0.99 * counts.max())
+        out.append(int(near[len(near) // 2]))
     return out[0], out[1], out[2]
 
 

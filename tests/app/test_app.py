@@ -553,6 +553,8 @@ def test_api_helpers(app, files, tmp_path):
     assert report["regions"]["lung"] and json.dumps(report)
     predicted = app.api_report(files["nii.gz"], None, **GEN)
     assert predicted["mask_source"] == "predicted"
+    out = app.api_region_report(files["nii.gz"], None, "lung", **GEN)  # the predicted lung
+    assert out["mask_source"] == "predicted" and out["text"].startswith("lung: ")
     turn = app.api_answer(
         files["nii.gz"], None, "Q3?", history=[["Q1?", "A1"], ["Q2?", "A2"]], **GEN
     )
@@ -661,7 +663,7 @@ def test_plane_maps_zoom_and_clicks_round_trip():
     m[5:8, 10:20, 30:31] = True
     m[6, 10:20, 20:40] = True
     assert (
-        viewer.largest_slices(m) == (6, 10, 30)
+        viewer.largest_slices(m) == (6, 15, 30)
         and viewer.largest_slices(~np.ones(shape, bool)) is None
     )
 

@@ -82,6 +82,11 @@ def _wait_slice(page, near: int, tolerance: int = 2) -> int:
 
 def _click_voxel_pixel(page, row: float, col: float) -> None:
     """Click the viewer image at pixel (row, col) of the image it shows (object-fit aware)."""
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#rgct-viewer img');"
+        " return i && i.complete && i.naturalWidth > 0; }",
+        timeout=TIMEOUT,
+    )
     box = page.evaluate(
         """() => { const i = document.querySelector('#rgct-viewer img');
         const r = i.getBoundingClientRect();
@@ -154,6 +159,31 @@ def test_the_whole_flow_in_a_browser(served, tmp_path):
             page.locator("#rgct-viewer img").hover()
             page.mouse.wheel(0, -120)
             _wait_slice(page, before + 1, tolerance=0)
+
+            # the box tool: two clicks; rows and columns read top/bottom and left/right on the
+            # image, and the slice range starts at the slice drawn on
+            drawn_on = _slice(page)
+            _select_radio(page, "rgct-plane", "axial")
+            _select_radio(page, "rgct-click-mode", "draw box")
+            _click_voxel_pixel(page, 400, 300)
+            expect(status).to_contain_text("First corner", timeout=TIMEOUT)
+            _click_voxel_pixel(page, 100, 60)
+            expect(status).to_contain_text(f"Box drawn on slice {drawn_on}", timeout=TIMEOUT)
+            page.locator("#rgct-box-tool").get_by_text("Draw a box").first.click()
+            box = {
+                k: int(float(page.locator(f"#rgct-{k} input[type=number]").input_value()))
+                for k in ("z0", "z1", "top", "bottom", "left", "right")
+            }
+            assert box["z0"] == drawn_on and box["z1"] > drawn_on, box
+            assert abs(box["top"] - 100 // f) <= 1 and abs(box["bottom"] - 400 // f) <= 1, box
+            assert abs(box["left"] - 60 // f) <= 1 and abs(box["right"] - 300 // f) <= 1, box
+            page.locator("#rgct-box-btn").click()
+            expect(status).to_contain_text("Box region set", timeout=TIMEOUT)
+            expect(page.locator("#rgct-viewer")).to_contain_text("drawn box (drawn)")
+            _select_radio(page, "rgct-click-mode", "inspect")
+            page.locator("#rgct-region input").click()
+            page.get_by_role("option", name="lung", exact=True).click()
+            expect(status).to_contain_text("Showing lung", timeout=TIMEOUT)
 
             # a three-turn conversation, each answer tagged with its region
             page.get_by_role("tab", name="Chat").click()
