@@ -196,6 +196,15 @@ def _accepts(fn: Any, name: str) -> bool:
     return name in params
 
 
+def _ask_model(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call the Predictor; its ``ValueError`` (input it cannot use: no mask and no segmenter, an
+    empty question, no region found) becomes a message for the user."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as err:
+        raise InputError(public_message(str(err))) from err
+
+
 def _masks_optional(fn: Any) -> bool:
     try:
         p = inspect.signature(fn).parameters.get("masks")
@@ -368,7 +377,7 @@ class DemoApp:
         check = getattr(self.predictor, "check_scan", None)
         if check is None:
             return []
-        return [str(w) for w in check(scan.volume)]
+        return [str(w) for w in _ask_model(check, scan.volume)]
 
     def load_volume(
         self, session: Session | None, path: str | Path | None, *, segment: bool = True
@@ -397,7 +406,11 @@ class DemoApp:
     def predict_masks(self, session: Session) -> int:
         """Add the Predictor's own region masks to the scan. Returns how many it found."""
         scan = session.require_scan()
-        out = self.predictor.segment(scan.volume)
+        try:
+            out = _ask_model(self.predictor.segment, scan.volume)
+        except InputError as err:  # e.g. a checkpoint without a segmenter
+            session.scan_warnings.append(f"No predicted regions: {err}")
+            return 0
         masks = {
             n: np.asarray(m, dtype=bool)
             for n, m in (out.get("masks") or {}).items()
@@ -638,7 +651,9 @@ class DemoApp:
         self._limit(session)
         t0 = time.perf_counter()
         region = self._region_arg(session.selected)
-        raw = self.predictor.region_report(scan.volume, session.mask, region, **gen)
+        # the grounded variant (sentences, findings, truncation) where the Predictor has one
+        fn = getattr(self.predictor, "region_report_details", None) or self.predictor.region_report
+        raw = _ask_model(fn, scan.volume, session.mask, region, **gen)
         result = results.normalise_report(raw, region or session.selected, session.mask_source)
         if session.focus and session.focus[0] == "region":
             session.focus = None
@@ -661,7 +676,7 @@ class DemoApp:
             )
         self._limit(session)
         t0 = time.perf_counter()
-        raw = self.predictor.report(scan.volume, masks or None, **gen)
+        raw = _ask_model(self.predictor.report, scan.volume, masks or None, **gen)
         report = results.normalise_report(raw, None, "+".join(sources) if masks else None)
         if session.focus and session.focus[0] == "report":
             session.focus = None
@@ -676,7 +691,7 @@ class DemoApp:
             raise InputError("Pick a region to see the region classifier's evidence.")
         if session.selected not in session.evidence:
             self._limit(session)
-            probs = self.predictor.detect(scan.volume, session.mask)
+            probs = _ask_model(self.predictor.detect, scan.volume, session.mask)
             session.evidence[session.selected] = {k: float(v) for k, v in probs.items()}
         return session.evidence[session.selected]
 
@@ -733,7 +748,7 @@ class DemoApp:
             kwargs["history"] = [(t["question"], t["answer"]) for t in session.chat]
         elif session.chat:
             warnings.append("This model answers each question on its own (no conversation memory).")
-        raw = self.predictor.answer(scan.volume, question.strip(), mask, **kwargs)
+        raw = _ask_model(self.predictor.answer, scan.volume, question.strip(), mask, **kwargs)
         text = raw if isinstance(raw, str) else str(raw.get("text", ""))
         if isinstance(raw, dict):
             warnings += [str(w) for w in raw.get("warnings") or []]

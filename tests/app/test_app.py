@@ -457,7 +457,19 @@ def test_an_older_predictor_still_works(examples_dir, tmp_path):
         def detect(self, volume, mask=None):
             return {"Lung nodule": 0.5}
 
-    app = DemoApp(OldPredictor(), examples_dir=examples_dir, tmp_root=tmp_path / "s")
+        def segment(self, volume):
+            raise ValueError("this checkpoint has no segmenter (segmenter.safetensors)")
+
+    app = DemoApp(
+        OldPredictor(),
+        examples_dir=examples_dir,
+        tmp_root=tmp_path / "s",
+        upload_roots=[examples_dir],
+    )
+    upload = next((examples_dir / "chest_b").glob("*.nii.gz"))
+    session, message = app.load_volume(None, upload)  # no segmenter: a warning, no regions
+    assert "No region was predicted" in message and session.scan.masks == {}
+    assert any("no segmenter" in w for w in session.warnings())
     session, _ = app.load_example(None, "chest_a")
     result, _ = app.region_report(session, **GEN)
     assert [s["text"] for s in result["sentences"]] == ["Text about lung.", "Second sentence."]
