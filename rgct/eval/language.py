@@ -100,10 +100,11 @@ class MeteorScorer:
         if self._meteor is None:
             raise RuntimeError("METEOR is not available")
         proc = self._meteor.meteor_p
-        requests = [
+        all_requests = [
             " ||| ".join(("SCORE", r, h.replace("|||", "").replace("  ", " ")))
             for h, r in zip(hypotheses, references)
         ]
+        requests = list(dict.fromkeys(all_requests))  # a repeated pair is aligned once
 
         def feed() -> None:
             for line in requests:
@@ -119,7 +120,10 @@ class MeteorScorer:
                 if progress is not None:
                     progress.update(1)
             writer.join()
-        return out
+        if progress is not None:
+            progress.update(len(all_requests) - len(requests))
+        stats = dict(zip(requests, out))
+        return [stats[r] for r in all_requests]
 
     def evaluate(self, stats: Sequence[str]) -> tuple[float, list[float]]:
         """(set METEOR, per-pair METEOR) from statistics lines of :meth:`stats`."""
@@ -192,7 +196,12 @@ class BertScorer:
         self._torch = torch
 
     def _embed(self, texts: list[str]) -> list[Any]:
-        """Per text, unit-normalised token embeddings (T_i, D) without [CLS]/[SEP]."""
+        """Per text, unit-normalised token embeddings (T_i, D) without [CLS]/[SEP]; a text
+        that occurs more than once is embedded once."""
+        unique = list(dict.fromkeys(texts))
+        if len(unique) < len(texts):
+            emb = dict(zip(unique, self._embed(unique)))
+            return [emb[t] for t in texts]
         torch = self._torch
         out: list[Any] = [None] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))

@@ -256,20 +256,30 @@ class Reg2RGScores:
         self.predictions = list(predictions)
         self.references = list(references)
         n = len(self.predictions)
-        self.stats = np.zeros((n, 2 * MAX_ORDER + 2))
-        for i, (p, r) in enumerate(zip(self.predictions, self.references)):
-            self.stats[i] = bleu_stats(tokenize_13a(r), tokenize_13a(p))
+        # a repeated (prediction, reference) pair is scored once
+        pairs = list(zip(self.predictions, self.references))
+        unique = list(dict.fromkeys(pairs))
+        where = {pair: k for k, pair in enumerate(unique)}
+        back = np.asarray([where[pair] for pair in pairs], dtype=int)
+        stats = np.zeros((len(unique), 2 * MAX_ORDER + 2))
+        for k, (p, r) in enumerate(unique):
+            stats[k] = bleu_stats(tokenize_13a(r), tokenize_13a(p))
+        self.stats = stats[back]
         if progress is not None:
             progress.update(n)
         self.per_sample: dict[str, np.ndarray | None] = {
             f"bleu_{k}": bleu_from_stats(self.stats, k) for k in range(1, MAX_ORDER + 1)
         }
-        self.per_sample.update(rouge_scores(self.predictions, self.references))
+        u_pred, u_ref = [p for p, _ in unique], [r for _, r in unique]
+        for key, values in rouge_scores(u_pred, u_ref).items():
+            self.per_sample[key] = values[back]
         if progress is not None:
             progress.update(n)
-        self.per_sample["meteor"] = (
-            meteor.scores(self.predictions, self.references, progress) if meteor else None
-        )
+        self.per_sample["meteor"] = None
+        if meteor is not None:
+            if progress is not None:
+                progress.update(n - len(unique))
+            self.per_sample["meteor"] = meteor.scores(u_pred, u_ref, progress)[back]
 
     def block(self, idx: Sequence[int]) -> dict[str, Any]:
         """Scores of the subset ``idx``: corpus-level, per-sample mean and std, and the

@@ -135,21 +135,25 @@ def _clinical_ci(boot: VolumeBootstrap, counts: np.ndarray) -> dict[str, list[fl
 
 
 class _Scorer:
-    """Language scores of a list of rows under one protocol, computed once per row."""
+    """Language scores of a list of rows under one protocol, computed once per row.
 
-    def __init__(
-        self,
-        rows: list[dict],
-        protocol: str,
-        bertscore: bool,
-        meteor: bool,
-        progress: bool,
-    ) -> None:
+    The METEOR jar starts when the scorer is made (it loads for several seconds in its own
+    process while the caller labels texts); :meth:`compute` does the scoring.
+    """
+
+    def __init__(self, protocol: str, bertscore: bool, meteor: bool, progress: bool) -> None:
         self.protocol = protocol
+        self.bertscore, self.meteor, self.progress = bertscore, meteor, progress
+        self.meteor_info: dict[str, Any] = {"available": False, "implementation": None}
+        self._java: MeteorScorer | None = MeteorScorer() if meteor and protocol == "coco" else None
+        self._blocks: dict[tuple[int, ...], dict[str, Any]] = {}
+        self.scores: Any = None
+
+    def compute(self, rows: list[dict]) -> _Scorer:
+        """Score every row once (per-sample scores, METEOR statistics)."""
+        protocol, meteor, progress = self.protocol, self.meteor, self.progress
         preds = [r["prediction"] for r in rows]
         refs = [r["reference"] for r in rows]
-        self.meteor_info: dict[str, Any] = {"available": False, "implementation": None}
-        self._java: MeteorScorer | None = None
         if protocol == "reg2rg":
             wn = load_wordnet() if meteor else None
             self.meteor_info = {
@@ -166,15 +170,14 @@ class _Scorer:
                 desc="reg2rg scores",
                 disable=not progress,
             ) as bar:
-                self.scores: Any = Reg2RGScores(
+                self.scores = Reg2RGScores(
                     preds, refs, NltkMeteor(wn) if wn is not None else None, bar
                 )
-            return
+            return self
         bert_f1 = None
-        if bertscore and rows:
+        if self.bertscore and rows:
             log.info("BERTScore on %d pairs (offline MiniLM, CPU)", len(rows))
             _, _, bert_f1 = BertScorer().score(preds, refs)
-        self._java = MeteorScorer() if meteor else None
         available = self._java is not None and self._java.available
         self.meteor_info = {
             "available": available,
@@ -187,9 +190,14 @@ class _Scorer:
             total=len(rows), desc="METEOR alignments", disable=not (progress and available)
         ) as bar:
             self.scores = CocoScores(preds, refs, self._java, bert_f1, bar)
+        return self
 
     def block(self, idx: Sequence[int]) -> dict[str, Any]:
-        return self.scores.block(idx)
+        """Scores of a subset (the same subset asked twice is scored once)."""
+        key = tuple(idx)
+        if key not in self._blocks:
+            self._blocks[key] = self.scores.block(idx)
+        return self._blocks[key]
 
     def close(self) -> None:
         if self._java is not None:
@@ -279,7 +287,13 @@ def evaluate_predictions(
     def boot_for(idx: list[int]) -> VolumeBootstrap | None:
         return VolumeBootstrap(_volumes(rows, idx), bootstrap, seed) if bootstrap and idx else None
 
-    pred_labels, ref_labels = _labels(rows, report_idx, lab, progress)
+    scorer = _Scorer(protocol, bertscore and protocol == "coco", meteor, progress)
+    try:
+        pred_labels, ref_labels = _labels(rows, report_idx, lab, progress)
+        scorer.compute(rows)
+    except BaseException:
+        scorer.close()
+        raise
     counts = sample_counts(pred_labels, ref_labels)  # (N, 18, 3)
 
     def text_block(idx: list[int], clinical: bool) -> dict[str, Any]:
@@ -291,7 +305,6 @@ def evaluate_predictions(
             block["ci95"]["clinical"] = _clinical_ci(boot, counts[idx]) if boot else None
         return block
 
-    scorer = _Scorer(rows, protocol, bertscore and protocol == "coco", meteor, progress)
     try:
         overall = text_block(report_idx, clinical=True)
         overall["tasks"] = overall_tasks
@@ -426,12 +439,12 @@ def compare_predictions(
     results: dict[str, Any] = {}
     per_system = []
     for sys_rows in (a_rows, b_rows):
-        scorer = _Scorer(sys_rows, protocol, bertscore and protocol == "coco", meteor, progress)
+        scorer = _Scorer(protocol, bertscore and protocol == "coco", meteor, progress)
         try:
-            blk = scorer.block(idx)
+            pred, ref = _labels(sys_rows, idx, lab, progress)
+            blk = scorer.compute(sys_rows).block(idx)
         finally:
             scorer.close()
-        pred, ref = _labels(sys_rows, idx, lab, progress)
         per_system.append((blk, sample_counts(pred, ref)))
     (blk_a, cnt_a), (blk_b, cnt_b) = per_system
     for key in language_keys(protocol):
