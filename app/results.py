@@ -151,33 +151,54 @@ def finding_words(finding: dict) -> str:
 # --- disagreement between an answer and the report -------------------------------------------
 
 
+def _placements(report: dict, labeler: Any) -> dict[str, dict[str, set[str]]]:
+    """label -> {"lobes", "sides"}: where the report puts each finding it states, from its
+    grounded findings and from the words of its sentences."""
+    out: dict[str, dict[str, set[str]]] = {}
+
+    def add(label: str, lobes: Any, side: str | None) -> None:
+        entry = out.setdefault(label, {"lobes": set(), "sides": set()})
+        entry["lobes"].update(lobes or [])
+        if side:
+            entry["sides"].add(side)
+
+    for f in report.get("findings") or []:
+        add(f.get("label", ""), f.get("lobes"), f.get("side"))
+    for sentence in report.get("sentences") or []:
+        for read in labeler.label_sentences(sentence.get("text", "")):
+            for label in read.positive:
+                add(label, read.lobes, read.side)
+    return out
+
+
 def disagreements(report: dict | None, question: str, answer: str) -> list[str]:
     """Warnings where an answer contradicts the report about the same finding.
 
     Two kinds: the answer places a finding the report also places, but in other lobes (or on
     the other side); or the answer says "no" to a question about a finding the report states.
+    A finding is named by the answer, or else by the question ("Where is the nodule?" answered
+    with a lobe).
 
     Args:
         report: the session's normalised full report (None: nothing to compare).
         question: the question asked.
         answer: the model's answer.
     """
-    if not report or not report.get("findings"):
+    if not report:
         return []
     from rgct.eval.labeler import default_labeler
 
     labeler = default_labeler()
-    by_label: dict[str, list[dict]] = {}
-    for f in report["findings"]:
-        by_label.setdefault(f.get("label", ""), []).append(f)
+    placed = _placements(report, labeler)
+    if not placed:
+        return []
+    asked = [label for s in labeler.label_sentences(question) for label in s.positive]
     out: list[str] = []
     for said in labeler.label_sentences(answer):
-        for label in said.positive:
-            if label not in by_label:
+        for label in said.positive or (asked if said.lobes or said.side else []):
+            if label not in placed:
                 continue
-            placed = [f for f in by_label[label] if f.get("lobes") or f.get("side")]
-            lobes = {lobe for f in placed for lobe in f.get("lobes") or []}
-            sides = {f.get("side") for f in placed if f.get("side")}
+            lobes, sides = placed[label]["lobes"], placed[label]["sides"]
             if said.lobes and lobes and not lobes & set(said.lobes):
                 out.append(
                     f"The answer places the {label.lower()} in the {', '.join(said.lobes)}; "
@@ -194,9 +215,8 @@ def disagreements(report: dict | None, question: str, answer: str) -> list[str]:
                     f"the report places it on the {', '.join(sorted(sides))}."
                 )
     if answer.strip().lower().startswith("no"):
-        asked = [label for s in labeler.label_sentences(question) for label in s.positive] or []
         for label in asked:
-            if label in by_label:
+            if label in placed:
                 out.append(f"The answer says no {label.lower()}; the report states one.")
     return list(dict.fromkeys(out))
 

@@ -24,16 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from rgct.constants import CT_RATE_LABELS, REGIONS, WHOLE_SCAN
+from rgct.constants import CT_RATE_LABELS, LUNG_LOBES, REGIONS, WHOLE_SCAN
 from rgct.data import io as rio
 
-LOBES = (
-    "right lung upper lobe",
-    "right lung middle lobe",
-    "right lung lower lobe",
-    "left lung upper lobe",
-    "left lung lower lobe",
-)
+LOBES = LUNG_LOBES  # right upper, middle, lower; left upper, lower
 NODULE_MAX_FRACTION = 0.1
 """Soft tissue filling more of the lung than this is noise, not a nodule."""
 

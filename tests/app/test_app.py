@@ -382,6 +382,31 @@ def test_warnings_truncation_disagreement_and_scan(app, files):
     assert any("No lungs" in w or "slices" in w for w in session.warnings())
 
 
+def test_disagreement_read_from_the_report_words():
+    """Without grounded findings the report's own sentences say where a finding is."""
+    report = {
+        "sentences": [
+            {
+                "region": "lung",
+                "text": "A nodule of 13x11 mm is seen in the right lung upper lobe.",
+            },
+            {"region": "pleura", "text": "No pleural effusion."},
+        ],
+        "findings": [],
+    }
+    where = "Where is the nodule located in the image?"
+    assert results.disagreements(report, where, "lung/lung/right lung/right lung lower lobe") == [
+        "The answer places the lung nodule in the right lung lower lobe; the report places it "
+        "in the right lung upper lobe."
+    ]
+    assert results.disagreements(report, where, "right lung upper lobe") == []
+    assert results.disagreements(report, "Can nodule be identified in the lung?", "No.") == [
+        "The answer says no lung nodule; the report states one."
+    ]
+    assert results.disagreements(report, "Is there pleural effusion?", "No.") == []
+    assert results.disagreements(None, where, "left lung") == []
+
+
 def test_exports_record_model_settings_and_mask_source(app):
     session, _ = app.load_example(None, "chest_a")
     session, report, _ = app.full_report(session, max_new_tokens=48, num_beams=2)
