@@ -20,7 +20,7 @@ from fake_predictor import FakePredictor  # noqa: E402
 
 from app.demo import build_demo, launch  # noqa: E402
 
-RATE = 25
+RATE = 14
 """Requests per minute each client session may make on the test server."""
 
 
