@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from rgct.train.segmenter import SegmenterTrainConfig, fit_segmenter
+from rgct.train.segmenter import SegmenterTrainConfig, fit_segmenter, prepare_cache
 
 
 def _value(text: str):
@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-volumes", type=int, default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--prepare-workers", type=int, default=0, help="fill the cache with N processes first"
+    )
+    p.add_argument("--max-seconds", type=float, default=None, help="stop (and save) after this")
     p.add_argument("--shape", type=int, nargs=3, default=(64, 128, 128), metavar=("D", "H", "W"))
     p.add_argument(
         "--set",
@@ -71,9 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         max_volumes=args.max_volumes,
         cache_dir=args.cache_dir,
         seed=args.seed,
+        max_seconds=args.max_seconds,
         input_shape=tuple(args.shape),
         model=model,
     )
+    if args.prepare_workers:
+        prepare_cache(cfg, args.prepare_workers)
     fit_segmenter(cfg)
     return 0
 

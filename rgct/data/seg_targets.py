@@ -139,6 +139,38 @@ def _read_mask(path: Path, volume: Volume) -> np.ndarray | None:
         return np.zeros(volume.shape, bool)
 
 
+def load_true_masks(root: str | Path, name: str, volume: Volume) -> dict[str, np.ndarray]:
+    """name -> bool (D, H, W) of the region, lobe and prompt-anatomy files a volume has.
+
+    A file that is absent is left out; an empty file gives an all-False mask.
+    """
+    masks: dict[str, np.ndarray] = {}
+    for region in REGIONS:
+        m = _read_mask(region_mask_path(root, name, region), volume)
+        if m is not None:
+            masks[region] = m
+    for anatomy in (*LUNG_LOBES, *SEGMENT_ANATOMY):
+        m = _read_mask(anatomy_mask_path(root, name, anatomy), volume)
+        if m is not None:
+            masks[anatomy] = m
+    return masks
+
+
+def true_findings(record: dict, masks: dict[str, np.ndarray], volume: Volume) -> list[dict]:
+    """The record's findings, each with ``mask``: its voxel map on the volume's grid."""
+    shape = volume.shape
+    rec_shape = record.get("shape") or shape
+    return [
+        {
+            **f,
+            "mask": finding_voxel_map(
+                f, shape, owner=_owner_mask(f, masks), hu=volume.array, record_shape=rec_shape
+            ),
+        }
+        for f in record.get("findings", [])
+    ]
+
+
 def build_seg_target(
     root: str | Path,
     name: str,
@@ -162,28 +194,15 @@ def build_seg_target(
     """
     volume = volume or load_volume(volume_path(root, name))
     shape = volume.shape
-    masks: dict[str, np.ndarray] = {}
     regions_known = region_mask_path(root, name, "x").parent.is_dir()
     anatomy_known = anatomy_mask_path(root, name, "x").parent.is_dir()
-    for region in REGIONS:
-        m = _read_mask(region_mask_path(root, name, region), volume)
-        if m is not None:
-            masks[region] = m
-    for anatomy in (*LUNG_LOBES, *SEGMENT_ANATOMY):
-        m = _read_mask(anatomy_mask_path(root, name, anatomy), volume)
-        if m is not None:
-            masks[anatomy] = m
+    masks = load_true_masks(root, name, volume)
     findings: dict[str, np.ndarray] = {}
     if record is not None:
-        rec_shape = record.get("shape") or shape
-        for f in record.get("findings", []):
-            label = f.get("label")
-            if label not in classes:
-                continue
-            vmap = finding_voxel_map(
-                f, shape, owner=_owner_mask(f, masks), hu=volume.array, record_shape=rec_shape
-            )
-            findings[label] = findings.get(label, np.zeros(shape, bool)) | vmap
+        for f in true_findings(record, masks, volume):
+            label = f["label"]
+            if label in classes:
+                findings[label] = findings.get(label, np.zeros(shape, bool)) | f["mask"]
     target = np.zeros((len(classes), *shape), np.uint8)
     valid = np.zeros(len(classes), bool)
     for k, cls in enumerate(classes):

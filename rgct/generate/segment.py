@@ -180,3 +180,70 @@ def write_segmentation(
     }
     write_json(region_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def _distance_mm(a: dict, b: dict, spacing: tuple[float, float, float]) -> float:
+    diff = np.subtract(a["center_voxel"], b["center_voxel"]) * np.asarray(spacing)
+    return float(np.linalg.norm(diff))
+
+
+def evaluate_segmenter(
+    model: Segmenter,
+    meta: dict,
+    root: str | Path,
+    splits: str | tuple[str, ...] = ("train", "valid"),
+    *,
+    max_volumes: int | None = None,
+    finding_threshold: float | Mapping[str, float] = 0.5,
+) -> dict:
+    """Dice per class and finding-box accuracy of a segmenter on volumes with truth masks.
+
+    Runs :func:`segment_volume` on each volume (its own grid) and scores against the dataset's
+    mask files and, where ``ground_truth.jsonl`` exists, its findings
+    (:mod:`rgct.eval.segmentation`).
+
+    Returns:
+        ``{"dice": summarize_dice(...), "boxes": summarize_boxes(...) or None,
+        "lobe_accuracy", "side_accuracy" (of detections matched to a true lung/pleura
+        finding), "seconds_per_volume", "volumes"}``.
+    """
+    import time
+
+    from rgct.data.io import load_volume
+    from rgct.data.layout import volume_path
+    from rgct.data.seg_targets import load_true_masks, split_volumes, true_findings
+    from rgct.data.truth import load_ground_truth
+    from rgct.eval.segmentation import box_accuracy, summarize_boxes, summarize_dice, volume_dice
+
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    names = [n for sp in splits for n in split_volumes(root, sp)][:max_volumes]
+    truth = load_ground_truth(root)
+    dices, boxes, lobe_hits, side_hits = [], [], [], []
+    seconds = 0.0
+    for name in names:
+        volume = load_volume(volume_path(root, name))
+        t0 = time.perf_counter()
+        seg = segment_volume(model, meta, volume, finding_threshold=finding_threshold)
+        seconds += time.perf_counter() - t0
+        true = load_true_masks(root, name, volume)
+        dices.append(volume_dice(seg.masks, true, [c for c in model.classes if c in true]))
+        if truth is None or name not in truth:
+            continue
+        found = true_findings(truth[name], true, volume)
+        boxes.append(box_accuracy(seg.findings, found, volume.spacing))
+        for p in seg.findings:
+            same = [t for t in found if t["label"] == p["label"] and t.get("side")]
+            if not same:
+                continue
+            t = min(same, key=lambda t: _distance_mm(p, t, volume.spacing))
+            side_hits.append(p["side"] == t["side"])
+            if t.get("lobe"):
+                lobe_hits.append(bool(p["lobes"]) and p["lobes"][0] == t["lobe"])
+    return {
+        "dice": summarize_dice(dices),
+        "boxes": summarize_boxes(boxes) if boxes else None,
+        "lobe_accuracy": sum(lobe_hits) / len(lobe_hits) if lobe_hits else None,
+        "side_accuracy": sum(side_hits) / len(side_hits) if side_hits else None,
+        "seconds_per_volume": seconds / max(len(names), 1),
+        "volumes": len(names),
+    }

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing as mp
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,6 +93,9 @@ class SegmenterTrainConfig:
     """Random affine and intensity jitter (never flips)."""
     dice_weight: float = 1.0
     bce_weight: float = 1.0
+    max_seconds: float | None = None
+    """Stop after this much training time in one call, saving the weights as at the end (the
+    checkpoint allows resuming to ``steps``); None = no limit."""
     model: dict[str, Any] = field(default_factory=dict)
     """Segmenter keyword arguments (``channels``, ``internal_scale``, ``refine_channels`` ...)."""
 
@@ -255,6 +259,39 @@ def _load_checkpoint(out: Path, model: Segmenter, optimizer, scheduler) -> int:
     return int(json.loads((ck / "state.json").read_text())["step"])
 
 
+def _training_data(cfg: SegmenterTrainConfig) -> SegmentationDataset:
+    names = split_volumes(cfg.data_root, cfg.split)
+    if cfg.max_volumes is not None:
+        names = names[: cfg.max_volumes]
+    truth = load_ground_truth(cfg.data_root, cfg.split)
+    cache_dir = cfg.cache_dir or str(Path(cfg.data_root) / ".rgct_cache")
+    cache = SegTargetCache(cfg.data_config(), cache_dir, SEGMENT_CLASSES)
+    return SegmentationDataset(cfg.data_root, names, truth, cache)
+
+
+def _warm(args: tuple[SegmentationDataset, int]) -> None:
+    dataset, i = args
+    dataset[i]
+
+
+def prepare_cache(cfg: SegmenterTrainConfig, workers: int = 1) -> int:
+    """Fill the image and target cache of the training volumes with ``workers`` processes.
+
+    Returns:
+        the number of volumes.
+    """
+    dataset = _training_data(cfg)
+    jobs = [(dataset, i) for i in range(len(dataset))]
+    if workers <= 1:
+        for job in jobs:
+            _warm(job)
+    else:
+        with mp.get_context("fork").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_warm, jobs, chunksize=4):
+                pass
+    return len(dataset)
+
+
 def fit_segmenter(cfg: SegmenterTrainConfig, stop_after: int | None = None) -> Path:
     """Train (or resume) a segmenter; returns ``out_dir`` holding ``segmenter.safetensors``.
 
@@ -286,14 +323,7 @@ def fit_segmenter(cfg: SegmenterTrainConfig, stop_after: int | None = None) -> P
         if metrics.is_file():  # keep the rows logged up to the checkpoint
             rows = [r for _, r in iter_jsonl(metrics) if r.get("step", 0) <= step]
 
-    names = split_volumes(cfg.data_root, cfg.split)
-    if cfg.max_volumes is not None:
-        names = names[: cfg.max_volumes]
-    truth = load_ground_truth(cfg.data_root, cfg.split)
-    cache_dir = cfg.cache_dir or str(Path(cfg.data_root) / ".rgct_cache")
-    dataset = SegmentationDataset(
-        cfg.data_root, names, truth, SegTargetCache(data_cfg, cache_dir, SEGMENT_CLASSES)
-    )
+    dataset = _training_data(cfg)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=_StepBatches(len(dataset), cfg.batch_size, cfg.seed, step, cfg.steps),
@@ -306,9 +336,9 @@ def fit_segmenter(cfg: SegmenterTrainConfig, stop_after: int | None = None) -> P
     raw = accelerator.unwrap_model(model)
     meta = {
         "data": data_meta(data_cfg),
-        "train": {**asdict(cfg), "volumes": len(names)},
+        "train": {**asdict(cfg), "volumes": len(dataset)},
     }
-    logger.info("training segmenter on %d volumes, steps %d..%d", len(names), step, cfg.steps)
+    logger.info("training segmenter on %d volumes, steps %d..%d", len(dataset), step, cfg.steps)
     model.train()
     t0, done, window = time.perf_counter(), 0, []
     for batch in loader:
@@ -346,7 +376,14 @@ def fit_segmenter(cfg: SegmenterTrainConfig, stop_after: int | None = None) -> P
             _save_checkpoint(out, raw, optimizer, scheduler, step, meta)
         if stop_after is not None and done >= stop_after:
             return out
+        if cfg.max_seconds is not None and time.perf_counter() - t0 >= cfg.max_seconds:
+            logger.warning(
+                "max_seconds %.0f reached at step %d of %d", cfg.max_seconds, step, cfg.steps
+            )
+            _save_checkpoint(out, raw, optimizer, scheduler, step, meta)
+            break
     meta["train"]["seconds_last_call"] = round(time.perf_counter() - t0, 1)
+    meta["train"]["steps_done"] = step
     save_segmenter(out, raw, meta)
     logger.info("wrote %s", out / "segmenter.safetensors")
     return out
