@@ -79,6 +79,19 @@ class DataConfig:
     finding_maps: bool = False
     """Add each volume's dense finding map (from phantom ``ground_truth.jsonl`` positions) to
     the samples, for ``model.dense_loss_weight``; needs a ground-truth file under ``root``."""
+    spacing: tuple[float, float, float] | None = None
+    """Resample each volume to this voxel size (D, H, W) in mm before it meets ``input_shape``
+    (image area-averaged when shrinking, trilinear when enlarging; masks nearest). None keeps
+    each volume's own grid (the default: ``fit: resize`` then stretches it)."""
+    crop_foreground: bool = False
+    """Crop each volume to its body's bounding box (HU > -500, thin structures such as the table
+    removed) before resampling; an all-air volume is an error naming its file."""
+    fit: str = "resize"
+    """How a volume meets ``input_shape``: 'resize' (stretch each axis; the default) or
+    'pad_crop' (centre pad with air / centre crop: millimetres per voxel kept)."""
+    metadata_csv: str | None = None
+    """CT-RATE-style metadata table (``VolumeName`` + spacing columns) for volumes whose NIfTI
+    header spacing is blank."""
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -183,6 +196,10 @@ class ModelConfig:
     """Write the region classifier's detections into the prompt as text ("Image findings in
     this region: lung nodule."): detect, then describe. Training prompts carry the region's
     true labels; generation carries what the classifier sees in the image."""
+    evidence_locations: bool = False
+    """With ``evidence_prompt``: the detections line also says where each finding is
+    ("lung nodule (right lung upper lobe)"): the ground truth's place in training, the
+    localiser's (the segmenter's finding components) at generation time."""
     evidence_thresholds: list[float] | None = None
     """Per-label probability thresholds of those detections (one per CT-RATE label, in
     ``CT_RATE_LABELS`` order); None: 0.5 each. ``scripts/calibrate_evidence.py`` fits them."""
@@ -242,6 +259,8 @@ class ModelConfig:
                     f"(0, 1) (CT_RATE_LABELS order), got {self.evidence_thresholds}"
                 )
             self.evidence_thresholds = th
+        if self.evidence_locations and not self.evidence_prompt:
+            raise ConfigError("model.evidence_locations needs model.evidence_prompt: true")
         if self.projector not in ("linear", "mlp"):
             raise ConfigError(f"model.projector must be 'linear' or 'mlp', got {self.projector!r}")
 
@@ -329,6 +348,9 @@ class TrainConfig:
     log_every: int = 10
     resume: str | None = None
     """'auto' (latest checkpoint in output_dir), a checkpoint folder, or None."""
+    stop_after: int | None = None
+    """End this invocation once this many steps are done (a checkpoint is written there); a
+    later run with ``resume=auto`` continues to ``max_steps``: time-sliced or preemptible runs."""
     init: list[InitSource] = field(default_factory=list)
     """Where the starting weights come from: ``[{from: DIR, parts: [encoder, pooler, ...]}]``,
     loaded in order (a later entry overrides the parts it names). Parts: encoder, pooler,

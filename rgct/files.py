@@ -35,7 +35,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix
+        dir=path.parent,
+        prefix=f".{path.name}.",
+        suffix=suffix if suffix is not None else path.suffix,
     )
     os.close(fd)
     tmp_path = Path(tmp)

@@ -24,12 +24,14 @@ import numpy as np
 import torch
 
 from rgct.config import GenerationConfig, RGCTConfig
-from rgct.constants import CT_RATE_LABELS, REGIONS, REPORT_PROMPTS, WHOLE_SCAN
+from rgct.constants import CT_RATE_LABELS, LUNG_LOBES, REGIONS, REPORT_PROMPTS, WHOLE_SCAN
 from rgct.data.io import Volume, load_mask, load_volume
 from rgct.data.transforms import preprocess
 from rgct.model.checkpoint import load_checkpoint
 from rgct.model.region_classifier import region_probabilities
 from rgct.model.rgct_model import RGCTModel
+from rgct.model.segmenter import WEIGHTS_FILE as SEGMENTER_FILE
+from rgct.model.segmenter import load_segmenter
 from rgct.text import split_sentences
 
 DEMO_MODEL_DIR = Path(__file__).parent / "assets" / "demo_model"
@@ -60,19 +62,37 @@ def autocast_for(device: torch.device):
 class Predictor:
     """A loaded model plus the preprocessing it was trained with."""
 
-    def __init__(self, model: RGCTModel, cfg: RGCTConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: RGCTModel,
+        cfg: RGCTConfig,
+        device: torch.device,
+        segmenter: tuple[Any, dict] | None = None,
+    ) -> None:
         self.model = model
         self.cfg = cfg
         self.device = device
         self.regions: tuple[str, ...] = REGIONS
+        self.segmenter = segmenter
+        """(Segmenter, meta) when the checkpoint has one: masks-free inference and grounding."""
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "auto", merge_lora: bool = False
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        merge_lora: bool = False,
+        segmenter: str | Path | None = None,
     ) -> Predictor:
+        """Load a checkpoint folder; its ``segmenter.safetensors`` (or the folder ``segmenter``)
+        gives the predictor its own region masks."""
         dev = pick_device(device)
         model, cfg = load_checkpoint(path, device=dev, merge_lora=merge_lora)
-        return cls(model, cfg, dev)
+        seg_dir = Path(segmenter) if segmenter is not None else Path(path)
+        seg = None
+        if segmenter is not None or (seg_dir / SEGMENTER_FILE).is_file():
+            seg = load_segmenter(seg_dir, device=dev)
+        return cls(model, cfg, dev, seg)
 
     # -- inputs ----------------------------------------------------------------------------------
     def load(self, volume: Any) -> Volume:
@@ -111,17 +131,102 @@ class Predictor:
         masks: list[torch.Tensor],
         prompts: list[str],
         gen: GenerationConfig,
+        locations: list[dict[str, str] | None] | None = None,
     ) -> list[str]:
-        """One encoder pass for the volume, then batched generation over (mask, prompt) rows."""
+        """One encoder pass for the volume, then batched generation over (mask, prompt) rows
+        (``locations``: label -> place per row, for ``model.evidence_locations``)."""
         with autocast_for(self.device):
-            grid = self.model.encode_image(image)
+            grids = self.model.encode_rows(image.expand(len(prompts), *image.shape[1:]))
             out: list[str] = []
             for i in range(0, len(prompts), gen.batch_size):
                 chunk = slice(i, i + gen.batch_size)
                 m = torch.cat(masks[chunk])
-                g = grid.expand(m.shape[0], *grid.shape[1:])
-                out += self.model.generate_from_grid(g, m, prompts[chunk], gen, image=image)
+                where = None if locations is None else locations[chunk]
+                out += self.model.generate_from_grid(
+                    grids[chunk], m, prompts[chunk], gen, image=image, locations=where
+                )
         return out
+
+    # -- masks the predictor finds itself -----------------------------------------------------------
+    def segmentation(self, volume: Any):
+        """The checkpoint segmenter's :class:`rgct.generate.segment.Segmentation` of a volume."""
+        if self.segmenter is None:
+            raise ValueError(
+                "this checkpoint has no segmenter (segmenter.safetensors): give region masks, "
+                "or load one with Predictor.from_checkpoint(..., segmenter=DIR)"
+            )
+        from rgct.generate.segment import segment_volume
+
+        model, meta = self.segmenter
+        return segment_volume(model, meta, self.load(volume))
+
+    def segment(self, volume: Any) -> dict:
+        """Predicted masks: ``{"masks": {name: bool (D, H, W)}, "findings": [...], "warnings"}``
+        (ten regions, five lobes, the prompt anatomy; an empty mask is warned, never filled)."""
+        seg = self.segmentation(volume)
+        return {"masks": seg.masks, "findings": seg.findings, "warnings": list(seg.warnings)}
+
+    def check_scan(self, volume: Any) -> list[str]:
+        """Warnings for a scan that does not look like a chest CT (a few slices, a small field
+        of view, no lungs found by the segmenter)."""
+        vol = self.load(volume)
+        d, h, w = vol.array.shape
+        sd, sh, sw = vol.spacing
+        out = []
+        if d * sd < MIN_CHEST_EXTENT_MM:
+            out.append(
+                f"The scan covers {d * sd:.0f} mm head to foot ({d} slices): a chest CT covers "
+                f"at least {MIN_CHEST_EXTENT_MM:.0f} mm."
+            )
+        if min(h * sh, w * sw) < MIN_CHEST_EXTENT_MM:
+            out.append(
+                f"The field of view is {h * sh:.0f} x {w * sw:.0f} mm: too small for a chest."
+            )
+        if self.segmenter is not None:
+            seg = self.segmentation(vol)
+            if not seg.masks.get("lung", np.zeros(1, bool)).any():
+                out.append("No lungs were found: is this a chest CT?")
+        return out
+
+    def _masks(
+        self, vol: Volume, masks: dict[str, Any] | None, wanted: list[str], source: str | None
+    ) -> tuple[dict[str, Any], str, list[str], Any]:
+        """Given masks as they are, or the segmenter's; plus the segmentation when there is one
+        (it grounds the findings either way)."""
+        seg = self.segmentation(vol) if self.segmenter is not None else None
+        if masks is not None:
+            return masks, source or "given", [], seg
+        if seg is None:
+            self.segmentation(vol)  # raises the no-segmenter message
+        chosen = {r: seg.masks[r] for r in wanted if r in seg.masks and seg.masks[r].any()}
+        warnings = [w for w in seg.warnings if w.split(":")[0] in wanted]
+        return chosen, "predicted", warnings, seg
+
+    def _places(
+        self, vol: Volume, regions: list[str], findings: list[dict], seg: Any
+    ) -> list[dict[str, str]] | None:
+        """Label -> place per region for ``model.evidence_locations`` (None otherwise, or
+        without a segmenter: the detections line then names no place)."""
+        if not self.cfg.model.evidence_locations or seg is None:
+            return None
+        from rgct.generate.localize import LOBE_REGIONS, place_labels
+
+        lobe_probs: dict[str, np.ndarray] = {}
+        if any(r in LOBE_REGIONS for r in regions):
+            lobes = [
+                lb for lb in LUNG_LOBES if seg.masks.get(lb) is not None and seg.masks[lb].any()
+            ]
+            if lobes:
+                image, masks = self.prepare(vol, {lb: seg.masks[lb] for lb in lobes})
+                stack = torch.cat([masks[lb] for lb in lobes])
+                with autocast_for(self.device):
+                    probs = region_probabilities(self.model, image, stack).float().cpu().numpy()
+                lobe_probs = dict(zip(lobes, probs))
+        return [place_labels(r, findings, lobe_probs) for r in regions]
+
+    def _truncated(self, text: str, gen: GenerationConfig) -> bool:
+        n = len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return n >= gen.max_new_tokens - 1
 
     # -- public API ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -137,56 +242,133 @@ class Predictor:
     def region_report(
         self,
         volume: Any,
-        mask: Any,
+        mask: Any = None,
         region: str | None = None,
         *,
         max_new_tokens: int | None = None,
         num_beams: int | None = None,
     ) -> str:
-        """Findings for one region. ``region=None`` lets the mask alone say where to look."""
+        """Findings for one region. ``region=None`` lets the mask alone say where to look;
+        ``mask=None`` takes the segmenter's mask of ``region``."""
+        vol = self.load(volume)
+        if mask is None and not region:
+            raise ValueError("region_report needs a mask, or a region name to predict it")
+        seg = None
+        if mask is None or self.cfg.model.evidence_locations:
+            given = None if mask is None else {region or "region": mask}
+            found, _, warnings, seg = self._masks(vol, given, [region] if region else [], None)
+            if mask is None:
+                if region not in found:
+                    raise ValueError("; ".join(warnings) or f"{region}: no mask predicted")
+                mask = found[region]
         prompt = (
             REPORT_PROMPTS["region_report"].format(region=region)
             if region
             else REPORT_PROMPTS["region_report_unnamed"]
         )
-        image, masks = self.prepare(volume, {"region": mask})
+        image, masks = self.prepare(vol, {"region": mask})
+        places = None
+        if region and seg is not None:
+            places = self._places(vol, [region], seg.findings, seg)
         return self._run(
             image,
             [masks["region"]],
             [prompt],
             self._gen(max_new_tokens=max_new_tokens, num_beams=num_beams),
+            places,
         )[0]
 
     def report(
         self,
         volume: Any,
-        masks: dict[str, Any],
+        masks: dict[str, Any] | None = None,
         *,
         max_new_tokens: int | None = None,
         num_beams: int | None = None,
+        mask_source: str | None = None,
     ) -> dict:
         """A whole report assembled region by region, each sentence tagged with its region.
 
-        Returns ``{"text", "sentences": [{"region", "text"}], "regions": {region: text}}``.
+        ``masks=None`` uses the segmenter's masks (regions it finds empty are skipped with a
+        warning). Returns ``{"text", "sentences": [{"region", "text", "labels", "finding"}],
+        "regions": {region: text}, "findings", "mask_source", "warnings", "truncated"}``:
+        ``finding`` grounds a finding sentence (label, lobes, side, centre and box in voxels
+        and mm) when the checkpoint has a segmenter; ``findings`` adds each finding's voxel mask.
         """
+        vol = self.load(volume)
+        if masks is not None and not masks:
+            raise ValueError("report() needs at least one region mask (or masks=None)")
+        masks, source, warnings, seg = self._masks(vol, masks, list(REGIONS), mask_source)
         if not masks:
-            raise ValueError("report() needs at least one region mask")
+            raise ValueError("no region was found in this scan: " + "; ".join(warnings))
         order = [r for r in REGIONS if r in masks] + [r for r in masks if r not in REGIONS]
-        image, prepared = self.prepare(volume, {r: masks[r] for r in order})
+        image, prepared = self.prepare(vol, {r: masks[r] for r in order})
         prompts = [REPORT_PROMPTS["region_report"].format(region=r) for r in order]
-        texts = self._run(
-            image,
-            [prepared[r] for r in order],
-            prompts,
-            self._gen(max_new_tokens=max_new_tokens, num_beams=num_beams),
-        )
+        gen = self._gen(max_new_tokens=max_new_tokens, num_beams=num_beams)
+        findings = seg.findings if seg is not None else []
+        places = self._places(vol, order, findings, seg)
+        texts = self._run(image, [prepared[r] for r in order], prompts, gen, places)
         sentences = [
-            {"region": r, "text": s} for r, t in zip(order, texts) for s in split_sentences(t)
+            _ground(r, s, findings) for r, t in zip(order, texts) for s in split_sentences(t)
         ]
+        truncated = [r for r, t in zip(order, texts) if self._truncated(t, gen)]
+        warnings += [f"{r}: text cut at the {gen.max_new_tokens}-token limit" for r in truncated]
         return {
             "text": " ".join(s["text"] for s in sentences),
             "sentences": sentences,
             "regions": dict(zip(order, texts)),
+            "findings": findings,
+            "mask_source": source,
+            "warnings": warnings,
+            "truncated": bool(truncated),
+        }
+
+    def region_report_details(
+        self,
+        volume: Any,
+        mask: Any = None,
+        region: str | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        mask_source: str | None = None,
+    ) -> dict:
+        """:meth:`region_report` with its grounding: the same dict as :meth:`report` for one
+        region. ``mask=None`` takes the segmenter's mask of ``region``."""
+        vol = self.load(volume)
+        if mask is None and not region:
+            raise ValueError("give a region mask, or a region name to predict its mask")
+        given = None if mask is None else {region or "region": mask}
+        masks, source, warnings, seg = self._masks(
+            vol, given, [region] if region else [], mask_source
+        )
+        if not masks:
+            raise ValueError("; ".join(warnings) or f"{region}: no mask predicted")
+        gen = self._gen(max_new_tokens=max_new_tokens, num_beams=num_beams)
+        text = self.region_report(
+            vol,
+            next(iter(masks.values())),
+            region,
+            max_new_tokens=gen.max_new_tokens,
+            num_beams=gen.num_beams,
+        )
+        name = region or "region"
+        findings = [
+            f
+            for f in (seg.findings if seg is not None else [])
+            if not region or f.get("region") == region
+        ]
+        truncated = self._truncated(text, gen)
+        if truncated:
+            warnings.append(f"{name}: text cut at the {gen.max_new_tokens}-token limit")
+        return {
+            "text": text,
+            "sentences": [_ground(name, s, findings) for s in split_sentences(text)],
+            "regions": {name: text},
+            "findings": findings,
+            "mask_source": source,
+            "warnings": warnings,
+            "truncated": truncated,
         }
 
     def answer(
@@ -207,3 +389,24 @@ class Predictor:
             num_beams=num_beams,
         )
         return self._run(image, [masks[WHOLE_SCAN]], [question.strip()], gen)[0]
+
+
+MIN_CHEST_EXTENT_MM = 120.0
+"""A chest CT covers at least this much head to foot and across (an adult thorax ~250-350 mm)."""
+
+
+def _ground(region: str, sentence: str, findings: list[dict]) -> dict:
+    """A report sentence with its labels and, for a finding sentence, the localised finding of
+    that label in that region (the most probable one): lobes, side, centre and box."""
+    from rgct.eval.labeler import default_labeler
+
+    read = default_labeler().label_sentence(sentence)
+    labels = read.positive
+    match = next(
+        (f for f in findings if f.get("label") in labels and f.get("region") in (region, None)),
+        None,
+    )
+    finding = None
+    if match is not None:
+        finding = {k: v for k, v in match.items() if k != "mask"}
+    return {"region": region, "text": sentence, "labels": labels, "finding": finding}

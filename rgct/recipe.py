@@ -32,8 +32,14 @@ stage, whose checkpoint is ``WORK/<id>/model``; ``data`` names a synth stage, de
   ``config:`` names another file of that folder); ``init`` entries take a stage id or a
   folder; ``overrides``.
 - ``fit_classifier`` / ``calibrate``: :mod:`rgct.train.classifier` (new checkpoint folders).
-- ``heldout``: :func:`rgct.generate.heldout.heldout_eval` (``limit``, ``oracle``).
-- ``export``: the ``from`` checkpoint plus a model card written from the log.
+- ``segmenter``: :func:`rgct.train.segmenter.fit_segmenter` on the dataset's own region, lobe
+  and anatomy masks (``steps``, ``batch_size``, ``lr``, ``model``: network keyword arguments);
+  resumable inside the stage.
+- ``heldout``: :func:`rgct.generate.heldout.heldout_eval` (``limit``, ``oracle``, ``masks``:
+  ``dataset`` or ``predicted``).
+- ``export``: the ``from`` checkpoint plus a model card written from the log; ``segmenter``
+  names the segmenter stage whose weights go into the folder (masks-free inference);
+  ``heldout`` one held-out stage or a list.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from rgct.files import atomic_dir, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("synth", "train", "fit_classifier", "calibrate", "heldout", "export")
+KINDS = ("synth", "train", "segmenter", "fit_classifier", "calibrate", "heldout", "export")
 DONE_FILE = "DONE.json"
 LOG_FILE = "recipe_log.jsonl"
 MODEL_DIR = "model"
@@ -63,8 +69,18 @@ _KEYS = {
     "train": {"config", "init", "overrides"},
     "fit_classifier": {"from", "data", "split", "max_volumes", "epochs", "lr", "seed"},
     "calibrate": {"from", "data", "split", "skip_volumes", "max_volumes", "report_volumes"},
-    "heldout": {"from", "data", "split", "limit", "oracle", "batch_size"},
-    "export": {"from", "heldout", "calibration"},
+    "heldout": {"from", "data", "split", "limit", "oracle", "batch_size", "masks"},
+    "segmenter": {
+        "data",
+        "steps",
+        "batch_size",
+        "lr",
+        "max_volumes",
+        "seed",
+        "model",
+        "input_shape",
+    },
+    "export": {"from", "heldout", "calibration", "segmenter"},
 }
 
 
@@ -148,7 +164,12 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"{path}: model preset {recipe.model} does not exist")
     seen: list[Stage] = []
     for s in stages:
-        refs = [s.options[k] for k in ("from", "heldout", "calibration") if k in s.options]
+        refs = [
+            r
+            for k in ("from", "heldout", "calibration", "segmenter")
+            for r in (s.options[k] if isinstance(s.options.get(k), list) else [s.options.get(k)])
+            if r is not None
+        ]
         refs += [
             e.get("from") for e in s.options.get("init", []) if isinstance(e, dict)
         ]  # folders are allowed for init entries: only ids of later stages are errors
@@ -350,6 +371,14 @@ class RecipeRunner:
         src, data, out = self._ref(o["from"]), self.data_dir(stage), self.stage_dir(stage.id)
         overrides = [f"generation.batch_size={o['batch_size']}"] if "batch_size" in o else None
         model, cfg = load_checkpoint(src, device=pick_device(self.device), overrides=overrides)
+        from rgct.generate.masks import build_mask_provider
+
+        masks = build_mask_provider(
+            o.get("masks", "dataset"), src, cfg, data, next(model.parameters()).device
+        )
+        from rgct.generate.localize import build_localizer
+
+        localizer = build_localizer(model, cfg, src, data, masks)
         result = heldout_eval(
             model,
             cfg,
@@ -358,23 +387,49 @@ class RecipeRunner:
             split=o.get("split", "valid"),
             limit=o.get("limit"),
             oracle=bool(o.get("oracle", False)),
+            masks=masks,
+            localizer=localizer,
         )
         flags = f" --limit {o['limit']}" if "limit" in o else ""
         flags += " --oracle" if o.get("oracle") else ""
+        flags += f" --masks {o['masks']}" if "masks" in o else ""
         return f"rgct heldout --checkpoint {src} --data {data} --out {out}{flags}", result
 
+    def _run_segmenter(self, stage: Stage) -> tuple[str, dict]:
+        from rgct.train.segmenter import SegmenterTrainConfig, fit_segmenter
+
+        o = stage.options
+        data, out = self.data_dir(stage), self.model_dir(stage.id)
+        keys = ("steps", "batch_size", "lr", "max_volumes", "seed", "input_shape")
+        kwargs = {k: o[k] for k in keys if k in o}
+        cfg = SegmenterTrainConfig(
+            data_root=str(data), out_dir=str(out), model=dict(o.get("model") or {}), **kwargs
+        )
+        fit_segmenter(cfg)
+        metrics = _last_metrics(out)
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
+        command = f"python scripts/train_segmenter.py --data {data} --out {out} {flags}".strip()
+        return command, {"steps": cfg.steps, **metrics}
+
     def _run_export(self, stage: Stage) -> tuple[str, dict]:
+        from rgct.model.segmenter import CONFIG_FILE as SEG_CONFIG
+        from rgct.model.segmenter import WEIGHTS_FILE as SEG_WEIGHTS
+
         o = stage.options
         src = self._ref(o["from"])
-        heldout = None
-        if "heldout" in o:
-            heldout = json.loads((self.stage_dir(o["heldout"]) / "heldout.json").read_text())
-        card = model_card(self.recipe, self.log(), heldout)
+        names = o.get("heldout", [])
+        names = [names] if isinstance(names, str) else list(names)
+        heldouts = [json.loads((self.stage_dir(n) / "heldout.json").read_text()) for n in names]
+        card = model_card(self.recipe, self.log(), heldouts)
         with atomic_dir(self.model_dir(stage.id)) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
+            if "segmenter" in o:
+                seg = self._ref(str(o["segmenter"]))
+                for f in (SEG_WEIGHTS, SEG_CONFIG):
+                    shutil.copy2(seg / f, tmp / f)
             write_text(tmp / "README.md", card)
-            if heldout is not None:
-                write_json(tmp / "heldout.json", heldout)
+            for n, h in zip(names, heldouts):
+                write_json(tmp / f"{n}.json", h)
             write_text(tmp / "recipe.yaml", self.recipe.path.read_text())
         return f"(copy of {src} with the model card)", {"model": str(self.model_dir(stage.id))}
 
@@ -392,7 +447,7 @@ def _last_metrics(run_dir: Path) -> dict:
     return out
 
 
-def model_card(recipe: Recipe, log: list[dict], heldout: dict | None) -> str:
+def model_card(recipe: Recipe, log: list[dict], heldouts: list[dict]) -> str:
     """The model card, written from the recipe and its run log (nothing by hand)."""
     lines = [
         f"# rgct model: recipe `{recipe.name}`",
@@ -419,10 +474,12 @@ def model_card(recipe: Recipe, log: list[dict], heldout: dict | None) -> str:
     lines += ["", "Commands, in order:", "", "```"]
     lines += [rec["command"] for rec in log if rec["kind"] != "export"]
     lines += ["```"]
-    if heldout is not None:
+    if heldouts:
         from rgct.generate.heldout import card_section
 
-        lines += ["", "## Held-out check (does it use the image?)", "", card_section(heldout)]
+        lines += ["", "## Held-out check (does it use the image?)"]
+        for h in heldouts:
+            lines += ["", card_section(h)]
     lines += ["", "Load with `rgct.inference.Predictor.from_checkpoint(path)`."]
     return "\n".join(lines) + "\n"
 

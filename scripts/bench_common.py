@@ -7,7 +7,6 @@ Imported by ``scripts/bench_*.py`` (run as ``python scripts/bench_x.py``, so thi
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import resource
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from rgct import files
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {"tiny": REPO / "configs/model/tiny.yaml", "smollm2": REPO / "configs/model/smollm2.yaml"}
@@ -123,9 +124,4 @@ def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None) ->
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     """Write ``data`` as indented JSON atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return files.write_json(path, data)

@@ -55,7 +55,8 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     with pytest.raises(FileNotFoundError):  # classifier_fit has not run yet
         train(cfg)
     assert main(["recipe", str(recipe), "--work", str(work), "--until", "classifier_fit"]) == 0
-    train(cfg, stop_after=1)
+    cfg.train.stop_after = 1
+    train(cfg)
     assert not (work / "stage3_stats" / DONE_FILE).exists()
     export = tmp_path / "exported"
     assert main(["recipe", str(recipe), "--work", str(work), "--export", str(export)]) == 0
@@ -70,10 +71,23 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     card = (export / "README.md").read_text()
     assert "## How it was made" in card and "rgct classifier calibrate" in card
     assert "Held-out check" in card and str(tmp_path) not in card  # no machine paths
-    assert json.loads((export / "heldout.json").read_text())["blind_baseline"]
+    assert json.loads((export / "heldout.json").read_text())["blind_baseline"]  # <stage id>.json
+    predicted = json.loads((export / "heldout_predicted.json").read_text())
+    assert predicted["mask_source"] == "predicted" and "region masks from the predicted" in card
+    from rgct.data.layout import volume_path
+    from rgct.data.records import find_volumes
     from rgct.inference import Predictor
 
-    assert Predictor.from_checkpoint(export, device="cpu").cfg.model.evidence_thresholds
+    p = Predictor.from_checkpoint(export, device="cpu")
+    assert p.cfg.model.evidence_thresholds and p.segmenter is not None
+    scan = volume_path(work / "heldout_synth", find_volumes(work / "heldout_synth", "valid")[0])
+    p.cfg.generation.max_new_tokens = 4
+    try:  # a 2-step segmenter may find nothing: then the refusal names every region
+        report = p.report(scan)
+    except ValueError as e:
+        assert "no mask predicted" in str(e)
+    else:
+        assert report["mask_source"] == "predicted" and report["sentences"]
     # everything done: a rerun does nothing; --from re-runs that stage and what follows
     assert RecipeRunner(load_recipe(recipe), work).run() == []
     assert RecipeRunner(load_recipe(recipe), work).run("export") == ["export"]

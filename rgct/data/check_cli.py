@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 from pathlib import Path
+
+from rgct.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +30,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     show.add_argument("--split", help="split (default: from the volume name)")
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action; exit code 1 when the check finds an error."""
     if args.data_command == "show":
@@ -50,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
     report = check_dataset(args.dir, deep=not args.headers_only, max_volumes=args.max_volumes)
     print(format_report(report))
     if args.json:
-        _write_json(Path(args.json), report.to_dict())
+        write_json(Path(args.json), report.to_dict())
     return 1 if report.errors else 0

@@ -11,7 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +23,7 @@ from matplotlib.patches import Circle, Patch  # noqa: E402
 
 from rgct.constants import REGIONS  # noqa: E402
 from rgct.data.layout import parse_volume_name, region_mask_path, strip_suffix, volume_path  # noqa: E402
+from rgct.data.truth import load_ground_truth
 
 LUNG_WINDOW = (-1350.0, 150.0)
 """Display window (HU): level -600, width 1500."""
@@ -37,16 +37,7 @@ def _read_dhw(path: Path) -> np.ndarray:
 
 
 def _ground_truth(root: Path, volume: str) -> dict | None:
-    path = root / "ground_truth.jsonl"
-    if not path.is_file():
-        return None
-    with path.open() as f:
-        for line in f:
-            if line.strip():
-                rec = json.loads(line)
-                if rec["volume"] == volume:
-                    return rec
-    return None
+    return (load_ground_truth(root) or {}).get(strip_suffix(volume))
 
 
 def _axial_levels(depth: int, findings: list[dict], n: int = 4) -> list[int]:

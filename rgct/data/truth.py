@@ -53,3 +53,26 @@ def load_ground_truth(root: str | Path, split: str | None = None) -> dict[str, d
             continue
         out[strip_suffix(str(rec["volume"]))] = rec
     return out
+
+
+def location_phrase(finding: dict) -> str | None:
+    """Where a ground-truth finding is, in report words: its lobe ("right lung upper lobe"),
+    else its side ("left") for a sided finding, else None."""
+    if finding.get("lobe"):
+        return str(finding["lobe"])
+    if finding.get("side"):
+        return str(finding["side"])
+    return None
+
+
+def finding_locations(record: dict | None, region: str) -> dict[str, str]:
+    """CT-RATE label -> location phrase of the record's findings in ``region`` (phrases of
+    several findings of one label joined with " and ", in the record's order)."""
+    out: dict[str, list[str]] = {}
+    for f in (record or {}).get("findings", []):
+        if f.get("region") != region:
+            continue
+        phrase = location_phrase(f)
+        if phrase and phrase not in out.setdefault(f["label"], []):
+            out[f["label"]].append(phrase)
+    return {label: " and ".join(p) for label, p in out.items() if p}

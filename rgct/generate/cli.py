@@ -34,6 +34,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--blind", action="store_true", help="blind baseline: visual tokens replaced by zeros"
     )
+    parser.add_argument(
+        "--masks",
+        default="dataset",
+        help="region masks: 'dataset' (the data's own), 'predicted' (the checkpoint's "
+        "segmenter) or a folder of seg_<volume>/<name>.nii.gz files",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
@@ -42,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     from accelerate import Accelerator
 
+    from rgct.generate.localize import build_localizer
+    from rgct.generate.masks import build_mask_provider
     from rgct.generate.runner import expand_tasks, merge_parts, run_generation
     from rgct.inference import default_checkpoint
     from rgct.model.checkpoint import load_checkpoint
@@ -57,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         "top_p": args.top_p,
     }
     gen = replace(cfg.generation, **{k: v for k, v in over.items() if v is not None})
+    checkpoint = args.checkpoint or default_checkpoint()
+    masks = build_mask_provider(args.masks, checkpoint, cfg, args.data, accelerator.device)
+    localizer = build_localizer(model, cfg, checkpoint, args.data, masks)
     if args.sample:
         gen = replace(gen, do_sample=True)
     run_generation(
@@ -72,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         device=accelerator.device,
         blind=args.blind,
         gen=gen,
+        masks=masks,
+        localizer=localizer,
     )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

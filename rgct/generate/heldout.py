@@ -54,12 +54,16 @@ def heldout_eval(
     split: str = "valid",
     limit: int | None = None,
     oracle: bool = False,
+    masks=None,
+    localizer=None,
 ) -> dict:
     """Generate + score (model and blind baseline); return and write ``heldout.json``.
 
     ``oracle`` (evidence-prompt models) adds a third run, ``oracle_evidence``: the detections
     line carries the true labels, so its finding F1 is what the language model reaches with a
-    perfect region classifier (the model's F1 lies between the two)."""
+    perfect region classifier (the model's F1 lies between the two). ``masks``: a
+    :class:`rgct.generate.masks.MaskProvider` (the segmenter's masks) instead of the dataset's;
+    ``localizer`` places findings for ``model.evidence_locations`` models."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gt = load_ground_truth(data_root)
@@ -69,7 +73,11 @@ def heldout_eval(
         )
     if oracle and not cfg.model.evidence_prompt:
         raise ValueError("the oracle-evidence run needs a model trained with model.evidence_prompt")
-    result: dict = {"split": split, "volumes": None}
+    result: dict = {
+        "split": split,
+        "volumes": None,
+        "mask_source": "dataset" if masks is None else masks.label,
+    }
     runs = [("model", False, False), ("blind_baseline", True, False)]
     runs += [("oracle_evidence", False, True)] if oracle else []
     for name, blind, truth in runs:
@@ -84,6 +92,8 @@ def heldout_eval(
             limit=limit,
             blind=blind,
             oracle_evidence=truth,
+            masks=masks,
+            localizer=localizer,
         )
         merge_parts(preds)
         rows = load_predictions(preds)
@@ -101,7 +111,8 @@ def card_section(result: dict) -> str:
     """Markdown table of a held-out result for the model card."""
     keys = list(result["model"])
     lines = [
-        f"Held-out split `{result['split']}`: {result['volumes']} phantom volumes never seen in training. "
+        f"Held-out split `{result['split']}`: {result['volumes']} phantom volumes never seen in training, "
+        f"region masks from the {result.get('mask_source', 'dataset')}. "
         "The blind baseline is the same model with its visual tokens replaced by zeros (with "
         "evidence prompts its region classifier also sees a zero grid and a zero image).",
         "",

@@ -20,6 +20,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N volumes of the split")
     parser.add_argument("--out", required=True, help="folder for predictions and heldout.json")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--masks", default="dataset", help="dataset | predicted (the checkpoint's segmenter) | DIR"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="generation batch size")
     parser.add_argument(
         "--oracle",
@@ -37,8 +40,24 @@ def run(args: argparse.Namespace) -> int:
     model, cfg = load_checkpoint(
         args.checkpoint, device=pick_device(args.device), overrides=overrides
     )
+    from rgct.generate.masks import build_mask_provider
+
+    masks = build_mask_provider(
+        args.masks, args.checkpoint, cfg, args.data, next(model.parameters()).device
+    )
+    from rgct.generate.localize import build_localizer
+
+    localizer = build_localizer(model, cfg, args.checkpoint, args.data, masks)
     result = heldout_eval(
-        model, cfg, args.data, args.out, split=args.split, limit=args.limit, oracle=args.oracle
+        model,
+        cfg,
+        args.data,
+        args.out,
+        split=args.split,
+        limit=args.limit,
+        oracle=args.oracle,
+        masks=masks,
+        localizer=localizer,
     )
     print(card_section(result))
     return 0

@@ -2,7 +2,7 @@
 
 Each output line::
 
-    {"volume", "task", "region", "question", "prediction", "reference"}
+    {"volume", "task", "region", "question", "prediction", "reference", "mask_source"}
     (+ "sentences": [{"region", "text"}] for whole reports, assembled region by region)
 
 Every process writes its own part file (``<out>.part-<rank>``), appending one flushed line per
@@ -26,6 +26,11 @@ from tqdm.auto import tqdm
 from rgct.config import GenerationConfig, RGCTConfig
 from rgct.constants import REGIONS, REPORT_PROMPTS, WHOLE_SCAN
 from rgct.data.dataset import RGCTDataset, collate
+from rgct.data.layout import strip_suffix
+from rgct.data.truth import finding_locations, load_ground_truth
+from rgct.files import write_jsonl
+from rgct.generate.localize import Localizer
+from rgct.generate.masks import DATASET, MaskProvider, MaskUnavailable
 from rgct.inference import autocast_for
 from rgct.model.rgct_model import RGCTModel
 from rgct.text import split_sentences
@@ -173,11 +178,32 @@ def generate_units(
     device: torch.device,
     blind: bool = False,
     oracle_evidence: bool = False,
+    masks: MaskProvider | None = None,
+    localizer: Localizer | None = None,
+    truth: dict[str, dict] | None = None,
 ) -> list[dict]:
     """Generate the text of a group of units (one batched call) and build their output lines.
 
     ``oracle_evidence``: the detections line states each region's true labels (phantoms; a
-    diagnostic of the language model alone, as if the region classifier were perfect)."""
+    diagnostic of the language model alone, as if the region classifier were perfect).
+    ``masks``: take region masks from a segmenter or a folder instead of the dataset; a unit
+    whose mask is unavailable is left out (and logged). ``localizer``
+    (``model.evidence_locations``): where each detected finding is; with ``oracle_evidence``
+    the truth's places instead; none for the blind baseline."""
+    if masks is not None:
+        kept = []
+        for u in units:
+            try:
+                for i in u.rows:
+                    s = ds.samples[i]
+                    masks.mask(s.volume, s.anatomy, s.region)
+                kept.append(u)
+            except MaskUnavailable as e:
+                masks.warnings.append(str(e))
+                logger.warning("%s", e)
+        units = kept
+        if not units:
+            return []
     flat = [i for u in units for i in u.rows]
     # Named prompts at generation time (training may have used unnamed ones).
     prompts, items = [], []
@@ -193,6 +219,12 @@ def generate_units(
             else s.prompt
         )
     batch = collate(items)
+    if masks is not None:
+        for row, i in enumerate(flat):
+            s = ds.samples[i]
+            m = masks.mask(s.volume, s.anatomy, s.region)
+            if m is not None:
+                batch["mask"][row] = m
     evidence = None
     if oracle_evidence:
         if not bool(batch["has_labels"].all()):
@@ -201,6 +233,22 @@ def generate_units(
                 f"oracle evidence needs ground-truth labels: {bad.volume} {bad.region!r} has none"
             )
         evidence = (batch["labels"] > 0.5).to(device)
+    locations = None
+    if model.cfg.evidence_locations and not blind:
+        if oracle_evidence:
+            if truth is None:
+                raise ValueError("oracle locations need the dataset's ground_truth.jsonl")
+            locations = [
+                finding_locations(
+                    truth.get(strip_suffix(ds.samples[i].volume)), ds.samples[i].region
+                )
+                for i in flat
+            ]
+        elif localizer is not None:
+            locations = [
+                localizer.locations(ds.samples[i].volume, ds.samples[i].region, item["image"])
+                for i, item in zip(flat, items)
+            ]
     with autocast_for(device):
         texts = model.generate(
             batch["image"].to(device),
@@ -209,6 +257,7 @@ def generate_units(
             gen,
             blind=blind,
             evidence=evidence,
+            locations=locations,
         )
     out, k = [], 0
     for u in units:
@@ -221,6 +270,7 @@ def generate_units(
             "question": u.question,
             "prediction": " ".join(mine) if u.task == "report" else mine[0],
             "reference": u.reference,
+            "mask_source": DATASET if masks is None else masks.label,
         }
         if u.task == "report":
             row["sentences"] = [
@@ -247,6 +297,8 @@ def run_generation(
     blind: bool = False,
     gen: GenerationConfig | None = None,
     oracle_evidence: bool = False,
+    masks: MaskProvider | None = None,
+    localizer: Localizer | None = None,
 ) -> Path:
     """Generate this process's share of the units into its part file; return the part path.
 
@@ -261,6 +313,7 @@ def run_generation(
     needed = sorted({t for t in tasks} | ({"region_report"} if "report" in tasks else set()))
     ds = RGCTDataset(data_cfg, split, train=False, tasks=needed)
     units = plan_units(ds, tasks)
+    truth = load_ground_truth(data_root) if oracle_evidence else None
     part = out.with_name(f"{out.name}.part-{rank}")
     done = read_done(sorted(out.parent.glob(out.name + ".part-*")) + [out])
     mine = [u for j, u in enumerate(units) if j % world == rank and u.key not in done]
@@ -271,9 +324,20 @@ def run_generation(
         open(part, "a") as f,
         tqdm(total=len(mine), desc=f"generate[{rank}]", disable=rank != 0) as bar,
     ):
+        if masks is not None or localizer is not None:  # each volume segmented once
+            mine.sort(key=lambda u: u.volume)
         for group in _batches(mine, gen.batch_size):
             rows = generate_units(
-                model, ds, group, gen, device, blind=blind, oracle_evidence=oracle_evidence
+                model,
+                ds,
+                group,
+                gen,
+                device,
+                blind=blind,
+                oracle_evidence=oracle_evidence,
+                masks=masks,
+                localizer=localizer,
+                truth=truth,
             )
             for row in rows:
                 f.write(json.dumps(row) + "\n")
@@ -297,11 +361,7 @@ def merge_parts(out: str | Path) -> Path:
         raise RuntimeError(
             f"{len(missing)} outputs missing after generation (first: {missing[0]}); rerun to resume"
         )
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w") as f:
-        for k in order:
-            f.write(json.dumps(rows[k]) + "\n")
-    os.replace(tmp, out)
+    write_jsonl(out, [rows[k] for k in order])
     for p in parts:
         p.unlink()
     order_file.unlink(missing_ok=True)

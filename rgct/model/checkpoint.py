@@ -160,6 +160,7 @@ def load_parts(
             f"{directory}: adapter keys do not match the model: {result.unexpected_keys[:5]}"
         )
 
+
 def apply_init(model: RGCTModel, sources: list[InitSource]) -> None:
     """Load each ``train.init`` entry's parts into ``model``, in order (later entries win)."""
     for src in sources:

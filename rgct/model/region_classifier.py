@@ -267,8 +267,8 @@ def region_probabilities(
 ) -> torch.Tensor:
     """(R, L) probabilities for one volume (1, C_in, D, H, W) under R masks (R, 1, D, H, W):
     the encoder runs once."""
-    grid = model.encode_image(image)
-    logits = region_logits(model, grid.expand(masks.shape[0], *grid.shape[1:]), masks, image)
+    rows = image.expand(masks.shape[0], *image.shape[1:])
+    logits = region_logits(model, model.encode_rows(rows), masks, image)
     return torch.sigmoid(logits.float())
 
 
@@ -278,18 +278,39 @@ def detections(logits: torch.Tensor, thresholds: list[float] | None) -> torch.Te
     return torch.sigmoid(logits.float()) >= torch.tensor(th, device=logits.device)
 
 
-def evidence_line(present: list[bool] | torch.Tensor) -> str:
-    """The detections line for one row of (L,) bools ("Image findings in this region: ...")."""
+def evidence_line(
+    present: list[bool] | torch.Tensor, locations: dict[str, str] | None = None
+) -> str:
+    """The detections line for one row of (L,) bools ("Image findings in this region: ...").
+
+    ``locations`` (``model.evidence_locations``): label -> where it is ("right lung upper
+    lobe", "left"), written after the label it belongs to: "lung nodule (right lung upper lobe)".
+    """
     row = present.tolist() if isinstance(present, torch.Tensor) else list(present)
-    names = [lab.lower() for lab, on in zip(CT_RATE_LABELS, row) if on]
+    names = []
+    for label, on in zip(CT_RATE_LABELS, row):
+        if on:
+            where = (locations or {}).get(label)
+            names.append(f"{label.lower()} ({where})" if where else label.lower())
     return f"{EVIDENCE_PREFIX}{', '.join(names) or 'none'}."
 
 
-def evidence_prompts(prompts: list[str], present: torch.Tensor) -> list[str]:
-    """Prefix each prompt with its detections line; ``present`` (B, L) bool."""
+def evidence_prompts(
+    prompts: list[str],
+    present: torch.Tensor,
+    locations: list[dict[str, str] | None] | None = None,
+) -> list[str]:
+    """Prefix each prompt with its detections line; ``present`` (B, L) bool; ``locations``
+    one label -> place dict (or None) per row."""
     if len(prompts) != present.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {present.shape[0]} detection rows")
-    return [f"{evidence_line(row)}\n{prompt}" for prompt, row in zip(prompts, present)]
+    if locations is not None and len(locations) != len(prompts):
+        raise ValueError(f"{len(locations)} location rows for {len(prompts)} prompts")
+    rows = locations if locations is not None else [None] * len(prompts)
+    return [
+        f"{evidence_line(row, where)}\n{prompt}"
+        for prompt, row, where in zip(prompts, present, rows)
+    ]
 
 
 # --- cached features, fitting, thresholds ---------------------------------------------------------
@@ -362,8 +383,8 @@ def collect_region_features(
         items = [ds[i] for i in rows]
         image = items[0]["image"][None].to(device)
         masks = torch.stack([it["mask"] for it in items]).to(device)
-        grid = model.encode_image(image)
-        _, region = pooler.pool(grid.expand(len(rows), *grid.shape[1:]), masks)
+        grid = model.encode_rows(image.expand(len(rows), *image.shape[1:]))
+        _, region = pooler.pool(grid, masks)
         regions.append(region.float().cpu())
         if pooler.stats is not None:  # the image's filters once, every region's histograms
             stats.append(pooler.stats(image, masks).float().cpu())

@@ -179,6 +179,12 @@ class RGCTModel(nn.Module):
             )
         return self.encoder(image)
 
+    def encode_rows(self, image: torch.Tensor) -> torch.Tensor:
+        """Patch grids (B, C, d, h, w) for rows (B, C_in, D, H, W) that may repeat a volume:
+        the encoder runs once per distinct volume (every region of a scan shares one pass)."""
+        uniq, inverse = rc.unique_images(image)
+        return self.encode_image(uniq)[inverse]
+
     def visual_tokens(
         self, grid: torch.Tensor, mask: torch.Tensor, image: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,9 +251,12 @@ class RGCTModel(nn.Module):
         answers: list[str],
         labels: torch.Tensor | None = None,
         has_labels: torch.Tensor | list[bool] | None = None,
+        locations: list[dict[str, str] | None] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Training tokens. With ``model.evidence_prompt`` the prompts carry the region's
-        true labels (B, 18) as the detections line (the classifier's at generation time)."""
+        true labels (B, 18) as the detections line (the classifier's at generation time); with
+        ``model.evidence_locations`` also where each is (``locations``: label -> place, one
+        dict per row, from the ground truth; the localiser's at generation time)."""
         if self.cfg.evidence_prompt:
             known = torch.ones(len(prompts), dtype=torch.bool) if has_labels is None else has_labels
             if labels is None or not bool(torch.as_tensor(known).all()):
@@ -255,7 +264,8 @@ class RGCTModel(nn.Module):
                     "model.evidence_prompt needs per-region labels for every training sample "
                     "(ground_truth.jsonl); some samples have none"
                 )
-            prompts = rc.evidence_prompts(prompts, labels > 0.5)
+            where = locations if self.cfg.evidence_locations else None
+            prompts = rc.evidence_prompts(prompts, labels > 0.5, where)
         g, r = self.num_visual_tokens
         return encode_for_training(
             self.tokenizer, prompts, answers, g, r, self.cfg.max_answer_tokens
@@ -264,74 +274,132 @@ class RGCTModel(nn.Module):
     def forward(
         self,
         image: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         aux_labels: torch.Tensor | None = None,
         has_labels: torch.Tensor | None = None,
         findings: torch.Tensor | None = None,
+        objective: str = "lm",
         blind: bool = False,
-        dense_only: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Language-model loss plus the weighted auxiliary (and dense) losses for a batch.
+        """The training losses of a batch for one ``train.objective``.
 
-        Without ``input_ids`` only the vision side runs and ``loss`` is the auxiliary loss plus
-        the weighted dense loss (encoder pre-training). ``findings``: (B,1,D,H,W) dense finding
-        maps (:mod:`rgct.data.finding_maps`), used when the model has a dense head.
-        ``dense_only``: the encoder and dense head alone (``train.objective=dense``), on whole
-        volumes or on crops of any size the encoder's stride divides; ``mask`` is ignored.
-        Returns ``loss``, ``lm_loss``, ``aux_loss``, ``dense_loss``, ``aux_logits``.
+        One return shape for every objective: ``loss`` (what is backpropagated), ``lm_loss``,
+        ``aux_loss``, ``dense_loss`` (detached, 0 where the objective has none) and
+        ``aux_logits`` (B, L). The objectives (each its own method):
+
+        - ``lm``: :meth:`language_losses`, the language loss plus the weighted vision losses;
+        - ``aux``: :meth:`vision_losses`, the region classifier's (and dense) loss, no LLM;
+        - ``dense``: :meth:`dense_losses`, the encoder and dense head alone (crops allowed).
+
+        Args:
+            image: (B, C_in, D, H, W) model input.
+            mask: (B, 1, D, H, W) region masks (not used by ``dense``).
+            input_ids, attention_mask, labels: (B, T) training tokens (``lm`` only).
+            aux_labels: (B, L) region labels; has_labels: (B,) which rows have them.
+            findings: (B, 1, D, H, W) dense finding maps (:mod:`rgct.data.finding_maps`).
+            blind: zero the visual tokens (the blind baseline's loss).
         """
-        if dense_only:
-            if findings is None:
-                raise ValueError("dense_only needs the finding maps (data.finding_maps)")
-            dense = self.dense_loss(self.encoder(image), findings)
-            zero = dense.detach() * 0.0
-            return {
-                "loss": dense,
-                "lm_loss": zero,
-                "aux_loss": zero,
-                "dense_loss": dense.detach(),
-                "aux_logits": torch.zeros(len(image), len(CT_RATE_LABELS), device=image.device),
-            }
+        if objective == "dense":
+            return self.dense_losses(image, findings)
+        if mask is None:
+            raise ValueError(f"objective {objective!r} needs the region masks")
+        if objective == "aux":
+            return self.vision_losses(image, mask, aux_labels, has_labels, findings)[0]
+        if objective == "lm":
+            return self.language_losses(
+                image,
+                mask,
+                input_ids,
+                attention_mask,
+                labels,
+                aux_labels,
+                has_labels,
+                findings,
+                blind,
+            )
+        raise ValueError(f"unknown objective {objective!r}: 'lm', 'aux' or 'dense'")
+
+    @staticmethod
+    def _losses(
+        loss: torch.Tensor,
+        lm: torch.Tensor | None,
+        aux: torch.Tensor | None,
+        dense: torch.Tensor | None,
+        logits: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        zero = loss.detach() * 0.0
+        return {
+            "loss": loss,
+            "lm_loss": zero if lm is None else lm.detach(),
+            "aux_loss": zero if aux is None else aux.detach(),
+            "dense_loss": zero if dense is None else dense.detach(),
+            "aux_logits": logits.detach(),
+        }
+
+    def dense_losses(
+        self, image: torch.Tensor, findings: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """``dense``: the encoder and dense head on the dense finding loss alone, on whole
+        volumes or on crops of any size the encoder's stride divides."""
+        if findings is None:
+            raise ValueError("the dense objective needs the finding maps (data.finding_maps)")
+        dense = self.dense_loss(self.encoder(image), findings)
+        logits = torch.zeros(len(image), len(CT_RATE_LABELS), device=image.device)
+        return self._losses(dense, None, None, dense, logits)
+
+    def vision_losses(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        aux_labels: torch.Tensor | None = None,
+        has_labels: torch.Tensor | None = None,
+        findings: torch.Tensor | None = None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``aux``: the region classifier's BCE (weighted) plus the weighted dense loss.
+
+        Returns the losses and the visual embeddings (B, V, Hd), which :meth:`language_losses`
+        writes into the prompt."""
         grid = self.encode_image(image)
         visual, logits = self.visual_tokens(grid, mask, image)
         if aux_labels is None:
             aux = logits.sum() * 0.0
         else:
-            known = (
-                has_labels
-                if has_labels is not None
-                else torch.ones(len(aux_labels), device=logits.device)
-            )
-            aux = self.aux_loss(logits, aux_labels, known)
-        vision_loss = self.cfg.aux_loss_weight * aux
-        dense = aux.detach() * 0.0
+            known = has_labels if has_labels is not None else torch.ones(len(aux_labels))
+            aux = self.aux_loss(logits, aux_labels, known.to(logits.device))
+        loss = self.cfg.aux_loss_weight * aux
+        dense = None
         if findings is not None and self.dense is not None:
             dense = self.dense_loss(grid, findings)
-            vision_loss = vision_loss + self.cfg.dense_loss_weight * dense
-            dense = dense.detach()
-        if input_ids is None:
-            return {
-                "loss": vision_loss,
-                "lm_loss": aux.detach() * 0.0,
-                "aux_loss": aux.detach(),
-                "dense_loss": dense,
-                "aux_logits": logits.detach(),
-            }
-        if labels is None or attention_mask is None:
-            raise ValueError("input_ids need attention_mask and labels")
+            loss = loss + self.cfg.dense_loss_weight * dense
+        return self._losses(loss, None, aux, dense, logits), visual
+
+    def language_losses(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        aux_labels: torch.Tensor | None = None,
+        has_labels: torch.Tensor | None = None,
+        findings: torch.Tensor | None = None,
+        blind: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """``lm``: the language loss of the answers plus the weighted vision losses."""
+        if input_ids is None or labels is None or attention_mask is None:
+            raise ValueError("the lm objective needs input_ids, attention_mask and labels")
+        vision, visual = self.vision_losses(image, mask, aux_labels, has_labels, findings)
         embeds = self.fused_embeddings(input_ids, visual, blind)
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
         lm_loss = language_loss(out.logits, labels, self.cfg.lm_focal_gamma)
-        return {
-            "loss": lm_loss + vision_loss,
-            "lm_loss": lm_loss.detach(),
-            "aux_loss": aux.detach(),
-            "dense_loss": dense,
-            "aux_logits": logits.detach(),
-        }
+        losses = self._losses(
+            lm_loss + vision["loss"], lm_loss, vision["aux_loss"], None, vision["aux_logits"]
+        )
+        losses["dense_loss"] = vision["dense_loss"]
+        return losses
 
     # -- generation ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -344,8 +412,12 @@ class RGCTModel(nn.Module):
         blind: bool = False,
         evidence: torch.Tensor | None = None,
         image: torch.Tensor | None = None,
+        locations: list[dict[str, str] | None] | None = None,
     ) -> list[str]:
         """Batched generation (left padding, KV cache) for precomputed grids (B,C,d,h,w).
+
+        ``locations`` (``model.evidence_locations``): label -> place per row, from a localiser
+        (:mod:`rgct.generate.localize`) or the truth; never used for the blind baseline.
 
         ``evidence`` (B, L) bool replaces the classifier's detections in the prompts (with
         ``model.evidence_prompt``): true labels there measure the language model alone.
@@ -369,7 +441,8 @@ class RGCTModel(nn.Module):
                     zero_image = None if image is None else torch.zeros_like(image)
                     _, logits = self.visual_tokens(torch.zeros_like(grid), mask, zero_image)
                 evidence = rc.detections(logits, self.cfg.evidence_thresholds)
-            prompts = rc.evidence_prompts(prompts, evidence.bool())
+            where = None if blind or not self.cfg.evidence_locations else locations
+            prompts = rc.evidence_prompts(prompts, evidence.bool(), where)
         g, r = self.num_visual_tokens
         enc = encode_for_generation(self.tokenizer, prompts, g, r)
         device = grid.device
@@ -402,10 +475,12 @@ class RGCTModel(nn.Module):
         gen: GenerationConfig | None = None,
         blind: bool = False,
         evidence: torch.Tensor | None = None,
+        locations: list[dict[str, str] | None] | None = None,
     ) -> list[str]:
         """Text for each (image, mask, prompt) row. image (B,C,D,H,W), mask (B,1,D,H,W).
 
         Rows that repeat a volume share one encoder pass."""
-        uniq, inverse = rc.unique_images(image)
-        grid = self.encode_image(uniq)[inverse]
-        return self.generate_from_grid(grid, mask, prompts, gen, blind, evidence, image)
+        grid = self.encode_rows(image)
+        return self.generate_from_grid(
+            grid, mask, prompts, gen, blind, evidence, image, locations=locations
+        )

@@ -11,7 +11,9 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -21,6 +23,8 @@ from tqdm.auto import tqdm
 
 from rgct.config import RGCTConfig, save_config
 from rgct.constants import METRICS_FILE
+from rgct.data.layout import strip_suffix
+from rgct.data.truth import finding_locations, load_ground_truth
 from rgct.model.builder import build_model
 from rgct.model.checkpoint import apply_init, default_card, save_checkpoint
 from rgct.model.rgct_model import RGCTModel
@@ -68,8 +72,17 @@ def make_accelerator(cfg: RGCTConfig) -> Accelerator:
     )
 
 
-def to_model_inputs(model: RGCTModel, batch: dict, device: torch.device, objective: str) -> dict:
-    """Collated batch -> keyword arguments of RGCTModel.forward (tokenised unless 'aux')."""
+def to_model_inputs(
+    model: RGCTModel,
+    batch: dict,
+    device: torch.device,
+    objective: str,
+    truth: dict[str, dict] | None = None,
+) -> dict:
+    """Collated batch -> keyword arguments of RGCTModel.forward (tokenised unless 'aux').
+
+    ``truth`` (volume -> ground-truth record) gives each row's finding locations for
+    ``model.evidence_locations``."""
     inputs = {
         "image": batch["image"].to(device),
         "mask": batch["mask"].to(device),
@@ -78,10 +91,17 @@ def to_model_inputs(model: RGCTModel, batch: dict, device: torch.device, objecti
     }
     if "findings" in batch:
         inputs["findings"] = batch["findings"].to(device)
-    if objective == "dense":
-        inputs["dense_only"] = True
+    inputs["objective"] = objective
     if objective == "lm":
-        enc = model.tokenize(batch["prompt"], batch["answer"], batch["labels"], batch["has_labels"])
+        locations = None
+        if truth is not None:
+            locations = [
+                finding_locations(truth.get(strip_suffix(v)), r)
+                for v, r in zip(batch["volume"], batch["region"])
+            ]
+        enc = model.tokenize(
+            batch["prompt"], batch["answer"], batch["labels"], batch["has_labels"], locations
+        )
         inputs.update({k: v.to(device) for k, v in enc.items()})
     return inputs
 
@@ -94,7 +114,13 @@ def aux_f1(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, int]:
 
 
 @torch.no_grad()
-def evaluate(model: RGCTModel, accelerator: Accelerator, cfg: RGCTConfig, loaders: dict) -> dict:
+def evaluate(
+    model: RGCTModel,
+    accelerator: Accelerator,
+    cfg: RGCTConfig,
+    loaders: dict,
+    truth: dict[str, dict] | None = None,
+) -> dict:
     """Validation loss per task and the auxiliary classifier's micro-F1."""
     raw = accelerator.unwrap_model(model)
     raw.eval()
@@ -110,7 +136,7 @@ def evaluate(model: RGCTModel, accelerator: Accelerator, cfg: RGCTConfig, loader
                 break
             if not batch:
                 continue
-            res = raw(**to_model_inputs(raw, batch, accelerator.device, objective))
+            res = raw(**to_model_inputs(raw, batch, accelerator.device, objective, truth))
             losses.append(res["lm_loss" if objective == "lm" else "aux_loss"].float())
             keep = torch.as_tensor(batch["has_labels"], device=accelerator.device).bool()
             t = aux_f1(res["aux_logits"][keep], batch["labels"].to(accelerator.device)[keep])
@@ -170,25 +196,37 @@ def _append_jsonl(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = None) -> Path:
-    """Run one training stage; return the final model folder (``<output_dir>/model``).
+@dataclass
+class TrainData:
+    """The datasets and loaders of one stage."""
 
-    Args:
-        cfg: the resolved config.
-        command: the command line, recorded in the model card.
-        stop_after: stop (after saving a checkpoint) once this many steps are done, as if the
-            run were killed there; used to test resumption.
-    """
-    from rgct.data.dataset import RGCTDataset, collate
+    train_ds: Any
+    loader: DataLoader
+    eval_loaders: dict[str, DataLoader]
+    sample_ds: Any | None
 
-    check_before_work(cfg)
-    tc = cfg.train
-    accelerator = make_accelerator(cfg)
-    out_dir = Path(tc.output_dir)
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "rgct_config.yaml")
-    set_seed(tc.seed)
+
+def log_window(step: int, window: list, seen: int, elapsed: float, tc, scheduler, train_ds) -> dict:
+    """One metrics row: the mean losses of the micro-batches since the last row, learning rate,
+    throughput and the number of bad samples skipped so far."""
+    loss, lm, aux, dense = (sum(c) / len(window) for c in zip(*window))
+    if not all(math.isfinite(v) for v in (loss, lm, aux, dense)):
+        raise FloatingPointError(f"loss became {loss} at step {step}")
+    return {
+        "step": step,
+        "loss": loss,
+        "lm_loss": lm,
+        "aux_loss": aux,
+        "dense_loss": dense,
+        "lr": scheduler.get_last_lr()[0],
+        "samples_per_s": seen / max(elapsed, 1e-9),
+        "step_time_s": elapsed / max(len(window) / tc.grad_accum, 1),
+        "skipped_samples": train_ds.num_skipped,  # bad samples so far (data.skip_bad_samples)
+    }
+
+
+def build_start_model(cfg: RGCTConfig) -> RGCTModel:
+    """A fresh model with its ``train.init`` weights loaded (warns on a risky combination)."""
     model = build_model(cfg)
     if cfg.model.region_stats and cfg.data.augment and not model.trainable_groups()["pooler"]:
         logger.warning(
@@ -196,8 +234,16 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
             "jitter moves the histograms the fitted head reads, so the evidence token it feeds "
             "the LLM is off during training (consider data.augment=false)"
         )
-    apply_init(model, tc.init)
-    world = accelerator.num_processes
+    apply_init(model, cfg.train.init)
+    return model
+
+
+def build_data(cfg: RGCTConfig, world: int) -> TrainData:
+    """Training loader (exactly the samples of ``max_steps`` steps), per-task validation
+    loaders and the samples whose generations are logged."""
+    from rgct.data.dataset import RGCTDataset, collate
+
+    tc = cfg.train
     total_samples = tc.max_steps * tc.batch_size * tc.grad_accum * world
     train_ds = RGCTDataset(
         cfg.data, cfg.data.train_split, train=True, num_samples=total_samples, seed=tc.seed
@@ -229,6 +275,41 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
             sample_ds = RGCTDataset(
                 cfg.data, cfg.data.eval_split, train=False, seed=tc.seed + 1, num_samples=4
             )
+    return TrainData(train_ds, loader, eval_loaders, sample_ds)
+
+
+def train(cfg: RGCTConfig, command: str | None = None) -> Path:
+    """Run one training stage; return the final model folder (``<output_dir>/model``).
+
+    Args:
+        cfg: the resolved config.
+        command: the command line, recorded in the model card.
+    """
+    check_before_work(cfg)
+    tc = cfg.train
+    accelerator = make_accelerator(cfg)
+    out_dir = Path(tc.output_dir)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "rgct_config.yaml")
+    set_seed(tc.seed)
+    model = build_start_model(cfg)
+    truth = None
+    if cfg.model.evidence_locations:
+        truth = load_ground_truth(cfg.data.root)
+        if truth is None:
+            raise ValueError(
+                f"model.evidence_locations trains on finding places from ground truth: "
+                f"{cfg.data.root} has no ground_truth.jsonl"
+            )
+    world = accelerator.num_processes
+    data = build_data(cfg, world)
+    train_ds, loader, eval_loaders, sample_ds = (
+        data.train_ds,
+        data.loader,
+        data.eval_loaders,
+        data.sample_ds,
+    )
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc)
     # The scheduler stays unprepared and steps once per optimizer step, so the schedule is the
@@ -268,7 +349,7 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
         if not batch:  # every item of this batch was a skipped bad sample
             continue
         with accelerator.accumulate(model):
-            out = model(**to_model_inputs(raw, batch, accelerator.device, tc.objective))
+            out = model(**to_model_inputs(raw, batch, accelerator.device, tc.objective, truth))
             accelerator.backward(out["loss"])
             if accelerator.sync_gradients and tc.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -289,30 +370,18 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
         step += 1
         pbar.update(1)
         if step % tc.log_every == 0 or step == tc.max_steps:
-            loss, lm, aux, dense = (sum(c) / len(window) for c in zip(*window))
-            if not all(math.isfinite(v) for v in (loss, lm, aux, dense)):
-                raise FloatingPointError(f"loss became {loss} at step {step}")
-            elapsed = time.time() - t0
-            row = {
-                "step": step,
-                "loss": loss,
-                "lm_loss": lm,
-                "aux_loss": aux,
-                "dense_loss": dense,
-                "lr": scheduler.get_last_lr()[0],
-                "samples_per_s": seen / max(elapsed, 1e-9),
-                "step_time_s": elapsed / max(len(window) / tc.grad_accum, 1),
-                "skipped_samples": train_ds.num_skipped,  # bad samples so far (data.skip_bad_samples)
-            }
+            row = log_window(step, window, seen, time.time() - t0, tc, scheduler, train_ds)
             pbar.set_postfix(
-                loss=f"{loss:.3f}", aux=f"{aux:.3f}", sps=f"{row['samples_per_s']:.1f}"
+                loss=f"{row['loss']:.3f}",
+                aux=f"{row['aux_loss']:.3f}",
+                sps=f"{row['samples_per_s']:.1f}",
             )
             accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
             if accelerator.is_main_process:
                 _append_jsonl(metrics_path, row)
             t0, seen, window = time.time(), 0, []
         if eval_loaders and (step % tc.eval_every == 0 or step == tc.max_steps):
-            ev = evaluate(model, accelerator, cfg, eval_loaders)
+            ev = evaluate(model, accelerator, cfg, eval_loaders, truth)
             accelerator.log(ev, step=step)
             if accelerator.is_main_process:
                 _append_jsonl(metrics_path, {"step": step, **ev})
@@ -325,7 +394,7 @@ def train(cfg: RGCTConfig, command: str | None = None, stop_after: int | None = 
         ):
             rows = log_samples(raw, cfg, sample_ds, accelerator.device)
             _append_jsonl(out_dir / "samples.jsonl", {"step": step, "samples": rows})
-        stopping = stop_after is not None and step >= stop_after
+        stopping = tc.stop_after is not None and step >= tc.stop_after
         if step % tc.save_every == 0 or step == tc.max_steps or stopping:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:

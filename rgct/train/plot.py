@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from rgct.constants import METRICS_FILE
+from rgct.files import atomic_path
 from rgct.jsonl import iter_jsonl
 
 logger = logging.getLogger(__name__)
@@ -81,14 +81,11 @@ def plot_metrics(run_dir: str | Path, out: str | Path | None = None) -> Path:
     axes[1, 1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     fig.suptitle(f"{run_dir.name}: {len(rows)} metric rows, last step {rows[-1]['step']}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -24,7 +24,7 @@ from rgct.model.region_classifier import (
     fit_thresholds,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NODULE = CT_RATE_LABELS.index("Lung nodule")
 EFFUSION = CT_RATE_LABELS.index("Pleural effusion")
 
@@ -107,7 +107,7 @@ def test_dense_head_learns_where_a_finding_is(seed):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
     for _ in range(25):
-        out = model(image, mask, findings=maps)
+        out = model(image, mask, findings=maps, objective="aux")
         out["loss"].backward()
         opt.step()
         opt.zero_grad()
@@ -175,6 +175,35 @@ def test_evidence_line_from_labels_in_training_and_from_the_classifier_in_genera
     model.cfg.evidence_thresholds = [0.98] * len(CT_RATE_LABELS)
     model.generate(image, mask, ["Describe the findings in the lung."] * 2, blind=True)
     assert not seen[-1].any()
+
+
+def test_evidence_locations_in_training_and_generation_but_never_blind(seed, monkeypatch):
+    cfg = load_config([TINY_MODEL], ["model.evidence_prompt=true", "model.evidence_locations=true"])
+    model = build_model(cfg)
+    labels = torch.zeros(2, len(CT_RATE_LABELS))
+    labels[0, NODULE] = 1
+    where = [{"Lung nodule": "right lung upper lobe"}, None]
+    enc = model.tokenize(["q", "q"], ["a", "b"], labels, torch.ones(2, dtype=torch.bool), where)
+    text = model.tokenizer.decode(enc["input_ids"][0])
+    assert "lung nodule (right lung upper lobe)." in text
+    assert rc.evidence_line(labels[1] > 0.5, {"Lung nodule": "x"}) == f"{EVIDENCE_PREFIX}none."
+    seen = []
+    original = rc.evidence_prompts
+    monkeypatch.setattr(
+        rc,
+        "evidence_prompts",
+        lambda prompts, det, locs=None: seen.append(locs) or original(prompts, det, locs),
+    )
+    d, h, w = model.input_shape
+    image, mask = torch.rand(2, 1, d, h, w), torch.ones(2, 1, d, h, w)
+    model.generate(image, mask, ["q", "q"], locations=where)
+    assert seen[-1] == where
+    model.generate(image, mask, ["q", "q"], blind=True, locations=where)
+    assert seen[-1] is None  # the blind baseline gets no places (they come from the image)
+    with pytest.raises(ValueError, match="location rows"):
+        rc.evidence_prompts(["q"], labels[:1] > 0.5, [None, None])
+    with pytest.raises(ConfigError, match="evidence_locations needs"):
+        load_config([TINY_MODEL], ["model.evidence_locations=true"])
 
 
 @pytest.mark.parametrize("value", ["[0.5]", "[" + ",".join(["1.5"] * len(CT_RATE_LABELS)) + "]"])

@@ -15,7 +15,7 @@ from rgct.model.fusion import fuse_embeddings
 from rgct.model.pooling import RegionPooler
 from rgct.model.projector import build_projector
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "model" / "tiny.yaml"
 
 

@@ -29,7 +29,7 @@ from rgct.model.region_classifier import (
     unique_images,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WINDOW = (-1000.0, 200.0)
 
 
@@ -128,7 +128,7 @@ def test_region_stats_model_trains_generates_and_round_trips(stats_model, tmp_pa
     with torch.no_grad():
         model.pooler.stats_head[-1].weight.normal_()  # make the head matter
     labels = torch.zeros(2, len(CT_RATE_LABELS))
-    out = model(image, mask, aux_labels=labels, has_labels=torch.ones(2))
+    out = model(image, mask, aux_labels=labels, has_labels=torch.ones(2), objective="aux")
     assert torch.isfinite(out["loss"]) and out["aux_loss"] > 0
     prompts = ["Describe the findings in the lung."] * 2
     assert len(model.generate(image, mask, prompts)) == 2

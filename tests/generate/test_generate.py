@@ -14,7 +14,7 @@ from rgct.generate.runner import expand_tasks, merge_parts, run_generation
 from rgct.model.checkpoint import load_checkpoint
 from rgct.train.loop import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MINI = REPO / "tests" / "fixtures" / "mini_radgenome"
 TINY = [REPO / "configs" / "model" / "tiny.yaml", REPO / "configs" / "train" / "tiny.yaml"]
 FIELDS = {"volume", "task", "region", "question", "prediction", "reference"}

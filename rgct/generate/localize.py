@@ -1,0 +1,123 @@
+"""Where each finding is, for the detections line of ``model.evidence_locations``.
+
+The region classifier says *which* labels a region holds; this says *where*, from two sources
+on the volume's predicted lobes (:mod:`rgct.model.segmenter`):
+
+1. the segmenter's finding components (its finding channels, thresholded and split into
+   connected components): a component's main lobe, or its side for a sided region (pleura);
+2. for a label with no component, the region classifier run under each predicted lobe mask
+   (one encoder pass, five masks): the lobe where it is most probable. Diffuse findings
+   (opacity, consolidation, atelectasis, emphysema, bronchiectasis) are found almost always
+   there (shared FINDINGS #3); nodules need the components.
+
+The phrases are the ones reports use: a lobe as the layout spells it ("right lung upper lobe")
+or a side ("left"). Never used for the blind baseline (it would carry image information).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rgct.constants import CT_RATE_LABELS, LUNG_LOBES
+from rgct.generate.masks import PREDICTED, MaskProvider, build_mask_provider
+from rgct.model import region_classifier as rc
+
+logger = logging.getLogger(__name__)
+
+LOBE_REGIONS = ("lung",)
+"""Regions whose findings are placed in a lobe."""
+SIDE_REGIONS = ("pleura",)
+"""Regions whose findings are placed on a side."""
+
+
+def component_phrase(finding: dict, region: str) -> str | None:
+    """A segmenter finding component's place: its main lobe (lung) or side (pleura)."""
+    if region in LOBE_REGIONS and finding.get("lobes"):
+        return str(finding["lobes"][0])
+    if region in SIDE_REGIONS and finding.get("side") in ("left", "right"):
+        return str(finding["side"])
+    return None
+
+
+class Localizer:
+    """Label -> place for each (volume, region) of a dataset, cached per volume.
+
+    Args:
+        model: the report model (its region classifier places labels without a component).
+        masks: a ``predicted`` :class:`MaskProvider` (segmenter, lobes on the model grid).
+    """
+
+    def __init__(self, model: Any, masks: MaskProvider) -> None:
+        if masks.source != PREDICTED:
+            raise ValueError("the localiser needs the segmenter's masks (a 'predicted' provider)")
+        self.model = model
+        self.masks = masks
+        self._volume: str | None = None
+        self._lobe_probs: dict[str, np.ndarray] = {}
+
+    def _lobe_probabilities(self, volume: str, image: torch.Tensor) -> dict[str, np.ndarray]:
+        """lobe -> (L,) classifier probabilities under that predicted lobe."""
+        if self._volume != volume:
+            self.masks._load(volume)
+            lobes = [lb for lb in LUNG_LOBES if lb in self.masks._masks]
+            probs: dict[str, np.ndarray] = {}
+            if lobes:
+                device = next(self.model.parameters()).device
+                stack = torch.stack([self.masks._masks[lb] for lb in lobes]).to(device)
+                p = rc.region_probabilities(self.model, image[None].to(device), stack)
+                probs = dict(zip(lobes, p.cpu().numpy()))
+            self._volume, self._lobe_probs = volume, probs
+        return self._lobe_probs
+
+    def locations(self, volume: str, region: str, image: torch.Tensor) -> dict[str, str]:
+        """CT-RATE label -> place for ``region`` of ``volume``; ``image`` (C, D, H, W) is the
+        volume's model input. Empty for regions without lobes or sides."""
+        if region not in LOBE_REGIONS + SIDE_REGIONS:
+            return {}
+        self.masks._load(volume)
+        lobe_probs = self._lobe_probabilities(volume, image) if region in LOBE_REGIONS else {}
+        return place_labels(region, self.masks.findings, lobe_probs)
+
+
+def place_labels(
+    region: str, findings: list[dict], lobe_probs: dict[str, np.ndarray] | None = None
+) -> dict[str, str]:
+    """CT-RATE label -> place in ``region``: the most probable segmenter component of the label
+    (:func:`component_phrase`), else the lobe where the classifier finds it most probable
+    (``lobe_probs``: lobe -> (L,) probabilities)."""
+    if region not in LOBE_REGIONS + SIDE_REGIONS:
+        return {}
+    out: dict[str, str] = {}
+    for f in sorted(findings, key=lambda f: -float(f.get("probability", 0))):
+        if f.get("region") == region and f.get("label") not in out:
+            phrase = component_phrase(f, region)
+            if phrase:
+                out[f["label"]] = phrase
+    if region in LOBE_REGIONS and lobe_probs:
+        names = list(lobe_probs)
+        table = np.stack([lobe_probs[n] for n in names])  # (lobes, L)
+        for j, label in enumerate(CT_RATE_LABELS):
+            out.setdefault(label, names[int(table[:, j].argmax())])
+    return out
+
+
+def build_localizer(
+    model: Any,
+    cfg: Any,
+    checkpoint: str | Path,
+    data_root: str | Path,
+    masks: MaskProvider | None = None,
+) -> Localizer | None:
+    """The localiser a ``model.evidence_locations`` checkpoint needs (None for other models):
+    it reuses a ``predicted`` mask provider, else loads the checkpoint's segmenter."""
+    if not cfg.model.evidence_locations:
+        return None
+    if masks is None or masks.source != PREDICTED:
+        device = next(model.parameters()).device
+        masks = build_mask_provider(PREDICTED, checkpoint, cfg, data_root, device)
+    return Localizer(model, masks)

@@ -1,0 +1,128 @@
+"""Generation with masks from the segmenter or a folder (every line records its source), and
+the localiser that places each finding for ``model.evidence_locations``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from segmenter_double import truth_segmenter
+
+from rgct.constants import LUNG_LOBES, REGIONS
+from rgct.data.layout import region_mask_path
+from rgct.data.records import find_volumes
+from rgct.data.truth import finding_locations, load_ground_truth
+from rgct.generate.localize import Localizer, component_phrase
+from rgct.generate.masks import MaskProvider, MaskUnavailable, candidate_names
+from rgct.generate.runner import merge_parts, run_generation
+from rgct.model.checkpoint import load_checkpoint
+
+
+def test_candidate_names_most_specific_first():
+    assert candidate_names("lung/lung/right lung/right lung upper lobe", "lung") == [
+        "right lung upper lobe",
+        "right lung",
+        "lung",
+    ]
+    assert candidate_names(None, "whole scan") == []
+    assert candidate_names("", "heart") == ["heart"]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_checkpoint, phantom_root):
+    model, cfg = load_checkpoint(tiny_checkpoint)
+    cfg.generation.max_new_tokens = 4
+    volume = find_volumes(phantom_root, "valid")[0]
+    return model, cfg, phantom_root, volume
+
+
+def test_folder_and_predicted_masks_give_the_dataset_text(setup, tmp_path):
+    model, cfg, root, volume = setup
+    folder = tmp_path / "masks" / f"seg_{volume}"
+    folder.mkdir(parents=True)
+    for r in REGIONS:
+        if (p := region_mask_path(root, volume, r)).is_file():
+            shutil.copy(p, folder / p.name)
+    rows = {}
+    for name, masks in (
+        ("dataset", None),
+        ("folder", MaskProvider(tmp_path / "masks", cfg.data, root)),
+        (
+            "predicted",
+            MaskProvider("predicted", cfg.data, root, truth_segmenter(root, volume, cfg)),
+        ),
+    ):
+        out = tmp_path / f"{name}.jsonl"
+        run_generation(model, cfg, root, "valid", ["region_report"], out, limit=1, masks=masks)
+        rows[name] = [json.loads(x) for x in merge_parts(out).read_text().splitlines()]
+    assert {r["mask_source"] for r in rows["dataset"]} == {"dataset"}
+    assert {r["mask_source"] for r in rows["folder"]} == {"folder:masks"}
+    assert {r["mask_source"] for r in rows["predicted"]} == {"predicted"}
+    text = {(r["region"], r["prediction"]) for r in rows["dataset"]}
+    assert {(r["region"], r["prediction"]) for r in rows["predicted"]} == text
+    assert {(r["region"], r["prediction"]) for r in rows["folder"]} <= text
+
+
+def test_missing_masks_are_skipped_by_name_never_filled(setup, tmp_path):
+    model, cfg, root, volume = setup
+    (tmp_path / "empty").mkdir()
+    provider = MaskProvider(tmp_path / "empty", cfg.data, root)
+    with pytest.raises(MaskUnavailable, match="no mask folder"):
+        provider.mask(volume, None, "lung")
+    assert provider.mask(volume, None, "whole scan") is None  # whole scan: all ones
+    out = tmp_path / "p.jsonl"
+    run_generation(model, cfg, root, "valid", ["region_report"], out, limit=1, masks=provider)
+    assert merge_parts(out).read_text() == ""
+    assert provider.warnings and "sample skipped" in provider.warnings[0]
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        MaskProvider(tmp_path / "nowhere", cfg.data, root)
+    with pytest.raises(ValueError, match="needs a checkpoint with a segmenter"):
+        MaskProvider("predicted", cfg.data, root)
+
+
+def test_localizer_places_labels_in_lobes_and_components_win(setup):
+    model, cfg, root, volume = setup
+    provider = MaskProvider("predicted", cfg.data, root, truth_segmenter(root, volume, cfg))
+    loc = Localizer(model, provider)
+    image = torch.rand(cfg.data.in_channels, *cfg.data.input_shape)
+    places = loc.locations(volume, "lung", image)
+    assert set(places.values()) <= set(LUNG_LOBES) and places  # a lobe for every label
+    assert loc.locations(volume, "heart", image) == {}
+    provider.findings = [
+        {
+            "label": "Lung nodule",
+            "region": "lung",
+            "lobes": ["left lung lower lobe"],
+            "probability": 1.0,
+        }
+    ]
+    provider._load = lambda v: None  # keep the planted component
+    assert loc.locations(volume, "lung", image)["Lung nodule"] == "left lung lower lobe"
+    assert component_phrase({"side": "left", "lobes": []}, "pleura") == "left"
+    assert component_phrase({"side": "both"}, "pleura") is None
+    with pytest.raises(ValueError, match="predicted"):
+        Localizer(model, MaskProvider(root, cfg.data, root))
+
+
+def test_oracle_locations_come_from_the_truth(setup, tmp_path, monkeypatch):
+    from rgct.model import region_classifier as rc
+
+    model, cfg, root, volume = setup
+    model.cfg.evidence_prompt = model.cfg.evidence_locations = True
+    seen = []
+    original = rc.evidence_prompts
+    monkeypatch.setattr(
+        rc, "evidence_prompts", lambda p, d, locs=None: seen.append(locs) or original(p, d, locs)
+    )
+    try:
+        out = tmp_path / "o.jsonl"
+        run_generation(
+            model, cfg, root, "valid", ["region_report"], out, limit=1, oracle_evidence=True
+        )
+    finally:
+        model.cfg.evidence_prompt = model.cfg.evidence_locations = False
+    rows = [r for batch in seen if batch for r in batch]
+    for region in ("lung", "pleura", "heart"):
+        assert finding_locations(load_ground_truth(root)[volume], region) in rows

@@ -1,0 +1,195 @@
+"""Training: checkpoint files, resume equivalence, two processes, shipped configs, bad configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rgct.config import ConfigError, load_config
+from rgct.model.checkpoint import REQUIRED_FILES
+from rgct.train.loop import train
+from rgct.train.state import STATE_DIR, list_checkpoints
+
+REPO = Path(__file__).resolve().parents[2]
+MINI = REPO / "tests" / "fixtures" / "mini_radgenome"
+TINY = [REPO / "configs" / "model" / "tiny.yaml", REPO / "configs" / "train" / "tiny.yaml"]
+
+
+def cfg_for(out: Path, *extra: str):
+    return load_config(
+        TINY,
+        [
+            f"data.root={MINI}",
+            f"train.output_dir={out}",
+            f"data.cache_dir={out.parent / 'cache'}",
+            "data.eval_split=train",
+            *extra,
+        ],
+    )
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return {
+        **load_file(str(folder / "vision.safetensors")),
+        **load_file(str(folder / "adapter_model.safetensors")),
+    }
+
+
+def test_tiny_run_writes_checkpoints(tmp_path):
+    final = train(cfg_for(tmp_path / "run"))
+    ckpts = list_checkpoints(tmp_path / "run")
+    assert [c.name for c in ckpts] == ["step_0000003", "step_0000006"]  # keep_last=2, save_every=3
+    for c in ckpts:
+        assert all((c / f).is_file() for f in REQUIRED_FILES)
+        assert {p.name for p in (c / STATE_DIR).iterdir()} == {
+            "optimizer.pt",
+            "scheduler.pt",
+            "torch_rng.pt",
+            "state.json",
+        }
+    assert all((final / f).is_file() for f in REQUIRED_FILES)
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*"))
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert any('"val_loss/region_report"' in line for line in lines)
+    assert any('"lm_loss"' in line for line in lines)
+    before = weights(ckpts[0])
+    after = weights(ckpts[1])
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    full = train(cfg_for(tmp_path / "a", "train.eval_every=0"))
+    train(cfg_for(tmp_path / "b", "train.eval_every=0", "train.stop_after=3"))  # "killed" at 3
+    assert [c.name for c in list_checkpoints(tmp_path / "b")] == ["step_0000003"]
+    resumed = train(cfg_for(tmp_path / "b", "train.eval_every=0", "train.resume=auto"))
+    a, b = weights(full), weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    order_a = (tmp_path / "a" / "data_order" / "rank0.txt").read_text()
+    order_b = (tmp_path / "b" / "data_order" / "rank0.txt").read_text()
+    assert order_a == order_b
+
+
+def test_train_init_loads_the_named_parts(tmp_path):
+    first = train(
+        cfg_for(
+            tmp_path / "s0",
+            "train.eval_every=0",
+            "train.objective=aux",
+            "model.train_llm_lora=false",
+        )
+    )
+    cfg = cfg_for(
+        tmp_path / "s1",
+        "train.eval_every=0",
+        "train.max_steps=1",
+        f"train.init=[{{from: {first}, parts: [encoder, pooler]}}]",
+        "model.encoder.freeze=true",
+    )
+    second = train(cfg)
+    enc_a = {
+        k: v
+        for k, v in load_file(str(first / "vision.safetensors")).items()
+        if k.startswith("encoder.")
+    }
+    enc_b = {
+        k: v
+        for k, v in load_file(str(second / "vision.safetensors")).items()
+        if k.startswith("encoder.")
+    }
+    assert all(
+        torch.equal(enc_a[k], enc_b[k]) for k in enc_a
+    )  # frozen encoder kept stage-0 weights
+
+
+def test_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
+        str(REPO / "scripts" / "train.py"),
+        "--config",
+        str(TINY[0]),
+        "--config",
+        str(TINY[1]),
+        f"data.root={MINI}",
+        f"train.output_dir={out}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.eval_split=train",
+        "train.max_steps=4",
+        "train.save_every=2",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = (out / "data_order" / "rank0.txt").read_text().splitlines()
+    r1 = (out / "data_order" / "rank1.txt").read_text().splitlines()
+    assert len(r0) == len(r1) == 4
+    assert r0 != r1  # the two processes saw different batches
+    assert [c.name for c in list_checkpoints(out)] == ["step_0000002", "step_0000004"]
+    assert len(list((out / "checkpoints").iterdir())) == 2  # written once, no leftovers
+    assert all((out / "model" / f).is_file() for f in REQUIRED_FILES)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (REPO / "configs" / "train").glob("*.yaml"))
+)
+def test_every_train_config_loads(name):
+    cfg = load_config(
+        [REPO / "configs" / "model" / "smollm2.yaml", REPO / "configs" / "train" / name]
+    )
+    assert cfg.train.max_steps > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["train.lrr=1e-3"], "did you mean 'train.lr'"),
+        (["train.lr=fast"], "expected a number"),
+        (["train.mixed_precision=fp8"], "mixed_precision"),
+        (
+            ["train.objective=aux", "model.encoder.freeze=true", "model.train_projector=false"],
+            "objective=aux",
+        ),
+        (["train.objective=dense"], "dense_loss_weight > 0"),
+        (["train.resume=auto", "train.init=[{from: somewhere}]"], "exclude each other"),
+        (["train.init_from=somewhere"], "replaced: use train.init"),
+        (["train.init_vision_from=somewhere"], "replaced: use a second train.init entry"),
+        (["model.encoder.weights=enc.safetensors"], "replaced: use train.init"),
+        (["train.init=[{from: x, parts: [wings]}]"], "unknown or no part"),
+        (["data.tasks={captioning: 1.0}"], "unknown task"),
+        (["model.num_global_tokens=10"], "cube"),
+    ],
+)
+def test_bad_config_values_fail_before_work(tmp_path, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        cfg_for(tmp_path / "x", *overrides)
+
+
+def test_missing_data_path_fails_before_model_is_built(tmp_path):
+    cfg = load_config(
+        TINY, [f"data.root={tmp_path / 'missing'}", f"train.output_dir={tmp_path / 'run'}"]
+    )
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_reports_bad_config(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "rgct.cli", "train", "--config", str(TINY[0]), "train.bogus=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "unknown config key 'train.bogus'" in proc.stderr
