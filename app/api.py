@@ -17,8 +17,10 @@ from typing import Any
 
 import gradio as gr
 
-from app.handlers import DemoApp, check_generation, public_message
+from app import results
+from app.handlers import DemoApp
 from app.inputs import InputError
+from app.session import Session, check_generation, public_message
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,125 @@ def _history(value: Any) -> list:
     return value
 
 
+# --- one-shot calls: a scan, masks and settings in, a result out, nothing kept ----------------------
+
+
+def _one_shot_session(app: DemoApp, volume_file: str | None, key: str | None) -> Session:
+    """A throwaway session holding the uploaded scan (counted against ``key``'s rate)."""
+    app.limiter.check(key)
+    session = app.session(None)
+    try:
+        app.load_volume(session, volume_file, segment=False)
+    except InputError:
+        app.discard(session)
+        raise
+    return session
+
+
+def _one_shot_masks(
+    app: DemoApp, session: Session, mask_file: str | None, region: str | None
+) -> None:
+    """Masks for an API call: a file (a single mask counts as ``region``), else predicted."""
+    scan = session.require_scan()
+    if mask_file:
+        before = set(scan.masks)
+        app.load_masks(session, mask_file)
+        added = [n for n in scan.masks if n not in before]
+        single = not str(mask_file).lower().endswith(".zip")
+        if region and single and added and added[0] != region:
+            app.rename_single_mask(session, added[0], region)
+    elif hasattr(app.predictor, "segment"):
+        app.predict_masks(session)
+    if region:
+        if region not in scan.masks:
+            raise InputError(
+                f"Region {region!r} is not among the masks: {', '.join(scan.masks) or 'none'}."
+            )
+        session.selected = region
+
+
+def region_report_once(
+    app: DemoApp,
+    volume_file: str | None,
+    mask_file: str | None,
+    region: str | None,
+    key: str | None = None,
+    **gen: int,
+) -> dict:
+    """One-shot region report: a scan, a mask (one file counts as ``region``; a zip needs
+    ``region``; none: the predicted mask of ``region``)."""
+    session = _one_shot_session(app, volume_file, key)
+    try:
+        if not mask_file and not region:
+            raise InputError("Upload a mask for the region, or name a region.")
+        _one_shot_masks(app, session, mask_file, region)
+        result, _ = app.region_report(session, **gen)
+        return results.public_report(result, warnings=session.warnings())
+    finally:
+        app.discard(session)
+
+
+def report_once(
+    app: DemoApp,
+    volume_file: str | None,
+    masks_file: str | None,
+    key: str | None = None,
+    **gen: int,
+) -> dict:
+    """One-shot full report from a scan and a zip of region masks (none: predicted)."""
+    session = _one_shot_session(app, volume_file, key)
+    try:
+        _one_shot_masks(app, session, masks_file, None)
+        report = app.full_report(session, **gen)[1]
+        return results.public_report(report, warnings=session.warnings())
+    finally:
+        app.discard(session)
+
+
+def answer_once(
+    app: DemoApp,
+    volume_file: str | None,
+    mask_file: str | None,
+    question: str,
+    region: str | None = None,
+    history: list | None = None,
+    key: str | None = None,
+    **gen: int,
+) -> dict:
+    """One conversation turn from files: ``history`` is ``[[question, answer], ...]``.
+
+    Without a mask file or region the question is about the whole scan.
+    """
+    session = _one_shot_session(app, volume_file, key)
+    try:
+        for pair in history or []:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise InputError("history must be a list of [question, answer] pairs.")
+            session.chat.append(
+                {
+                    "question": str(pair[0]),
+                    "answer": str(pair[1]),
+                    "region": None,
+                    "mask_source": None,
+                    "warnings": [],
+                }
+            )
+        whole = not mask_file and not region
+        if not whole:
+            _one_shot_masks(app, session, mask_file, region)
+        turn, _ = app.ask(session, question, whole_scan=whole, **gen)
+        return {
+            **turn,
+            "warnings": list(dict.fromkeys(session.scan_warnings + turn["warnings"])),
+            "history": [[t["question"], t["answer"]] for t in session.chat],
+        }
+    finally:
+        app.discard(session)
+
+
+# --- the endpoints ---------------------------------------------------------------------------------
+
+
 def add_api(app: DemoApp) -> None:
     """Add the named endpoints (inside the ``gr.Blocks`` context, on hidden components)."""
     with gr.Column(visible=False):
@@ -91,7 +212,7 @@ def add_api(app: DemoApp) -> None:
         request: gr.Request,
     ) -> str:
         gen = _gen(max_new_tokens, num_beams, 64)
-        return app.api_region_report(volume, mask, region or None, key(request), **gen)["text"]
+        return region_report_once(app, volume, mask, region or None, key(request), **gen)["text"]
 
     @_api_guard
     def region_report_details(
@@ -103,13 +224,13 @@ def add_api(app: DemoApp) -> None:
         request: gr.Request,
     ) -> dict:
         gen = _gen(max_new_tokens, num_beams, 64)
-        return app.api_region_report(volume, mask, region or None, key(request), **gen)
+        return region_report_once(app, volume, mask, region or None, key(request), **gen)
 
     @_api_guard
     def report(
         volume: str, masks: str | None, max_new_tokens: float, num_beams: float, request: gr.Request
     ) -> dict:
-        return app.api_report(volume, masks, key(request), **_gen(max_new_tokens, num_beams, 64))
+        return report_once(app, volume, masks, key(request), **_gen(max_new_tokens, num_beams, 64))
 
     @_api_guard
     def answer(
@@ -121,7 +242,7 @@ def add_api(app: DemoApp) -> None:
         request: gr.Request,
     ) -> str:
         gen = _gen(max_new_tokens, num_beams, 32)
-        return app.api_answer(volume, mask, question, key=key(request), **gen)["answer"]
+        return answer_once(app, volume, mask, question, key=key(request), **gen)["answer"]
 
     @_api_guard
     def chat(
@@ -135,8 +256,8 @@ def add_api(app: DemoApp) -> None:
         request: gr.Request,
     ) -> dict:
         gen = _gen(max_new_tokens, num_beams, 32)
-        return app.api_answer(
-            volume, mask, question, region or None, _history(history), key(request), **gen
+        return answer_once(
+            app, volume, mask, question, region or None, _history(history), key(request), **gen
         )
 
     gen_inputs = [a_max_new, a_beams]

@@ -15,9 +15,10 @@ from typing import Any
 import gradio as gr
 
 from app import results, viewer
-from app.handlers import DemoApp, Session, generation_kwargs, public_message
+from app.handlers import DemoApp
 from app.inputs import InputError
 from app.layout import CUSTOM_WINDOW, EMPTY_REPORT, SCOPES, UI
+from app.session import Session, generation_kwargs, public_message
 from rgct.constants import QUESTION_TEMPLATES, WHOLE_SCAN
 
 log = logging.getLogger(__name__)

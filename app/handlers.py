@@ -1,4 +1,4 @@
-"""What the demo does, free of layout: sessions, loading, masks, generation, API calls.
+"""What the demo does, free of layout: loading, masks, viewing, generation, memory.
 
 :class:`DemoApp` holds the one shared Predictor and the app's policies (upload folder, size
 limit, examples, scratch root, how many scans the server keeps, how often a session may ask
@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 import shutil
 import tempfile
 import threading
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ import numpy as np
 
 from app import inputs, results, viewer
 from app.inputs import InputError, Scan
+from app.session import RateLimiter, Session, delete_session, public_message
 from rgct.constants import REGIONS, WHOLE_SCAN
 
 log = logging.getLogger(__name__)
@@ -44,147 +43,8 @@ STALE_SESSION_S = 24 * 3600
 DISPLAY_SIZE = 512
 """Small slices are enlarged (integer factor, nearest neighbour) to about this many pixels."""
 
-MAX_NEW_TOKENS_RANGE = (1, 512)
-NUM_BEAMS_RANGE = (1, 8)
-"""Accepted generation settings (inclusive); anything else is refused with these ranges."""
-
 DEFAULT_BOX_DEPTH_MM = 20.0
 """A new box spans this many millimetres of slices, starting at the slice it was drawn on."""
-
-
-@dataclass
-class Session:
-    """One browser session's state.
-
-    Attributes:
-        workdir: scratch folder (extracted zips, report downloads), deleted with the session.
-        key: gradio's session hash (None for one-shot API sessions).
-        scan: the loaded scan and its masks, or None.
-        selected: name of the mask in use (a key of ``scan.masks``), or None.
-        cursor: (z, y, x) voxel the three planes pass through.
-        corner: first click of a box being drawn on the axial view, (y, x), or None.
-        box_preview: (y0, y1, x0, x1) box outlined on the axial view while drawing, or None.
-        box_slice: axial slice the box was drawn on.
-        report: the last full report (normalised, see :mod:`app.results`).
-        region_result: the last region report (normalised).
-        focus: the sentence shown in the viewer: ("report" or "region", its index), or None.
-        chat: the conversation: ``{"question", "answer", "region", "mask_source", "warnings"}``.
-        evidence: region -> label probabilities from the region classifier (cache).
-        scan_warnings: warnings about the scan itself (not a chest CT, regions not found).
-        settings: the generation settings last used (recorded in exports).
-        released: why the server let go of this session's scan, or None.
-    """
-
-    workdir: Path
-    key: str | None = None
-    scan: Scan | None = None
-    selected: str | None = None
-    cursor: tuple[int, int, int] | None = None
-    corner: tuple[int, int] | None = None
-    box_preview: tuple[int, int, int, int] | None = None
-    box_slice: int | None = None
-    report: dict | None = None
-    region_result: dict | None = None
-    focus: tuple[str, int] | None = None
-    chat: list[dict] = field(default_factory=list)
-    evidence: dict[str, dict[str, float]] = field(default_factory=dict)
-    scan_warnings: list[str] = field(default_factory=list)
-    settings: dict[str, int] = field(default_factory=dict)
-    released: str | None = None
-
-    @property
-    def mask(self) -> np.ndarray | None:
-        """The selected (D, H, W) bool mask, or None."""
-        if self.scan is None or self.selected is None:
-            return None
-        return self.scan.masks.get(self.selected)
-
-    @property
-    def mask_source(self) -> str | None:
-        """Where the selected mask came from: dataset, predicted, uploaded or drawn."""
-        if self.scan is None or self.selected is None:
-            return None
-        return self.scan.sources.get(self.selected)
-
-    def result(self, source: str) -> dict | None:
-        """The full report (``"report"``) or the region report (``"region"``)."""
-        return self.report if source == "report" else self.region_result
-
-    def focused(self) -> tuple[dict, dict] | None:
-        """(result, sentence) of the sentence shown in the viewer, or None."""
-        if self.focus is None:
-            return None
-        result = self.result(self.focus[0])
-        if result is None or not 0 <= self.focus[1] < len(result["sentences"]):
-            return None
-        return result, result["sentences"][self.focus[1]]
-
-    def require_scan(self) -> Scan:
-        if self.scan is None:
-            if self.released:
-                raise InputError(self.released)
-            raise InputError("Load a scan first (upload one or pick an example).")
-        return self.scan
-
-    def clear_outputs(self) -> None:
-        """Forget everything derived from the previous scan."""
-        self.selected = self.cursor = self.corner = self.box_preview = self.box_slice = None
-        self.report = self.region_result = self.focus = None
-        self.chat, self.evidence, self.scan_warnings = [], {}, []
-        self.released = None
-
-    def warnings(self) -> list[str]:
-        """Every warning that applies to what is on screen."""
-        out = list(self.scan_warnings)
-        for result in (self.report, self.region_result):
-            if result:
-                out += result.get("warnings", [])
-        if self.chat:
-            out += self.chat[-1].get("warnings", [])
-        return list(dict.fromkeys(out))
-
-
-def delete_session(session: Session | None) -> None:
-    """``gr.State`` delete callback: remove the session's scratch folder and scan."""
-    if isinstance(session, Session):
-        session.scan = None
-        shutil.rmtree(session.workdir, ignore_errors=True)
-        log.debug("deleted session folder %s", session.workdir)
-
-
-def check_generation(max_new_tokens: Any, num_beams: Any) -> dict[str, int]:
-    """Validated Predictor keyword arguments.
-
-    Raises:
-        InputError: a value that is not a whole number in its range; the message gives it.
-    """
-    out = {}
-    for name, value, (lo, hi) in (
-        ("max_new_tokens", max_new_tokens, MAX_NEW_TOKENS_RANGE),
-        ("num_beams", num_beams, NUM_BEAMS_RANGE),
-    ):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = float("nan")
-        if not (number == int(number) if np.isfinite(number) else False) or not lo <= number <= hi:
-            raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}.")
-        out[name] = int(number)
-    return out
-
-
-def generation_kwargs(max_new_tokens: float, decoding: str, num_beams: float) -> dict[str, int]:
-    """Predictor keyword arguments from the settings accordion (greedy means one beam)."""
-    beams = 1 if decoding == "greedy" else num_beams
-    return check_generation(max_new_tokens, beams)
-
-
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s/'\":,;()]+){2,}/?")
-
-
-def public_message(text: str) -> str:
-    """``text`` with every absolute path reduced to its last part (no server folders shown)."""
-    return _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 def _accepts(fn: Any, name: str) -> bool:
@@ -211,40 +71,6 @@ def _masks_optional(fn: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return p is not None and p.default is None
-
-
-class RateLimiter:
-    """At most ``limit`` requests per ``window_s`` seconds for each key (a session)."""
-
-    def __init__(self, limit: int, window_s: float) -> None:
-        self.limit, self.window_s = int(limit), float(window_s)
-        self._seen: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def check(self, key: str | None) -> None:
-        """Count one request for ``key``.
-
-        Raises:
-            InputError: over the limit; the message says how long to wait.
-        """
-        if self.limit <= 0 or key is None:
-            return
-        now = time.monotonic()
-        with self._lock:
-            seen = self._seen.setdefault(key, deque())
-            while seen and now - seen[0] > self.window_s:
-                seen.popleft()
-            if len(seen) >= self.limit:
-                wait = self.window_s - (now - seen[0])
-                raise InputError(
-                    f"Too many requests: at most {self.limit} per {self.window_s:.0f} s per "
-                    f"session. Try again in {wait:.0f} s."
-                )
-            seen.append(now)
-
-    def forget(self, key: str | None) -> None:
-        with self._lock:
-            self._seen.pop(key, None)
 
 
 class DemoApp:
@@ -765,105 +591,3 @@ class DemoApp:
         session.chat.append(turn)
         session.settings = dict(gen)
         return turn, time.perf_counter() - t0
-
-    # --- stateless API ---------------------------------------------------------------------------
-    def _api_session(self, volume_file: str | None, key: str | None) -> Session:
-        self.limiter.check(key)
-        session = self.session(None)
-        try:
-            self.load_volume(session, volume_file, segment=False)
-        except InputError:
-            self.discard(session)
-            raise
-        return session
-
-    def _api_masks(self, session: Session, mask_file: str | None, region: str | None) -> None:
-        """Masks for an API call: a file (a single mask counts as ``region``), else predicted."""
-        scan = session.require_scan()
-        if mask_file:
-            before = set(scan.masks)
-            self.load_masks(session, mask_file)
-            added = [n for n in scan.masks if n not in before]
-            single = not str(mask_file).lower().endswith(".zip")
-            if region and single and added and added[0] != region:
-                self.rename_single_mask(session, added[0], region)
-        elif hasattr(self.predictor, "segment"):
-            self.predict_masks(session)
-        if region:
-            if region not in scan.masks:
-                raise InputError(
-                    f"Region {region!r} is not among the masks: {', '.join(scan.masks) or 'none'}."
-                )
-            session.selected = region
-
-    def api_region_report(
-        self,
-        volume_file: str | None,
-        mask_file: str | None,
-        region: str | None,
-        key: str | None = None,
-        **gen: int,
-    ) -> dict:
-        """One-shot region report: a scan, a mask (one file counts as ``region``; a zip needs
-        ``region``; none: the predicted mask of ``region``)."""
-        session = self._api_session(volume_file, key)
-        try:
-            if not mask_file and not region:
-                raise InputError("Upload a mask for the region, or name a region.")
-            self._api_masks(session, mask_file, region)
-            result, _ = self.region_report(session, **gen)
-            return results.public_report(result, warnings=session.warnings())
-        finally:
-            self.discard(session)
-
-    def api_report(
-        self, volume_file: str | None, masks_file: str | None, key: str | None = None, **gen: int
-    ) -> dict:
-        """One-shot full report from a scan and a zip of region masks (none: predicted)."""
-        session = self._api_session(volume_file, key)
-        try:
-            self._api_masks(session, masks_file, None)
-            report = self.full_report(session, **gen)[1]
-            return results.public_report(report, warnings=session.warnings())
-        finally:
-            self.discard(session)
-
-    def api_answer(
-        self,
-        volume_file: str | None,
-        mask_file: str | None,
-        question: str,
-        region: str | None = None,
-        history: list | None = None,
-        key: str | None = None,
-        **gen: int,
-    ) -> dict:
-        """One conversation turn from files: ``history`` is ``[[question, answer], ...]``.
-
-        Without a mask file or region the question is about the whole scan.
-        """
-        session = self._api_session(volume_file, key)
-        try:
-            for pair in history or []:
-                if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                    raise InputError("history must be a list of [question, answer] pairs.")
-                session.chat.append(
-                    {
-                        "question": str(pair[0]),
-                        "answer": str(pair[1]),
-                        "region": None,
-                        "mask_source": None,
-                        "warnings": [],
-                    }
-                )
-            whole = not mask_file and not region
-            if not whole:
-                self._api_masks(session, mask_file, region)
-            turn, _ = self.ask(session, question, whole_scan=whole, **gen)
-            return {
-                **turn,
-                "warnings": list(dict.fromkeys(session.scan_warnings + turn["warnings"])),
-                "history": [[t["question"], t["answer"]] for t in session.chat],
-            }
-        finally:
-            self.discard(session)

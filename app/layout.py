@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app import viewer
-from app.handlers import MAX_NEW_TOKENS_RANGE, NUM_BEAMS_RANGE, DemoApp
+from app.handlers import DemoApp
 from app.inputs import MASK_SUFFIXES, VOLUME_SUFFIXES
 from app.results import SENTENCE_JS
+from app.session import MAX_NEW_TOKENS_RANGE, NUM_BEAMS_RANGE
 from rgct.constants import QUESTION_TEMPLATES
 
 INSTRUCTIONS = """

@@ -26,19 +26,18 @@ from app_data import (  # noqa: E402
 from fake_predictor import FakePredictor  # noqa: E402
 
 from app import inputs, results, viewer  # noqa: E402
+from app.api import answer_once, region_report_once, report_once  # noqa: E402
 from app.callbacks import guard  # noqa: E402
 from app.demo import build_demo  # noqa: E402
-from app.handlers import (  # noqa: E402
-    BOX_MASK,
-    DISPLAY_SIZE,
-    DemoApp,
+from app.handlers import BOX_MASK, DISPLAY_SIZE, DemoApp  # noqa: E402
+from app.inputs import InputError  # noqa: E402
+from app.main import parse_auth  # noqa: E402
+from app.session import (  # noqa: E402
     check_generation,
     delete_session,
     generation_kwargs,
     public_message,
 )
-from app.inputs import InputError  # noqa: E402
-from app.main import parse_auth  # noqa: E402
 from rgct.constants import REGIONS, WHOLE_SCAN  # noqa: E402
 
 LUNG = viewer.level_from_window(viewer.WINDOW_PRESETS["lung"])
@@ -579,26 +578,26 @@ def test_session_cleanup(app, files):
 
 
 def test_api_helpers(app, files, tmp_path):
-    out = app.api_region_report(files["nii.gz"], files["masks_seg.zip"], "lung", **GEN)
+    out = region_report_once(app, files["nii.gz"], files["masks_seg.zip"], "lung", **GEN)
     assert out["text"].startswith("lung: 384 voxels") and out["mask_source"] == "uploaded"
     # one mask file counts as the region the caller names
-    out = app.api_region_report(files["nii.gz"], files["mask:heart"], "lung", **GEN)
+    out = region_report_once(app, files["nii.gz"], files["mask:heart"], "lung", **GEN)
     assert out["text"].startswith("lung: 256 voxels")
     with pytest.raises(InputError, match="not among"):
-        app.api_region_report(files["nii.gz"], files["masks_seg.zip"], "thyroid", **GEN)
-    report = app.api_report(files["nii.gz"], files["masks_flat.zip"], **GEN)
+        region_report_once(app, files["nii.gz"], files["masks_seg.zip"], "thyroid", **GEN)
+    report = report_once(app, files["nii.gz"], files["masks_flat.zip"], **GEN)
     assert report["regions"]["lung"] and json.dumps(report)
-    predicted = app.api_report(files["nii.gz"], None, **GEN)
+    predicted = report_once(app, files["nii.gz"], None, **GEN)
     assert predicted["mask_source"] == "predicted"
-    out = app.api_region_report(files["nii.gz"], None, "lung", **GEN)  # the predicted lung
+    out = region_report_once(app, files["nii.gz"], None, "lung", **GEN)  # the predicted lung
     assert out["mask_source"] == "predicted" and out["text"].startswith("lung: ")
-    turn = app.api_answer(
-        files["nii.gz"], None, "Q3?", history=[["Q1?", "A1"], ["Q2?", "A2"]], **GEN
+    turn = answer_once(
+        app, files["nii.gz"], None, "Q3?", history=[["Q1?", "A1"], ["Q2?", "A2"]], **GEN
     )
     assert turn["answer"].endswith("turn=3") and turn["region"] == WHOLE_SCAN
     assert turn["history"][-1] == ["Q3?", turn["answer"]]
     with pytest.raises(InputError, match="pairs"):
-        app.api_answer(files["nii.gz"], None, "Q?", history=["bad"], **GEN)
+        answer_once(app, files["nii.gz"], None, "Q?", history=["bad"], **GEN)
     assert list((tmp_path / "sessions").iterdir()) == []
     assert app.live_scans() == 0, "one-shot API sessions must not hold scans"
 
