@@ -13,7 +13,7 @@ import pytest
 
 from rgct.train.plot import DEFAULT_PNG, configure, plot_metrics, read_metrics, run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
