@@ -1,0 +1,95 @@
+"""``rgct segment``: files in the RadGenome layout, on the input's own grid and affine."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from rgct.cli import main
+from rgct.config import DataConfig
+from rgct.constants import LUNG_LOBES, REGIONS, SEGMENT_CLASSES
+from rgct.data.io import read_canonical
+from rgct.data.layout import volume_path
+from rgct.data.totalseg import SUMMARY_FILE
+from rgct.generate.segment import Segmentation, write_segmentation
+from rgct.model.segmenter import Segmenter, data_meta, save_segmenter
+
+EMPTY = {"lung", "right lung middle lobe"}
+"""Channels the constant segmenter below never predicts."""
+
+
+@pytest.fixture(scope="module")
+def constant_segmenter(tmp_path_factory):
+    """A segmenter whose logits are a constant per class: +6 everywhere except EMPTY and the
+    finding channels (-6): every region is the whole grid, 'lung' is never found."""
+    net = Segmenter(channels=(4, 8), refine_channels=1, internal_scale=0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        bias = torch.full((len(SEGMENT_CLASSES),), -6.0)
+        for k, name in enumerate(SEGMENT_CLASSES[:17]):
+            bias[k] = -6.0 if name in EMPTY else 6.0
+        net.refine[1].bias.copy_(bias)
+    out = tmp_path_factory.mktemp("seg") / "segmenter"
+    save_segmenter(out, net, {"data": data_meta(DataConfig(input_shape=(8, 16, 16)))})
+    return out
+
+
+def test_segment_writes_layout_files_with_the_input_grid(
+    phantom_root, constant_segmenter, tmp_path, capsys
+):
+    vol = volume_path(phantom_root, "train_1_a_1")
+    out = tmp_path / "masks"
+    assert (
+        main(["segment", str(vol), "--checkpoint", str(constant_segmenter), "--out", str(out)]) == 0
+    )
+    region_dir = out / "train_region_mask" / "seg_train_1_a_1"
+    anatomy_dir = out / "train_anatomy_mask" / "seg_train_1_a_1"
+    ref = nib.load(str(vol))
+    for region in REGIONS:
+        path = region_dir / f"{region}.nii.gz"
+        assert path.is_file() == (region not in EMPTY), region
+    for name in (*LUNG_LOBES, "aorta", "heart tissue", "right lung", "left lung"):
+        assert (anatomy_dir / f"{name}.nii.gz").is_file() == (name not in EMPTY), name
+    img = nib.load(str(region_dir / "heart.nii.gz"))
+    assert img.shape == ref.shape
+    np.testing.assert_allclose(img.affine, ref.affine)
+    summary = json.loads((region_dir / SUMMARY_FILE).read_text())
+    assert summary["mask_source"] == "learned"
+    assert "lung: no mask predicted, region skipped" in summary["warnings"]
+    assert "right lung middle lobe" in summary["missing"]
+    assert summary["voxels"]["lung"] == 0 and summary["voxels"]["heart"] == int(np.prod(ref.shape))
+    assert summary["findings"] == []
+    assert "warning: lung: no mask predicted, region skipped" in capsys.readouterr().out
+
+
+def test_segment_without_checkpoint_is_a_clear_error(phantom_root, tmp_path, capsys):
+    vol = volume_path(phantom_root, "train_1_a_1")
+    assert main(["segment", str(vol), "--out", str(tmp_path)]) == 1
+    assert "needs --checkpoint" in capsys.readouterr().out
+    assert main(["segment", str(vol), "--checkpoint", str(tmp_path), "--out", str(tmp_path)]) == 1
+    assert "segmenter.safetensors" in capsys.readouterr().out
+
+
+def test_masks_keep_a_non_ras_input_orientation(tmp_path):
+    data = np.zeros((6, 8, 10), np.int16)  # stored (X, Y, Z)
+    affine = np.array([[-2.0, 0, 0, 10], [0, 0, 3.0, -5], [0, -1.5, 0, 7], [0, 0, 0, 1]])
+    src = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), str(src))
+    array, canon_affine, _ = read_canonical(src)
+    mask = np.zeros(array.shape, bool)
+    mask[1, 2, 3] = mask[0, 0, 0] = True  # asymmetric, so a wrong flip shows
+    seg = Segmentation({"heart": mask}, [], array.shape, canon_affine, (1.5, 3.0, 2.0))
+    summary = write_segmentation(seg, tmp_path / "out", "ct", source=src)
+    written = tmp_path / "out" / "region_mask" / "seg_ct" / "heart.nii.gz"
+    assert summary["regions"] == {"heart": str(written)}
+    img = nib.load(str(written))
+    np.testing.assert_allclose(img.affine, affine)
+    assert img.shape == data.shape
+    back, back_affine, _ = read_canonical(written)
+    np.testing.assert_array_equal(back.astype(bool), mask)
+    np.testing.assert_allclose(back_affine, canon_affine)

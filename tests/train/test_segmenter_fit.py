@@ -1,0 +1,109 @@
+"""fit_segmenter: the loss falls, files are written, a killed run resumes exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rgct.constants import SEGMENT_CLASSES
+from rgct.model.segmenter import load_segmenter
+from rgct.train.segmenter import (
+    SegmenterTrainConfig,
+    augment_batch,
+    fit_segmenter,
+    segmentation_loss,
+)
+
+SHAPE = (16, 32, 32)
+
+
+def _cfg(root, out, cache, **kw) -> SegmenterTrainConfig:
+    base = dict(
+        data_root=str(root),
+        out_dir=str(out),
+        cache_dir=str(cache),
+        steps=8,
+        batch_size=2,
+        lr=1e-2,
+        warmup_steps=1,
+        save_every=4,
+        log_every=2,
+        input_shape=SHAPE,
+        model={"channels": (4, 8), "internal_scale": 0.5},
+    )
+    return SegmenterTrainConfig(**{**base, **kw})
+
+
+def test_training_lowers_the_loss_and_writes_the_segmenter(phantom_root, tmp_path, seed):
+    out = fit_segmenter(_cfg(phantom_root, tmp_path / "run", tmp_path / "cache", augment=False))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    model, meta = load_segmenter(out)
+    assert model.classes == SEGMENT_CLASSES
+    assert meta["data"]["input_shape"] == list(SHAPE)
+    assert meta["train"]["steps_done"] == 8
+
+
+def test_a_killed_run_resumes_where_it_stopped(phantom_root, tmp_path, seed):
+    cache = tmp_path / "cache"
+    full = fit_segmenter(_cfg(phantom_root, tmp_path / "full", cache, steps=6, save_every=3))
+    killed = tmp_path / "killed"
+    fit_segmenter(_cfg(phantom_root, killed, cache, steps=6, save_every=3), stop_after=4)
+    assert json.loads((killed / "checkpoint" / "state.json").read_text())["step"] == 3
+    assert not (killed / "segmenter.safetensors").exists()
+    fit_segmenter(_cfg(phantom_root, killed, cache, steps=6, save_every=3))
+    a = load_file(str(full / "segmenter.safetensors"))
+    b = load_file(str(killed / "segmenter.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]  # the row logged after the checkpoint was dropped and redone
+
+
+def test_a_checkpoint_of_another_network_is_refused(phantom_root, tmp_path):
+    cfg = _cfg(phantom_root, tmp_path / "run", tmp_path / "cache", steps=2, save_every=1)
+    fit_segmenter(cfg, stop_after=1)
+    other = _cfg(phantom_root, tmp_path / "run", tmp_path / "cache", model={"channels": (4, 16)})
+    with pytest.raises(ValueError, match="differs"):
+        fit_segmenter(other)
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="steps"):
+        _cfg(tmp_path, tmp_path, tmp_path, steps=0)
+    with pytest.raises(ValueError, match="follow from the data"):
+        _cfg(tmp_path, tmp_path, tmp_path, model={"classes": ["lung"]})
+
+
+def test_loss_skips_unannotated_and_empty_channels():
+    logits = torch.full((1, 3, 4, 4, 4), -4.0)
+    target = torch.zeros(1, 3, 4, 4, 4)
+    target[0, 0, :2] = 1.0
+    valid = torch.tensor([[True, True, False]])
+    base = segmentation_loss(logits, target, valid)
+    logits_bad = logits.clone()
+    logits_bad[0, 2] = 4.0  # confidently wrong, but channel 2 is not annotated
+    assert segmentation_loss(logits_bad, target, valid)["loss"] == pytest.approx(
+        float(base["loss"])
+    )
+    # Dice counts only channel 0 (the one with foreground); channel 1 is taught by BCE
+    perfect = logits.clone()
+    perfect[0, 0, :2] = 8.0
+    assert float(segmentation_loss(perfect, target, valid)["dice"]) < 0.01
+
+
+def test_augmentation_keeps_left_and_right():
+    image = torch.zeros(2, 1, 8, 16, 32)
+    image[..., :8] = 1.0  # low x only
+    target = image.repeat(1, 3, 1, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    img2, tgt2 = augment_batch(image, target, gen)
+    assert img2.shape == image.shape and tgt2.shape == target.shape
+    low, high = tgt2[..., :16].sum(), tgt2[..., 16:].sum()
+    assert low > 10 * max(float(high), 1.0)
+    assert set(torch.unique(tgt2).tolist()) <= {0.0, 1.0}
+    assert img2.min() >= 0.0 and img2.max() <= 1.0
