@@ -1,7 +1,11 @@
-"""Benchmark volume loading: cold (NIfTI -> model tensor) vs the disk cache.
+"""Benchmark the data path; each mode writes its own section of one JSON file.
 
-python scripts/bench_data.py --data /data/rg --split train --max-volumes 20
-python scripts/bench_data.py --synth 8 --out bench_data.json
+cached:  volume loading, cold (NIfTI -> model tensor) vs the disk cache
+    python scripts/bench_data.py --data /data/rg --split train --max-volumes 20
+    python scripts/bench_data.py --synth 8
+scale:   the sample index at RadGenome-Chest CT's release size (25,692 volumes, 665k region
+         sentences, 1.3M VQA rows; CSV files only): build time, peak RSS, extra memory per worker
+    python scripts/bench_data.py --scale 1.0 [--scale-root DIR]
 """
 
 from __future__ import annotations
@@ -9,20 +13,75 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import resource
 import tempfile
 import time
 from pathlib import Path
 
+from bench_common import machine_info, peak_rss_mb, print_table
+
 from rgct.config import DataConfig
 from rgct.data.layout import volume_path
 from rgct.data.records import find_volumes
+from rgct.data.scale import measure_index, write_release_csvs
 from rgct.data.transforms import TransformCache, build_deterministic_transforms, run_transforms
+from rgct.files import write_json
 
 
 def _rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
+
+
+def bench_cached(args: argparse.Namespace, tmp: Path) -> dict:
+    root = Path(args.data) if args.data else tmp / "synth"
+    if args.synth:
+        from rgct.data.synth import write_dataset
+
+        write_dataset(root, num_volumes=args.synth, seed=0, valid_fraction=0.0, workers=1)
+    cfg = DataConfig(root=str(root), input_shape=tuple(args.input_shape))
+    paths = [volume_path(root, v) for v in find_volumes(root, args.split)[: args.max_volumes]]
+    if not paths:
+        raise SystemExit(f"{root}: no volumes in split {args.split!r}")
+    det = build_deterministic_transforms(cfg)
+    t0 = time.perf_counter()
+    for path in paths:
+        run_transforms(det, {"image": str(path)})
+    cold = time.perf_counter() - t0
+    cache = TransformCache(cfg, tmp / "cache")
+    t0 = time.perf_counter()
+    for path in paths:
+        cache.image(path)
+    fill = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(args.cached_passes):
+        for path in paths:
+            cache.image(path)
+    cached = (time.perf_counter() - t0) / args.cached_passes
+    return {
+        "volumes": len(paths),
+        "input_shape": list(args.input_shape),
+        "cold_volumes_per_s": _rate(len(paths), cold),
+        "cache_fill_volumes_per_s": _rate(len(paths), fill),
+        "cached_volumes_per_s": _rate(len(paths), cached),
+        "speedup_cached_vs_cold": cold / cached if cached > 0 else float("inf"),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def bench_scale(args: argparse.Namespace, tmp: Path) -> dict:
+    root = Path(args.scale_root) if args.scale_root else tmp / "release"
+    t0 = time.perf_counter()
+    if not (root / "radgenome_files").is_dir():
+        write_release_csvs(root, scale=args.scale)
+    written = time.perf_counter() - t0
+    result = measure_index(root, num_samples=args.num_samples, workers=2, probe=args.probe)
+    targets = {"index_build_s": 60.0, "peak_rss_mb": 4096.0, "worker_extra_mb": 200.0}
+    return {
+        "scale": args.scale,
+        "csv_write_s": written,
+        **result,
+        "targets": targets,
+        "met": {k: result[k] <= v for k, v in targets.items()},
+    }
 
 
 def main() -> int:
@@ -30,61 +89,31 @@ def main() -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="dataset folder in the RadGenome layout")
     src.add_argument("--synth", type=int, metavar="N", help="generate N phantom volumes first")
+    src.add_argument("--scale", type=float, metavar="F", help="release-size index x F (1.0: real)")
+    p.add_argument("--scale-root", help="reuse (or keep) the release-size CSV folder here")
+    p.add_argument("--num-samples", type=int, default=320_000, help="training mix length")
+    p.add_argument("--probe", type=int, default=200_000, help="records the workers read")
     p.add_argument("--split", default="train")
     p.add_argument("--max-volumes", type=int, default=20)
     p.add_argument(
         "--input-shape", type=int, nargs=3, default=(64, 128, 128), metavar=("D", "H", "W")
     )
     p.add_argument("--cached-passes", type=int, default=3, help="timed passes over the cache")
-    p.add_argument("--out", default="bench_data.json")
+    p.add_argument("--out", default="bench/data.json", help="JSON file; this mode's section")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.data) if args.data else Path(tmp) / "synth"
-        if args.synth:
-            from rgct.data.synth import write_dataset
-
-            write_dataset(root, num_volumes=args.synth, seed=0, valid_fraction=0.0, workers=1)
-        cfg = DataConfig(root=str(root), input_shape=tuple(args.input_shape))
-        paths = [volume_path(root, v) for v in find_volumes(root, args.split)[: args.max_volumes]]
-        if not paths:
-            raise SystemExit(f"{root}: no volumes in split {args.split!r}")
-        det = build_deterministic_transforms(cfg)
-        t0 = time.perf_counter()
-        for path in paths:
-            run_transforms(det, {"image": str(path)})
-        cold = time.perf_counter() - t0
-
-        cache = TransformCache(cfg, Path(tmp) / "cache")
-        t0 = time.perf_counter()
-        for path in paths:
-            cache.image(path)
-        fill = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(args.cached_passes):
-            for path in paths:
-                cache.image(path)
-        cached = (time.perf_counter() - t0) / args.cached_passes
-
-    result = {
-        "volumes": len(paths),
-        "input_shape": list(args.input_shape),
-        "cold_volumes_per_s": _rate(len(paths), cold),
-        "cache_fill_volumes_per_s": _rate(len(paths), fill),
-        "cached_volumes_per_s": _rate(len(paths), cached),
-        "speedup_cached_vs_cold": cold / cached if cached > 0 else float("inf"),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    print(f"{'measure':28s}{'value':>14s}")
-    for key, value in result.items():
-        print(
-            f"{key:28s}{value:>14.2f}" if isinstance(value, float) else f"{key:28s}{value!s:>14s}"
-        )
+        if args.scale is not None:
+            section, result = "scale", bench_scale(args, Path(tmp))
+        else:
+            section, result = "cached", bench_cached(args, Path(tmp))
+    print_table([{"measure": k, "value": v} for k, v in result.items() if not isinstance(v, dict)])
     out = Path(args.out)
-    tmp_out = out.with_suffix(out.suffix + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    os.replace(tmp_out, out)
+    record = json.loads(out.read_text()) if out.is_file() else {}
+    record[section] = result
+    record["machine"] = machine_info()
+    write_json(out, record)
     return 0
 
 

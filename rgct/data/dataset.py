@@ -43,7 +43,8 @@ from rgct.constants import CT_RATE_LABELS, TASKS
 from rgct.data.finding_maps import paint_finding_map
 from rgct.data.io import DataError
 from rgct.data.layout import csv_path, strip_suffix
-from rgct.data.records import TASK_CSV, Sample, build_samples, load_split, mix_samples
+from rgct.data.records import TASK_CSV, build_samples, load_split, mix_samples
+from rgct.data.sample_table import Sample, SampleTable
 from rgct.data.transforms import TransformCache, build_random_transforms
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ class RGCTDataset(Dataset):
         tasks: task names or task -> weight; default ``cfg.tasks``.
 
     Attributes:
-        samples: the :class:`Sample` list items are made from.
+        samples: the :class:`~rgct.data.sample_table.SampleTable` (a read-only sequence of
+            :class:`Sample`, held in numpy arrays that DataLoader workers share) items are made
+            from.
         num_skipped: bad samples skipped so far (all DataLoader workers together).
         missing_tasks: requested tasks the split has no rows for (left out, warned).
         problems: problems :func:`load_split` found (rows dropped).
@@ -117,13 +120,13 @@ class RGCTDataset(Dataset):
                 raise DataError(
                     f"{root}: split {split!r} has no rows for any training task {list(weights)}"
                 )
-            self.samples = []
+            self.samples = SampleTable.concat([])
         elif num_samples is not None:
             # positives oversampled (data.abnormal_fraction) in the training mix only
             abnormal = cfg.abnormal_fraction if train else None
             self.samples = mix_samples(by_task, weights, num_samples, seed, abnormal)
         else:
-            self.samples = [s for t in TASKS if t in by_task for s in by_task[t]]
+            self.samples = SampleTable.concat([by_task[t] for t in TASKS if t in by_task])
         self.ground_truth = None  # dense finding maps: training samples only
         if cfg.finding_maps and train:
             if index.ground_truth is None:

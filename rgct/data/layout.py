@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,12 +145,38 @@ def is_whole_scan(anatomy: str | None) -> bool:
     return not parts or (len(parts) == 1 and parts[0] in (OTHERS, WHOLE_SCAN))
 
 
-def resolve_mask(root: str | Path, volume: str, anatomy: str | None) -> Path | None:
-    """Find the mask file for ``anatomy`` of ``volume``, falling back up the hierarchy.
+class _FilesIn:
+    """The ``.nii.gz`` names of one folder, checked one stat at a time (a Container)."""
 
-    Order: the leaf's anatomy mask, then each parent's anatomy mask along the ``/`` path,
-    then the top-level region mask. ``None`` means an all-ones mask (``''``, ``others``,
-    ``whole scan``, or a known region whose mask file is absent).
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __contains__(self, name: object) -> bool:
+        return (self.folder / str(name)).is_file()
+
+
+def mask_folders(root: str | Path, volume: str) -> tuple[Path, Path]:
+    """``(<split>_anatomy_mask/seg_<volume>, <split>_region_mask/seg_<volume>)``."""
+    v = parse_volume_name(volume)
+    seg = f"seg_{v.name}"
+    return anatomy_mask_dir(root, v.split) / seg, region_mask_dir(root, v.split) / seg
+
+
+def pick_mask(
+    volume: str, anatomy: str | None, anatomy_files: Container[str], region_files: Container[str]
+) -> tuple[str, str] | None:
+    """The mask-lookup policy on file names: which file serves ``anatomy`` of ``volume``.
+
+    Order: the leaf's anatomy mask, then each parent's anatomy mask along the ``/`` path (a
+    part that is a region also tries its region mask), then the top-level region mask.
+
+    Args:
+        anatomy_files, region_files: the file names (``<name>.nii.gz``) in the volume's anatomy
+            and region mask folders (any container: a set of a folder listing, or a stat).
+
+    Returns:
+        ``('anatomy' | 'region', file name)``, or None for an all-ones mask (``''``,
+        ``others``, ``whole scan``, or a known region whose mask file is absent).
 
     Raises:
         UnknownRegionError: a name that is not a region and has no anatomy mask file.
@@ -158,17 +185,16 @@ def resolve_mask(root: str | Path, volume: str, anatomy: str | None) -> Path | N
         return None
     parts = anatomy_parts(anatomy)
     for part in reversed(parts):
-        candidates = [anatomy_mask_path(root, volume, part)]
-        if part in REGIONS:
-            candidates.append(region_mask_path(root, volume, part))
-        for path in candidates:
-            if path.is_file():
-                return path
+        name = f"{part}{NIFTI_SUFFIX}"
+        if name in anatomy_files:
+            return "anatomy", name
+        if part in REGIONS and name in region_files:
+            return "region", name
     regions = [p for p in parts if p in REGIONS or p == OTHERS]
     for region in regions:
-        path = region_mask_path(root, volume, region)
-        if path.is_file():
-            return path
+        name = f"{region}{NIFTI_SUFFIX}"
+        if name in region_files:
+            return "region", name
     if regions:
         logger.debug("%s: no mask file for %r; using the whole scan", volume, anatomy)
         return None
@@ -176,3 +202,23 @@ def resolve_mask(root: str | Path, volume: str, anatomy: str | None) -> Path | N
         f"{volume}: unknown region {anatomy!r} (no anatomy mask file either); "
         f"known regions: {', '.join(REGIONS)}, {OTHERS}"
     )
+
+
+def resolve_mask(root: str | Path, volume: str, anatomy: str | None) -> Path | None:
+    """Find the mask file for ``anatomy`` of ``volume``, falling back up the hierarchy
+    (:func:`pick_mask` has the order).
+
+    ``None`` means an all-ones mask (``''``, ``others``, ``whole scan``, or a known region
+    whose mask file is absent).
+
+    Raises:
+        UnknownRegionError: a name that is not a region and has no anatomy mask file.
+    """
+    if is_whole_scan(anatomy):
+        return None
+    anatomy_dir, region_dir = mask_folders(root, volume)
+    picked = pick_mask(volume, anatomy, _FilesIn(anatomy_dir), _FilesIn(region_dir))
+    if picked is None:
+        return None
+    kind, name = picked
+    return (anatomy_dir if kind == "anatomy" else region_dir) / name

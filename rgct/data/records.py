@@ -1,4 +1,5 @@
-"""CSV rows of a RadGenome-Chest CT split -> one :class:`Sample` record type for all tasks.
+"""CSV rows of a RadGenome-Chest CT split -> one :class:`Sample` record type for all tasks,
+held in columnar :class:`~rgct.data.sample_table.SampleTable` form.
 
 Example::
 
@@ -10,7 +11,8 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,13 +36,15 @@ from rgct.data.layout import (
     csv_path,
     is_whole_scan,
     leaf_name,
+    mask_folders,
     normalize_split,
     parse_volume_name,
+    pick_mask,
     preprocessed_dir,
-    resolve_mask,
     strip_suffix,
     volume_path,
 )
+from rgct.data.sample_table import TEXT_FIELDS, Sample, SampleTable
 from rgct.jsonl import iter_jsonl
 
 logger = logging.getLogger(__name__)
@@ -74,33 +78,6 @@ class Problem:
     kind: str
     path: str
     message: str
-
-
-@dataclass
-class Sample:
-    """One training/evaluation example, any task.
-
-    Attributes:
-        volume: volume name without suffix.
-        task: one of rgct.constants.TASKS.
-        prompt: the question or instruction.
-        answer: the target text.
-        region: the region named for the sample, or WHOLE_SCAN.
-        anatomy: the row's '/' anatomy path, or None.
-        mask_path: the mask file, None for an all-ones mask.
-        image_path: the volume's NIfTI file.
-        labels: 18 0/1 ints (CT_RATE_LABELS order) for findings inside ``region``, or None.
-    """
-
-    volume: str
-    task: str
-    prompt: str
-    answer: str
-    region: str
-    anatomy: str | None
-    mask_path: str | None
-    image_path: str
-    labels: list[int] | None
 
 
 @dataclass
@@ -165,9 +142,14 @@ def _load_ground_truth(root: Path, split: str) -> dict[str, dict] | None:
 
 
 def _region_is_known(root: Path, volume: str, anatomy: str, cache: dict) -> bool:
-    parts = anatomy_parts(anatomy)
-    if not parts or any(p in REGIONS or p == OTHERS for p in parts) or is_whole_scan(anatomy):
+    if anatomy not in cache:  # known by its name alone (a region, others, the whole scan)?
+        parts = anatomy_parts(anatomy)
+        cache[anatomy] = (
+            not parts or any(p in REGIONS or p == OTHERS for p in parts) or is_whole_scan(anatomy)
+        )
+    if cache[anatomy]:
         return True
+    parts = anatomy_parts(anatomy)
     key = (volume, anatomy)
     if key not in cache:
         cache[key] = any(anatomy_mask_path(root, volume, p).is_file() for p in parts)
@@ -196,6 +178,7 @@ def load_split(root: str | Path, split: str, *, max_volumes: int | None = None) 
     index = SplitIndex(root=root, split=split, volumes=volumes)
     index.ground_truth = _load_ground_truth(root, split)
     known_cache: dict = {}
+    name_errors: dict[str, str | None] = {}  # volume name -> why it is malformed (None: fine)
     for stem, columns in CSV_COLUMNS.items():
         path = csv_path(root, split, stem)
         if not path.is_file():
@@ -211,10 +194,15 @@ def load_split(root: str | Path, split: str, *, max_volumes: int | None = None) 
             name = strip_suffix(row["Volumename"])
             row["Volumename"] = name
             where = f"{path}:{lineno}"
-            try:
-                parse_volume_name(name)
-            except DataError as e:
-                index.problems.append(Problem("error", "bad_volume_name", where, f"{where}: {e}"))
+            if name not in name_errors:
+                try:
+                    parse_volume_name(name)
+                    name_errors[name] = None
+                except DataError as e:
+                    name_errors[name] = str(e)
+            if name_errors[name] is not None:
+                msg = f"{where}: {name_errors[name]}"
+                index.problems.append(Problem("error", "bad_volume_name", where, msg))
                 continue
             if name not in present:
                 vpath = volume_path(root, name)
@@ -278,13 +266,82 @@ def _task_list(tasks: dict[str, float] | Iterable[str]) -> list[str]:
     return names
 
 
+class _MaskFiles:
+    """:func:`~rgct.data.layout.pick_mask` on each volume's mask folders, listed once per volume
+    (a set lookup per candidate name instead of a stat: millions of rows at release size)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._folders: dict[str, tuple[Path, Path, frozenset[str], frozenset[str]]] = {}
+
+    @staticmethod
+    def _names(folder: Path) -> frozenset[str]:
+        try:
+            return frozenset(os.listdir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return frozenset()
+
+    def resolve(self, volume: str, anatomy: str | None) -> str | None:
+        """The mask file of ``anatomy`` (as :func:`~rgct.data.layout.resolve_mask`), or None."""
+        if volume not in self._folders:
+            anatomy_dir, region_dir = mask_folders(self.root, volume)
+            names = self._names(anatomy_dir), self._names(region_dir)
+            self._folders[volume] = (anatomy_dir, region_dir, *names)
+        anatomy_dir, region_dir, anatomy_files, region_files = self._folders[volume]
+        picked = pick_mask(volume, anatomy, anatomy_files, region_files)
+        if picked is None:
+            return None
+        kind, name = picked
+        return str((anatomy_dir if kind == "anatomy" else region_dir) / name)
+
+
+class _Columns:
+    """Column lists of one task's samples, with the repeated strings memoised (one object each:
+    mask lookups and paths are resolved once per volume and anatomy, not once per row)."""
+
+    def __init__(self, index: SplitIndex, masks: _MaskFiles) -> None:
+        self.index = index
+        self.masks = masks
+        self.cols: dict[str, list] = {name: [] for name in TEXT_FIELDS}
+        self.labels: list[list[int] | None] = []
+        self._masks: dict[tuple[str, str | None], str | None] = {}
+        self._images: dict[str, str] = {}
+        self._labels: dict[tuple[str, str], list[int] | None] = {}
+        self._text: dict[str, str] = {}
+
+    def add(
+        self, volume: str, task: str, prompt: str, answer: str, region: str, anatomy: str | None
+    ) -> str | None:
+        """Append one sample; returns its mask path (None: an all-ones mask)."""
+        root = self.index.root
+        key = (volume, anatomy or region)
+        if key not in self._masks:
+            mask = None if region == WHOLE_SCAN else self.masks.resolve(volume, anatomy or region)
+            self._masks[key] = mask
+        if volume not in self._images:
+            self._images[volume] = str(volume_path(root, volume))
+        if (volume, region) not in self._labels:
+            self._labels[(volume, region)] = sample_labels(self.index, volume, region)
+        intern = self._text.setdefault
+        row = (volume, task, intern(prompt, prompt), answer, region, anatomy)
+        for name, value in zip(TEXT_FIELDS[:6], row):
+            self.cols[name].append(value)
+        self.cols["mask_path"].append(self._masks[key])
+        self.cols["image_path"].append(self._images[volume])
+        self.labels.append(self._labels[(volume, region)])
+        return self._masks[key]
+
+    def table(self) -> SampleTable:
+        return SampleTable.from_columns(self.cols, self.labels)
+
+
 def build_samples(
     index: SplitIndex,
     tasks: dict[str, float] | list[str],
     *,
     unnamed_region_fraction: float = 0.0,
     seed: int = 0,
-) -> dict[str, list[Sample]]:
+) -> dict[str, SampleTable]:
     """Turn the split's rows into samples, per task, with the official templates.
 
     Args:
@@ -295,31 +352,15 @@ def build_samples(
         seed: seed of that choice.
 
     Returns:
-        task -> samples in a deterministic order (volume order, then row order).
+        task -> samples (a columnar :class:`SampleTable`) in a deterministic order (volume
+        order, then row order).
     """
-    root = index.root
-    out: dict[str, list[Sample]] = {}
+    out: dict[str, SampleTable] = {}
     rng = np.random.default_rng(seed)
-
-    def make(
-        volume: str, task: str, prompt: str, answer: str, region: str, anatomy: str | None
-    ) -> Sample:
-        mask = None if region == WHOLE_SCAN else resolve_mask(root, volume, anatomy or region)
-        return Sample(
-            volume=volume,
-            task=task,
-            prompt=prompt,
-            answer=answer,
-            region=region,
-            anatomy=anatomy,
-            mask_path=None if mask is None else str(mask),
-            image_path=str(volume_path(root, volume)),
-            labels=sample_labels(index, volume, region),
-        )
-
+    masks = _MaskFiles(index.root)
     for task in _task_list(tasks):
         rows = index.tables.get(TASK_CSV[task], [])
-        samples: list[Sample] = []
+        cols = _Columns(index, masks)
         if task in ("region_report", "report"):
             regions: dict[str, dict[str, list[str]]] = {}
             whole: dict[str, str] = {}
@@ -332,99 +373,105 @@ def build_samples(
             if task == "report":
                 for vol in sorted(set(whole) | set(regions)):
                     text = whole.get(vol) or " ".join(s for ss in regions[vol].values() for s in ss)
-                    samples.append(
-                        make(vol, task, REPORT_PROMPTS["report"], text, WHOLE_SCAN, None)
-                    )
+                    cols.add(vol, task, REPORT_PROMPTS["report"], text, WHOLE_SCAN, None)
             else:
+                named, unnamed = (
+                    REPORT_PROMPTS["region_report"],
+                    REPORT_PROMPTS["region_report_unnamed"],
+                )
                 for vol in sorted(regions):
                     for region, texts in regions[vol].items():
-                        s = make(vol, task, "", " ".join(texts), leaf_name(region), region)
-                        unnamed = s.mask_path is not None and rng.random() < unnamed_region_fraction
-                        key = "region_report_unnamed" if unnamed else "region_report"
-                        s.prompt = REPORT_PROMPTS[key].format(region=leaf_name(region))
-                        samples.append(s)
+                        leaf = leaf_name(region)
+                        mask = cols.add(vol, task, "", " ".join(texts), leaf, region)
+                        hide = mask is not None and rng.random() < unnamed_region_fraction
+                        prompt = (unnamed if hide else named).format(region=leaf)
+                        cols.cols["prompt"][-1] = cols._text.setdefault(prompt, prompt)
         else:
             for row in sorted(rows, key=lambda r: r["Volumename"]):
                 vol, anatomy = row["Volumename"], row.get("Anatomy", "")
                 leaf = leaf_name(anatomy) or WHOLE_SCAN
                 if task == "abnormality":
                     prompt = QUESTION_TEMPLATES[task].format(region=leaf)
-                    samples.append(
-                        make(
-                            vol, task, prompt, _sentence(row["Abnormality"]), leaf, anatomy or None
-                        )
-                    )
+                    answer = _sentence(row["Abnormality"])
+                    cols.add(vol, task, prompt, answer, leaf, anatomy or None)
                 elif task == "presence":
                     prompt = QUESTION_TEMPLATES[task].format(
                         abnormality=row["Finding"], region=leaf
                     )
-                    samples.append(
-                        make(vol, task, prompt, _sentence(row["Presence"]), leaf, anatomy or None)
-                    )
+                    cols.add(vol, task, prompt, _sentence(row["Presence"]), leaf, anatomy or None)
                 elif task == "size":
                     prompt = QUESTION_TEMPLATES[task].format(
                         abnormality=row["Abnormality"], region=leaf
                     )
-                    samples.append(make(vol, task, prompt, row["Size"], leaf, anatomy or None))
+                    cols.add(vol, task, prompt, row["Size"], leaf, anatomy or None)
                 elif task == "location":
                     prompt = QUESTION_TEMPLATES[task].format(abnormality=row["Abnormality"])
                     # the anatomy is the answer, so it is not handed to the model
-                    samples.append(make(vol, task, prompt, anatomy, WHOLE_SCAN, None))
+                    cols.add(vol, task, prompt, anatomy, WHOLE_SCAN, None)
                 elif task == "disorders":
                     prompt = QUESTION_TEMPLATES[task]
-                    samples.append(make(vol, task, prompt, row["Disorders"], WHOLE_SCAN, None))
-        out[task] = samples
+                    cols.add(vol, task, prompt, row["Disorders"], WHOLE_SCAN, None)
+        out[task] = cols.table()
     return out
 
 
 def mix_samples(
-    samples_by_task: dict[str, list[Sample]],
+    samples_by_task: dict[str, Sequence[Sample]],
     weights: dict[str, float] | None,
     num_samples: int,
     seed: int,
     abnormal_fraction: float | None = None,
-) -> list[Sample]:
+) -> SampleTable:
     """Draw ``num_samples`` samples, choosing the task of each by ``weights``.
 
     Within a task, samples are taken from a seeded permutation (all are used before any is
-    repeated). Tasks with no samples or weight 0 are skipped. Same arguments -> same list.
+    repeated). Tasks with no samples or weight 0 are skipped. Same arguments -> same table.
     With ``abnormal_fraction``, each task whose samples carry region labels draws at least
     that fraction from samples whose region holds a finding (oversampling rare positives).
+
+    Args:
+        samples_by_task: task -> samples (:class:`SampleTable`, or a list of :class:`Sample`).
 
     Raises:
         DataError: no task has both a positive weight and samples.
     """
-    weights = weights or {t: 1.0 for t in samples_by_task}
-    tasks = [t for t in samples_by_task if samples_by_task[t] and weights.get(t, 0.0) > 0]
+    tables = {t: SampleTable.from_samples(s) for t, s in samples_by_task.items()}
+    weights = weights or {t: 1.0 for t in tables}
+    tasks = [t for t in tables if len(tables[t]) and weights.get(t, 0.0) > 0]
     if not tasks:
-        raise DataError(f"no samples to mix: tasks {list(samples_by_task)} with weights {weights}")
+        raise DataError(f"no samples to mix: tasks {list(tables)} with weights {weights}")
+    # pool name -> (task, row numbers in that task's table)
+    pools = {t: (t, np.arange(len(tables[t]))) for t in tasks}
+    pool_weights = {t: weights[t] for t in tasks}
     if abnormal_fraction is not None:
         if not 0.0 <= abnormal_fraction <= 1.0:
             raise ValueError(f"abnormal_fraction must lie in [0, 1], got {abnormal_fraction}")
-        pools: dict[str, list[Sample]] = {}
-        pool_weights: dict[str, float] = {}
+        pools, pool_weights = {}, {}
         for t in tasks:
-            pool = samples_by_task[t]
-            abnormal = [s for s in pool if s.labels is not None and any(s.labels)]
-            normal = [s for s in pool if s.labels is None or not any(s.labels)]
-            if not (abnormal and normal):  # nothing to rebalance: the task as it is
-                pools[t], pool_weights[t] = pool, weights[t]
+            positive = tables[t].has_finding()
+            abnormal, normal = np.flatnonzero(positive), np.flatnonzero(~positive)
+            if not (len(abnormal) and len(normal)):  # nothing to rebalance: the task as it is
+                pools[t], pool_weights[t] = (t, np.arange(len(positive))), weights[t]
                 continue
-            f = max(abnormal_fraction, len(abnormal) / len(pool))
-            pools[t], pool_weights[t] = normal, weights[t] * (1.0 - f)
-            pools[f"{t}+abnormal"], pool_weights[f"{t}+abnormal"] = abnormal, weights[t] * f
-        samples_by_task, weights, tasks = pools, pool_weights, list(pools)
+            f = max(abnormal_fraction, len(abnormal) / len(positive))
+            pools[t], pool_weights[t] = (t, normal), weights[t] * (1.0 - f)
+            pools[f"{t}+abnormal"] = (t, abnormal)
+            pool_weights[f"{t}+abnormal"] = weights[t] * f
+    names = list(pools)
     rng = np.random.default_rng(seed)
-    p = np.array([weights[t] for t in tasks], dtype=np.float64)
-    choice = rng.choice(len(tasks), size=num_samples, p=p / p.sum())
-    perms: dict[int, list[int]] = {}
+    p = np.array([pool_weights[n] for n in names], dtype=np.float64)
+    choice = rng.choice(len(names), size=num_samples, p=p / p.sum())
+    picked = np.empty(num_samples, dtype=np.int64)  # row numbers within the chosen task
+    perms: dict[int, np.ndarray] = {}
     pos: dict[int, int] = {}
-    out = []
-    for k in choice.tolist():
-        pool = samples_by_task[tasks[k]]
-        if pos.get(k, len(pool)) >= len(pool):
-            perms[k] = rng.permutation(len(pool)).tolist()
+    for n, k in enumerate(choice.tolist()):
+        rows = pools[names[k]][1]
+        if pos.get(k, len(rows)) >= len(rows):
+            perms[k] = rows[rng.permutation(len(rows))]
             pos[k] = 0
-        out.append(pool[perms[k][pos[k]]])
+        picked[n] = perms[k][pos[k]]
         pos[k] += 1
-    return out
+    task_of = np.array([tasks.index(pools[names[k]][0]) for k in range(len(names))])[choice]
+    # one table of all mixed tasks, then the drawn rows in draw order
+    offsets = np.cumsum([0] + [len(tables[t]) for t in tasks])
+    return SampleTable.concat([tables[t] for t in tasks]).take(offsets[task_of] + picked)
