@@ -107,7 +107,14 @@ def _sentence_html(elem_id: str, value: str = "") -> gr.HTML:
 
 def build_layout(app: DemoApp) -> UI:
     """Place every component of the page; call inside ``gr.Blocks``."""
-    state = gr.State(None, delete_callback=app.discard)
+
+    def forget(session: object) -> None:
+        """gradio dropped a closed session's state: unregister and free it. (A closure, not the
+        bound method ``app.discard``: gradio deep-copies components, and copying a bound method
+        copies its object, here the whole model.)"""
+        app.discard(session)
+
+    state = gr.State(None, delete_callback=forget)
     gr.Markdown(INSTRUCTIONS)
     lung_level, lung_width = viewer.level_from_window(viewer.WINDOW_PRESETS["lung"])
     with gr.Row(equal_height=False):

@@ -153,6 +153,23 @@ def test_build_demo_wires_named_endpoints_and_private_ui(predictor, examples_dir
     assert any(t[1] == "unload" for f in demo.fns.values() for t in f.targets)
 
 
+def test_page_config_never_reaches_the_model(examples_dir, tmp_path):
+    """gradio deep-copies the page config on every page load; it may not reach the Predictor
+    (a bound method as the state's delete callback once made each load copy the whole model)."""
+    from gradio.utils import safe_deepcopy
+
+    copies = []
+
+    class Counted(FakePredictor):
+        def __deepcopy__(self, memo):
+            copies.append(1)
+            return self
+
+    demo = build_demo(Counted(), examples_dir=examples_dir, tmp_root=tmp_path / "s")
+    safe_deepcopy(demo.get_config_file())
+    assert copies == []
+
+
 def ui_fn(demo: gr.Blocks, name: str):
     return next(f.fn for f in demo.fns.values() if f.name == name)
 
