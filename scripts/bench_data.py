@@ -6,6 +6,10 @@ cached:  volume loading, cold (NIfTI -> model tensor) vs the disk cache
 scale:   the sample index at RadGenome-Chest CT's release size (25,692 volumes, 665k region
          sentences, 1.3M VQA rows; CSV files only): build time, peak RSS, extra memory per worker
     python scripts/bench_data.py --scale 1.0 [--scale-root DIR]
+real_size: one CT-RATE-sized phantom (512 x 512 x 300 int16 NIfTI): cold load + preprocess
+         (fresh process: wall time, peak RSS) with today's resize and with the geometry path,
+         and cached samples/s through 2 DataLoader workers
+    python scripts/bench_data.py --real-size [--real-root DIR]
 """
 
 from __future__ import annotations
@@ -13,10 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 from bench_common import machine_info, peak_rss_mb, print_table
 
 from rgct.config import DataConfig
@@ -25,6 +34,16 @@ from rgct.data.records import find_volumes
 from rgct.data.scale import measure_index, write_release_csvs
 from rgct.data.transforms import TransformCache, build_deterministic_transforms, run_transforms
 from rgct.files import write_json
+
+
+def _flat(result: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -84,12 +103,87 @@ def bench_scale(args: argparse.Namespace, tmp: Path) -> dict:
     }
 
 
+GEOMETRY = {"crop_foreground": True, "spacing": (5.0, 2.5, 2.5), "fit": "pad_crop"}
+"""The geometry path at the default grid: body crop, 5 x 2.5 x 2.5 mm, pad/crop to 64x128x128."""
+
+
+def cold_child(path: str, settings: str) -> None:
+    """In a fresh process: load + preprocess one volume; print wall seconds and peak RSS."""
+    from rgct.data.io import load_volume
+    from rgct.data.transforms import preprocess
+
+    cfg = DataConfig(**json.loads(settings))
+    t0 = time.perf_counter()
+    image, _ = preprocess(load_volume(path), None, cfg)
+    seconds = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": rss, "shape": list(image.shape)}))
+
+
+def _cold(path: Path, settings: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--cold-child", str(path), json.dumps(settings)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_real_size(args: argparse.Namespace, tmp: Path) -> dict:
+    from torch.utils.data import DataLoader
+
+    from rgct.data.dataset import RGCTDataset, collate
+    from rgct.data.synth import Variation, write_dataset
+
+    root = Path(args.real_root) if args.real_root else tmp / "real"
+    if not root.is_dir():
+        t0 = time.perf_counter()
+        variation = Variation(ct_rate_like=True)
+        write_dataset(root, 2, seed=0, valid_fraction=0.0, progress=False, variation=variation)
+        logging.info("real-size phantoms written in %.0f s", time.perf_counter() - t0)
+    path = volume_path(root, find_volumes(root, "train")[0])
+    img = nib.load(path)
+    shape = [int(s) for s in img.shape]
+    # a 512 x 512 x 300 volume: the phantom's slices cropped or repeated to 300
+    if shape[2] != 300:
+        data = np.asarray(img.dataobj, dtype=np.int16)
+        data = np.take(data, np.arange(300) % shape[2], axis=2)
+        path = tmp / "ct_512x512x300.nii.gz"
+        nib.save(nib.Nifti1Image(data, img.affine), path)
+    grid = {"input_shape": [64, 128, 128]}
+    result = {
+        "volume": str(nib.load(path).shape) + " int16",
+        "file_mb": path.stat().st_size / 2**20,
+        "cold_resize": _cold(path, grid),
+        "cold_geometry": _cold(path, {**grid, **GEOMETRY}),
+    }
+    cfg = DataConfig(root=str(root), cache_dir=str(tmp / "cache"), augment=False, **GEOMETRY)
+    ds = RGCTDataset(cfg, "train", train=True, num_samples=args.cached_samples, seed=0)
+    t0 = time.perf_counter()
+    for i in range(len(ds)):  # fill the cache (every distinct image and mask once)
+        ds[i]
+    result["cache_fill_s"] = time.perf_counter() - t0
+    loader = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate)
+    t0 = time.perf_counter()
+    n = sum(len(b["prompt"]) for b in loader)
+    result["cached_samples_per_s_2_workers"] = n / (time.perf_counter() - t0)
+    result["targets"] = {"cold_s": 4.0, "cold_peak_rss_mb": 2560.0, "cached_samples_per_s": 100.0}
+    return result
+
+
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--cold-child":
+        cold_child(sys.argv[2], sys.argv[3])
+        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="dataset folder in the RadGenome layout")
     src.add_argument("--synth", type=int, metavar="N", help="generate N phantom volumes first")
     src.add_argument("--scale", type=float, metavar="F", help="release-size index x F (1.0: real)")
+    src.add_argument("--real-size", action="store_true", help="CT-RATE-sized volumes")
+    p.add_argument("--real-root", help="reuse (or keep) the real-size phantom folder here")
+    p.add_argument("--cached-samples", type=int, default=2000, help="samples through the loader")
     p.add_argument("--scale-root", help="reuse (or keep) the release-size CSV folder here")
     p.add_argument("--num-samples", type=int, default=320_000, help="training mix length")
     p.add_argument("--probe", type=int, default=200_000, help="records the workers read")
@@ -106,9 +200,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.scale is not None:
             section, result = "scale", bench_scale(args, Path(tmp))
+        elif args.real_size:
+            section, result = "real_size", bench_real_size(args, Path(tmp))
         else:
             section, result = "cached", bench_cached(args, Path(tmp))
-    print_table([{"measure": k, "value": v} for k, v in result.items() if not isinstance(v, dict)])
+    print_table([{"measure": k, "value": v} for k, v in _flat(result).items()])
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.is_file() else {}
     record[section] = result

@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 from rgct.config import DataConfig
 from rgct.constants import CT_RATE_LABELS, TASKS
 from rgct.data.finding_maps import paint_finding_map
+from rgct.data.geometry import uses_geometry
 from rgct.data.io import DataError
 from rgct.data.layout import csv_path, strip_suffix
 from rgct.data.records import TASK_CSV, build_samples, load_split, mix_samples
@@ -128,6 +129,12 @@ class RGCTDataset(Dataset):
         else:
             self.samples = SampleTable.concat([by_task[t] for t in TASKS if t in by_task])
         self.ground_truth = None  # dense finding maps: training samples only
+        if cfg.finding_maps and uses_geometry(cfg):
+            raise DataError(
+                "data.finding_maps paints phantom positions on the whole, stretched field of "
+                "view: it cannot be used with data.crop_foreground, data.spacing or data.fit="
+                "pad_crop"
+            )
         if cfg.finding_maps and train:
             if index.ground_truth is None:
                 raise DataError(

@@ -119,12 +119,25 @@ def build_masks(label: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.
     return regions, anatomy
 
 
-def build_phantom(shape: tuple[int, int, int], rng: np.random.Generator) -> Phantom:
-    """Draw one phantom of ``shape`` (D, H, W) from ``rng`` (same rng state, same phantom)."""
+def build_phantom(
+    shape: tuple[int, int, int],
+    rng: np.random.Generator,
+    spacing: tuple[float, float, float] | None = None,
+) -> Phantom:
+    """Draw one phantom of ``shape`` (D, H, W) from ``rng`` (same rng state, same phantom).
+
+    ``spacing`` (dz, dy, dx) mm sets the voxel size (the field of view is shape x spacing, the
+    anatomy stays centred); None fits :data:`FOV_MM` into ``shape``.
+    """
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < MIN_SIZE:
         raise ValueError(f"phantom shape must be 3 sizes >= {MIN_SIZE}, got {shape}")
-    spacing = spacing_for_shape(shape)
+    if spacing is None:
+        spacing = spacing_for_shape(shape)
+    elif len(spacing) != 3 or not all(float(s) > 0 for s in spacing):
+        raise ValueError(f"phantom spacing must be 3 positive mm sizes, got {spacing}")
+    else:
+        spacing = tuple(float(s) for s in spacing)
     grid = Grid(shape, spacing)
     plan = plan_findings(rng)
     enlarged = any(p["kind"] == "cardiomegaly" for p in plan)

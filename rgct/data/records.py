@@ -116,8 +116,8 @@ def read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     Raises:
         DataError: unreadable file or a required column missing (both named).
     """
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    try:  # object columns: plain Python strings (arrow-backed ones are slow to iterate)
+        df = pd.read_csv(path, dtype=object, keep_default_na=False, na_filter=False)
     except (OSError, ValueError, pd.errors.ParserError) as e:
         raise DataError(f"{path}: cannot read CSV ({e})") from e
     df.columns = [str(c).strip() for c in df.columns]
@@ -126,8 +126,8 @@ def read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
         raise DataError(
             f"{path}: missing column(s) {missing}; has {list(df.columns)}, expected {list(columns)}"
         )
-    df = df[list(columns)].apply(lambda s: s.str.strip())
-    return df.to_dict("records")
+    values = [[str(v).strip() for v in df[c].tolist()] for c in columns]
+    return [dict(zip(columns, row)) for row in zip(*values)]
 
 
 def _load_ground_truth(root: Path, split: str) -> dict[str, dict] | None:
@@ -190,8 +190,10 @@ def load_split(root: str | Path, split: str, *, max_volumes: int | None = None) 
             index.problems.append(Problem("error", "bad_csv", str(path), str(e)))
             continue
         kept = []
+        stripped: dict[str, str] = {}
         for lineno, row in enumerate(rows, start=2):
-            name = strip_suffix(row["Volumename"])
+            raw = row["Volumename"]
+            name = stripped.get(raw) or stripped.setdefault(raw, strip_suffix(raw))
             row["Volumename"] = name
             where = f"{path}:{lineno}"
             if name not in name_errors:
@@ -313,23 +315,28 @@ class _Columns:
         self, volume: str, task: str, prompt: str, answer: str, region: str, anatomy: str | None
     ) -> str | None:
         """Append one sample; returns its mask path (None: an all-ones mask)."""
-        root = self.index.root
         key = (volume, anatomy or region)
-        if key not in self._masks:
+        mask = self._masks.get(key, False)
+        if mask is False:
             mask = None if region == WHOLE_SCAN else self.masks.resolve(volume, anatomy or region)
             self._masks[key] = mask
-        if volume not in self._images:
-            self._images[volume] = str(volume_path(root, volume))
-        if (volume, region) not in self._labels:
-            self._labels[(volume, region)] = sample_labels(self.index, volume, region)
-        intern = self._text.setdefault
-        row = (volume, task, intern(prompt, prompt), answer, region, anatomy)
-        for name, value in zip(TEXT_FIELDS[:6], row):
-            self.cols[name].append(value)
-        self.cols["mask_path"].append(self._masks[key])
-        self.cols["image_path"].append(self._images[volume])
-        self.labels.append(self._labels[(volume, region)])
-        return self._masks[key]
+        image = self._images.get(volume)
+        if image is None:
+            image = self._images[volume] = str(volume_path(self.index.root, volume))
+        labels_key = (volume, region)
+        if labels_key not in self._labels:
+            self._labels[labels_key] = sample_labels(self.index, volume, region)
+        cols = self.cols
+        cols["volume"].append(volume)
+        cols["task"].append(task)
+        cols["prompt"].append(self._text.setdefault(prompt, prompt))
+        cols["answer"].append(answer)
+        cols["region"].append(region)
+        cols["anatomy"].append(anatomy)
+        cols["mask_path"].append(mask)
+        cols["image_path"].append(image)
+        self.labels.append(self._labels[labels_key])
+        return mask
 
     def table(self) -> SampleTable:
         return SampleTable.from_columns(self.cols, self.labels)
@@ -387,9 +394,12 @@ def build_samples(
                         prompt = (unnamed if hide else named).format(region=leaf)
                         cols.cols["prompt"][-1] = cols._text.setdefault(prompt, prompt)
         else:
+            leaves: dict[str, str] = {}
             for row in sorted(rows, key=lambda r: r["Volumename"]):
                 vol, anatomy = row["Volumename"], row.get("Anatomy", "")
-                leaf = leaf_name(anatomy) or WHOLE_SCAN
+                leaf = leaves.get(anatomy) or leaves.setdefault(
+                    anatomy, leaf_name(anatomy) or WHOLE_SCAN
+                )
                 if task == "abnormality":
                     prompt = QUESTION_TEMPLATES[task].format(region=leaf)
                     answer = _sentence(row["Abnormality"])

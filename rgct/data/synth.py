@@ -42,6 +42,54 @@ TWO_SCAN_FRACTION = 0.3
 """Share of patients with a second scan ('b')."""
 
 
+METADATA_FILE = "metadata/metadata.csv"
+"""CT-RATE-style metadata table written with the header quirks (``data.metadata_csv``)."""
+METADATA_COLUMNS = ("VolumeName", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept")
+RAW_INTERCEPT = -1024.0
+"""Raw-value volumes store HU - RAW_INTERCEPT (air near 0), the intercept only in the metadata."""
+
+
+@dataclass(frozen=True)
+class Variation:
+    """Per-volume shape, spacing and header quirks (``rgct synth --ct-rate-like`` and friends).
+
+    Attributes:
+        ct_rate_like: draw each volume's grid as CT-RATE's: ``in_plane`` voxels of 0.6-0.9 mm
+            (scaled by 512 / ``in_plane``) and 100-300 slices of 1-3 mm covering 250-350 mm.
+        in_plane: in-plane size of those volumes (512 as CT-RATE; smaller for quick runs).
+        blank_header_fraction: share of volumes written with a blank (identity) header, their
+            spacing only in :data:`METADATA_FILE`.
+        raw_values_fraction: share written as raw stored values (HU + 1024, uint16) whose
+            intercept is only in the metadata table.
+    """
+
+    ct_rate_like: bool = False
+    in_plane: int = 512
+    blank_header_fraction: float = 0.0
+    raw_values_fraction: float = 0.0
+
+    @property
+    def quirks(self) -> bool:
+        return self.blank_header_fraction > 0 or self.raw_values_fraction > 0
+
+    def draw(self, seed: int, index: int, shape: tuple[int, int, int]) -> dict:
+        """This volume's ``shape``, ``spacing`` (None: the default) and quirks, from a stream of
+        its own (the phantom's generator is untouched: default phantoms stay byte-identical)."""
+        rng = np.random.default_rng([seed, index, 2])
+        spacing = None
+        if self.ct_rate_like:
+            xy = float(rng.uniform(0.6, 0.9)) * 512 / self.in_plane
+            z = float(rng.choice([1.0, 1.5, 2.0, 3.0]))
+            slices = int(np.clip(round(float(rng.uniform(250, 350)) / z), 100, 300))
+            shape, spacing = (slices, self.in_plane, self.in_plane), (z, xy, xy)
+        return {
+            "shape": shape,
+            "spacing": spacing,
+            "blank_header": bool(rng.random() < self.blank_header_fraction),
+            "raw_values": bool(rng.random() < self.raw_values_fraction),
+        }
+
+
 @dataclass(frozen=True)
 class VolumePlan:
     """Name and split of one volume; ``index`` seeds its generator."""
@@ -100,20 +148,32 @@ def save_nifti_gz(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def synth_volume(plan: VolumePlan, root: Path, seed: int, shape: tuple[int, int, int]) -> dict:
+def synth_volume(
+    plan: VolumePlan,
+    root: Path,
+    seed: int,
+    shape: tuple[int, int, int],
+    variation: Variation | None = None,
+) -> dict:
     """Build one phantom, write its volume and masks under ``root``; return its records.
 
     Returns:
-        ``{"gt": ground-truth dict, "rows": {csv stem: [row tuples]}, "labels": [18 ints]}``.
+        ``{"gt": ground-truth dict, "rows": {csv stem: [row tuples]}, "labels": [18 ints],
+        "metadata": metadata row (with header quirks only)}``.
     """
+    drawn = (variation or Variation()).draw(seed, plan.index, shape)
     rng = np.random.default_rng([seed, plan.index])
-    ph = build_phantom(shape, rng)
+    ph = build_phantom(drawn["shape"], rng, drawn["spacing"])
     name = plan.name
-    save_nifti_gz(volume_path(root, name), ph.volume, ph.affine)
+    affine = np.eye(4) if drawn["blank_header"] else ph.affine
+    volume = ph.volume
+    if drawn["raw_values"]:
+        volume = (volume.astype(np.int32) - int(RAW_INTERCEPT)).clip(0, 65535).astype(np.uint16)
+    save_nifti_gz(volume_path(root, name), volume, affine)
     for region, mask in ph.region_masks.items():
-        save_nifti_gz(region_mask_path(root, name, region), mask, ph.affine)
+        save_nifti_gz(region_mask_path(root, name, region), mask, affine)
     for anatomy, mask in ph.anatomy_masks.items():
-        save_nifti_gz(anatomy_mask_path(root, name, anatomy), mask, ph.affine)
+        save_nifti_gz(anatomy_mask_path(root, name, anatomy), mask, affine)
 
     findings = [f.to_dict() for f in ph.findings]
     regions = [r for r in REGIONS if r in ph.region_masks]
@@ -136,7 +196,17 @@ def synth_volume(plan: VolumePlan, root: Path, seed: int, shape: tuple[int, int,
         "findings": findings,
         "normal_regions": [r for r in regions if r not in found],
     }
-    return {"gt": gt, "rows": rows, "labels": label_vector(findings)}
+    dz, dy, dx = ph.spacing_mm
+    metadata = (
+        f"{name}.nii.gz",
+        f"[{dy:.6g}, {dx:.6g}]",
+        f"{dz:.6g}",
+        "1",
+        f"{RAW_INTERCEPT:g}" if drawn["raw_values"] else "0",
+    )
+    if drawn["blank_header"] or drawn["raw_values"]:
+        gt["quirks"] = [q for q in ("blank_header", "raw_values") if drawn[q]]
+    return {"gt": gt, "rows": rows, "labels": label_vector(findings), "metadata": metadata}
 
 
 def _work(args: tuple) -> dict:
@@ -154,7 +224,9 @@ def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
     os.replace(tmp, path)
 
 
-def _write_tables(root: Path, results: list[dict]) -> None:
+def _write_tables(root: Path, results: list[dict], metadata: bool = False) -> None:
+    if metadata:
+        _write_csv(root / METADATA_FILE, METADATA_COLUMNS, [r["metadata"] for r in results])
     for split in SPLITS:
         mine = [r for r in results if r["gt"]["split"] == split]
         for stem, header in CSV_COLUMNS.items():
@@ -195,6 +267,7 @@ def write_dataset(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    variation: Variation | None = None,
 ) -> list[dict]:
     """Write ``num_volumes`` phantoms and their CSVs to ``out`` (atomically, as a folder).
 
@@ -207,6 +280,9 @@ def write_dataset(
         workers: processes building volumes in parallel.
         overwrite: replace a non-empty ``out``.
         progress: show a progress bar.
+        variation: per-volume shapes, spacings and header quirks (CT-RATE-like volumes, blank
+            headers with spacing in ``metadata/metadata.csv``, raw stored values); None: every
+            volume ``shape`` over the default field of view, byte-identical to earlier releases.
 
     Returns:
         The ground-truth records, in volume order.
@@ -224,7 +300,7 @@ def write_dataset(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     plans = plan_volumes(num_volumes, seed, valid_fraction)
-    jobs = [(p, tmp, seed, shape) for p in plans]
+    jobs = [(p, tmp, seed, shape, variation) for p in plans]
     start = time.perf_counter()
     try:
         bar = dict(total=len(jobs), desc="rgct synth", unit="vol", disable=not progress)
@@ -233,7 +309,7 @@ def write_dataset(
         else:
             with mp.get_context("fork").Pool(workers) as pool:
                 results = list(tqdm(pool.imap(_work, jobs, chunksize=1), **bar))
-        _write_tables(tmp, results)
+        _write_tables(tmp, results, metadata=variation is not None and variation.quirks)
         if out.exists():
             old = out.with_name(f"{out.name}.old-{os.getpid()}")
             out.rename(old)

@@ -41,7 +41,45 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--montage", type=Path, default=None, help="also draw the first volume to this PNG"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument(
+        "--ct-rate-like",
+        action="store_true",
+        help="per-volume CT-RATE grids: --in-plane voxels of 0.6-0.9 mm, 100-300 slices of 1-3 mm "
+        "(replaces --shape)",
+    )
+    parser.add_argument(
+        "--in-plane", type=int, default=512, help="in-plane size with --ct-rate-like (default 512)"
+    )
+    parser.add_argument(
+        "--blank-header-fraction",
+        type=float,
+        default=0.0,
+        help="share of volumes with a blank NIfTI header, spacing in metadata/metadata.csv",
+    )
+    parser.add_argument(
+        "--raw-values-fraction",
+        type=float,
+        default=0.0,
+        help="share of volumes stored as raw values (HU + 1024), intercept in metadata/metadata.csv",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _variation(args: argparse.Namespace):
+    """The per-volume :class:`~rgct.data.synth.Variation` the options ask for, or None."""
+    from rgct.data.phantom import MIN_SIZE
+    from rgct.data.synth import Variation
+
+    for key in ("blank_header_fraction", "raw_values_fraction"):
+        if not 0.0 <= getattr(args, key) <= 1.0:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"{flag} must lie in [0, 1], got {getattr(args, key)}")
+    if args.in_plane < MIN_SIZE:
+        raise ValueError(f"--in-plane must be >= {MIN_SIZE}, got {args.in_plane}")
+    variation = Variation(
+        args.ct_rate_like, args.in_plane, args.blank_header_fraction, args.raw_values_fraction
+    )
+    return variation if variation != Variation() else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         check_args(args.num_volumes, tuple(args.shape), args.valid_fraction, args.workers)
+        variation = _variation(args)
     except ValueError as e:
         print(f"rgct synth: error: {e}", file=sys.stderr)
         return 2
@@ -62,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            variation=variation,
         )
     except FileExistsError as e:
         print(f"rgct synth: error: {e}", file=sys.stderr)

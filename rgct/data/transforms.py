@@ -45,7 +45,9 @@ from monai.transforms import (
 )
 
 from rgct.config import DataConfig
+from rgct.data.geometry import Geometry, apply_geometry, uses_geometry, volume_geometry
 from rgct.data.io import DataError, Volume, load_mask, load_mask_for, load_volume
+from rgct.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -67,19 +69,36 @@ class LoadVolumed(MapTransform):
 
     ``image`` may be a path or a :class:`Volume`; ``mask`` a path (checked against the
     volume at ``d["ref"]``, or the image loaded in the same call) or a bool array (D, H, W).
-    The output arrays have no channel axis.
+    The output arrays have no channel axis. With ``keep_geometry`` the image's spacing and
+    source go along as ``d["spacing"]`` and ``d["source"]`` (for :class:`ApplyGeometryd`);
+    ``metadata_csv`` supplies spacing for blank NIfTI headers.
     """
 
-    def __init__(self, keys: tuple[str, ...] = KEYS) -> None:
+    def __init__(
+        self,
+        keys: tuple[str, ...] = KEYS,
+        *,
+        keep_geometry: bool = False,
+        metadata_csv: str | None = None,
+    ) -> None:
         super().__init__(keys, allow_missing_keys=True)
+        self.keep_geometry = keep_geometry
+        self.metadata_csv = metadata_csv
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         volume = None
         if "image" in d:
             img = d["image"]
-            volume = img if isinstance(img, Volume) else load_volume(img)
+            if isinstance(img, Volume):
+                volume = img
+            elif self.metadata_csv:
+                volume = load_volume(img, metadata_csv=self.metadata_csv)
+            else:
+                volume = load_volume(img)
             d["image"] = volume.array
+            if self.keep_geometry:
+                d["spacing"], d["source"] = volume.spacing, str(volume.source)
         if "mask" in d:
             mask = d["mask"]
             if isinstance(mask, np.ndarray):
@@ -142,6 +161,34 @@ class HUWindowsd(MapTransform):
         return d
 
 
+class ApplyGeometryd(MapTransform):
+    """Body crop, resampling and pad/crop (:mod:`rgct.data.geometry`) of ``image`` and ``mask``.
+
+    The geometry comes from ``d["geometry"]`` (required for a mask alone: its image's), or is
+    computed from the image (HU, channel first) with ``d["spacing"]`` and ``d["source"]``; it
+    stays in ``d["geometry"]`` for the caller.
+    """
+
+    def __init__(self, cfg: DataConfig) -> None:
+        super().__init__(KEYS, allow_missing_keys=True)
+        self.cfg = cfg
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        spacing, source = d.pop("spacing", None), d.pop("source", "volume")
+        geo = d.get("geometry")
+        if geo is None:
+            if "image" not in d or spacing is None:
+                raise DataError("a mask alone needs its image's geometry (d['geometry'])")
+            hu = np.asarray(d["image"][0])
+            geo = volume_geometry(hu, spacing, self.cfg, source)
+        d["geometry"] = geo
+        for key, kind in (("image", "image"), ("mask", "mask")):
+            if key in d:
+                d[key] = apply_geometry(d[key], geo, self.cfg, kind)
+        return d
+
+
 def build_deterministic_transforms(cfg: DataConfig) -> Compose:
     """Load, channel first, HU window(s) to [0, 1], resize to ``cfg.input_shape`` (D, H, W).
 
@@ -149,28 +196,39 @@ def build_deterministic_transforms(cfg: DataConfig) -> Compose:
     share one convention before any MONAI op. Image resize uses area averaging
     (anti-aliased downsampling), masks nearest neighbour. With ``cfg.extra_hu_windows`` the
     image has one channel per window (``cfg.in_channels``).
+
+    With ``cfg.crop_foreground``, ``cfg.spacing`` or ``cfg.fit == 'pad_crop'``, the volume is
+    first cropped to the body, resampled and (pad_crop) fitted to the grid in HU
+    (:class:`ApplyGeometryd`); the resize then runs only with ``fit: resize``.
     """
     size = tuple(int(s) for s in cfg.input_shape)
-    return Compose(
-        [
-            LoadVolumed(KEYS),
-            EnsureChannelFirstd(KEYS, channel_dim="no_channel", allow_missing_keys=True),
-            HUWindowsd("image", cfg.hu_windows, allow_missing_keys=True),
+    geometry = uses_geometry(cfg)
+    steps: list = [
+        LoadVolumed(KEYS, keep_geometry=geometry, metadata_csv=cfg.metadata_csv),
+        EnsureChannelFirstd(KEYS, channel_dim="no_channel", allow_missing_keys=True),
+    ]
+    if geometry:
+        steps.append(ApplyGeometryd(cfg))
+    steps.append(HUWindowsd("image", cfg.hu_windows, allow_missing_keys=True))
+    if cfg.fit == "resize":
+        steps.append(
             Resized(
                 KEYS,
                 spatial_size=size,
                 mode=(IMAGE_RESIZE_MODE, "nearest"),
                 allow_missing_keys=True,
-            ),
-            EnsureTyped(
-                KEYS,
-                data_type="tensor",
-                dtype=torch.float32,
-                track_meta=False,
-                allow_missing_keys=True,
-            ),
-        ]
+            )
+        )
+    steps.append(
+        EnsureTyped(
+            KEYS,
+            data_type="tensor",
+            dtype=torch.float32,
+            track_meta=False,
+            allow_missing_keys=True,
+        )
     )
+    return Compose(steps)
 
 
 def build_random_transforms(cfg: DataConfig, *, flip_prob: float = 0.0) -> Compose:
@@ -245,12 +303,13 @@ def preprocess(
         {name: mask (1, D, H, W) float32 {0, 1}})``.
     """
     det = build_deterministic_transforms(cfg)
-    image = run_transforms(det, {"image": volume})["image"]
+    first = run_transforms(det, {"image": volume})
+    geo = {"geometry": first["geometry"]} if "geometry" in first else {}
     out = {}
     for name, arr in (masks or {}).items():
         checked = load_mask(np.asarray(arr), volume)
-        out[name] = run_transforms(det, {"mask": checked})["mask"]
-    return image, out
+        out[name] = run_transforms(det, {"mask": checked, **geo})["mask"]
+    return first["image"], out
 
 
 # --- the on-disk cache of the deterministic part -----------------------------------------------
@@ -267,6 +326,16 @@ def _settings(cfg: DataConfig) -> dict:
             else {}
         ),
         "image_mode": IMAGE_RESIZE_MODE,
+        **(
+            {
+                "spacing": None if cfg.spacing is None else [float(s) for s in cfg.spacing],
+                "crop_foreground": cfg.crop_foreground,
+                "fit": cfg.fit,
+            }
+            if uses_geometry(cfg)
+            else {}
+        ),
+        **({"metadata_csv": _file_key(cfg.metadata_csv)} if cfg.metadata_csv else {}),
     }
 
 
@@ -337,6 +406,8 @@ class TransformCache:
         self.dir = Path(cache_dir)
         self.transforms = build_deterministic_transforms(cfg)
         self._settings = _settings(cfg)
+        self._uses_geometry = uses_geometry(cfg)
+        self._geometries: dict[str, Geometry] = {}
         self.hits = 0
         self.misses = 0
 
@@ -370,10 +441,35 @@ class TransformCache:
         if cached is not None:
             return cached
         self.misses += 1
-        out = run_transforms(self.transforms, {"image": str(image_path)})["image"]
-        stored = encode_image(out.numpy())
+        result = run_transforms(self.transforms, {"image": str(image_path)})
+        if "geometry" in result:
+            self._save_geometry(image_path, result["geometry"])
+        stored = encode_image(result["image"].numpy())
         _atomic_save(key, stored)
         return decode_image(stored)
+
+    def _geometry_path(self, image_path: str | Path) -> Path:
+        return self._path("geometry", _file_key(image_path), ".json")
+
+    def _save_geometry(self, image_path: str | Path, geo: Geometry) -> None:
+        self._geometries[str(image_path)] = geo
+        write_json(self._geometry_path(image_path), geo.to_dict())
+
+    def geometry(self, image_path: str | Path) -> Geometry:
+        """The :class:`~rgct.data.geometry.Geometry` of a volume file (cached; its masks use it)."""
+        if str(image_path) in self._geometries:
+            return self._geometries[str(image_path)]
+        path = self._geometry_path(image_path)
+        try:
+            geo = Geometry.from_dict(json.loads(path.read_text()))
+            self._geometries[str(image_path)] = geo
+            return geo
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # absent or unreadable: compute it from the image
+        volume = load_volume(image_path, metadata_csv=self.cfg.metadata_csv)
+        geo = volume_geometry(volume.array, volume.spacing, self.cfg, str(image_path))
+        self._save_geometry(image_path, geo)
+        return geo
 
     def mask(self, mask_path: str | Path, image_path: str | Path) -> torch.Tensor:
         """Deterministic mask tensor (1, D, H, W) float32 {0, 1} of a mask file of a volume."""
@@ -383,6 +479,8 @@ class TransformCache:
             return cached
         self.misses += 1
         data = {"mask": str(mask_path), "ref": str(image_path)}
+        if self._uses_geometry:
+            data["geometry"] = self.geometry(image_path)
         out = run_transforms(self.transforms, data)["mask"]
         stored = encode_mask(out.numpy())
         _atomic_save(key, stored)
