@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--finding-pos-weight", type=float, default=1.0, help="BCE weight of finding voxels"
+    )
+    p.add_argument(
         "--prepare-workers", type=int, default=0, help="fill the cache with N processes first"
     )
     p.add_argument("--max-seconds", type=float, default=None, help="stop (and save) after this")
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.cache_dir,
         seed=args.seed,
         max_seconds=args.max_seconds,
+        finding_pos_weight=args.finding_pos_weight,
         input_shape=tuple(args.shape),
         model=model,
     )

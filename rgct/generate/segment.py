@@ -38,6 +38,12 @@ from rgct.model.segmenter import Segmenter, data_config_from_meta
 logger = logging.getLogger(__name__)
 
 MASK_SOURCE = "learned"
+DEFAULT_FINDING_THRESHOLD = 0.5
+DEFAULT_MIN_VOXELS = 2
+THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""Finding thresholds :func:`calibrate_findings` tries."""
+MIN_VOXEL_GRID = (2, 5, 10, 20, 40)
+"""Smallest finding sizes (voxels) :func:`calibrate_findings` tries."""
 
 
 @dataclass
@@ -80,7 +86,7 @@ def segment_volume(
     volume: Volume,
     *,
     threshold: float | Mapping[str, float] = 0.5,
-    finding_threshold: float | Mapping[str, float] = 0.5,
+    finding_threshold: float | Mapping[str, float] | None = None,
 ) -> Segmentation:
     """Segment one volume: preprocess, run the network once, post-process on the volume's grid.
 
@@ -89,7 +95,8 @@ def segment_volume(
         meta: the checkpoint meta (``data``: input shape and HU windows).
         volume: the CT.
         threshold: mask probability threshold (one, or per class).
-        finding_threshold: finding probability threshold (one, or per label).
+        finding_threshold: finding probability threshold (one, or per label); None takes the
+            checkpoint's calibrated ``finding_thresholds`` (else 0.5).
     """
     data_cfg = data_config_from_meta(meta)
     if data_cfg.in_channels != model.in_channels:
@@ -111,7 +118,12 @@ def segment_volume(
         lobe_masks={n: masks[n] for n in LUNG_LOBES if n in masks},
         region_masks={n: masks[n] for n in REGIONS if n in masks},
         spacing_mm=volume.spacing,
-        thresholds=finding_threshold,
+        thresholds=(
+            meta.get("finding_thresholds", DEFAULT_FINDING_THRESHOLD)
+            if finding_threshold is None
+            else finding_threshold
+        ),
+        min_voxels=meta.get("finding_min_voxels", DEFAULT_MIN_VOXELS),
         affine=volume.affine,
     )
     seg = Segmentation(masks, findings, volume.shape, volume.affine, volume.spacing)
@@ -194,7 +206,7 @@ def evaluate_segmenter(
     splits: str | tuple[str, ...] = ("train", "valid"),
     *,
     max_volumes: int | None = None,
-    finding_threshold: float | Mapping[str, float] = 0.5,
+    finding_threshold: float | Mapping[str, float] | None = None,
 ) -> dict:
     """Dice per class and finding-box accuracy of a segmenter on volumes with truth masks.
 
@@ -247,3 +259,79 @@ def evaluate_segmenter(
         "seconds_per_volume": seconds / max(len(names), 1),
         "volumes": len(names),
     }
+
+
+@torch.no_grad()
+def calibrate_findings(
+    model: Segmenter,
+    meta: dict,
+    root: str | Path,
+    splits: str | tuple[str, ...] = ("train", "valid"),
+    *,
+    max_volumes: int | None = None,
+    thresholds: tuple[float, ...] = THRESHOLD_GRID,
+    min_voxels: tuple[int, ...] = MIN_VOXEL_GRID,
+) -> dict:
+    """Per finding label, the (threshold, smallest size) with the best detection F1.
+
+    A detection is correct as in :func:`rgct.eval.segmentation.box_accuracy`; precision is
+    correct / detected, recall is true findings hit / true findings. Run it on phantoms that
+    are neither training nor held-out data. Labels without a true finding there keep the
+    defaults.
+
+    Returns:
+        ``{"finding_thresholds": {label: t}, "finding_min_voxels": {label: n},
+        "scores": {label: {"f1", "precision", "recall", "true"}}, "volumes": N}``.
+    """
+    from rgct.data.io import load_volume
+    from rgct.data.layout import volume_path
+    from rgct.data.seg_targets import load_true_masks, split_volumes, true_findings
+    from rgct.data.truth import load_ground_truth
+    from rgct.eval.segmentation import box_accuracy
+
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    names = [n for sp in splits for n in split_volumes(root, sp)][:max_volumes]
+    truth = load_ground_truth(root)
+    if truth is None:
+        raise ValueError(f"{root}: no ground_truth.jsonl to calibrate finding thresholds on")
+    data_cfg = data_config_from_meta(meta)
+    device = next(model.parameters()).device
+    model.eval()
+    keys = [(t, m) for t in thresholds for m in min_voxels]
+    counts: dict[str, dict] = {}
+    for name in names:
+        volume = load_volume(volume_path(root, name))
+        image, _ = preprocess(volume, None, data_cfg)
+        logits = model(image[None].to(device))[0].float().cpu()
+        probs = finding_probabilities(logits, model.classes, out_shape=volume.shape)
+        found = true_findings(truth[name], load_true_masks(root, name, volume), volume)
+        for label, prob in probs.items():
+            mine = [f for f in found if f["label"] == label]
+            c = counts.setdefault(label, {k: [0, 0, 0, 0] for k in keys})
+            for thr in thresholds:
+                dets = localize_findings({label: prob}, {}, {}, volume.spacing, thr, min_voxels=1)
+                for m in min_voxels:
+                    kept = [d for d in dets if d["num_voxels"] >= m]
+                    r = box_accuracy(kept, mine, volume.spacing)
+                    row = c[(thr, m)]
+                    row[0] += r["correct"]
+                    row[1] += r["detected"]
+                    row[2] += r["found"]
+                    row[3] += r["true"]
+    out: dict = {"finding_thresholds": {}, "finding_min_voxels": {}, "scores": {}}
+    for label, c in counts.items():
+        best, best_key = None, (DEFAULT_FINDING_THRESHOLD, DEFAULT_MIN_VOXELS)
+        for key in keys:
+            correct, detected, hit, true = c[key]
+            if true == 0:
+                continue
+            p = correct / detected if detected else 0.0
+            r = hit / true
+            f1 = 2 * p * r / (p + r) if p + r else 0.0
+            if best is None or f1 > best["f1"] + 1e-9:
+                best, best_key = {"f1": f1, "precision": p, "recall": r, "true": true}, key
+        out["finding_thresholds"][label] = best_key[0]
+        out["finding_min_voxels"][label] = best_key[1]
+        out["scores"][label] = best
+    out["volumes"] = len(names)
+    return out

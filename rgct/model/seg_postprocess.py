@@ -195,7 +195,7 @@ def localize_findings(
     thresholds: float | Mapping[str, float] = 0.5,
     *,
     affine: np.ndarray | None = None,
-    min_voxels: int = 2,
+    min_voxels: int | Mapping[str, int] = 2,
     max_per_label: int = 4,
     lobe_share: float = 0.5,
 ) -> list[dict]:
@@ -209,7 +209,7 @@ def localize_findings(
         thresholds: one threshold for all labels or per label.
         affine: canonical NIfTI affine (voxel (x, y, z, 1) -> scanner mm); None puts the
             origin at voxel (0, 0, 0) with axes (x, y, z) = (w, h, d) scaled by the spacing.
-        min_voxels: smaller components are noise.
+        min_voxels: smaller components are noise (one value, or per label).
         max_per_label: keep at most this many components per label (largest first).
         lobe_share: a lobe is named when it holds at least this share of the voxels that the
             lobe holding most of the finding holds.
@@ -228,6 +228,7 @@ def localize_findings(
     out: list[dict] = []
     for label, prob in finding_probs.items():
         thr = float(thresholds[label] if isinstance(thresholds, Mapping) else thresholds)
+        least = int(min_voxels[label] if isinstance(min_voxels, Mapping) else min_voxels)
         mask = np.asarray(prob) >= thr
         if not mask.any():
             continue
@@ -238,7 +239,7 @@ def localize_findings(
         for i in range(1, min(count, max_per_label) + 1):
             comp = labels == i
             n = int(comp.sum())
-            if n < min_voxels:
+            if n < least:
                 break
             out.append(
                 _describe(

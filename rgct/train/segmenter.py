@@ -37,7 +37,7 @@ from accelerate import Accelerator
 from monai.losses import DiceLoss
 
 from rgct.config import DataConfig
-from rgct.constants import HU_WINDOW, METRICS_FILE, SEGMENT_CLASSES
+from rgct.constants import HU_WINDOW, METRICS_FILE, SEGMENT_CLASSES, SEGMENT_FINDINGS
 from rgct.data.seg_targets import SegmentationDataset, SegTargetCache, split_volumes
 from rgct.data.truth import load_ground_truth
 from rgct.files import atomic_dir, write_json, write_jsonl
@@ -93,6 +93,9 @@ class SegmenterTrainConfig:
     """Random affine and intensity jitter (never flips)."""
     dice_weight: float = 1.0
     bce_weight: float = 1.0
+    finding_pos_weight: float = 1.0
+    """BCE weight of foreground voxels in the finding channels (small findings are a few
+    voxels in a million: without it their channels can collapse to all-background)."""
     max_seconds: float | None = None
     """Stop after this much training time in one call, saving the weights as at the end (the
     checkpoint allows resuming to ``steps``); None = no limit."""
@@ -107,6 +110,8 @@ class SegmenterTrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.dice_weight < 0 or self.bce_weight < 0 or self.dice_weight + self.bce_weight == 0:
             raise ValueError("dice_weight and bce_weight must be >= 0 and not both 0")
+        if self.finding_pos_weight <= 0:
+            raise ValueError(f"finding_pos_weight must be > 0, got {self.finding_pos_weight}")
         unknown = {"in_channels", "classes"} & set(self.model)
         if unknown:
             raise ValueError(f"model: {sorted(unknown)} follow from the data settings; drop them")
@@ -134,6 +139,7 @@ def segmentation_loss(
     valid: torch.Tensor,
     dice_weight: float = 1.0,
     bce_weight: float = 1.0,
+    pos_weight: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """BCE over annotated channels + soft Dice over annotated channels holding foreground.
 
@@ -141,13 +147,16 @@ def segmentation_loss(
         logits: (B, K, D, H, W).
         target: (B, K, D, H, W) {0, 1}.
         valid: (B, K) bool: the channel is annotated for that sample.
+        pos_weight: (K,) BCE weight of foreground voxels per channel (None = 1).
 
     Returns:
         ``{"loss", "bce", "dice"}`` scalars (a term with no channel to score is 0).
     """
     logits, target = logits.float(), target.float()
     valid = valid.float()
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((2, 3, 4))
+    pw = None if pos_weight is None else pos_weight.to(logits).view(1, -1, 1, 1, 1)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none", pos_weight=pw)
+    bce = bce.mean((2, 3, 4))
     bce = (bce * valid).sum() / valid.sum().clamp(min=1.0)
     present = valid * (target.flatten(2).amax(-1) > 0).float()  # (B, K)
     dice = _DICE(logits, target).reshape(present.shape)
@@ -332,6 +341,10 @@ def fit_segmenter(cfg: SegmenterTrainConfig, stop_after: int | None = None) -> P
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
     )
+    pos_weight = torch.tensor(
+        [cfg.finding_pos_weight if c in SEGMENT_FINDINGS else 1.0 for c in SEGMENT_CLASSES],
+        device=accelerator.device,
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     meta = {
@@ -350,7 +363,9 @@ def fit_segmenter(cfg: SegmenterTrainConfig, stop_after: int | None = None) -> P
             image, target = augment_batch(image, target, gen)
         with accelerator.autocast():
             logits = model(image)
-        losses = segmentation_loss(logits, target, valid, cfg.dice_weight, cfg.bce_weight)
+        losses = segmentation_loss(
+            logits, target, valid, cfg.dice_weight, cfg.bce_weight, pos_weight
+        )
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
         accelerator.clip_grad_norm_(model.parameters(), 1.0)

@@ -93,3 +93,25 @@ def test_masks_keep_a_non_ras_input_orientation(tmp_path):
     back, back_affine, _ = read_canonical(written)
     np.testing.assert_array_equal(back.astype(bool), mask)
     np.testing.assert_allclose(back_affine, canon_affine)
+
+
+def test_evaluate_and_calibrate_on_phantoms(phantom_root, constant_segmenter):
+    from rgct.generate.segment import (
+        MIN_VOXEL_GRID,
+        THRESHOLD_GRID,
+        calibrate_findings,
+        evaluate_segmenter,
+    )
+    from rgct.model.segmenter import load_segmenter
+
+    model, meta = load_segmenter(constant_segmenter)
+    result = evaluate_segmenter(model, meta, phantom_root, "valid")
+    dice = result["dice"]
+    assert result["volumes"] == dice["volumes"] >= 1
+    assert dice["per_class"]["lung"] == 0.0  # never predicted
+    assert 0.0 < dice["per_class"]["abdomen"] < 0.5  # the whole grid: low but not zero
+    assert result["boxes"]["detected"] == 0  # the finding channels stay below threshold
+    cal = calibrate_findings(model, meta, phantom_root, "valid", thresholds=(0.5,), min_voxels=(2,))
+    assert set(cal["finding_thresholds"]) == set(SEGMENT_CLASSES[17:])
+    assert set(cal["finding_thresholds"].values()) <= set(THRESHOLD_GRID)
+    assert set(cal["finding_min_voxels"].values()) <= set(MIN_VOXEL_GRID)

@@ -96,6 +96,16 @@ def test_loss_skips_unannotated_and_empty_channels():
     assert float(segmentation_loss(perfect, target, valid)["dice"]) < 0.01
 
 
+def test_pos_weight_raises_the_cost_of_missed_foreground():
+    logits = torch.full((1, 2, 4, 4, 4), -4.0)
+    target = torch.zeros(1, 2, 4, 4, 4)
+    target[0, :, 0, 0, 0] = 1.0
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    plain = segmentation_loss(logits, target, valid)["bce"]
+    weighted = segmentation_loss(logits, target, valid, pos_weight=torch.tensor([1.0, 50.0]))
+    assert float(weighted["bce"]) > 10 * float(plain)
+
+
 def test_augmentation_keeps_left_and_right():
     image = torch.zeros(2, 1, 8, 16, 32)
     image[..., :8] = 1.0  # low x only

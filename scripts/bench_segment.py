@@ -1,0 +1,86 @@
+"""Benchmark the learned segmenter on 2 CPU threads: one 64x128x128 volume, network alone and
+the whole ``segment_volume`` (preprocessing, network, masks, findings on the volume's grid).
+
+Usage::
+
+    python scripts/bench_segment.py --checkpoint runs/segmenter_gpu/A --out bench/segment.json
+
+Without ``--checkpoint`` a freshly initialised default Segmenter is timed (same cost for the
+network; post-processing then sees noise). Target: <= 2 s per volume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+from bench_common import machine_info, offline_env, peak_rss_mb, print_table, time_call, write_json
+
+from rgct.data.io import Volume
+from rgct.data.phantom import build_phantom
+from rgct.generate.segment import segment_volume
+from rgct.model.segmenter import Segmenter, load_segmenter
+
+TARGET_S = 2.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default="bench/segment.json")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra network variants to time, e.g. refine_channels=8",
+    )
+    args = p.parse_args(argv)
+    offline_env()
+    torch.set_num_threads(args.threads)
+    ph = build_phantom((64, 128, 128), np.random.default_rng([7, 0]))
+    volume = Volume(ph.volume.astype(np.float32), ph.affine, ph.spacing_mm, "phantom")
+    if args.checkpoint:
+        model, meta = load_segmenter(args.checkpoint)
+    else:
+        model, meta = Segmenter().eval(), {}
+    variants = [("checkpoint" if args.checkpoint else "default", model)]
+    for item in args.set:
+        key, _, value = item.partition("=")
+        variants.append((item, Segmenter(**{key: int(value)}).eval()))
+    rows = []
+    x = torch.rand(1, 1, 64, 128, 128)
+    for name, net in variants:
+        with torch.inference_mode():
+            net_s = time_call(lambda net=net: net(x), repeats=args.repeats)
+        full_s = time_call(lambda net=net: segment_volume(net, meta, volume), repeats=args.repeats)
+        rows.append(
+            {
+                "variant": name,
+                "config": net.config() | {"classes": len(net.classes)},
+                "network_s": round(net_s, 3),
+                "segment_volume_s": round(full_s, 3),
+                "target_s": TARGET_S,
+                "pass": full_s <= TARGET_S,
+            }
+        )
+    print_table(rows, ["variant", "network_s", "segment_volume_s", "target_s", "pass"])
+    write_json(
+        args.out,
+        {
+            "machine": machine_info(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "shape": [64, 128, 128],
+            "rows": rows,
+            "peak_rss_mb": peak_rss_mb(),
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
