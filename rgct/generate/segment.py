@@ -44,6 +44,9 @@ THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """Finding thresholds :func:`calibrate_findings` tries."""
 MIN_VOXEL_GRID = (2, 5, 10, 20, 40)
 """Smallest finding sizes (voxels) :func:`calibrate_findings` tries."""
+DISABLED_THRESHOLD = 1.01
+"""Threshold of a finding channel that never localised a finding in calibration: no
+probability reaches it, so the label is never reported from the voxel map."""
 
 
 @dataclass
@@ -275,9 +278,10 @@ def calibrate_findings(
     """Per finding label, the (threshold, smallest size) with the best detection F1.
 
     A detection is correct as in :func:`rgct.eval.segmentation.box_accuracy`; precision is
-    correct / detected, recall is true findings hit / true findings. Run it on phantoms that
-    are neither training nor held-out data. Labels without a true finding there keep the
-    defaults.
+    correct / detected, recall is true findings hit / true findings; among equal F1 the
+    highest threshold and size win (fewest detections). Run it on phantoms that are neither
+    training nor held-out data. Labels without a true finding there keep the defaults; labels
+    whose channel never localised one get :data:`DISABLED_THRESHOLD`.
 
     Returns:
         ``{"finding_thresholds": {label: t}, "finding_min_voxels": {label: n},
@@ -297,7 +301,9 @@ def calibrate_findings(
     data_cfg = data_config_from_meta(meta)
     device = next(model.parameters()).device
     model.eval()
-    keys = [(t, m) for t in thresholds for m in min_voxels]
+    keys = [
+        (t, m) for t in sorted(thresholds, reverse=True) for m in sorted(min_voxels, reverse=True)
+    ]
     counts: dict[str, dict] = {}
     for name in names:
         volume = load_volume(volume_path(root, name))
@@ -330,6 +336,8 @@ def calibrate_findings(
             f1 = 2 * p * r / (p + r) if p + r else 0.0
             if best is None or f1 > best["f1"] + 1e-9:
                 best, best_key = {"f1": f1, "precision": p, "recall": r, "true": true}, key
+        if best is not None and best["f1"] == 0.0:
+            best_key = (DISABLED_THRESHOLD, DEFAULT_MIN_VOXELS)
         out["finding_thresholds"][label] = best_key[0]
         out["finding_min_voxels"][label] = best_key[1]
         out["scores"][label] = best

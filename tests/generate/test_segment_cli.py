@@ -97,6 +97,7 @@ def test_masks_keep_a_non_ras_input_orientation(tmp_path):
 
 def test_evaluate_and_calibrate_on_phantoms(phantom_root, constant_segmenter):
     from rgct.generate.segment import (
+        DISABLED_THRESHOLD,
         MIN_VOXEL_GRID,
         THRESHOLD_GRID,
         calibrate_findings,
@@ -113,5 +114,7 @@ def test_evaluate_and_calibrate_on_phantoms(phantom_root, constant_segmenter):
     assert result["boxes"]["detected"] == 0  # the finding channels stay below threshold
     cal = calibrate_findings(model, meta, phantom_root, "valid", thresholds=(0.5,), min_voxels=(2,))
     assert set(cal["finding_thresholds"]) == set(SEGMENT_CLASSES[17:])
-    assert set(cal["finding_thresholds"].values()) <= set(THRESHOLD_GRID)
+    # the constant channels never localise a finding: labels the phantoms hold are switched off
+    assert set(cal["finding_thresholds"].values()) <= {*THRESHOLD_GRID, DISABLED_THRESHOLD}
+    assert DISABLED_THRESHOLD in cal["finding_thresholds"].values()
     assert set(cal["finding_min_voxels"].values()) <= set(MIN_VOXEL_GRID)
