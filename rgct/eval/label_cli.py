@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from rgct.constants import CT_RATE_LABELS
 from rgct.eval.labeler import CTRateLabeler
+from rgct.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +50,8 @@ def label_csv(
     labels = [lab.label_text(t) for t in df[column]]
     for name in CT_RATE_LABELS:
         df[name] = [row[name] for row in labels]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out_path) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return df
 
 

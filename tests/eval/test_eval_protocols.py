@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from fractions import Fraction
 
 import numpy as np
@@ -139,6 +140,33 @@ def test_meteor_in_two_processes_equals_one():
     one = NltkMeteor(wn, workers=1).scores(preds, refs)
     two = NltkMeteor(wn, workers=2).scores(preds, refs)
     assert np.array_equal(one, two)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR 1.5 needs java")
+def test_batched_java_meteor_equals_pycocoevalcap():
+    """Pipelined SCORE requests, one alignment per distinct pair, EVAL per subset: the same
+    numbers as pycocoevalcap's own Meteor.compute_score."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    from rgct.eval.language import MeteorScorer, tokenize
+
+    preds, refs = PREDS * 3, REFS * 3
+    gts = {i: [tokenize(r)] for i, r in enumerate(refs)}
+    res = {i: [tokenize(p)] for i, p in enumerate(preds)}
+    ref_score, ref_per = Meteor().compute_score(gts, res)
+    scorer = MeteorScorer()
+    try:
+        stats = scorer.stats([res[i][0] for i in res], [gts[i][0] for i in gts])
+        score, per = scorer.evaluate(stats)
+        sub_score, _ = scorer.evaluate(stats[:4])
+    finally:
+        scorer.close()
+    assert score == ref_score and per == ref_per
+    assert (
+        sub_score
+        == Meteor().compute_score({i: gts[i] for i in range(4)}, {i: res[i] for i in range(4)})[0]
+    )
 
 
 def test_reg2rg_block_mean_std_and_corpus():
