@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from rgct.config import DataConfig
 from rgct.constants import CT_RATE_LABELS, TASKS
@@ -213,6 +213,16 @@ class RGCTDataset(Dataset):
         return torch.from_numpy(paint_finding_map(record, tuple(self.cfg.input_shape)))[None]
 
 
+def _stack(values: list[torch.Tensor], shared: bool) -> torch.Tensor:
+    """``torch.stack``; in a DataLoader worker straight into shared memory (as torch's own
+    collate does), so the batch is not copied a second time on its way to the main process."""
+    if not shared:
+        return torch.stack(values)
+    first = values[0]
+    out = torch.empty((len(values), *first.shape), dtype=first.dtype).share_memory_()
+    return torch.stack(values, out=out)
+
+
 def collate(items: list[dict | None]) -> dict:
     """Stack a list of items into a batch; ``None`` (skipped) items are dropped.
 
@@ -224,11 +234,12 @@ def collate(items: list[dict | None]) -> dict:
     items = [it for it in items if it is not None]
     if not items:
         return {}
+    in_worker = get_worker_info() is not None
     batch: dict = {}
     for key in items[0]:
         values = [it[key] for it in items]
         if isinstance(values[0], torch.Tensor):
-            batch[key] = torch.stack(values)
+            batch[key] = _stack(values, shared=in_worker)
         elif key == "has_labels":
             batch[key] = torch.tensor(values, dtype=torch.bool)
         else:

@@ -162,7 +162,7 @@ class _ProbeDataset:
         return length, _private_kb() if self.reads % 997 == 1 else -1
 
 
-def _measure(root: str, num_samples: int, workers: int, probe: int) -> dict:
+def _measure(root: str, num_samples: int, workers: int, probe: int, objects: bool = False) -> dict:
     import resource
 
     from torch.utils.data import DataLoader
@@ -175,9 +175,11 @@ def _measure(root: str, num_samples: int, workers: int, probe: int) -> dict:
     ds = RGCTDataset(cfg, "train", train=True, num_samples=num_samples, seed=0)
     build, build_cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    samples = list(ds.samples) if objects else ds.samples  # objects: the index as a list
+    rss = max(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     order = np.random.default_rng(0).permutation(len(ds))[:probe]
     loader = DataLoader(
-        _ProbeDataset(ds.samples), batch_size=None, sampler=order.tolist(), num_workers=workers
+        _ProbeDataset(samples), batch_size=None, sampler=order.tolist(), num_workers=workers
     )
     first: dict[int, int] = {}
     last: dict[int, int] = {}
@@ -201,17 +203,25 @@ def _measure(root: str, num_samples: int, workers: int, probe: int) -> dict:
 
 
 def measure_index(
-    root: str | Path, num_samples: int, workers: int = 2, probe: int = 200_000
+    root: str | Path,
+    num_samples: int,
+    workers: int = 2,
+    probe: int = 200_000,
+    objects: bool = False,
 ) -> dict:
     """Build the training index of ``root`` in a fresh process and measure it (see module doc).
 
+    ``objects`` hands the workers the index as a list of :class:`Sample` objects instead (the
+    layout before the columnar table), for comparison.
+
     Returns:
-        ``samples_in_index, index_build_s, index_build_cpu_s, peak_rss_mb, index_mb, records_read_per_worker,
-        worker_private_mb_at_start, worker_private_mb_at_end, worker_extra_mb``.
+        ``samples_in_index, index_build_s, index_build_cpu_s, peak_rss_mb, index_mb,
+        records_read_per_worker, worker_private_mb_at_start, worker_private_mb_at_end,
+        worker_extra_mb``.
     """
     code = (
         "import json, sys; from rgct.data.scale import _measure; "
-        f"print(json.dumps(_measure({str(root)!r}, {num_samples}, {workers}, {probe})))"
+        f"print(json.dumps(_measure({str(root)!r}, {num_samples}, {workers}, {probe}, {objects})))"
     )
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     out = subprocess.run(
