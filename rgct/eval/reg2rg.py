@@ -209,16 +209,46 @@ class NltkMeteor:
 
 
 # --- ROUGE and CIDEr ------------------------------------------------------------------------
-def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
-    """Per-pair ROUGE-1/2/L F-measure (rouge-score, no stemmer): {rouge_1, rouge_2, rouge_l}."""
-    from rouge_score.rouge_scorer import RougeScorer
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token lists (bit-parallel, Hyyro
+    2004: one big-integer step per token of ``b`` instead of a len(a) x len(b) table)."""
+    if len(a) > len(b):
+        a, b = b, a
+    masks: dict[str, int] = {}
+    for i, tok in enumerate(a):
+        masks[tok] = masks.get(tok, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for tok in b:
+        u = v & masks.get(tok, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - v.bit_count()
 
-    scorer = RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
-    rows = [scorer.score(r, p) for p, r in zip(predictions, references)]
-    return {
-        f"rouge_{k[-1].lower()}": np.asarray([s[k].fmeasure for s in rows], dtype=float)
-        for k in ("rouge1", "rouge2", "rougeL")
-    }
+
+def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-pair ROUGE-1/2/L F-measure (rouge-score, no stemmer): {rouge_1, rouge_2, rouge_l}.
+
+    ROUGE-1/2 are rouge-score's; ROUGE-L is its formula on its tokens with the LCS length
+    from :func:`lcs_length` (rouge-score fills a Python table; the values are equal, tested).
+    """
+    from rouge_score import scoring
+    from rouge_score.rouge_scorer import RougeScorer
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    scorer = RougeScorer(["rouge1", "rouge2"], use_stemmer=False)
+    tokenizer = DefaultTokenizer(use_stemmer=False)
+    out: dict[str, list[float]] = {"rouge_1": [], "rouge_2": [], "rouge_l": []}
+    for p, r in zip(predictions, references):
+        s = scorer.score(r, p)
+        out["rouge_1"].append(s["rouge1"].fmeasure)
+        out["rouge_2"].append(s["rouge2"].fmeasure)
+        pt, rt = tokenizer.tokenize(p), tokenizer.tokenize(r)
+        if not pt or not rt:
+            out["rouge_l"].append(0.0)
+            continue
+        lcs = lcs_length(rt, pt)
+        out["rouge_l"].append(scoring.fmeasure(lcs / len(pt), lcs / len(rt)))
+    return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
 def cider_scores(predictions: Sequence[str], references: Sequence[str]) -> tuple[float, np.ndarray]:
@@ -271,6 +301,12 @@ class Reg2RGScores:
             f"bleu_{k}": bleu_from_stats(self.stats, k) for k in range(1, MAX_ORDER + 1)
         }
         u_pred, u_ref = [p for p, _ in unique], [r for _, r in unique]
+        from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+        cooked = CiderScorer(n=4, sigma=6.0)
+        for p, r in unique:
+            cooked += (p, [r])
+        self._cider = [(cooked.crefs[k], cooked.ctest[k]) for k in back]
         for key, values in rouge_scores(u_pred, u_ref).items():
             self.per_sample[key] = values[back]
         if progress is not None:
@@ -291,9 +327,13 @@ class Reg2RGScores:
         per: dict[str, np.ndarray] = {}
         if len(idx) == 0:
             return {"corpus": corpus, "mean": mean, "std": std, "per_sample": per}
-        cider, cider_per = cider_scores(
-            [self.predictions[i] for i in idx], [self.references[i] for i in idx]
-        )
+        from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+        # what pycocoevalcap's Cider() does after counting the subset's n-grams
+        scorer = CiderScorer(n=4, sigma=6.0)
+        scorer.crefs = [self._cider[i][0] for i in idx]
+        scorer.ctest = [self._cider[i][1] for i in idx]
+        cider, cider_per = scorer.compute_score()
         summed = self.stats[idx].sum(axis=0)
         for key in REG2RG_KEYS:
             if key == "cider":

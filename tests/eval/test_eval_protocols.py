@@ -96,6 +96,22 @@ def test_rouge_by_hand_and_against_rouge_score():
         assert got["rouge_l"][i] == ref.score(r, p)["rougeL"].fmeasure
 
 
+def test_rouge_l_equals_rouge_score_on_many_pairs():
+    from rouge_score.rouge_scorer import RougeScorer
+
+    rng = np.random.default_rng(0)
+    words = "a b c d e nodule lung the is of".split()
+    preds = [" ".join(rng.choice(words, int(rng.integers(0, 40)))) for _ in range(300)]
+    refs = [" ".join(rng.choice(words, int(rng.integers(0, 40)))) for _ in range(300)]
+    got = rouge_scores(preds + PREDS, refs + REFS)
+    lib = RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
+    for i, (p, r) in enumerate(zip(preds + PREDS, refs + REFS)):
+        s = lib.score(r, p)
+        assert got["rouge_l"][i] == s["rougeL"].fmeasure
+        assert got["rouge_1"][i] == s["rouge1"].fmeasure
+        assert got["rouge_2"][i] == s["rouge2"].fmeasure
+
+
 def test_cider_per_sample_is_pycocoevalcaps_on_untokenised_text():
     from pycocoevalcap.cider.cider import Cider
 
@@ -179,6 +195,9 @@ def test_reg2rg_block_mean_std_and_corpus():
     assert b["per_sample"]["bleu_4"][2] == pytest.approx(1.0)  # identical pair
     sub = scores.block([0, 2])
     assert sub["mean"]["rouge_l"] == pytest.approx(np.mean(b["per_sample"]["rouge_l"][[0, 2]]))
+    # CIDEr of a subset: pycocoevalcap on that subset's strings (its own IDF)
+    assert sub["corpus"]["cider"] == cider_scores([PREDS[0], PREDS[2]], [REFS[0], REFS[2]])[0]
+    assert b["corpus"]["cider"] == cider_scores(PREDS, REFS)[0]
 
 
 def _rows() -> list[dict]:
