@@ -431,7 +431,8 @@ class RecipeRunner:
             for n, h in zip(names, heldouts):
                 write_json(tmp / f"{n}.json", h)
             write_text(tmp / "recipe.yaml", self.recipe.path.read_text())
-        return f"(copy of {src} with the model card)", {"model": str(self.model_dir(stage.id))}
+        files = sorted(p.name for p in self.model_dir(stage.id).iterdir())
+        return f"(copy of {self._portable(str(src))} with the model card)", {"files": len(files)}
 
 
 def _last_metrics(run_dir: Path) -> dict:

@@ -73,7 +73,7 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     assert "Held-out check" in card and str(tmp_path) not in card  # no machine paths
     assert json.loads((export / "heldout.json").read_text())["blind_baseline"]  # <stage id>.json
     predicted = json.loads((export / "heldout_predicted.json").read_text())
-    assert predicted["mask_source"] == "predicted" and "region masks from the predicted" in card
+    assert predicted["mask_source"] == "predicted" and "region masks: predicted" in card
     from rgct.data.layout import volume_path
     from rgct.data.records import find_volumes
     from rgct.inference import Predictor
@@ -87,7 +87,7 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     except ValueError as e:
         assert "no mask predicted" in str(e)
     else:
-        assert report["mask_source"] == "predicted" and report["sentences"]
+        assert report["mask_source"] == "predicted" and report["regions"]
     # everything done: a rerun does nothing; --from re-runs that stage and what follows
     assert RecipeRunner(load_recipe(recipe), work).run() == []
     assert RecipeRunner(load_recipe(recipe), work).run("export") == ["export"]

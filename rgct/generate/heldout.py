@@ -112,7 +112,7 @@ def card_section(result: dict) -> str:
     keys = list(result["model"])
     lines = [
         f"Held-out split `{result['split']}`: {result['volumes']} phantom volumes never seen in training, "
-        f"region masks from the {result.get('mask_source', 'dataset')}. "
+        f"region masks: {result.get('mask_source', 'dataset')}. "
         "The blind baseline is the same model with its visual tokens replaced by zeros (with "
         "evidence prompts its region classifier also sees a zero grid and a zero image).",
         "",

@@ -79,6 +79,8 @@ class MaskProvider:
         self.findings: list[dict] = []
         """The current volume's segmenter finding components (``predicted`` only)."""
         self.warnings: list[str] = []
+        self.skipped: list[str] = []
+        """Keys of units left out since the last flush (the runner lists them beside the output)."""
 
     @property
     def label(self) -> str:
@@ -98,11 +100,14 @@ class MaskProvider:
         else:
             folder = Path(self.source) / f"seg_{strip_suffix(volume)}"
             if not folder.is_dir():
-                raise MaskUnavailable(f"{volume}: no mask folder {folder.name} in {self.source}")
+                raise MaskUnavailable(
+                    f"{volume}: no mask folder {folder.name} in {self.label}, sample skipped"
+                )
             arrays = {
                 p.name[: -len(".nii.gz")]: load_mask(p, vol)
                 for p in sorted(folder.glob("*.nii.gz"))
             }
+            findings = []  # a folder of masks says nothing about findings
         arrays = {k: v for k, v in arrays.items() if np.asarray(v).any()}
         _, tensors = preprocess(vol, arrays, self.data_cfg)
         self._volume, self._masks, self.findings = volume, tensors, findings

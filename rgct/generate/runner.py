@@ -200,6 +200,7 @@ def generate_units(
                 kept.append(u)
             except MaskUnavailable as e:
                 masks.warnings.append(str(e))
+                masks.skipped.append(u.key)
                 logger.warning("%s", e)
         units = kept
         if not units:
@@ -341,6 +342,10 @@ def run_generation(
             )
             for row in rows:
                 f.write(json.dumps(row) + "\n")
+            if masks is not None and masks.skipped:  # units without a mask: left out, listed
+                with open(out.with_name(f"{out.name}.skipped-{rank}"), "a") as g:
+                    g.write("".join(k + "\n" for k in masks.skipped))
+                masks.skipped.clear()
             f.flush()
             os.fsync(f.fileno())
             bar.update(len(group))
@@ -356,6 +361,11 @@ def merge_parts(out: str | Path) -> Path:
     rows = read_done(parts + [out])
     order_file = out.with_name(f"{out.name}.order")
     order = order_file.read_text().splitlines() if order_file.is_file() else sorted(rows)
+    skipped_files = sorted(out.parent.glob(out.name + ".skipped-*"))
+    skipped = {k for p in skipped_files for k in p.read_text().splitlines() if k}
+    if skipped:
+        logger.warning("%d units left out: their region mask was unavailable", len(skipped))
+    order = [k for k in order if k not in skipped]
     missing = [k for k in order if k not in rows]
     if missing:
         raise RuntimeError(
@@ -365,4 +375,6 @@ def merge_parts(out: str | Path) -> Path:
     for p in parts:
         p.unlink()
     order_file.unlink(missing_ok=True)
+    for p in skipped_files:
+        p.unlink()
     return out

@@ -64,13 +64,6 @@ def test_swin_encoder_shape():
         (EncoderConfig(name="cnn", patch_size=(3, 8, 8)), (15, 32, 32), "powers of two"),
         (EncoderConfig(name="cnn", patch_size=(8, 8, 8)), (20, 32, 32), "not divisible"),
         (EncoderConfig(name="vit", feature_size=50, num_heads=4), (16, 32, 32), "num_heads"),
-        (
-            EncoderConfig(
-                name="cnn", weights="/nonexistent/enc.safetensors", patch_size=(4, 8, 8), depth=3
-            ),
-            (16, 32, 32),
-            "does not exist",
-        ),
     ],
 )
 def test_encoder_bad_arguments(cfg, shape, match):

@@ -183,6 +183,18 @@ def test_missing_data_path_fails_before_model_is_built(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train(cfg)
     assert not (tmp_path / "run").exists()
+    (tmp_path / "data").mkdir()
+    cfg = load_config(
+        TINY,
+        [
+            f"data.root={tmp_path / 'data'}",
+            f"train.output_dir={tmp_path / 'run'}",
+            f"train.init=[{{from: {tmp_path / 'no_checkpoint'}}}]",
+        ],
+    )
+    with pytest.raises(FileNotFoundError, match="train.init: checkpoint folder .* does not exist"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_reports_bad_config(tmp_path):
