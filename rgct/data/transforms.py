@@ -316,6 +316,8 @@ def preprocess(
 
 
 def _settings(cfg: DataConfig) -> dict:
+    if cfg.metadata_csv and not Path(cfg.metadata_csv).is_file():
+        raise DataError(f"data.metadata_csv={cfg.metadata_csv}: file not found")
     return {
         "version": PIPELINE_VERSION,
         "input_shape": [int(s) for s in cfg.input_shape],

@@ -105,6 +105,8 @@ def test_bad_volumes_and_settings_name_the_problem(tmp_path) -> None:
         build_deterministic_transforms(DataConfig(fit="stretch"))
     with pytest.raises(ValueError, match="data.spacing"):
         build_deterministic_transforms(DataConfig(spacing=(1.0, 0.0, 1.0)))
+    with pytest.raises(DataError, match="data.metadata_csv=.*absent.csv: file not found"):
+        TransformCache(DataConfig(metadata_csv=str(tmp_path / "absent.csv")), tmp_path / "c")
 
 
 def test_cache_gives_masks_their_images_geometry_and_reads_metadata_spacing(tmp_path) -> None:
