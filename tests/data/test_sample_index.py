@@ -61,11 +61,18 @@ def test_index_is_columnar_and_mixing_matches_the_object_path(tmp_path) -> None:
     assert isinstance(ds.samples, SampleTable) and ds.samples.nbytes < 20_000
 
 
-def test_release_size_writer_and_index_measurement(tmp_path) -> None:
+def test_release_size_writer(tmp_path) -> None:
     root = write_release_csvs(tmp_path / "rg", scale=0.002, seed=1)
     with open(root / "radgenome_files/train_vqa_presence.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["Volumename", "Anatomy", "Finding", "Presence"] and len(rows) > 400
+    by = build_samples(load_split(root, "train"), list(TASKS))
+    assert len(by["region_report"]) > 0 and len(by["presence"]) == len(rows) - 1
+
+
+@pytest.mark.slow  # a fresh Python process and two loader workers: ~10-40 s on 2 shared cores
+def test_index_measurement_in_a_fresh_process(tmp_path) -> None:
+    root = write_release_csvs(tmp_path / "rg", scale=0.002, seed=1)
     result = measure_index(root, num_samples=2000, workers=2, probe=1000)
     assert result["samples_in_index"] == 2000 and result["records_read_per_worker"] == 500
     assert 0 < result["index_build_s"] < 60 and result["worker_extra_mb"] < 50
