@@ -46,7 +46,10 @@ null when it could not be computed (no samples, METEOR unavailable, BERTScore sw
         lobe_accuracy, lobe_n, side_accuracy, side_n, size_mae_mm (mm), size_n,
         num_asked_regions, num_volumes
         ci95                  {finding_precision, finding_recall, finding_f1}
-    comparison                only with ``rgct evaluate --compare`` (see compare_predictions)
+    comparison                only with ``rgct evaluate --compare`` (see compare_predictions),
+                              plus ``other`` (the second file)
+    invalid_lines             (``rgct evaluate``) [{line, kind, message}] of the lines left out
+                              with --skip-invalid (rgct.eval.predictions)
 
 CIDEr's IDF comes from the scored subset, so per-region/per-task CIDEr is not comparable
 with the overall value. Intervals of corpus-level numbers are not given; those of the
