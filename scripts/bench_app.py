@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
+import os
 import socket
 import sys
 import tempfile
@@ -78,7 +80,16 @@ def bench_memory(predictor, sessions: int, shape: tuple[int, int, int]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         examples = write_example(Path(tmp) / "examples", shape)
         demo = build_demo(predictor, examples_dir=examples, tmp_root=Path(tmp) / "sessions")
-        launch(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True)
+        for attempt in range(3):  # gradio's 3 s start-up probe can time out on a busy machine
+            try:
+                launch(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True)
+                break
+            except ValueError as err:
+                log.warning("launch attempt %d failed: %s", attempt + 1, err)
+                demo.close()
+                time.sleep(5)
+        else:
+            raise RuntimeError("the app did not start (machine too busy?)")
         app = demo.rgct_app
         rows = []
         try:
@@ -182,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoint = args.checkpoint or default_checkpoint()
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-    result: dict = {"machine": machine_info(), "checkpoint": Path(checkpoint).name}
+    result: dict = {
+        "machine": {**machine_info(), "load_average_1m": round(os.getloadavg()[0], 2)},
+        "checkpoint": Path(checkpoint).name,
+    }
     if not args.no_memory:
         if not CHROMIUM.exists():
             print(f"{CHROMIUM} is missing (make chromium); skipping the memory part")
@@ -193,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_latency:
         result["latency"] = bench_latency(predictor, args.repeats)
         print_table([{"call": k, **v} for k, v in result["latency"].items() if isinstance(v, dict)])
+    if args.out.is_file():  # a part skipped this time keeps its earlier measurement
+        earlier = json.loads(args.out.read_text())
+        for part in ("memory", "latency"):
+            if part not in result and part in earlier:
+                result[part] = earlier[part]
     write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
