@@ -205,6 +205,7 @@ def test_the_whole_flow_in_a_browser(served, tmp_path):
             page.locator("#rgct-settings").get_by_text("Generation settings").click()
             page.locator("#rgct-max-new input[type=number]").fill("3")
             page.locator("#rgct-max-new input[type=number]").press("Enter")
+            expect(page.locator("#rgct-max-new input[type=range]")).to_have_value("3")
             page.get_by_role("tab", name="Full report").click()
             page.locator("#rgct-fr-btn").click()
             expect(warnings).to_contain_text("token limit", timeout=TIMEOUT)
