@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -73,10 +74,11 @@ def synth_pairs(n: int, seed: int = 0) -> list[dict]:
 
 
 def run_evaluate(preds: Path, out: Path, protocol: str, bertscore: bool) -> dict:
-    """Wall seconds and peak RSS (MiB, process tree) of one ``rgct evaluate`` run."""
+    """Wall and CPU seconds and peak RSS (MiB, process tree) of one ``rgct evaluate`` run."""
     cmd = [sys.executable, "-m", "rgct.cli", "evaluate", "--predictions", str(preds)]
     cmd += ["--out", str(out), "--protocol", protocol] + ([] if bertscore else ["--no-bertscore"])
     t0, peak = time.perf_counter(), 0.0
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = psutil.Popen(cmd, cwd=REPO)
     while proc.poll() is None:
         try:
@@ -85,12 +87,16 @@ def run_evaluate(preds: Path, out: Path, protocol: str, bertscore: bool) -> dict
         except psutil.Error:
             pass
         time.sleep(0.2)
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"rgct evaluate --protocol {protocol} failed ({proc.returncode})")
     return {
         "protocol": protocol,
         "bertscore": bertscore and protocol == "coco",
         "seconds": time.perf_counter() - t0,
+        # CPU seconds of the run and every process it waited for (Java, METEOR workers):
+        # what the run costs whatever else the machine is doing
+        "cpu_seconds": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
         "peak_rss_mib": peak,
         "load_average_1min": os.getloadavg()[0],
     }

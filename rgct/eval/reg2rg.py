@@ -53,7 +53,7 @@ REG2RG_KEYS = (
 )
 MAX_ORDER = 4
 DESCRIPTION = (
-    "reg2rg: per-sample smoothed BLEU-1..4 (TF-NMT compute_bleu, add-one smoothing, 13a "
+    "per-sample smoothed BLEU-1..4 (TF-NMT compute_bleu, add-one smoothing, 13a "
     "tokens), NLTK METEOR (WordNet 3.0), ROUGE-1/2/L F (rouge-score, no stemmer), CIDEr "
     "(pycocoevalcap, untokenised); mean and std over samples"
 )

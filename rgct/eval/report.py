@@ -92,7 +92,7 @@ SCHEMA_VERSION = 2
 REPORT_TASKS = ("report", "region_report")
 PROTOCOLS = ("coco", "reg2rg")
 COCO_DESCRIPTION = (
-    "coco: pycocoevalcap BLEU-1..4, METEOR 1.5 (Java), ROUGE-L, CIDEr on rgct-tokenised text "
+    "pycocoevalcap BLEU-1..4, METEOR 1.5 (Java), ROUGE-L, CIDEr on rgct-tokenised text "
     "(corpus level and per-sample mean), BERTScore F1"
 )
 VQA_HEADLINE = {
