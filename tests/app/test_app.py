@@ -783,6 +783,13 @@ def test_library_does_not_import_the_app():
     pattern = re.compile(r"^\s*(from app[\s.]|import app\b)", re.MULTILINE)
     offenders = [p.name for p in root.rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
+    import subprocess
+
+    code = (
+        "import sys, rgct.cli; rgct.cli.build_parser(only='demo'); "
+        "assert 'gradio' not in sys.modules, 'rgct demo --help must not load gradio'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_bundled_examples_load(predictor, tmp_path):
