@@ -177,6 +177,7 @@ class _Speller:
                 (spec.get("variants") or {}).values(),
             )
         ]
+        self._any_variant = _join(tuple(p for p, _ in self.variants))
         self._memo: dict[str, str] = {}
 
     def word(self, word: str) -> str:
@@ -199,8 +200,9 @@ class _Speller:
     def __call__(self, text: str) -> str:
         """Lower-cased text with variants rewritten and misspelt words corrected."""
         low = text.lower()
-        for pattern, repl in self.variants:
-            low = pattern.sub(repl, low)
+        if self._any_variant is not None and self._any_variant.search(low):
+            for pattern, repl in self.variants:
+                low = pattern.sub(repl, low)
         return self._WORD.sub(lambda m: self.word(m.group(0)), low)
 
 
