@@ -42,10 +42,13 @@ test-slow: install
 	$(BIN)/python -m pytest -q -m "slow" tests
 
 bench: install
-	$(BIN)/python scripts/bench_data.py --synth 20 --out bench/bench_data.json
-	$(BIN)/python scripts/bench_model.py --out bench/bench_model.json
-	$(BIN)/python scripts/bench_generate.py --out bench/bench_generate.json
-	$(BIN)/python scripts/bench_train.py --out bench/bench_train.json
+	$(BIN)/python scripts/bench_data.py --synth 20 --out bench/data.json
+	$(BIN)/python scripts/bench_model.py --out bench/model.json
+	$(BIN)/python scripts/bench_generate.py --out bench/generate.json
+	$(BIN)/python scripts/bench_train.py --out bench/train.json
+	$(BIN)/python scripts/bench_eval.py --out bench/eval.json
+	$(BIN)/python scripts/bench_segment.py --out bench/segment.json
+	$(BIN)/python scripts/bench_app.py --out bench/app.json
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -16,6 +16,8 @@ None for the whole scan. Preprocessing is the training pipeline's deterministic 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,9 @@ class Predictor:
         self.regions: tuple[str, ...] = REGIONS
         self.segmenter = segmenter
         """(Segmenter, meta) when the checkpoint has one: masks-free inference and grounding."""
+        self._segmentations: OrderedDict[str, Any] = OrderedDict()
+        """The last few volumes' segmentations (a report, its details and the app's viewer ask
+        for the same volume's masks several times)."""
 
     @classmethod
     def from_checkpoint(
@@ -157,8 +162,15 @@ class Predictor:
             )
         from rgct.generate.segment import segment_volume
 
-        model, meta = self.segmenter
-        return segment_volume(model, meta, self.load(volume))
+        vol = self.load(volume)
+        key = f"{id(self.segmenter[0])}:{_fingerprint(vol)}"  # a swapped segmenter recomputes
+        if key not in self._segmentations:
+            model, meta = self.segmenter
+            self._segmentations[key] = segment_volume(model, meta, vol)
+            while len(self._segmentations) > SEGMENTATION_CACHE:
+                self._segmentations.popitem(last=False)
+        self._segmentations.move_to_end(key)
+        return self._segmentations[key]
 
     def segment(self, volume: Any) -> dict:
         """Predicted masks: ``{"masks": {name: bool (D, H, W)}, "findings": [...], "warnings"}``
@@ -410,3 +422,18 @@ def _ground(region: str, sentence: str, findings: list[dict]) -> dict:
     if match is not None:
         finding = {k: v for k, v in match.items() if k != "mask"}
     return {"region": region, "text": sentence, "labels": labels, "finding": finding}
+
+
+SEGMENTATION_CACHE = 4
+"""Segmentations a Predictor keeps (least recently used dropped first)."""
+
+
+def _fingerprint(vol: Volume) -> str:
+    """A key for a volume's content: shape, spacing, affine, a hash of every 256th voxel (a
+    regular sub-grid) and the sum of all of them (a real CT hashes in a fraction of a second)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(vol.array[::4, ::8, ::8]).tobytes())
+    h.update(np.float64(vol.array.sum(dtype=np.float64)).tobytes())
+    h.update(np.asarray(vol.affine, np.float64).tobytes())
+    h.update(repr((vol.array.shape, tuple(vol.spacing))).encode())
+    return h.hexdigest()

@@ -33,7 +33,8 @@ stage, whose checkpoint is ``WORK/<id>/model``; ``data`` names a synth stage, de
   folder; ``overrides``.
 - ``fit_classifier`` / ``calibrate``: :mod:`rgct.train.classifier` (new checkpoint folders).
 - ``segmenter``: :func:`rgct.train.segmenter.fit_segmenter` on the dataset's own region, lobe
-  and anatomy masks (``steps``, ``batch_size``, ``lr``, ``model``: network keyword arguments);
+  and anatomy masks (``steps``, ``batch_size``, ``lr``, ``model``: network keyword arguments;
+  ``calibrate``: a synth stage whose phantoms set the per-label finding thresholds);
   resumable inside the stage.
 - ``heldout``: :func:`rgct.generate.heldout.heldout_eval` (``limit``, ``oracle``, ``masks``:
   ``dataset`` or ``predicted``).
@@ -79,6 +80,7 @@ _KEYS = {
         "seed",
         "model",
         "input_shape",
+        "calibrate",
     },
     "export": {"from", "heldout", "calibration", "segmenter"},
 }
@@ -166,7 +168,7 @@ def load_recipe(path: str | Path) -> Recipe:
     for s in stages:
         refs = [
             r
-            for k in ("from", "heldout", "calibration", "segmenter")
+            for k in ("from", "heldout", "calibration", "segmenter", "calibrate")
             for r in (s.options[k] if isinstance(s.options.get(k), list) else [s.options.get(k)])
             if r is not None
         ]
@@ -405,11 +407,34 @@ class RecipeRunner:
         cfg = SegmenterTrainConfig(
             data_root=str(data), out_dir=str(out), model=dict(o.get("model") or {}), **kwargs
         )
+        run_dir = out.parent / "run" if "calibrate" in o else out
+        cfg.out_dir = str(run_dir)
         fit_segmenter(cfg)
-        metrics = _last_metrics(out)
+        metrics = _last_metrics(run_dir)
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
-        command = f"python scripts/train_segmenter.py --data {data} --out {out} {flags}".strip()
-        return command, {"steps": cfg.steps, **metrics}
+        command = f"python scripts/train_segmenter.py --data {data} --out {run_dir} {flags}"
+        if "calibrate" in o:  # per-label finding thresholds on phantoms of their own
+            from rgct.generate.segment import calibrate_findings
+            from rgct.model.segmenter import load_segmenter, save_segmenter
+
+            cal = self.stage_dir(str(o["calibrate"]))
+            model, meta = load_segmenter(run_dir)
+            from rgct.data.records import find_volumes
+
+            splits = tuple(sp for sp in ("train", "valid") if find_volumes(cal, sp))
+            found = calibrate_findings(model, meta, cal, splits)
+            meta = {
+                **meta,
+                "finding_thresholds": found["finding_thresholds"],
+                "finding_min_voxels": found["finding_min_voxels"],
+                "finding_calibration": {"volumes": found["volumes"], "scores": found["scores"]},
+            }
+            save_segmenter(out, model, meta)
+            command += (
+                f"\npython scripts/calibrate_segmenter.py --checkpoint {run_dir} --data {cal} "
+                f"--out {out}"
+            )
+        return command.strip(), {"steps": cfg.steps, **metrics}
 
     def _run_export(self, stage: Stage) -> tuple[str, dict]:
         from rgct.model.segmenter import CONFIG_FILE as SEG_CONFIG

@@ -111,3 +111,22 @@ def test_check_scan_flags_a_small_field_of_view(case):
     warnings = p.check_scan(np.full((8, 40, 40), -1000.0, np.float32))
     assert any("head to foot" in w for w in warnings)
     assert any("field of view" in w for w in warnings)
+
+
+def test_a_volume_is_segmented_once_for_several_calls(case, monkeypatch):
+    import rgct.generate.segment as seg_mod
+
+    p, scan, root, volume = case
+    calls = []
+    real = seg_mod.segment_volume
+    monkeypatch.setattr(seg_mod, "segment_volume", lambda *a, **k: calls.append(1) or real(*a, **k))
+    p._segmentations.clear()
+    vol = p.load(scan)
+    p.segment(vol)
+    p.region_report_details(vol, region="lung")
+    p.check_scan(vol)
+    assert len(calls) == 1
+    other = vol.array.copy()
+    other[0, 0, 0] += 1.0
+    p.segment(other)
+    assert len(calls) == 2  # different voxels, a new segmentation

@@ -45,11 +45,10 @@ from rgct.data.layout import (
     volume_path,
 )
 from rgct.data.sample_table import TEXT_FIELDS, Sample, SampleTable
-from rgct.jsonl import iter_jsonl
+from rgct.data.truth import load_ground_truth
 
 logger = logging.getLogger(__name__)
 
-GROUND_TRUTH_FILE = "ground_truth.jsonl"
 
 # task -> the CSV stem its rows come from
 TASK_CSV = {
@@ -130,17 +129,6 @@ def read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     return [dict(zip(columns, row)) for row in zip(*values)]
 
 
-def _load_ground_truth(root: Path, split: str) -> dict[str, dict] | None:
-    for path in (root / GROUND_TRUTH_FILE, root / "radgenome_files" / GROUND_TRUTH_FILE):
-        if path.is_file():
-            return {
-                strip_suffix(rec["volume"]): rec
-                for _, rec in iter_jsonl(path, DataError)
-                if normalize_split(rec.get("split", split)) == split
-            }
-    return None
-
-
 def _region_is_known(root: Path, volume: str, anatomy: str, cache: dict) -> bool:
     if anatomy not in cache:  # known by its name alone (a region, others, the whole scan)?
         parts = anatomy_parts(anatomy)
@@ -176,7 +164,7 @@ def load_split(root: str | Path, split: str, *, max_volumes: int | None = None) 
         volumes = volumes[:max_volumes]
     present = set(volumes)
     index = SplitIndex(root=root, split=split, volumes=volumes)
-    index.ground_truth = _load_ground_truth(root, split)
+    index.ground_truth = load_ground_truth(root, split)
     known_cache: dict = {}
     name_errors: dict[str, str | None] = {}  # volume name -> why it is malformed (None: fine)
     for stem, columns in CSV_COLUMNS.items():

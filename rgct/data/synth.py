@@ -1,6 +1,7 @@
 """Write a synthetic phantom dataset in the RadGenome-Chest CT layout (``rgct synth``).
 
-The dataset is written into ``<out>.tmp-<pid>`` and renamed to ``<out>`` only when complete.
+The dataset is written into a temporary folder beside ``<out>`` and renamed to ``<out>`` only
+when complete (:func:`rgct.files.atomic_dir`).
 Every volume draws from its own generator ``default_rng([seed, index])``, so the output is
 byte-identical for a seed whatever the number of worker processes (gzip with mtime 0, rows in
 volume order).
@@ -18,8 +19,6 @@ import io
 import json
 import logging
 import multiprocessing as mp
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,11 @@ from rgct.constants import CSV_COLUMNS, CT_RATE_LABELS, REGIONS, SPLITS
 from rgct.data.layout import anatomy_mask_path, csv_path, region_mask_path, volume_path
 from rgct.data.phantom import DEFAULT_SHAPE, MIN_SIZE, build_phantom
 from rgct.data.phantom_text import disorders, label_vector, region_sentences, vqa_rows, whole_report
+from rgct.data.truth import GROUND_TRUTH_FILE
+from rgct.files import atomic_dir, write_text
 
 logger = logging.getLogger(__name__)
 
-GROUND_TRUTH_FILE = "ground_truth.jsonl"
 LABELS_FOLDER = "multi_abnormality_labels"
 GZIP_LEVEL = 1
 TWO_SCAN_FRACTION = 0.3
@@ -136,16 +136,15 @@ def plan_volumes(num_volumes: int, seed: int, valid_fraction: float = 0.2) -> li
 
 
 def save_nifti_gz(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write a (D, H, W) array as an (X, Y, Z) NIfTI, gzip mtime 0, via temp + rename."""
+    """Write a (D, H, W) array as an (X, Y, Z) NIfTI, gzip mtime 0 (into the dataset's
+    temporary folder: the whole folder is renamed into place when complete)."""
     img = nib.Nifti1Image(array.transpose(2, 1, 0), affine)
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     data = gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    path.write_bytes(data)  # inside the dataset's temporary folder (renamed when complete)
 
 
 def synth_volume(
@@ -219,9 +218,7 @@ def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
     writer.writerow(header)
     writer.writerows(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, buf.getvalue())
 
 
 def _write_tables(root: Path, results: list[dict], metadata: bool = False) -> None:
@@ -239,9 +236,7 @@ def _write_tables(root: Path, results: list[dict], metadata: bool = False) -> No
             [(r["gt"]["volume"] + ".nii.gz", *r["labels"]) for r in mine],
         )
     lines = "".join(json.dumps(r["gt"]) + "\n" for r in results)
-    tmp = root / (GROUND_TRUTH_FILE + ".tmp")
-    tmp.write_text(lines, encoding="utf-8")
-    os.replace(tmp, root / GROUND_TRUTH_FILE)
+    write_text(root / GROUND_TRUTH_FILE, lines)
 
 
 def check_args(
@@ -295,14 +290,10 @@ def write_dataset(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     plans = plan_volumes(num_volumes, seed, valid_fraction)
-    jobs = [(p, tmp, seed, shape, variation) for p in plans]
     start = time.perf_counter()
-    try:
+    with atomic_dir(out) as tmp:  # the folder appears (or replaces the old one) when complete
+        jobs = [(p, tmp, seed, shape, variation) for p in plans]
         bar = dict(total=len(jobs), desc="rgct synth", unit="vol", disable=not progress)
         if workers == 1:
             results = [_work(j) for j in tqdm(jobs, **bar)]
@@ -310,16 +301,6 @@ def write_dataset(
             with mp.get_context("fork").Pool(workers) as pool:
                 results = list(tqdm(pool.imap(_work, jobs, chunksize=1), **bar))
         _write_tables(tmp, results, metadata=variation is not None and variation.quirks)
-        if out.exists():
-            old = out.with_name(f"{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     elapsed = time.perf_counter() - start
     logger.info(
         "wrote %d volumes to %s in %.1f s (%.2f s/volume)",

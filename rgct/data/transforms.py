@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +45,7 @@ from monai.transforms import (
 from rgct.config import DataConfig
 from rgct.data.geometry import Geometry, apply_geometry, uses_geometry, volume_geometry
 from rgct.data.io import DataError, Volume, load_mask, load_mask_for, load_volume
-from rgct.files import write_json
+from rgct.files import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -375,18 +373,11 @@ def decode_mask(stored: dict[str, np.ndarray]) -> torch.Tensor:
 
 def _atomic_save(path: Path, array: np.ndarray | dict[str, np.ndarray]) -> None:
     """Write one ``.npy`` array, or a ``.npz`` of named arrays (uncompressed), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp" + path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(array, dict):
-                np.savez(f, **array)
-            else:
-                np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        if isinstance(array, dict):
+            np.savez(f, **array)
+        else:
+            np.save(f, array, allow_pickle=False)
 
 
 class TransformCache:

@@ -12,13 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from rgct.constants import SPLIT_ALIASES
+from rgct.data.io import DataError
 from rgct.data.layout import strip_suffix
 from rgct.jsonl import iter_jsonl
 
 GROUND_TRUTH_FILE = "ground_truth.jsonl"
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(DataError):
     """A ``ground_truth.jsonl`` that cannot be read (the message names file and line)."""
 
 

@@ -96,6 +96,9 @@ class SegmenterTrainConfig:
     finding_pos_weight: float = 1.0
     """BCE weight of foreground voxels in the finding channels (small findings are a few
     voxels in a million: without it their channels can collapse to all-background)."""
+    stop_after: int | None = None
+    """End this call after this many steps, keeping only the checkpoint of the last
+    ``save_every`` (no final weights): time-sliced or preemptible runs continue on the next call."""
     max_seconds: float | None = None
     """Stop after this much training time in one call, saving the weights as at the end (the
     checkpoint allows resuming to ``steps``); None = no limit."""
@@ -301,13 +304,11 @@ def prepare_cache(cfg: SegmenterTrainConfig, workers: int = 1) -> int:
     return len(dataset)
 
 
-def fit_segmenter(cfg: SegmenterTrainConfig, stop_after: int | None = None) -> Path:
+def fit_segmenter(cfg: SegmenterTrainConfig) -> Path:
     """Train (or resume) a segmenter; returns ``out_dir`` holding ``segmenter.safetensors``.
 
     Args:
         cfg: run settings. A run folder with a ``checkpoint/`` resumes from it.
-        stop_after: return after this many steps of this call without the final save (tests
-            simulate a killed run with it).
 
     Raises:
         ValueError: a checkpoint whose network differs from ``cfg.model``.
@@ -389,7 +390,7 @@ def fit_segmenter(cfg: SegmenterTrainConfig, stop_after: int | None = None) -> P
             )
         if step % cfg.save_every == 0 or step == cfg.steps:
             _save_checkpoint(out, raw, optimizer, scheduler, step, meta)
-        if stop_after is not None and done >= stop_after:
+        if cfg.stop_after is not None and done >= cfg.stop_after:
             return out
         if cfg.max_seconds is not None and time.perf_counter() - t0 >= cfg.max_seconds:
             logger.warning(

@@ -52,7 +52,7 @@ def test_a_killed_run_resumes_where_it_stopped(phantom_root, tmp_path, seed):
     cache = tmp_path / "cache"
     full = fit_segmenter(_cfg(phantom_root, tmp_path / "full", cache, steps=6, save_every=3))
     killed = tmp_path / "killed"
-    fit_segmenter(_cfg(phantom_root, killed, cache, steps=6, save_every=3), stop_after=4)
+    fit_segmenter(_cfg(phantom_root, killed, cache, steps=6, save_every=3, stop_after=4))
     assert json.loads((killed / "checkpoint" / "state.json").read_text())["step"] == 3
     assert not (killed / "segmenter.safetensors").exists()
     fit_segmenter(_cfg(phantom_root, killed, cache, steps=6, save_every=3))
@@ -66,7 +66,8 @@ def test_a_killed_run_resumes_where_it_stopped(phantom_root, tmp_path, seed):
 
 def test_a_checkpoint_of_another_network_is_refused(phantom_root, tmp_path):
     cfg = _cfg(phantom_root, tmp_path / "run", tmp_path / "cache", steps=2, save_every=1)
-    fit_segmenter(cfg, stop_after=1)
+    cfg.stop_after = 1
+    fit_segmenter(cfg)
     other = _cfg(phantom_root, tmp_path / "run", tmp_path / "cache", model={"channels": (4, 16)})
     with pytest.raises(ValueError, match="differs"):
         fit_segmenter(other)

@@ -22,7 +22,7 @@ from rgct.data.transforms import (
     preprocess,
 )
 
-MINI = Path(__file__).parent / "fixtures" / "mini_radgenome"
+MINI = Path(__file__).parents[1] / "fixtures" / "mini_radgenome"
 VOL = MINI / "train_preprocessed/train_1/train_1a/train_1_a_1.nii.gz"
 LUNG = MINI / "train_region_mask/seg_train_1_a_1/lung.nii.gz"
 SHAPE = (16, 24, 24)

@@ -20,7 +20,7 @@ from rgct.data.layout import (
 )
 from rgct.data.records import build_samples, load_split, mix_samples
 
-MINI = Path(__file__).parent / "fixtures" / "mini_radgenome"
+MINI = Path(__file__).parents[1] / "fixtures" / "mini_radgenome"
 
 
 @pytest.fixture

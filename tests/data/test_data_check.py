@@ -17,7 +17,7 @@ import pytest
 from rgct.cli import main
 from rgct.data.check import check_dataset
 
-MINI = Path(__file__).parent / "fixtures" / "mini_radgenome"
+MINI = Path(__file__).parents[1] / "fixtures" / "mini_radgenome"
 
 
 @pytest.fixture
