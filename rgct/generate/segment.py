@@ -112,6 +112,14 @@ def segment_volume(
     model.eval()
     logits = model(image[None].to(device))[0].float().cpu()  # (K, D, H, W)
     masks = predict_masks(logits, model.classes, threshold=threshold, out_shape=volume.shape)
+    bone = masks.get("bone")
+    if bone is not None and bone.any():
+        # The bone region is disjoint from every other region in the RadGenome layout (and in
+        # the phantoms); soft-tissue channels that leak into sternum or spine bring in
+        # calcium-bright voxels the region classifier reads as calcification.
+        for name in masks:
+            if name != "bone":
+                masks[name] = masks[name] & ~bone
     for lung, lobes in LUNG_SIDES.items():
         if all(lb in masks for lb in lobes):
             masks[lung] = np.logical_or.reduce([masks[lb] for lb in lobes])

@@ -126,3 +126,22 @@ def test_oracle_locations_come_from_the_truth(setup, tmp_path, monkeypatch):
     rows = [r for batch in seen if batch for r in batch]
     for region in ("lung", "pleura", "heart"):
         assert finding_locations(load_ground_truth(root)[volume], region) in rows
+
+
+def test_predicted_regions_never_overlap_predicted_bone(setup):
+    from rgct.constants import SEGMENT_CLASSES
+    from rgct.data.io import load_volume
+    from rgct.data.layout import volume_path
+    from rgct.generate.segment import segment_volume
+
+    model, cfg, root, volume = setup
+    seg, meta = truth_segmenter(root, volume, cfg)
+    bone = SEGMENT_CLASSES.index("bone")
+    k = SEGMENT_CLASSES.index("mediastinum")  # leak the mediastinum into the bone
+    seg.logits[k] = torch.maximum(seg.logits[k], seg.logits[bone])
+    out = segment_volume(seg, meta, load_volume(volume_path(root, volume)))
+    assert out.masks["bone"].any()
+    for name, mask in out.masks.items():
+        if name != "bone":
+            assert not (mask & out.masks["bone"]).any(), name
+    assert out.masks["heart"].any()
