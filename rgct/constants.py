@@ -134,21 +134,16 @@ LUNG_SIDES = {"right lung": LUNG_LOBES[:3], "left lung": LUNG_LOBES[3:]}
 SEGMENT_ANATOMY = ("aorta", "heart tissue")
 """Anatomy masks (besides the lobes) that prompts name and the segmenter predicts."""
 
-SEGMENT_FINDINGS = (
-    "Arterial wall calcification",
-    "Cardiomegaly",
-    "Pericardial effusion",
-    "Coronary artery wall calcification",
-    "Hiatal hernia",
-    "Lymphadenopathy",
-    "Emphysema",
-    "Atelectasis",
-    "Lung nodule",
-    "Lung opacity",
-    "Pleural effusion",
-    "Consolidation",
-    "Bronchiectasis",
+UNPAINTED_LABELS = (
+    "Medical material",
+    "Pulmonary fibrotic sequela",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Interlobular septal thickening",
 )
+"""CT-RATE labels the phantoms never paint (no voxel truth)."""
+
+SEGMENT_FINDINGS = tuple(label for label in CT_RATE_LABELS if label not in UNPAINTED_LABELS)
 """CT-RATE labels with a finding voxel-map channel (the 13 the phantoms paint), CT-RATE order."""
 
 SEGMENT_CLASSES = (*REGIONS, *LUNG_LOBES, *SEGMENT_ANATOMY, *SEGMENT_FINDINGS)
