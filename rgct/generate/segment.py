@@ -140,7 +140,7 @@ def segment_volume(
     seg = Segmentation(masks, findings, volume.shape, volume.affine, volume.spacing)
     seg.warnings = [empty_mask_warning(n) for n in seg.empty]
     for w in seg.warnings:
-        logger.warning("%s: %s", volume.source, w)
+        logger.info("%s: %s", volume.source, w)  # returned in .warnings: callers report them
     return seg
 
 
