@@ -414,13 +414,12 @@ class RecipeRunner:
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
         command = f"python scripts/train_segmenter.py --data {data} --out {run_dir} {flags}"
         if "calibrate" in o:  # per-label finding thresholds on phantoms of their own
+            from rgct.data.records import find_volumes
             from rgct.generate.segment import calibrate_findings
             from rgct.model.segmenter import load_segmenter, save_segmenter
 
             cal = self.stage_dir(str(o["calibrate"]))
             model, meta = load_segmenter(run_dir)
-            from rgct.data.records import find_volumes
-
             splits = tuple(sp for sp in ("train", "valid") if find_volumes(cal, sp))
             found = calibrate_findings(model, meta, cal, splits)
             meta = {
