@@ -8,7 +8,7 @@ tabs closed (target: back within 300 MB of the start). Latency: the shipped mode
 the app's handlers, median of ``--repeats`` runs (targets on 2 cores: 5 s and 12 s).
 
     python scripts/bench_app.py --out bench/app.json
-    python scripts/bench_app.py --sessions 2 --shape 64 128 128 --no-latency --out /tmp/app.json
+    python scripts/bench_app.py --sessions 2 --shape 64 128 128 --no-latency --out app.json
 """
 
 from __future__ import annotations
