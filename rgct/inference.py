@@ -221,19 +221,16 @@ class Predictor:
         without a segmenter: the detections line then names no place)."""
         if not self.cfg.model.evidence_locations or seg is None:
             return None
-        from rgct.generate.localize import LOBE_REGIONS, place_labels
+        from rgct.generate.localize import LOBE_REGIONS, lobe_probabilities, place_labels
 
         lobe_probs: dict[str, np.ndarray] = {}
-        if any(r in LOBE_REGIONS for r in regions):
-            lobes = [
-                lb for lb in LUNG_LOBES if seg.masks.get(lb) is not None and seg.masks[lb].any()
-            ]
-            if lobes:
-                image, masks = self.prepare(vol, {lb: seg.masks[lb] for lb in lobes})
-                stack = torch.cat([masks[lb] for lb in lobes])
-                with autocast_for(self.device):
-                    probs = region_probabilities(self.model, image, stack).float().cpu().numpy()
-                lobe_probs = dict(zip(lobes, probs))
+        lobes = {lb: m for lb in LUNG_LOBES if (m := seg.masks.get(lb)) is not None and m.any()}
+        if lobes and any(r in LOBE_REGIONS for r in regions):
+            image, masks = self.prepare(vol, lobes)
+            with autocast_for(self.device):
+                lobe_probs = lobe_probabilities(
+                    self.model, image, {k: v[0] for k, v in masks.items()}
+                )
         return [place_labels(r, findings, lobe_probs) for r in regions]
 
     def _truncated(self, text: str, gen: GenerationConfig) -> bool:

@@ -130,3 +130,22 @@ def test_a_volume_is_segmented_once_for_several_calls(case, monkeypatch):
     other[0, 0, 0] += 1.0
     p.segment(other)
     assert len(calls) == 2  # different voxels, a new segmentation
+
+
+def test_places_reach_the_detections_line_with_evidence_locations(case, monkeypatch):
+    from rgct.model import region_classifier as rc
+
+    p, scan, *_ = case
+    seen = []
+    original = rc.evidence_prompts
+    monkeypatch.setattr(
+        rc,
+        "evidence_prompts",
+        lambda pr, det, locs=None: seen.append(locs) or original(pr, det, locs),
+    )
+    monkeypatch.setattr(p.cfg.model, "evidence_prompt", True)
+    monkeypatch.setattr(p.cfg.model, "evidence_locations", True)
+    p.region_report(scan, region="lung")
+    assert seen and seen[-1][0] and set(seen[-1][0].values()) <= set(LUNG_LOBES)
+    p.region_report(scan, region="heart")
+    assert seen[-1] == [{}]  # the heart has no lobes

@@ -64,13 +64,7 @@ class Localizer:
         """lobe -> (L,) classifier probabilities under that predicted lobe."""
         if self._volume != volume:
             self.masks._load(volume)
-            lobes = [lb for lb in LUNG_LOBES if lb in self.masks._masks]
-            probs: dict[str, np.ndarray] = {}
-            if lobes:
-                device = next(self.model.parameters()).device
-                stack = torch.stack([self.masks._masks[lb] for lb in lobes]).to(device)
-                p = rc.region_probabilities(self.model, image[None].to(device), stack)
-                probs = dict(zip(lobes, p.cpu().numpy()))
+            probs = lobe_probabilities(self.model, image[None], self.masks._masks)
             self._volume, self._lobe_probs = volume, probs
         return self._lobe_probs
 
@@ -82,6 +76,21 @@ class Localizer:
         self.masks._load(volume)
         lobe_probs = self._lobe_probabilities(volume, image) if region in LOBE_REGIONS else {}
         return place_labels(region, self.masks.findings, lobe_probs)
+
+
+def lobe_probabilities(
+    model: Any, image: torch.Tensor, masks: dict[str, torch.Tensor]
+) -> dict[str, np.ndarray]:
+    """lobe -> (L,) region-classifier probabilities under that lobe's mask, for the lobes among
+    ``masks`` (name -> (1, D, H, W) on the model grid); ``image`` (1, C, D, H, W). One encoder
+    pass for all lobes."""
+    lobes = [lb for lb in LUNG_LOBES if lb in masks]
+    if not lobes:
+        return {}
+    device = next(model.parameters()).device
+    stack = torch.stack([masks[lb] for lb in lobes]).to(device)  # (lobes, 1, D, H, W)
+    probs = rc.region_probabilities(model, image.to(device), stack)
+    return dict(zip(lobes, probs.float().cpu().numpy()))
 
 
 def place_labels(
