@@ -63,8 +63,8 @@ class Localizer:
     def _lobe_probabilities(self, volume: str, image: torch.Tensor) -> dict[str, np.ndarray]:
         """lobe -> (L,) classifier probabilities under that predicted lobe."""
         if self._volume != volume:
-            self.masks._load(volume)
-            probs = lobe_probabilities(self.model, image[None], self.masks._masks)
+            masks, _ = self.masks.volume(volume)
+            probs = lobe_probabilities(self.model, image[None], masks)
             self._volume, self._lobe_probs = volume, probs
         return self._lobe_probs
 
@@ -73,9 +73,9 @@ class Localizer:
         volume's model input. Empty for regions without lobes or sides."""
         if region not in LOBE_REGIONS + SIDE_REGIONS:
             return {}
-        self.masks._load(volume)
+        _, findings = self.masks.volume(volume)
         lobe_probs = self._lobe_probabilities(volume, image) if region in LOBE_REGIONS else {}
-        return place_labels(region, self.masks.findings, lobe_probs)
+        return place_labels(region, findings, lobe_probs)
 
 
 def lobe_probabilities(

@@ -112,6 +112,12 @@ class MaskProvider:
         _, tensors = preprocess(vol, arrays, self.data_cfg)
         self._volume, self._masks, self.findings = volume, tensors, findings
 
+    def volume(self, volume: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        """A volume's non-empty masks on the model grid (name -> (1, D, H, W)) and, for a
+        ``predicted`` source, the segmenter's finding components (loaded once per volume)."""
+        self._load(volume)
+        return self._masks, self.findings
+
     def mask(self, volume: str, anatomy: str | None, region: str) -> torch.Tensor | None:
         """(1, D, H, W) mask on the model grid; None for a whole-scan sample (all ones).
 
