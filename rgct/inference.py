@@ -7,6 +7,8 @@ Examples::
     p.region_report("ct.nii.gz", "seg_ct/lung.nii.gz", region="lung")
     p.report("ct.nii.gz", {"lung": "seg_ct/lung.nii.gz", "heart": "seg_ct/heart.nii.gz"})
     p.answer("ct.nii.gz", "Can nodule be identified in the lung?", mask="seg_ct/lung.nii.gz")
+    turn = p.chat("ct.nii.gz", "What are the abnormalities in the lung?", region="lung")
+    turn = p.chat("ct.nii.gz", "How big is it?", turn["history"])  # resolved, see rgct.conversation
 
 Volumes are paths (NIfTI, DICOM folder/zip, RAD-ChestCT .npz), :class:`rgct.data.io.Volume`
 objects, or float arrays (D, H, W) in HU; masks are paths or bool / 0-1 arrays (D, H, W), or
@@ -26,7 +28,15 @@ import numpy as np
 import torch
 
 from rgct.config import GenerationConfig, RGCTConfig
-from rgct.constants import CT_RATE_LABELS, LUNG_LOBES, REGIONS, REPORT_PROMPTS, WHOLE_SCAN
+from rgct.constants import (
+    CT_RATE_LABELS,
+    LUNG_LOBES,
+    LUNG_SIDES,
+    REGIONS,
+    REPORT_PROMPTS,
+    WHOLE_SCAN,
+)
+from rgct.conversation import MaskNotFound, Resolution, take_turn
 from rgct.data.io import Volume, load_mask, load_volume
 from rgct.data.transforms import preprocess
 from rgct.model.checkpoint import load_checkpoint
@@ -398,6 +408,96 @@ class Predictor:
             num_beams=num_beams,
         )
         return self._run(image, [masks[WHOLE_SCAN]], [question.strip()], gen)[0]
+
+    def chat(
+        self,
+        volume: Any,
+        question: str,
+        history: list | None = None,
+        mask: Any = None,
+        region: str | None = None,
+        *,
+        masks: dict[str, Any] | None = None,
+        mask_sources: dict[str, str] | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+    ) -> dict:
+        """One turn of a conversation about the volume.
+
+        The question is resolved against ``history`` (:mod:`rgct.conversation`: "where is it?"
+        after an answer naming a nodule becomes "Where is the nodule located in the image?")
+        and answered with the mask of the region it resolves to; a reference that cannot be
+        resolved gets a question back (``clarify``), not a guess.
+
+        Args:
+            history: earlier turns as this method returns them (``turn["history"]``), or
+                ``[question, answer]`` pairs.
+            mask, region: the region in view (``mask`` is ``region``'s mask; ``region`` alone:
+                its mask from ``masks`` or the segmenter; ``WHOLE_SCAN``: no mask). A region
+                the question names wins; without either, the conversation's region in focus.
+            masks: further named masks the conversation may move to ("what about the
+                heart?"); regions missing here come from the segmenter when there is one.
+            mask_sources: name -> where the mask came from (dataset, uploaded, drawn ...).
+
+        Returns:
+            ``{"question", "answer", "resolved", "task", "region", "finding", "mask_source",
+            "clarify", "warnings", "truncated", "history"}`` (see
+            :func:`rgct.conversation.take_turn`).
+        """
+        vol = self.load(volume)
+        given = dict(masks or {})
+        sources = {n: (mask_sources or {}).get(n, "given") for n in given}
+        if mask is not None:
+            name = region if region and region != WHOLE_SCAN else "given region"
+            given[name], region = mask, name
+            sources[name] = (mask_sources or {}).get(name, "given")
+
+        def predicted() -> dict[str, np.ndarray]:
+            return self.segmentation(vol).masks if self.segmenter is not None else {}
+
+        def mask_of(name: str) -> tuple[Any, str]:
+            if name in given:
+                return given[name], sources[name]
+            found = predicted().get(name)
+            if found is not None and found.any():
+                return found, "predicted"
+            lobes = [given[lb] for lb in LUNG_SIDES.get(name, ()) if lb in given]
+            if lobes and len(lobes) == len(LUNG_SIDES[name]):
+                union = np.logical_or.reduce([load_mask(m, vol) for m in lobes])
+                return union, sources[LUNG_SIDES[name][0]]
+            have = sorted({*given, *(n for n, m in predicted().items() if m.any())})
+            raise MaskNotFound(
+                f"There is no {name} mask for this scan, so I cannot answer about it "
+                f"(masks: {', '.join(have) or 'none'}). Which region do you mean?"
+            )
+
+        def detections(where: str | None) -> list[dict]:
+            if self.segmenter is None:
+                return []
+            found = self.segmentation(vol).findings
+            return [f for f in found if where is None or f.get("region") in (where, None)]
+
+        def ask(res: Resolution) -> dict:
+            m, source = (None, WHOLE_SCAN) if res.region == WHOLE_SCAN else mask_of(res.region)
+            default = self.cfg.generation.max_new_tokens
+            if res.task != "region_report":
+                default = min(default, 32)  # a short answer, as :meth:`answer`
+            gen = self._gen(max_new_tokens=max_new_tokens or default, num_beams=num_beams)
+            text = self.answer(
+                vol, res.question, m, max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams
+            )
+            cut = self._truncated(text, gen)
+            warnings = [f"answer cut at the {gen.max_new_tokens}-token limit"] if cut else []
+            return {"answer": text, "mask_source": source, "truncated": cut, "warnings": warnings}
+
+        return take_turn(
+            question,
+            history,
+            ask=ask,
+            region=region,
+            detections=detections,
+            names=list(given),
+        )
 
 
 MIN_CHEST_EXTENT_MM = 120.0
