@@ -458,13 +458,13 @@ class Predictor:
         def mask_of(name: str) -> tuple[Any, str]:
             if name in given:
                 return given[name], sources[name]
+            lobes = [given[lb] for lb in LUNG_SIDES.get(name, ()) if lb in given]
+            if lobes and len(lobes) == len(LUNG_SIDES[name]):  # a lung side from given lobes
+                union = np.logical_or.reduce([load_mask(m, vol) for m in lobes])
+                return union, sources[LUNG_SIDES[name][0]]
             found = predicted().get(name)
             if found is not None and found.any():
                 return found, "predicted"
-            lobes = [given[lb] for lb in LUNG_SIDES.get(name, ()) if lb in given]
-            if lobes and len(lobes) == len(LUNG_SIDES[name]):
-                union = np.logical_or.reduce([load_mask(m, vol) for m in lobes])
-                return union, sources[LUNG_SIDES[name][0]]
             have = sorted({*given, *(n for n, m in predicted().items() if m.any())})
             raise MaskNotFound(
                 f"There is no {name} mask for this scan, so I cannot answer about it "

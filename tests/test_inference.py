@@ -1,14 +1,16 @@
 """The Predictor without masks: its segmenter's regions, grounded finding sentences, warnings,
-and the same text as with the dataset's masks when the segmenter is right."""
+and the same text as with the dataset's masks when the segmenter is right; a conversation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from segmenter_double import truth_segmenter
 
-from rgct.constants import LUNG_LOBES, REGIONS, SEGMENT_CLASSES
-from rgct.data.layout import region_mask_path, volume_path
+from rgct.constants import LUNG_LOBES, REGIONS, SEGMENT_CLASSES, WHOLE_SCAN
+from rgct.data.io import load_mask
+from rgct.data.layout import anatomy_mask_path, region_mask_path, volume_path
 from rgct.data.records import find_volumes
 from rgct.data.truth import load_ground_truth
 from rgct.inference import Predictor
@@ -149,3 +151,123 @@ def test_places_reach_the_detections_line_with_evidence_locations(case, monkeypa
     assert seen and seen[-1][0] and set(seen[-1][0].values()) <= set(LUNG_LOBES)
     p.region_report(scan, region="heart")
     assert seen[-1] == [{}]  # the heart has no lobes
+
+
+# --- a conversation -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def heard(case, monkeypatch):
+    """``case``'s Predictor whose language model answers by prompt; (prompt, mask) recorded."""
+    p, *_ = case
+    replies = {
+        "What are the abnormalities in the lung?": "Nodule.",
+        "Where is the nodule located in the image?": "lung/lung/right lung/right lung upper lobe",
+    }
+    asked: list[tuple[str, torch.Tensor]] = []
+
+    def run(image, masks, prompts, gen, places=None):
+        asked.extend(zip(prompts, masks))
+        return [replies.get(q, "No abnormality.") for q in prompts]
+
+    monkeypatch.setattr(p, "_run", run)
+    return p, asked
+
+
+def _same_mask(p, scan, tensor, mask) -> bool:
+    return torch.equal(tensor, p.prepare(scan, {"m": mask})[1]["m"])
+
+
+def test_chat_resolves_follow_ups_and_answers_with_the_resolved_region(case, heard):
+    p, scan, root, volume = case
+    p, asked = heard
+    seg = p.segment(scan)["masks"]
+    t1 = p.chat(scan, "What are the abnormalities in the lung?", region="lung")
+    t2 = p.chat(scan, "Where is it?", t1["history"])
+    t3 = p.chat(scan, "How big is it?", t2["history"])
+    t4 = p.chat(scan, "And the heart?", t3["history"])
+    assert (
+        [t["resolved"] for t in (t1, t2, t3, t4)]
+        == [q for q, _ in asked]
+        == [
+            "What are the abnormalities in the lung?",
+            "Where is the nodule located in the image?",
+            "What is the approximate size of the nodule in the lung?",
+            "What are the abnormalities in the heart?",
+        ]
+    )
+    assert [t["region"] for t in (t1, t2, t3, t4)] == ["lung", WHOLE_SCAN, "lung", "heart"]
+    assert [t["mask_source"] for t in (t1, t2, t3, t4)] == [
+        "predicted",
+        WHOLE_SCAN,
+        "predicted",
+        "predicted",
+    ]
+    # each answer used its region's mask (the whole scan: all ones)
+    assert _same_mask(p, scan, asked[0][1], seg["lung"])
+    assert bool(asked[1][1].all())
+    assert _same_mask(p, scan, asked[3][1], seg["heart"])
+    assert t4["answer"] == "No abnormality." and len(t4["history"]) == 4
+    assert not any(t["clarify"] for t in (t1, t2, t3, t4))
+
+
+def test_chat_uses_given_masks_their_sources_and_lobe_unions(case, heard):
+    p, scan, root, volume = case
+    p, asked = heard
+    lobes = {lb: anatomy_mask_path(root, volume, lb) for lb in LUNG_LOBES}
+    pleura = region_mask_path(root, volume, "pleura")
+    turn = p.chat(
+        scan,
+        "What about the pleura?",
+        [["What are the abnormalities in the lung?", "Nodule."]],  # plain pairs are replayed
+        masks={"pleura": pleura, **lobes},
+        mask_sources={"pleura": "dataset", **{lb: "uploaded" for lb in lobes}},
+    )
+    assert turn["region"] == "pleura" and turn["mask_source"] == "dataset"
+    assert _same_mask(p, scan, asked[-1][1], pleura)
+    turn = p.chat(scan, "and the left lung?", turn["history"], masks=lobes)
+    left = np.logical_or.reduce([load_mask(lobes[lb], p.load(scan)) for lb in LUNG_LOBES[3:]])
+    assert turn["resolved"] == "What are the abnormalities in the left lung?"
+    assert _same_mask(p, scan, asked[-1][1], left) and turn["mask_source"] == "given"
+
+
+def test_chat_asks_back_for_a_region_without_mask_and_a_finding_it_cannot_place(case, heard):
+    p, scan, root, volume = case
+    p, asked = heard
+    saved = p.segmenter
+    try:
+        p.segmenter = truth_segmenter(root, volume, p.cfg, drop=("thyroid",))
+        p._segmentations.clear()
+        turn = p.chat(scan, "What about the thyroid?", region="lung")
+        assert turn["clarify"] and "no thyroid mask" in turn["answer"] and not asked
+        # nothing in focus and nothing detected in the lung: "it" is asked back
+        turn = p.chat(scan, "How big is it?", region="lung")
+        assert turn["clarify"] and "Which finding" in turn["answer"] and not asked
+    finally:
+        p.segmenter = saved
+        p._segmentations.clear()
+
+
+def test_chat_reads_it_as_the_one_detected_finding(case, heard, monkeypatch):
+    from rgct.generate.segment import Segmentation
+
+    p, scan, *_ = case
+    p, asked = heard
+    real = p.segmentation(scan)
+    nodule = {"label": "Lung nodule", "region": "lung", "lobes": ["right lung upper lobe"]}
+    monkeypatch.setattr(
+        p,
+        "segmentation",
+        lambda v: Segmentation(real.masks, [nodule], real.shape, real.affine, real.spacing),
+    )
+    turn = p.chat(scan, "Where is it?", region="lung")
+    assert turn["resolved"] == "Where is the nodule located in the image?"
+    assert "read as the nodule detected in the lung" in turn["warnings"][0]
+
+
+def test_a_chat_turn_is_the_single_shot_answer_of_its_resolved_question(case):
+    p, scan, *_ = case
+    turn = p.chat(scan, "what about the heart?", region="lung", max_new_tokens=4)
+    heart = p.segment(scan)["masks"]["heart"]
+    assert turn["resolved"] == "What are the abnormalities in the heart?"
+    assert turn["answer"] == p.answer(scan, turn["resolved"], heart, max_new_tokens=4)
