@@ -200,11 +200,16 @@ def format_report(report: CheckReport, max_problems: int = 50) -> str:
         lines.append(
             f"{label[:26]:26s}" + "".join(f"{get(s):>10d}" for s in report.splits.values())
         )
-    errors = report.errors
-    warnings = [p for p in report.problems if p.severity != "error"]
-    lines += ["", f"{len(errors)} error(s), {len(warnings)} warning(s)"]
+    return "\n".join(lines + format_problems(report.problems, max_problems))
+
+
+def format_problems(problems: list[Problem], max_problems: int = 50) -> list[str]:
+    """The error and warning counts, then the first ``max_problems`` problems (errors first)."""
+    errors = [p for p in problems if p.severity == "error"]
+    warnings = [p for p in problems if p.severity != "error"]
+    lines = ["", f"{len(errors)} error(s), {len(warnings)} warning(s)"]
     for p in (errors + warnings)[:max_problems]:
         lines.append(f"  {p.severity.upper():7s} {p.kind:20s} {p.message}")
-    if len(report.problems) > max_problems:
-        lines.append(f"  ... and {len(report.problems) - max_problems} more (see --json)")
-    return "\n".join(lines)
+    if len(problems) > max_problems:
+        lines.append(f"  ... and {len(problems) - max_problems} more (see --json)")
+    return lines

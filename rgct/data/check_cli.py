@@ -15,7 +15,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``check`` and ``show`` sub-subcommands."""
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     check = sub.add_parser("check", help="validate a dataset folder and list every problem")
-    check.add_argument("dir", help="dataset folder in the RadGenome-Chest CT layout")
+    check.add_argument(
+        "dir", help="dataset folder: RadGenome-Chest CT, RAD-ChestCT or DeepLesion layout"
+    )
+    check.add_argument(
+        "--layout",
+        choices=("auto", "radgenome", "rad-chestct", "deeplesion"),
+        default="auto",
+        help="the folder's layout (default: told by its files, e.g. DL_info.csv)",
+    )
     check.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     check.add_argument(
         "--headers-only",
@@ -38,10 +46,20 @@ def run(args: argparse.Namespace) -> int:
         save_montage(args.dir, args.volume, args.out, split=args.split)
         print(f"wrote {args.out}")
         return 0
-    from rgct.data.check import check_dataset, format_report
+    from rgct.data.source_report import detect_layout
 
-    report = check_dataset(args.dir, deep=not args.headers_only, max_volumes=args.max_volumes)
-    print(format_report(report))
+    layout = detect_layout(args.dir) if args.layout == "auto" else args.layout
+    if layout == "radgenome":
+        from rgct.data.check import check_dataset, format_report
+
+        report = check_dataset(args.dir, deep=not args.headers_only, max_volumes=args.max_volumes)
+        print(format_report(report))
+    else:
+        from rgct.data.source_report import check_source, format_source_report
+
+        deep = not args.headers_only
+        report = check_source(args.dir, layout, deep=deep, max_volumes=args.max_volumes)
+        print(format_source_report(report))
     if args.json:
         write_json(Path(args.json), report.to_dict())
     return 1 if report.errors else 0

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from rgct.constants import CSV_COLUMNS, CT_RATE_LABELS, REGIONS, SPLITS
 from rgct.data.layout import anatomy_mask_path, csv_path, region_mask_path, volume_path
-from rgct.data.phantom import DEFAULT_SHAPE, MIN_SIZE, build_phantom
+from rgct.data.phantom import DEFAULT_SHAPE, MIN_SIZE, Phantom, build_phantom
 from rgct.data.phantom_text import disorders, label_vector, region_sentences, vqa_rows, whole_report
 from rgct.data.truth import GROUND_TRUTH_FILE
 from rgct.files import atomic_dir, write_text
@@ -135,16 +135,33 @@ def plan_volumes(num_volumes: int, seed: int, valid_fraction: float = 0.2) -> li
     return plans
 
 
-def save_nifti_gz(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write a (D, H, W) array as an (X, Y, Z) NIfTI, gzip mtime 0 (into the dataset's
-    temporary folder: the whole folder is renamed into place when complete)."""
+def nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
+    """A (D, H, W) array as the bytes of an (X, Y, Z) ``.nii.gz`` (gzip mtime 0: reproducible)."""
     img = nib.Nifti1Image(array.transpose(2, 1, 0), affine)
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    data = gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0)
+    return gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0)
+
+
+def save_nifti_gz(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Write a (D, H, W) array as an (X, Y, Z) NIfTI, gzip mtime 0 (into the dataset's
+    temporary folder: the whole folder is renamed into place when complete)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)  # inside the dataset's temporary folder (renamed when complete)
+    path.write_bytes(nifti_gz_bytes(array, affine))  # inside the temporary folder
+
+
+def build_plan_phantom(
+    plan: VolumePlan,
+    seed: int,
+    shape: tuple[int, int, int],
+    variation: Variation | None = None,
+) -> tuple[Phantom, dict]:
+    """The phantom of one planned volume and its drawn grid and quirks: the same for every
+    layout ``rgct synth`` writes (``default_rng([seed, plan.index])``)."""
+    drawn = (variation or Variation()).draw(seed, plan.index, shape)
+    rng = np.random.default_rng([seed, plan.index])
+    return build_phantom(drawn["shape"], rng, drawn["spacing"]), drawn
 
 
 def synth_volume(
@@ -160,9 +177,7 @@ def synth_volume(
         ``{"gt": ground-truth dict, "rows": {csv stem: [row tuples]}, "labels": [18 ints],
         "metadata": metadata row (with header quirks only)}``.
     """
-    drawn = (variation or Variation()).draw(seed, plan.index, shape)
-    rng = np.random.default_rng([seed, plan.index])
-    ph = build_phantom(drawn["shape"], rng, drawn["spacing"])
+    ph, drawn = build_plan_phantom(plan, seed, shape, variation)
     name = plan.name
     affine = np.eye(4) if drawn["blank_header"] else ph.affine
     volume = ph.volume

@@ -62,6 +62,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="share of volumes stored as raw values (HU + 1024), intercept in metadata/metadata.csv",
     )
+    parser.add_argument(
+        "--layout",
+        choices=("radgenome", "rad-chestct", "deeplesion"),
+        default="radgenome",
+        help="files to write: RadGenome-Chest CT (default), RAD-ChestCT (.npz + label matrix) or "
+        "DeepLesion (PNG slices + DL_info.csv); the same phantoms for the same seed",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -91,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"rgct synth: error: {e}", file=sys.stderr)
         return 2
+    if args.layout != "radgenome":
+        return _run_layout(args, variation)
     try:
         records = write_dataset(
             args.out,
@@ -116,4 +125,34 @@ def run(args: argparse.Namespace) -> int:
 
         path = save_montage(args.out, records[0]["volume"], args.montage)
         print(f"montage of {records[0]['volume']}: {path}")
+    return 0
+
+
+def _run_layout(args: argparse.Namespace, variation) -> int:
+    """``rgct synth --layout rad-chestct|deeplesion``."""
+    from rgct.data.synth_layouts import write_layout_dataset
+
+    if variation is not None or args.montage is not None or args.workers != 1:
+        print(
+            f"rgct synth: error: --layout {args.layout} takes no --ct-rate-like, header quirks, "
+            "--montage or --workers",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        records = write_layout_dataset(
+            args.out,
+            args.layout,
+            args.num_volumes,
+            seed=args.seed,
+            shape=tuple(args.shape),
+            valid_fraction=args.valid_fraction,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except (FileExistsError, ValueError) as e:
+        print(f"rgct synth: error: {e}", file=sys.stderr)
+        return 2
+    unit = "lesion series" if args.layout == "deeplesion" else "volumes"
+    print(f"{args.out}: {len(records)} {unit} in the {args.layout} layout")
     return 0

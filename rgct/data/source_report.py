@@ -1,0 +1,97 @@
+"""What ``rgct data check`` reports for the other datasets' folders, and which layout a folder has.
+
+Example::
+
+    layout = detect_layout("/data/deeplesion")      # 'deeplesion'
+    report = check_source("/data/deeplesion", layout)
+    print(format_source_report(report))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rgct.data.check import format_problems
+from rgct.data.records import Problem
+
+LAYOUTS = ("radgenome", "rad-chestct", "deeplesion")
+"""Dataset layouts rgct reads (``--layout`` of ``rgct synth`` and ``rgct data check``)."""
+
+
+def error(problems: list[Problem], kind: str, where: str, message: str) -> None:
+    """Append an error ``Problem`` whose message starts with ``where``."""
+    problems.append(Problem("error", kind, where, f"{where}: {message}"))
+
+
+@dataclass
+class SourceReport:
+    """What a check of a non-RadGenome dataset folder found (``rgct data check``).
+
+    Attributes:
+        root: the folder. layout: 'rad-chestct' or 'deeplesion'.
+        counts: split -> name -> count, for the summary table.
+        problems: every problem, in the order found.
+    """
+
+    root: str
+    layout: str
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, problems: list[Problem]) -> None:
+        """Add problems, leaving out any already listed (a folder-wide one found per split)."""
+        seen = {(p.kind, p.message) for p in self.problems}
+        self.problems.extend(p for p in problems if (p.kind, p.message) not in seen)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root,
+            "layout": self.layout,
+            "ok": not self.errors,
+            "counts": self.counts,
+            "problems": [p.__dict__ for p in self.problems],
+        }
+
+
+def format_source_report(report: SourceReport, max_problems: int = 50) -> str:
+    """The summary table and problem list of a :class:`SourceReport` as text."""
+    lines = [f"dataset: {report.root} ({report.layout} layout)", ""]
+    keys = list(dict.fromkeys(k for c in report.counts.values() for k in c))
+    lines.append(f"{'':26s}" + "".join(f"{s:>10s}" for s in report.counts))
+    for key in keys:
+        cells = "".join(f"{c.get(key, 0):>10d}" for c in report.counts.values())
+        lines.append(f"{key[:26]:26s}{cells}")
+    return "\n".join(lines + format_problems(report.problems, max_problems))
+
+
+def detect_layout(root: str | Path) -> str:
+    """'deeplesion' (a ``DL_info.csv``), 'rad-chestct' (an ``img*_Abnormality_and_Location_Labels
+    .csv``) or 'radgenome' (anything else)."""
+    from rgct.data.deeplesion import is_deeplesion
+    from rgct.data.radchestct import is_radchest
+
+    if is_deeplesion(root):
+        return "deeplesion"
+    if is_radchest(root):
+        return "rad-chestct"
+    return "radgenome"
+
+
+def check_source(
+    root: str | Path, layout: str, *, deep: bool = True, max_volumes: int | None = None
+) -> SourceReport:
+    """Check a RAD-ChestCT or DeepLesion folder (RadGenome: :func:`rgct.data.check.check_dataset`)."""
+    if layout == "rad-chestct":
+        from rgct.data.radchestct import check_radchest
+
+        return check_radchest(root, deep=deep, max_volumes=max_volumes)
+    if layout == "deeplesion":
+        from rgct.data.deeplesion import check_deeplesion
+
+        return check_deeplesion(root, deep=deep, max_volumes=max_volumes)
+    raise ValueError(f"check_source: layout must be 'rad-chestct' or 'deeplesion', got {layout!r}")
