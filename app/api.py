@@ -1,8 +1,10 @@
 """Named endpoints for scripts (``gradio_client``): files and text in, text or JSON out.
 
 Single-shot: ``/region_report`` (text), ``/region_report_details`` (JSON: sentences, findings,
-mask source, warnings), ``/report`` (JSON) and ``/answer`` (text). A conversation: ``/chat``
-takes the earlier turns as ``history`` and returns the answer with the updated history. Every
+mask source, warnings), ``/report`` (JSON) and ``/answer`` (text, the question as written). A
+conversation: ``/chat`` takes the earlier turns as ``history``, resolves a follow-up against
+them (``Predictor.chat``) and returns the answer, the question the model was asked, the region
+whose mask it used, and the updated history. Every
 endpoint validates the generation settings, counts against the caller's request rate, and
 reports errors as messages without server paths. Examples are in the README.
 """
@@ -53,7 +55,8 @@ def _gen(max_new_tokens: Any, num_beams: Any, default_tokens: int) -> dict[str, 
 
 
 def _history(value: Any) -> list:
-    """``history`` from the client: a list of [question, answer] pairs, or its JSON text."""
+    """``history`` from the client: the previous turn's history (or [question, answer] pairs),
+    or its JSON text."""
     if value in (None, "", []):
         return []
     if isinstance(value, str):
@@ -62,7 +65,7 @@ def _history(value: Any) -> list:
         except json.JSONDecodeError as err:
             raise InputError(f"history is not valid JSON ({err.msg}).") from err
     if not isinstance(value, list):
-        raise InputError("history must be a list of [question, answer] pairs.")
+        raise InputError("history must be a list of turns or [question, answer] pairs.")
     return value
 
 
@@ -147,36 +150,61 @@ def answer_once(
     mask_file: str | None,
     question: str,
     region: str | None = None,
+    key: str | None = None,
+    **gen: int,
+) -> dict:
+    """One question on its own, asked as written (without a mask file or region: about the
+    whole scan)."""
+    session = _one_shot_session(app, volume_file, key)
+    try:
+        whole = not mask_file and not region
+        if not whole:
+            _one_shot_masks(app, session, mask_file, region)
+        turn, _ = app.answer(session, question, whole_scan=whole, **gen)
+        return {**turn, "warnings": list(dict.fromkeys(session.scan_warnings + turn["warnings"]))}
+    finally:
+        app.discard(session)
+
+
+def chat_once(
+    app: DemoApp,
+    volume_file: str | None,
+    mask_file: str | None,
+    question: str,
+    region: str | None = None,
     history: list | None = None,
     key: str | None = None,
     **gen: int,
 ) -> dict:
-    """One conversation turn from files: ``history`` is ``[[question, answer], ...]``.
+    """One conversation turn from files. ``history`` is the ``history`` of the previous turn's
+    result (turn dicts), or ``[question, answer]`` pairs.
 
-    Without a mask file or region the question is about the whole scan.
+    The scan's masks are the mask file's, else predicted; ``region`` (or the mask file) is the
+    region in view, else the conversation's region in focus; the first turn without either is
+    about the whole scan.
     """
     session = _one_shot_session(app, volume_file, key)
     try:
-        for pair in history or []:
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                raise InputError("history must be a list of [question, answer] pairs.")
-            session.chat.append(
-                {
-                    "question": str(pair[0]),
-                    "answer": str(pair[1]),
-                    "region": None,
-                    "mask_source": None,
-                    "warnings": [],
-                }
-            )
-        whole = not mask_file and not region
-        if not whole:
+        for turn in history or []:
+            if isinstance(turn, dict) and isinstance(turn.get("question"), str):
+                entry = {k: v for k, v in turn.items() if k != "warnings"}
+            elif isinstance(turn, (list, tuple)) and len(turn) == 2:
+                entry = {"question": str(turn[0]), "answer": str(turn[1])}
+            else:
+                raise InputError(
+                    "history must be the previous turn's history, or [question, answer] pairs."
+                )
+            session.chat.append({"warnings": [], **entry})
+        if mask_file or region or history:
             _one_shot_masks(app, session, mask_file, region)
+        if not mask_file and not region:
+            session.selected = None  # the conversation's region in focus, not the first mask
+        whole = not mask_file and not region and not history
         turn, _ = app.ask(session, question, whole_scan=whole, **gen)
         return {
             **turn,
             "warnings": list(dict.fromkeys(session.scan_warnings + turn["warnings"])),
-            "history": [[t["question"], t["answer"]] for t in session.chat],
+            "history": [{k: v for k, v in t.items() if k != "warnings"} for t in session.chat],
         }
     finally:
         app.discard(session)
@@ -242,7 +270,7 @@ def add_api(app: DemoApp) -> None:
         request: gr.Request,
     ) -> str:
         gen = _gen(max_new_tokens, num_beams, 32)
-        return answer_once(app, volume, mask, question, key=key(request), **gen)["answer"]
+        return answer_once(app, volume, mask, question, None, key(request), **gen)["answer"]
 
     @_api_guard
     def chat(
@@ -256,7 +284,7 @@ def add_api(app: DemoApp) -> None:
         request: gr.Request,
     ) -> dict:
         gen = _gen(max_new_tokens, num_beams, 32)
-        return answer_once(
+        return chat_once(
             app, volume, mask, question, region or None, _history(history), key(request), **gen
         )
 

@@ -78,22 +78,23 @@ def _key(request: gr.Request | None) -> str | None:
 
 
 def chat_messages(session: Session | None) -> list[dict]:
-    """The session's conversation as ``gr.Chatbot`` messages, each answer tagged with the
-    region it used."""
+    """The session's conversation as ``gr.Chatbot`` messages: each answer tagged with the region
+    whose mask it used and that mask's source, and the question the model was asked when the
+    conversation rewrote a follow-up; a question back is tagged as such."""
     out: list[dict] = []
     for turn in getattr(session, "chat", []) or []:
-        where = turn["region"] or WHOLE_SCAN
-        source = (
-            f", {turn['mask_source']} mask"
-            if turn.get("mask_source")
-            not in (
-                None,
-                WHOLE_SCAN,
-            )
-            else ""
-        )
         out.append({"role": "user", "content": turn["question"]})
-        out.append({"role": "assistant", "content": f"**[{where}{source}]** {turn['answer']}"})
+        if turn.get("clarify"):
+            out.append({"role": "assistant", "content": f"**[question back]** {turn['answer']}"})
+            continue
+        where = turn.get("region") or WHOLE_SCAN
+        source = turn.get("mask_source")
+        tag = f"{where}, {source} mask" if source not in (None, WHOLE_SCAN) else where
+        text = f"**[{tag}]** {turn['answer']}"
+        resolved = turn.get("resolved")
+        if resolved and resolved != turn["question"]:
+            text += f"\n\n*asked as: {resolved}*"
+        out.append({"role": "assistant", "content": text})
     return out
 
 
@@ -356,19 +357,29 @@ def wire(ui: UI, app: DemoApp) -> None:
         return out
 
     @g
-    def on_ask(session, question, scope, mx, dec, nb, request: gr.Request):
+    def on_ask(
+        session, question, scope, mx, dec, nb, view, level, width, zoom, request: gr.Request
+    ):
         session = app.session(session, _key(request))
         turn, seconds = app.ask(
             session, question, whole_scan=scope == SCOPES[1], **generation_kwargs(mx, dec, nb)
         )
-        return {
-            state: session,
+        out = {
+            **show(session, view, level, width, zoom),
             ui.chatbot: chat_messages(session),
             ui.question: "",
-            ui.warnings: results.warnings_html(session.warnings()),
             ui.latency: f"Answer in {seconds:.2f} s.",
-            status: f"Answered about **{turn['region']}** (turn {len(session.chat)}).",
         }
+        if turn["clarify"]:
+            out[status] = f"Asked back (turn {len(session.chat)}): answer in the chat."
+            return out
+        if turn["region"] and turn["region"] != WHOLE_SCAN:
+            out[ui.scope] = SCOPES[0]  # the answer used a region: the scope says so
+        out[status] = (
+            f"Answered about **{turn['region']}** (turn {len(session.chat)}); the viewer shows "
+            "the region the answer used."
+        )
+        return out
 
     @g
     def on_clear_chat(session):
@@ -465,15 +476,16 @@ def wire(ui: UI, app: DemoApp) -> None:
     ui.rr_out.click(on_sentence, [state, *views], sentence_outputs, **private)
     ui.region_sentences.click(on_sentence, [state, *views], sentence_outputs, **private)
     ui.evidence_btn.click(on_evidence, [state], [state, ui.evidence, status], **private)
-    for trigger in (ui.template.input, ui.abnormality.input, ui.region_dd.change):
+    # the user's choices only: a chat turn that moves the selection leaves the question box empty
+    for trigger in (ui.template.input, ui.abnormality.input, ui.region_dd.input):
         trigger(
             on_template,
             [state, ui.template, ui.abnormality],
             [ui.question, ui.scope, status],
             **private,
         )
-    ask_outputs = [state, ui.chatbot, ui.question, ui.warnings, ui.latency, status]
-    ask_inputs = [state, ui.question, ui.scope, *ui.gen_inputs]
+    ask_outputs = [*shown, ui.chatbot, ui.question, ui.scope, ui.latency]
+    ask_inputs = [state, ui.question, ui.scope, *ui.gen_inputs, *views]
     ui.ask_btn.click(on_ask, ask_inputs, ask_outputs, **private)
     ui.question.submit(on_ask, ask_inputs, ask_outputs, **private)
     ui.clear_chat.click(on_clear_chat, [state], [state, ui.chatbot, ui.warnings, status], **private)

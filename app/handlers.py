@@ -9,8 +9,8 @@ hold one (least recently used first). Methods raise :class:`~app.inputs.InputErr
 anything the user can fix; the UI layer turns those into messages.
 
 The Predictor contract (``rgct.inference``): ``region_report``, ``report``, ``answer``,
-``detect``, and where present ``segment`` (predicted masks) and ``check_scan`` (does this look
-like a chest CT). Features an older Predictor lacks are detected and named in a note.
+``detect``, and where present ``chat`` (a conversation turn), ``segment`` (predicted masks) and
+``check_scan`` (does this look like a chest CT). Features an older Predictor lacks are detected and named in a note.
 """
 
 from __future__ import annotations
@@ -45,15 +45,6 @@ DISPLAY_SIZE = 512
 
 DEFAULT_BOX_DEPTH_MM = 20.0
 """A new box spans this many millimetres of slices, starting at the slice it was drawn on."""
-
-
-def _accepts(fn: Any, name: str) -> bool:
-    """Whether callable ``fn`` takes a parameter ``name`` (feature detection on the Predictor)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params
 
 
 def _ask_model(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -541,7 +532,7 @@ class DemoApp:
             "settings": dict(session.settings),
             "scan_warnings": list(session.scan_warnings),
             "conversation": [
-                {k: t[k] for k in ("question", "answer", "region", "mask_source")}
+                {k: t.get(k) for k in ("question", "resolved", "answer", "region", "mask_source")}
                 for t in session.chat
             ],
         }
@@ -549,13 +540,72 @@ class DemoApp:
     def ask(
         self, session: Session | None, question: str, whole_scan: bool = False, **gen: int
     ) -> tuple[dict, float]:
-        """One conversation turn about the selected region (or the whole scan).
+        """One conversation turn (``Predictor.chat``): the question is resolved against the
+        session's earlier turns ("where is it?" -> "Where is the nodule located in the image?")
+        and answered with the mask of the region it resolves to; the selection follows that
+        region, so the viewer shows what the answer used.
 
-        The earlier turns of this scan go to the Predictor as history when it takes one.
+        The selected region (or the whole scan) is the region in view; a region the question
+        names wins. A Predictor without ``chat`` answers each question on its own (said).
 
         Returns:
-            (turn, seconds); the turn ``{"question", "answer", "region", "mask_source",
-            "warnings"}`` is appended to ``session.chat``.
+            (turn, seconds); the turn ``{"question", "answer", "resolved", "task", "region",
+            "finding", "mask_source", "clarify", "warnings"}`` is appended to ``session.chat``.
+        """
+        session = self.session(session)
+        scan = session.require_scan()
+        if not question or not question.strip():
+            raise InputError("Type a question or pick a template.")
+        if not hasattr(self.predictor, "chat"):
+            return self.answer(session, question, whole_scan, conversation=True, **gen)
+        region = WHOLE_SCAN if whole_scan else session.selected
+        self._limit(session)
+        t0 = time.perf_counter()
+        raw = _ask_model(
+            self.predictor.chat,
+            scan.volume,
+            question.strip(),
+            [{k: v for k, v in t.items() if k != "warnings"} for t in session.chat],
+            region=region,
+            masks=dict(scan.masks),
+            mask_sources=dict(scan.sources),
+            **gen,
+        )
+        warnings = [str(w) for w in raw.get("warnings") or []]
+        if raw.get("truncated"):
+            warnings.append("The answer was cut at the token limit: raise 'Max new tokens'.")
+        if raw.get("resolved"):
+            warnings += results.disagreements(session.report, raw["resolved"], raw["answer"])
+        turn = {
+            "question": question.strip(),
+            "answer": str(raw["answer"]),
+            "resolved": raw.get("resolved"),
+            "task": raw.get("task"),
+            "region": raw.get("region"),
+            "finding": raw.get("finding"),
+            "mask_source": raw.get("mask_source"),
+            "clarify": bool(raw.get("clarify")),
+            "warnings": warnings,
+        }
+        session.chat.append(turn)
+        if turn["region"] in scan.masks and turn["region"] != session.selected:
+            self.select(session, turn["region"])
+        session.settings = dict(gen)
+        return turn, time.perf_counter() - t0
+
+    def answer(
+        self,
+        session: Session | None,
+        question: str,
+        whole_scan: bool = False,
+        *,
+        conversation: bool = False,
+        **gen: int,
+    ) -> tuple[dict, float]:
+        """One question on its own (``Predictor.answer``), as written, about the selected
+        region (or the whole scan); appended to ``session.chat`` like a turn.
+
+        ``conversation``: asked in place of a turn (a Predictor without ``chat``), said so.
         """
         session = self.session(session)
         scan = session.require_scan()
@@ -564,17 +614,15 @@ class DemoApp:
         if not whole_scan and session.mask is None:
             raise InputError("Pick a region, or choose the whole-scan scope.")
         mask = None if whole_scan else session.mask
-        region = WHOLE_SCAN if whole_scan else session.selected
-        source = "whole scan" if whole_scan else session.mask_source
         self._limit(session)
         t0 = time.perf_counter()
-        kwargs = dict(gen)
         warnings: list[str] = []
-        if _accepts(self.predictor.answer, "history"):
-            kwargs["history"] = [(t["question"], t["answer"]) for t in session.chat]
-        elif session.chat:
-            warnings.append("This model answers each question on its own (no conversation memory).")
-        raw = _ask_model(self.predictor.answer, scan.volume, question.strip(), mask, **kwargs)
+        if conversation and session.chat:
+            warnings.append(
+                "This model has no chat(): each question is answered on its own, without the "
+                "earlier turns."
+            )
+        raw = _ask_model(self.predictor.answer, scan.volume, question.strip(), mask, **gen)
         text = raw if isinstance(raw, str) else str(raw.get("text", ""))
         if isinstance(raw, dict):
             warnings += [str(w) for w in raw.get("warnings") or []]
@@ -584,8 +632,12 @@ class DemoApp:
         turn = {
             "question": question.strip(),
             "answer": text,
-            "region": region,
-            "mask_source": source,
+            "resolved": question.strip(),
+            "task": None,
+            "region": WHOLE_SCAN if whole_scan else session.selected,
+            "finding": None,
+            "mask_source": WHOLE_SCAN if whole_scan else session.mask_source,
+            "clarify": False,
             "warnings": warnings,
         }
         session.chat.append(turn)

@@ -228,6 +228,12 @@ def build_layout(app: DemoApp) -> UI:
                         "Report .html", visible=False, size="sm", elem_id="rgct-html-dl"
                     )
             with gr.Tab("Chat", elem_id="rgct-tab-chat"):
+                gr.Markdown(
+                    "Follow-ups keep the region and finding in focus (*where is it?*, *how big "
+                    "is it?*, *and the left lung?*); each is asked as a question the model was "
+                    "trained on, shown under its answer with the region whose mask it used (the "
+                    "viewer shows it). An unclear *it* is asked back, not guessed."
+                )
                 chatbot = gr.Chatbot(
                     label="Conversation with this scan", height=320, elem_id="rgct-chat"
                 )

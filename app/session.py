@@ -44,7 +44,9 @@ class Session:
         report: the last full report (normalised, see :mod:`app.results`).
         region_result: the last region report (normalised).
         focus: the sentence shown in the viewer: ("report" or "region", its index), or None.
-        chat: the conversation: ``{"question", "answer", "region", "mask_source", "warnings"}``.
+        chat: the conversation, one dict per turn: ``{"question", "answer", "resolved" (the
+            standalone question the model was asked), "task", "region" (whose mask answered),
+            "finding", "mask_source", "clarify" (a question back), "warnings"}``.
         evidence: region -> label probabilities from the region classifier (cache).
         scan_warnings: warnings about the scan itself (not a chest CT, regions not found).
         settings: the generation settings last used (recorded in exports).

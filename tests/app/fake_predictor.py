@@ -1,7 +1,7 @@
 """A stand-in for ``rgct.inference.Predictor`` with the same interface and no model.
 
 It implements the Predictor contract the app codes against (``segment``, ``check_scan``,
-``report``, ``region_report``, ``answer`` with history, ``detect``) by simple image rules, so
+``report``, ``region_report``, ``answer``, ``chat``, ``detect``) by simple image rules, so
 its output is a deterministic function of its inputs and tests can check what the app did
 with it:
 
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from rgct.constants import CT_RATE_LABELS, LUNG_LOBES, REGIONS, WHOLE_SCAN
+from rgct.conversation import MaskNotFound, Resolution, take_turn
 from rgct.data import io as rio
 
 LOBES = LUNG_LOBES  # right upper, middle, lower; left upper, lower
@@ -92,7 +93,7 @@ class FakePredictor:
 
     Attributes:
         calls: (method, region-or-question) tuples, in call order (thread-safe).
-        histories: the ``history`` each ``answer`` call received.
+        histories: the ``history`` each ``chat`` call received.
     """
 
     regions: tuple[str, ...] = REGIONS
@@ -293,24 +294,23 @@ class FakePredictor:
         volume: Any,
         question: str,
         mask: Any = None,
-        history: list[tuple[str, str]] | None = None,
         *,
         max_new_tokens: int | None = 32,
         num_beams: int | None = 1,
     ) -> dict:
-        """``'Q=<question> | voxels=<n>'`` (+ ``' | turn=<k>'`` with history); "where"
-        questions get the deliberately wrong left lower lobe."""
+        """``'Q=<question> | voxels=<n>'``, with ``' | nodule'`` when an abnormality question's
+        mask holds the lung finding; "where" questions get the deliberately wrong left lower
+        lobe."""
         array = _array(volume)
-        n = _voxels(mask, array)
+        m = _mask(mask, array)
+        n = _voxels(m, array)
         self._log("answer", question)
-        with self._lock:
-            self.histories.append(list(history or []))
         if question.lower().startswith("where"):
             text = "The nodule is located in the left lung lower lobe."
         else:
             text = f"Q={question} | voxels={n}"
-            if history:
-                text += f" | turn={len(history) + 1}"
+            if "abnormalities" in question and m is not None and self._findings(array, "lung", m):
+                text += " | nodule"
         text, cut = self._cut(text, max_new_tokens)
         return {
             "text": text,
@@ -319,6 +319,60 @@ class FakePredictor:
             "truncated": cut,
             "warnings": [],
         }
+
+    def chat(
+        self,
+        volume: Any,
+        question: str,
+        history: list | None = None,
+        mask: Any = None,
+        region: str | None = None,
+        *,
+        masks: dict[str, Any] | None = None,
+        mask_sources: dict[str, str] | None = None,
+        max_new_tokens: int | None = 32,
+        num_beams: int | None = 1,
+    ) -> dict:
+        """:meth:`answer` behind the real conversation logic (:func:`rgct.conversation.take_turn`);
+        an answer after earlier turns ends with ``' | turn=<k>'``. Masks: given, else
+        :meth:`segment`'s."""
+        array = _array(volume)
+        given = {n: _mask(m, array) for n, m in (masks or {}).items()}
+        sources = {n: (mask_sources or {}).get(n, "given") for n in given}
+        if mask is not None:
+            region = region if region and region != WHOLE_SCAN else "given region"
+            given[region], sources[region] = _mask(mask, array), "given"
+        with self._lock:
+            self.histories.append(list(history or []))
+
+        def mask_of(name: str) -> tuple[np.ndarray | None, str]:
+            if name == WHOLE_SCAN:
+                return None, WHOLE_SCAN
+            if name in given:
+                return given[name], sources[name]
+            found = self.segment(volume)["masks"].get(name)
+            if found is None:
+                raise MaskNotFound(f"There is no {name} mask for this scan.")
+            return found, "predicted"
+
+        def ask(res: Resolution) -> dict:
+            m, source = mask_of(res.region)
+            out = self.answer(
+                array, res.question, m, max_new_tokens=max_new_tokens, num_beams=num_beams
+            )
+            text = out["text"] + (f" | turn={len(history) + 1}" if history else "")
+            return {"answer": text, "mask_source": source, "truncated": out["truncated"]}
+
+        def detections(where: str | None) -> list[dict]:
+            lung = given.get("lung")
+            if lung is None:
+                lung = self.segment(volume)["masks"].get("lung")
+            found = self._findings(array, "lung", lung)
+            return [{**f, "region": "lung"} for f in found if where in (None, "lung")]
+
+        return take_turn(
+            question, history, ask=ask, region=region, detections=detections, names=list(given)
+        )
 
     def detect(self, volume: Any, mask: Any = None) -> dict[str, float]:
         """Probabilities from the mask's voxel count; "Lung nodule" high over a nodule."""

@@ -26,7 +26,7 @@ from app_data import (  # noqa: E402
 from fake_predictor import FakePredictor  # noqa: E402
 
 from app import inputs, results, viewer  # noqa: E402
-from app.api import answer_once, region_report_once, report_once  # noqa: E402
+from app.api import answer_once, chat_once, region_report_once, report_once  # noqa: E402
 from app.callbacks import guard  # noqa: E402
 from app.demo import build_demo  # noqa: E402
 from app.handlers import BOX_MASK, DISPLAY_SIZE, DemoApp  # noqa: E402
@@ -362,20 +362,46 @@ def test_click_in_viewer_lists_the_region_sentences(app):
 def test_conversation_keeps_context_and_ties_answers_to_regions(app, predictor):
     session, _ = app.load_example(None, "chest_a")
     turn1, _ = app.ask(session, "What is in the lung?", **GEN)
+    assert turn1["resolved"] == "What are the abnormalities in the lung?"
     assert turn1["region"] == "lung" and turn1["mask_source"] == "dataset"
-    turn2, _ = app.ask(session, "And how big?", **GEN)
-    turn3, _ = app.ask(session, "What are the abnormalities in the scan?", whole_scan=True, **GEN)
-    assert turn3["region"] == WHOLE_SCAN
-    assert predictor.histories[-1] == [
-        ("What is in the lung?", turn1["answer"]),
-        ("And how big?", turn2["answer"]),
+    assert turn1["answer"].endswith("| nodule")  # the finding in focus from now on
+    turn2, _ = app.ask(session, "And how big is it?", **GEN)
+    assert turn2["resolved"] == "What is the approximate size of the nodule in the lung?"
+    assert turn2["region"] == "lung" and turn2["answer"].endswith("turn=2")
+    # another region by name: answered with its mask, and the selection follows it
+    turn3, _ = app.ask(session, "What about the heart?", **GEN)
+    assert turn3["resolved"] == "What are the abnormalities in the heart?"
+    assert turn3["region"] == "heart" and turn3["mask_source"] == "dataset"
+    heart = int(session.scan.masks["heart"].sum())
+    assert turn3["answer"] == f"Q={turn3['resolved']} | voxels={heart} | turn=3"
+    assert (
+        session.selected == "heart"
+        and session.cursor[0] == viewer.largest_slices(session.scan.masks["heart"])[0]
+    )
+    assert [t["question"] for t in predictor.histories[-1]] == [
+        "What is in the lung?",
+        "And how big is it?",
     ]
-    assert turn3["answer"].endswith(f"voxels={int(np.prod(CHEST_SHAPE))} | turn=3")
-    session.selected = None
-    with pytest.raises(InputError, match="whole-scan scope"):
-        app.ask(session, "Anything?", **GEN)
+    # nothing in focus in a normal heart and nothing detected there: asked back, no model call
+    calls = len(predictor.calls)
+    turn4, _ = app.ask(session, "Where is it?", **GEN)
+    assert turn4["clarify"] and "Which finding" in turn4["answer"]
+    assert turn4["region"] is None and len(predictor.calls) == calls
+    # the reply completes the question
+    turn5, _ = app.ask(session, "the nodule", **GEN)
+    assert turn5["resolved"] == "Where is the nodule located in the image?"
+    assert turn5["region"] == WHOLE_SCAN and session.selected == "heart"
+    turn6, _ = app.ask(session, "What are the abnormalities in the scan?", whole_scan=True, **GEN)
+    assert turn6["region"] == WHOLE_SCAN
+    assert turn6["answer"].endswith(f"voxels={int(np.prod(CHEST_SHAPE))} | turn=6")
     with pytest.raises(InputError, match="question"):
         app.ask(session, "  ", whole_scan=True, **GEN)
+    # a single question on its own is asked as written
+    single, _ = app.answer(session, "Where is it?", **GEN)
+    assert single["resolved"] == "Where is it?" and single["region"] == "heart"
+    session.selected = None
+    with pytest.raises(InputError, match="whole-scan scope"):
+        app.answer(session, "Anything?", **GEN)
     # a new scan starts a new conversation and clears every output
     app.evidence(app.select(session, "lung"))
     session, _ = app.load_example(session, "chest_b")
@@ -517,7 +543,10 @@ def test_an_older_predictor_still_works(examples_dir, tmp_path):
     assert app.full_report(session, **GEN)[1]["mask_source"] == "dataset"
     app.ask(session, "Q1?", **GEN)
     turn, _ = app.ask(session, "Q2?", **GEN)
-    assert turn["answer"] == "An answer." and "no conversation memory" in turn["warnings"][0]
+    assert (
+        turn["answer"] == "An answer."
+        and "each question is answered on its own" in (turn["warnings"][0])
+    )
 
 
 # --- bad inputs: a message, never an exception of another kind ----------------------------------
@@ -608,13 +637,19 @@ def test_api_helpers(app, files, tmp_path):
     assert predicted["mask_source"] == "predicted"
     out = region_report_once(app, files["nii.gz"], None, "lung", **GEN)  # the predicted lung
     assert out["mask_source"] == "predicted" and out["text"].startswith("lung: ")
-    turn = answer_once(
-        app, files["nii.gz"], None, "Q3?", history=[["Q1?", "A1"], ["Q2?", "A2"]], **GEN
-    )
-    assert turn["answer"].endswith("turn=3") and turn["region"] == WHOLE_SCAN
-    assert turn["history"][-1] == ["Q3?", turn["answer"]]
+    turn = answer_once(app, files["nii.gz"], None, "Where is it?", **GEN)
+    assert turn["resolved"] == "Where is it?" and turn["region"] == WHOLE_SCAN
+    # a turn with history: pairs are replayed, the region in focus kept, turns come back
+    pairs = [["What is in the lung?", "A nodule."], ["Is it large?", "No."]]
+    turn = chat_once(app, files["nii.gz"], None, "How big is it?", history=pairs, **GEN)
+    assert turn["resolved"] == "What is the approximate size of the nodule in the lung?"
+    assert turn["answer"].endswith("turn=3") and turn["mask_source"] == "predicted"
+    assert turn["history"][:2] == [{"question": q, "answer": a} for q, a in pairs]
+    assert turn["history"][-1]["resolved"] == turn["resolved"]
+    again = chat_once(app, files["nii.gz"], None, "Where is it?", history=turn["history"], **GEN)
+    assert again["resolved"] == "Where is the nodule located in the image?"
     with pytest.raises(InputError, match="pairs"):
-        answer_once(app, files["nii.gz"], None, "Q?", history=["bad"], **GEN)
+        chat_once(app, files["nii.gz"], None, "Q?", history=["bad"], **GEN)
     assert list((tmp_path / "sessions").iterdir()) == []
     assert app.live_scans() == 0, "one-shot API sessions must not hold scans"
 
@@ -627,6 +662,38 @@ def test_parse_auth():
 
 
 # --- UI callbacks: stale state, sentence clicks ------------------------------------------------
+
+
+CHAT = (64, "greedy", 1, *VIEW, None)
+"""on_ask's inputs after the question and scope: settings, view, request."""
+
+
+def test_ui_chat_tags_each_answer_with_its_region_and_the_viewer_follows(
+    predictor, examples_dir, tmp_path
+):
+    demo = build_demo(predictor, examples_dir=examples_dir, tmp_root=tmp_path / "s")
+    out = ui_fn(demo, "on_example")(None, "chest_a", *VIEW, None)
+    session = next(v for k, v in out.items() if isinstance(k, gr.State))
+    on_ask, chat = ui_fn(demo, "on_ask"), by_id(demo, "rgct-chat")
+    out = on_ask(session, "What is in the lung?", "selected region", *CHAT)
+    assert out[chat][1]["content"].startswith("**[lung, dataset mask]** Q=What are the")
+    assert "*asked as: What are the abnormalities in the lung?*" in out[chat][1]["content"]
+    assert out[by_id(demo, "rgct-question")] == "" and "turn 1" in out[by_id(demo, "rgct-status")]
+    # a follow-up naming another region: answered with its mask, the viewer and scope follow
+    out = on_ask(session, "what about the heart?", "whole scan", *CHAT)
+    assert out[chat][3]["content"].startswith("**[heart, dataset mask]**")
+    assert out[by_id(demo, "rgct-region")].value == "heart"
+    assert "heart" in out[by_id(demo, "rgct-viewer")].label
+    assert out[by_id(demo, "rgct-scope")] == "selected region"
+    # "it" with nothing in focus is asked back, tagged as such
+    out = on_ask(session, "How big is it?", "selected region", *CHAT)
+    assert out[chat][5]["content"].startswith("**[question back]** Which finding")
+    assert "Asked back" in out[by_id(demo, "rgct-status")]
+    out = on_ask(session, "Where is the nodule?", "selected region", *CHAT)
+    assert out[chat][7]["content"].startswith("**[whole scan]** The nodule is located")
+    assert "asked as: Where is the nodule located in the image?" in out[chat][7]["content"]
+    out = ui_fn(demo, "on_clear_chat")(session)
+    assert out[chat] == [] and session.chat == []
 
 
 class _Evt:
@@ -652,7 +719,8 @@ def test_ui_loading_a_scan_clears_every_output(predictor, examples_dir, tmp_path
     out = ui_fn(demo, "on_sentence")(session, *VIEW, _Evt(sentence="1", source="region"))
     assert session.focus == ("region", 1) and "rgct-active" in out[by_id(demo, "rgct-rr-out")]
     assert out[by_id(demo, "rgct-slice")].value == NODULE_CENTRE[0]
-    ui_fn(demo, "on_ask")(session, "What is in the lung?", "selected region", 64, "greedy", 1, None)
+    asked = ui_fn(demo, "on_ask")(session, "What is in the lung?", "selected region", *CHAT)
+    assert len(asked[by_id(demo, "rgct-chat")]) == 2 and session.chat
     out = on_example(session, "chest_b", *VIEW, None)
     for elem_id, empty in (
         ("rgct-rr-out", ""),

@@ -19,6 +19,7 @@ from app_data import SHAPE, phantom, save_nifti  # noqa: E402
 from fake_predictor import FakePredictor  # noqa: E402
 
 from app.demo import build_demo, launch  # noqa: E402
+from rgct.constants import WHOLE_SCAN  # noqa: E402
 
 RATE = 14
 """Requests per minute each client session may make on the test server."""
@@ -146,18 +147,37 @@ def test_single_mask_counts_as_the_named_region(client, files):
 
 
 def test_chat_endpoint_three_turns(client, files):
+    """Follow-ups resolved against the history the endpoint returned; each answer names the
+    region whose mask it used."""
     h = gradio_client.handle_file
     history = []
-    for k, question in enumerate(["What is in the heart?", "Is it big?", "Anything else?"]):
+    expected = [
+        ("Is there a nodule in the lung?", "Can nodule be identified in the lung?", "lung"),
+        ("How big is it?", "What is the approximate size of the nodule in the lung?", "lung"),
+        ("And where is it?", "Where is the nodule located in the image?", WHOLE_SCAN),
+    ]
+    for k, (question, resolved, region) in enumerate(expected):
         turn = client.predict(
-            h(str(files["scan"])), h(str(files["heart"])), "heart", question, history, 16, 1,
+            h(str(files["scan"])), h(str(files["lung"])), "lung", question, history, 16, 1,
             api_name="/chat",
         )  # fmt: skip
-        assert turn["region"] == "heart" and turn["mask_source"] == "uploaded"
-        assert turn["answer"].startswith(f"Q={question} | voxels=256")
+        assert turn["resolved"] == resolved and turn["region"] == region, turn
+        source = "uploaded" if region == "lung" else WHOLE_SCAN
+        assert turn["mask_source"] == source and turn["clarify"] is False
         assert turn["answer"].endswith(f"turn={k + 1}") == (k > 0)
         history = turn["history"]
-        assert len(history) == k + 1 and history[-1] == [question, turn["answer"]]
+        assert len(history) == k + 1 and history[-1]["question"] == question
+        assert history[-1]["answer"] == turn["answer"] and history[-1]["region"] == region
+    # no region: the conversation's region in focus; a reference it cannot resolve: asked back
+    turn = client.predict(
+        h(str(files["scan"])), None, "", "Anything else?", history, 16, 1, api_name="/chat"
+    )
+    assert turn["resolved"] == "What are the abnormalities in the lung?"
+    assert turn["mask_source"] == "predicted"
+    turn = client.predict(
+        h(str(files["scan"])), None, "", "Where is it?", turn["history"], 16, 1, api_name="/chat"
+    )
+    assert turn["clarify"] and "Which finding" in turn["answer"] and turn["region"] is None
 
 
 def test_rate_limit_per_client(server, files):
