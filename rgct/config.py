@@ -32,6 +32,36 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid."""
 
 
+SOURCE_LAYOUTS = ("radgenome", "rad-chestct", "deeplesion")
+
+
+@dataclass
+class DataSource:
+    """One ``data.sources`` entry: a dataset folder in one of the layouts rgct reads."""
+
+    root: str
+    """Dataset folder."""
+    layout: str = "radgenome"
+    """'radgenome', 'rad-chestct' (npz + label matrix) or 'deeplesion' (PNG + DL_info.csv)."""
+    name: str | None = None
+    """Tag of its samples and of its validation numbers (default: the layout)."""
+    weight: float = 1.0
+    """Share of the training mix drawn from this source (relative to the others)."""
+    tasks: dict[str, float] | None = None
+    """Task -> weight for this source (default: data.tasks for RadGenome; presence 1,
+    abnormality 0.5 for RAD-ChestCT; lesion 1, lesion_size 0.5, lesion_type 0.5 for DeepLesion)."""
+
+    def __post_init__(self) -> None:
+        if self.layout not in SOURCE_LAYOUTS:
+            raise ConfigError(f"data.sources: layout {self.layout!r}; known: {SOURCE_LAYOUTS}")
+        if not self.weight > 0:
+            raise ConfigError(f"data.sources: weight must be > 0, got {self.weight} ({self.root})")
+        unknown = set(self.tasks or {}) - set(TASKS)
+        if unknown:
+            raise ConfigError(f"data.sources: unknown task(s) {sorted(unknown)} ({self.root})")
+        self.name = self.name or self.layout
+
+
 @dataclass
 class DataConfig:
     root: str | None = None
@@ -92,6 +122,9 @@ class DataConfig:
     metadata_csv: str | None = None
     """CT-RATE-style metadata table (``VolumeName`` + spacing columns) for volumes whose NIfTI
     header spacing is blank."""
+    sources: list[DataSource] = field(default_factory=list)
+    """Train on several datasets at once (``rgct.data.sources``): each entry's samples are drawn
+    by its ``weight`` and tagged with its ``name``; empty: ``root`` alone."""
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -127,6 +160,9 @@ class DataConfig:
         self.extra_hu_windows = tuple(windows)
         if not 0.0 <= self.unnamed_region_fraction <= 1.0:
             raise ConfigError("data.unnamed_region_fraction must lie in [0, 1]")
+        names = [src.name for src in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.sources: names must differ, got {names}")
         if self.abnormal_fraction is not None and not 0.0 <= self.abnormal_fraction <= 1.0:
             raise ConfigError(
                 f"data.abnormal_fraction must lie in [0, 1] (or null), got {self.abnormal_fraction}"

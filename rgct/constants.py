@@ -71,7 +71,11 @@ TASKS = (
     "location",
     "size",
     "disorders",
+    "lesion",
+    "lesion_size",
+    "lesion_type",
 )
+"""Tasks; the last three are DeepLesion's grounded lesion tasks (a box mask, no region name)."""
 
 QUESTION_TEMPLATES = {
     "abnormality": "What are the abnormalities in the {region}?",
@@ -86,6 +90,14 @@ REPORT_PROMPTS = {
     "region_report_unnamed": "Describe the findings in the given region.",
     "report": "Write the radiology report for this chest CT.",
 }
+
+LESION_PROMPTS = {
+    "lesion": "Describe the lesion in this region.",
+    "lesion_size": "What is the approximate size of the lesion in the given region?",
+    "lesion_type": "What type of lesion is in the given region?",
+}
+"""DeepLesion's grounded lesion tasks: the region is the lesion's box mask (kept apart from the
+templates above, which the tiny test tokenizer is trained on)."""
 
 # --- CT-RATE abnormality labels (clinical efficacy, auxiliary targets) --------------------------
 CT_RATE_LABELS = (

@@ -851,15 +851,20 @@ def load_mask(path_or_array: str | Path | np.ndarray, like: Volume) -> np.ndarra
     )
 
 
-def load_mask_for(path: str | Path, ref_path: str | Path) -> np.ndarray:
+def load_mask_for(
+    path: str | Path, ref_path: str | Path, *, metadata_csv: str | Path | None = None
+) -> np.ndarray:
     """Read a mask NIfTI and check it against the header of NIfTI volume ``ref_path``.
 
-    Cheaper than :func:`load_mask` because the volume's voxels are not read.
+    Cheaper than :func:`load_mask` because the volume's voxels are not read. A reference that is
+    not NIfTI (a RAD-ChestCT ``.npz``, spacing from ``metadata_csv``) is read whole.
 
     Returns:
         bool array (D, H, W).
     """
     path = Path(path)
+    if not is_nifti(ref_path):
+        return load_mask(path, load_volume(ref_path, metadata_csv=metadata_csv))
     shape, ref_affine = canonical_header(ref_path)
     array, affine, _ = read_canonical(path, np.float32)
     return check_mask(

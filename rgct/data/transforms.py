@@ -104,7 +104,7 @@ class LoadVolumed(MapTransform):
             elif volume is not None:
                 arr = load_mask(mask, volume)
             elif d.get("ref") is not None:
-                arr = load_mask_for(mask, d["ref"])
+                arr = load_mask_for(mask, d["ref"], metadata_csv=self.metadata_csv)
             else:
                 raise DataError(f"mask {mask}: needs 'image' or 'ref' to check it against")
             d["mask"] = np.asarray(arr, dtype=np.float32)

@@ -6,6 +6,7 @@ one CPU process, under ``accelerate launch --num_processes N --cpu`` (gloo), and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -238,6 +239,20 @@ def build_start_model(cfg: RGCTConfig) -> RGCTModel:
     return model
 
 
+def _train_loader(cfg: RGCTConfig, train_ds) -> DataLoader:
+    """The training loader: the mix in order (it is already drawn), whole batches only."""
+    from rgct.data.dataset import collate
+
+    return DataLoader(
+        train_ds,
+        batch_size=cfg.train.batch_size,
+        shuffle=False,
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        drop_last=True,
+    )
+
+
 def build_data(cfg: RGCTConfig, world: int) -> TrainData:
     """Training loader (exactly the samples of ``max_steps`` steps), per-task validation
     loaders and the samples whose generations are logged."""
@@ -245,17 +260,12 @@ def build_data(cfg: RGCTConfig, world: int) -> TrainData:
 
     tc = cfg.train
     total_samples = tc.max_steps * tc.batch_size * tc.grad_accum * world
+    if cfg.data.sources:
+        return _build_source_data(cfg, world, total_samples)
     train_ds = RGCTDataset(
         cfg.data, cfg.data.train_split, train=True, num_samples=total_samples, seed=tc.seed
     )
-    loader = DataLoader(
-        train_ds,
-        batch_size=tc.batch_size,
-        shuffle=False,
-        collate_fn=collate,
-        num_workers=cfg.data.num_workers,
-        drop_last=True,
-    )
+    loader = _train_loader(cfg, train_ds)
     eval_loaders = {}
     sample_ds = None
     if tc.eval_every > 0:
@@ -276,6 +286,37 @@ def build_data(cfg: RGCTConfig, world: int) -> TrainData:
                 cfg.data, cfg.data.eval_split, train=False, seed=tc.seed + 1, num_samples=4
             )
     return TrainData(train_ds, loader, eval_loaders, sample_ds)
+
+
+def _build_source_data(cfg: RGCTConfig, world: int, total_samples: int) -> TrainData:
+    """:func:`build_data` for ``data.sources``: the weighted mix, and one validation loader per
+    (source, task) named ``<source>/<task>`` (validation loss reported per source)."""
+    from rgct.data.dataset import collate
+    from rgct.data.sources import SourceDataset, build_mixed_sources
+
+    tc = cfg.train
+    train_ds = build_mixed_sources(
+        cfg.data, cfg.data.train_split, train=True, num_samples=total_samples, seed=tc.seed
+    )
+    loader = _train_loader(cfg, train_ds)
+    eval_loaders = {}
+    if tc.eval_every > 0:
+        n = tc.eval_batches * tc.batch_size * world
+        for source in cfg.data.sources:
+            ds = SourceDataset(cfg.data, source, cfg.data.eval_split, train=False, seed=tc.seed)
+            for task in sorted({ds.samples.text("task", i) for i in range(len(ds))}):
+                one = SourceDataset(
+                    cfg.data,
+                    dataclasses.replace(source, tasks={task: 1.0}),
+                    cfg.data.eval_split,
+                    train=False,
+                    seed=tc.seed,
+                    num_samples=n,
+                )
+                eval_loaders[f"{source.name}/{task}"] = DataLoader(
+                    one, batch_size=tc.batch_size, collate_fn=collate
+                )
+    return TrainData(train_ds, loader, eval_loaders, None)
 
 
 def train(cfg: RGCTConfig, command: str | None = None) -> Path:

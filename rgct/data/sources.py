@@ -1,0 +1,180 @@
+"""Training and validating on several datasets at once (``data.sources``).
+
+Each :class:`~rgct.config.DataSource` becomes one :class:`SourceDataset` (its own samples,
+transform cache and, for RAD-ChestCT, its metadata table for spacing); :class:`MixedSources`
+draws a training mix by the sources' weights. Every item carries ``source`` (the entry's name),
+so losses and metrics can be reported per source (:func:`per_source`).
+
+Example::
+
+    train = build_mixed_sources(cfg.data, "train", train=True, num_samples=10_000, seed=0)
+    valid = build_source_datasets(cfg.data, "valid", train=False)   # name -> dataset
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from rgct.config import DataConfig, DataSource
+from rgct.data.dataset import CACHE_FOLDER, RGCTDataset
+from rgct.data.io import DataError
+from rgct.data.records import mix_samples
+from rgct.data.sample_table import SampleTable
+from rgct.data.transforms import TransformCache, build_random_transforms
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TASKS = {
+    "rad-chestct": {"presence": 1.0, "abnormality": 0.5},
+    "deeplesion": {"lesion": 1.0, "lesion_size": 0.5, "lesion_type": 0.5},
+}
+"""Task weights of a source whose entry names none (RadGenome: ``data.tasks``)."""
+
+
+def source_samples(
+    source: DataSource, split: str, tasks: dict[str, float], seed: int
+) -> dict[str, SampleTable]:
+    """task -> samples of one RAD-ChestCT or DeepLesion split."""
+    if source.layout == "rad-chestct":
+        from rgct.data.radchestct import load_radchest
+        from rgct.data.source_samples import radchest_samples
+
+        index = load_radchest(source.root, split)
+        for p in index.problems:
+            logger.warning("%s", p.message)
+        return radchest_samples(index, tasks, seed=seed)
+    from rgct.data.deeplesion import load_deeplesion
+    from rgct.data.source_samples import deeplesion_samples
+
+    index = load_deeplesion(source.root)
+    for p in index.problems:
+        logger.warning("%s", p.message)
+    return deeplesion_samples(index, split, tasks)
+
+
+class SourceDataset(RGCTDataset):
+    """The samples of one ``data.sources`` entry as model-ready items tagged ``source``.
+
+    A RadGenome entry is an :class:`RGCTDataset` on its root; the others build their samples
+    with :mod:`rgct.data.source_samples` and share :class:`RGCTDataset`'s item code.
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        source: DataSource,
+        split: str,
+        *,
+        train: bool,
+        num_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.source = source.name
+        tasks = source.tasks or DEFAULT_TASKS.get(source.layout) or cfg.tasks
+        root = Path(source.root)
+        if source.layout == "radgenome":
+            sub = dataclasses.replace(cfg, root=str(root), sources=[])
+            super().__init__(
+                sub, split, train=train, num_samples=num_samples, seed=seed, tasks=tasks
+            )
+            return
+        if not root.is_dir():
+            raise DataError(f"data.sources {source.name}: {root}: folder not found")
+        metadata = None
+        if source.layout == "rad-chestct":
+            from rgct.data.radchestct import METADATA_FILE
+
+            metadata = str(root / METADATA_FILE)
+        self.cfg = dataclasses.replace(cfg, root=str(root), sources=[], metadata_csv=metadata)
+        self.train = train
+        self.seed = seed
+        self._skipped = multiprocessing.Value("q", 0)
+        self.problems = []
+        by_task = source_samples(source, split, tasks, seed)
+        self.missing_tasks = [t for t, table in by_task.items() if not len(table)]
+        if all(not len(t) for t in by_task.values()):
+            if train:
+                raise DataError(f"data.sources {source.name}: split {split!r} has no samples")
+            self.samples = SampleTable.concat([])
+        elif num_samples is not None:
+            self.samples = mix_samples(by_task, tasks, num_samples, seed)
+        else:
+            self.samples = SampleTable.concat([t for t in by_task.values() if len(t)])
+        self.ground_truth = None
+        self.cache = TransformCache(self.cfg, self.cfg.cache_dir or root / CACHE_FOLDER)
+        self.random = build_random_transforms(self.cfg) if (train and self.cfg.augment) else None
+
+    def __getitem__(self, i: int) -> dict | None:
+        item = super().__getitem__(i)
+        if item is not None:
+            item["source"] = self.source
+        return item
+
+
+def build_source_datasets(
+    cfg: DataConfig, split: str, *, train: bool, seed: int = 0
+) -> dict[str, SourceDataset]:
+    """name -> the split's dataset of each ``data.sources`` entry (all samples, in order)."""
+    if not cfg.sources:
+        raise DataError("data.sources is empty: list the datasets to read")
+    return {s.name: SourceDataset(cfg, s, split, train=train, seed=seed) for s in cfg.sources}
+
+
+class MixedSources(Dataset):
+    """A training mix of several sources: item ``i`` comes from the source drawn by weight.
+
+    Args:
+        datasets: name -> dataset (each item tagged ``source``).
+        weights: name -> sampling weight.
+        num_samples: length of the mix.
+        seed: seed of the draw (same arguments -> same order).
+    """
+
+    def __init__(
+        self, datasets: dict[str, Dataset], weights: dict[str, float], num_samples: int, seed: int
+    ) -> None:
+        names = [n for n in datasets if len(datasets[n]) and weights.get(n, 0) > 0]
+        if not names:
+            raise DataError(f"no source has samples and a weight > 0: {list(datasets)}")
+        self.datasets = datasets
+        rng = np.random.default_rng([seed, 17])
+        p = np.array([weights[n] for n in names], dtype=np.float64)
+        choice = rng.choice(len(names), size=num_samples, p=p / p.sum())
+        self.index: list[tuple[str, int]] = []
+        for k in choice.tolist():
+            name = names[k]
+            self.index.append((name, int(rng.integers(len(datasets[name])))))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(getattr(d, "num_skipped", 0) for d in self.datasets.values())
+
+    def __getitem__(self, i: int) -> dict | None:
+        name, j = self.index[i]
+        return self.datasets[name][j]
+
+
+def build_mixed_sources(
+    cfg: DataConfig, split: str, *, train: bool, num_samples: int, seed: int = 0
+) -> MixedSources:
+    """The weighted mix of ``data.sources`` for training."""
+    datasets = build_source_datasets(cfg, split, train=train, seed=seed)
+    weights = {s.name: s.weight for s in cfg.sources}
+    return MixedSources(datasets, weights, num_samples, seed)
+
+
+def per_source(values: list[float], sources: list[str]) -> dict[str, float]:
+    """Mean of ``values`` per source tag (validation loss or a metric per source)."""
+    out: dict[str, list[float]] = {}
+    for v, s in zip(values, sources):
+        out.setdefault(s, []).append(float(v))
+    return {s: float(np.mean(v)) for s, v in sorted(out.items())}

@@ -1,0 +1,100 @@
+"""Samples of RAD-ChestCT and DeepLesion phantoms, and the weighted, tagged mix of sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rgct.config import ConfigError, DataConfig, DataSource, load_config
+from rgct.constants import CT_RATE_LABELS
+from rgct.data.dataset import collate
+from rgct.data.deeplesion import load_deeplesion
+from rgct.data.radchestct import load_radchest
+from rgct.data.source_samples import deeplesion_samples, radchest_samples
+from rgct.data.sources import MixedSources, SourceDataset, build_source_datasets, per_source
+from rgct.data.synth import write_dataset
+from rgct.data.synth_layouts import write_layout_dataset
+from rgct.data.truth import load_ground_truth
+
+SHAPE = (24, 48, 48)
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("sources")
+    out = {"radgenome": base / "rg", "rad-chestct": base / "rad", "deeplesion": base / "dl"}
+    write_dataset(out["radgenome"], 4, seed=4, shape=SHAPE, progress=False)
+    write_layout_dataset(out["rad-chestct"], "rad-chestct", 4, seed=4, shape=SHAPE, progress=False)
+    write_layout_dataset(out["deeplesion"], "deeplesion", 10, seed=1, shape=SHAPE, progress=False)
+    return out
+
+
+def test_radchest_region_targets_match_the_truth(roots) -> None:
+    index = load_radchest(roots["rad-chestct"], "train")
+    tables = radchest_samples(index, ["presence", "abnormality"])
+    truth = load_ground_truth(roots["rad-chestct"])
+    presence = list(tables["presence"])
+    assert presence and {s.answer for s in presence} <= {"Yes.", "No."}
+    for s in presence:
+        want = {f["label"] for f in truth[s.volume]["findings"] if f["region"] == s.region}
+        got = {lab for lab, v in zip(CT_RATE_LABELS, s.labels) if v}
+        assert got == want, (s.volume, s.region)
+        assert s.mask_path and s.mask_path.endswith(f"seg_{s.volume}/{s.region}.nii.gz")
+        if s.answer == "Yes.":
+            assert any(lab.lower() in s.prompt for lab in want)
+    for s in tables["abnormality"]:
+        assert s.answer.endswith(".") and any(v for v in s.labels)
+
+
+def test_deeplesion_tasks(roots, tmp_path: Path) -> None:
+    index = load_deeplesion(roots["deeplesion"])
+    split = index.lesions[0].split
+    tables = deeplesion_samples(index, split, cache_dir=tmp_path)
+    lesion = list(tables["lesion"])[0]
+    assert lesion.prompt == "Describe the lesion in this region."
+    assert lesion.answer.startswith(("A lung lesion of", "A mediastinal lesion of"))
+    assert list(tables["lesion_size"])[0].answer.endswith(" mm")
+    assert list(tables["lesion_type"])[0].answer in ("lung.", "mediastinum.")
+    assert Path(lesion.mask_path).is_file() and Path(lesion.image_path).parent.parent == tmp_path
+
+
+def test_each_source_loads_and_tags_its_items(roots) -> None:
+    cfg = DataConfig(
+        input_shape=(16, 32, 32),
+        augment=False,
+        sources=[DataSource(str(p), layout=name) for name, p in roots.items()],
+    )
+    split = {
+        "radgenome": "train",
+        "rad-chestct": "train",
+        "deeplesion": load_deeplesion(roots["deeplesion"]).lesions[0].split,
+    }
+    for source in cfg.sources:
+        ds = SourceDataset(cfg, source, split[source.name], train=False)
+        item = ds[0]
+        assert item["source"] == source.name and item["image"].shape[-3:] == (16, 32, 32)
+        assert item["mask"].sum() > 0 and item["mask"].sum() < item["mask"].numel()
+    datasets = build_source_datasets(cfg, "train", train=False)
+    mix = MixedSources(
+        datasets, {"radgenome": 1.0, "rad-chestct": 1.0, "deeplesion": 0.0}, 40, seed=0
+    )
+    tags = [name for name, _ in mix.index]
+    assert set(tags) == {"radgenome", "rad-chestct"} and len(mix) == 40
+    batch = collate([mix[i] for i in range(2)])
+    assert len(batch["source"]) == 2
+    assert per_source([1.0, 3.0, 5.0], ["a", "b", "a"]) == {"a": 3.0, "b": 3.0}
+
+
+def test_source_config_validates() -> None:
+    with pytest.raises(ConfigError, match="layout"):
+        DataSource("x", layout="nih-cxr")
+    with pytest.raises(ConfigError, match="weight"):
+        DataSource("x", weight=0)
+    with pytest.raises(ConfigError, match="names must differ"):
+        DataConfig(sources=[DataSource("a"), DataSource("b")])
+    cfg = load_config(
+        [REPO / "configs" / "model" / "tiny.yaml", REPO / "configs" / "train" / "multi_source.yaml"]
+    )
+    assert [s.layout for s in cfg.data.sources] == ["radgenome", "rad-chestct", "deeplesion"]
