@@ -15,7 +15,9 @@ which scores the valid lines and records the skipped ones in ``metrics.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+from pathlib import Path
 
 from rgct.data.truth import GroundTruthError, load_ground_truth
 from rgct.eval.bootstrap import DEFAULT_REPLICATES
@@ -93,7 +95,40 @@ def _read(path: str, ground_truth: dict | None, skip_invalid: bool) -> tuple[lis
     return report.rows, report.problems
 
 
+def _run_source(args: argparse.Namespace, layout: str) -> int:
+    """``--data`` is a RAD-ChestCT or DeepLesion folder: score against its own truth."""
+    from rgct.eval.sources import score_deeplesion, score_radchest
+    from rgct.files import write_json
+    from rgct.jsonl import iter_jsonl
+
+    rows = [rec for _, rec in iter_jsonl(Path(args.predictions), PredictionsError)]
+    if layout == "rad-chestct":
+        from rgct.data.radchestct import RADCHEST_SPLITS, load_radchest
+
+        metrics = {}
+        for split in RADCHEST_SPLITS:
+            index = load_radchest(args.data, split)
+            if index.volumes:
+                metrics[split] = score_radchest(rows, index)
+        result = {"rad-chestct": metrics}
+    else:
+        from rgct.data.deeplesion import load_deeplesion
+
+        result = {"deeplesion": score_deeplesion(rows, load_deeplesion(args.data))}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", result)
+    print(json.dumps(result, indent=1)[:4000])
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.data:
+        from rgct.data.source_report import detect_layout
+
+        layout = detect_layout(args.data)
+        if layout != "radgenome":
+            return _run_source(args, layout)
     try:
         ground_truth = load_ground_truth(args.data) if args.data else None
         rows, problems = _read(args.predictions, ground_truth, args.skip_invalid)

@@ -1,0 +1,94 @@
+"""Scoring region reports against RAD-ChestCT labels and lesion descriptions against DeepLesion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rgct.cli import main
+from rgct.data.deeplesion import load_deeplesion
+from rgct.data.radchestct import load_radchest
+from rgct.data.source_maps import map_radchest_pair
+from rgct.data.source_samples import lesion_sentence
+from rgct.data.synth_layouts import write_layout_dataset
+from rgct.eval.sources import score_deeplesion, score_radchest
+
+SHAPE = (24, 48, 48)
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("score")
+    rad, dl = base / "rad", base / "dl"
+    write_layout_dataset(rad, "rad-chestct", 4, seed=4, shape=SHAPE, progress=False)
+    write_layout_dataset(dl, "deeplesion", 10, seed=1, shape=SHAPE, progress=False)
+    return {"rad": rad, "dl": dl}
+
+
+def _truthful_reports(index) -> list[dict]:
+    words = {"Lung nodule": "A 5 mm nodule is seen.", "Pleural effusion": "Pleural effusion."}
+    rows = []
+    for volume, pairs in index.positives.items():
+        for region in ("lung", "pleura"):
+            mapped = [map_radchest_pair(a, loc) for a, loc in pairs]
+            labels = {m.label for m in mapped if m and m.region == region}
+            text = " ".join(words.get(lab, lab + ".") for lab in sorted(labels)) or "Normal."
+            rows.append({"volume": volume, "region": region, "prediction": text})
+    return rows
+
+
+def test_radchest_scores_can_be_perfect_and_can_fail(roots) -> None:
+    index = load_radchest(roots["rad"], "train")
+    rows = _truthful_reports(index)
+    good = score_radchest(rows, index)
+    assert good["reports"] == len(rows) and good["micro"]["recall"] > 0.5
+    silent = score_radchest([{**r, "prediction": "Normal."} for r in rows], index)
+    assert silent["micro"]["recall"] in (0.0, None) and silent["micro"]["f1"] != good["micro"]["f1"]
+
+
+def test_deeplesion_scores(roots) -> None:
+    index = load_deeplesion(roots["dl"])
+    rows = [{"volume": les.name, "prediction": lesion_sentence(les)} for les in index.lesions]
+    perfect = score_deeplesion(rows, index)
+    assert perfect["type_accuracy"] == 1.0 and perfect["long_diameter_mae_mm"] < 0.06
+    wrong = [{"volume": r["volume"], "prediction": "A bone lesion of 40 x 30 mm."} for r in rows]
+    bad = score_deeplesion(wrong, index)
+    assert bad["type_accuracy"] == 0.0 and bad["long_diameter_mae_mm"] > 10
+
+
+def test_evaluate_cli_on_a_deeplesion_folder(roots, tmp_path: Path) -> None:
+    index = load_deeplesion(roots["dl"])
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "volume": les.name,
+                    "task": "lesion",
+                    "region": "lung",
+                    "prediction": lesion_sentence(les),
+                    "reference": "",
+                }
+            )
+            + "\n"
+            for les in index.lesions
+        )
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--predictions",
+                str(preds),
+                "--data",
+                str(roots["dl"]),
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["deeplesion"]["type_accuracy"] == 1.0
