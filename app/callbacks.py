@@ -361,6 +361,7 @@ def wire(ui: UI, app: DemoApp) -> None:
         session, question, scope, mx, dec, nb, view, level, width, zoom, request: gr.Request
     ):
         session = app.session(session, _key(request))
+        before = session.selected
         turn, seconds = app.ask(
             session, question, whole_scan=scope == SCOPES[1], **generation_kwargs(mx, dec, nb)
         )
@@ -375,6 +376,11 @@ def wire(ui: UI, app: DemoApp) -> None:
             return out
         if turn["region"] and turn["region"] != WHOLE_SCAN:
             out[ui.scope] = SCOPES[0]  # the answer used a region: the scope says so
+        if session.selected != before:  # the listed sentences follow the region shown
+            region = session.selected
+            out[ui.region_sentences] = (
+                results.report_html(session.report, only=region) if session.report else ""
+            )
         out[status] = (
             f"Answered about **{turn['region']}** (turn {len(session.chat)}); the viewer shows "
             "the region the answer used."
@@ -484,7 +490,7 @@ def wire(ui: UI, app: DemoApp) -> None:
             [ui.question, ui.scope, status],
             **private,
         )
-    ask_outputs = [*shown, ui.chatbot, ui.question, ui.scope, ui.latency]
+    ask_outputs = [*shown, ui.chatbot, ui.question, ui.scope, ui.latency, ui.region_sentences]
     ask_inputs = [state, ui.question, ui.scope, *ui.gen_inputs, *views]
     ui.ask_btn.click(on_ask, ask_inputs, ask_outputs, **private)
     ui.question.submit(on_ask, ask_inputs, ask_outputs, **private)

@@ -317,10 +317,11 @@ def resolve(
     # -- the task --------------------------------------------------------------------------------
     task = p.intent
     if p.trained is None:
+        wants_finding = focus.pending in ("presence", "location", "size")
         if (
             focus.pending
-            and (p.findings or p.regions or p.whole)
-            and (task is None or task == "presence" and not _SIZE.search(asked.lower()))
+            and task is None
+            and (p.findings if wants_finding else p.regions or p.whole)
         ):
             task = focus.pending  # the reply to a clarification completes its task
         elif p.ellipsis and task in (None, "abnormality") and (p.regions or p.findings):

@@ -190,3 +190,17 @@ def test_free_questions_are_asked_as_written_with_a_note():
     assert "asked as written" in res.notes[0]
     with pytest.raises(ValueError, match="empty"):
         resolve("   ", Focus())
+
+
+def test_a_new_question_after_a_question_back_is_not_read_as_the_reply():
+    focus = Focus(region="lung", findings=("nodule", "consolidation"), task="abnormality")
+    back = resolve("where is it?", focus)
+    focus = focus_after(focus, back, back.clarification)
+    assert focus.pending == "location" and focus.findings == ("nodule", "consolidation")
+    # another region is not the finding asked for: the last answered task, there
+    res = resolve("And the heart?", focus)
+    assert res.question == "What are the abnormalities in the heart?"
+    # a question with its own intent keeps it
+    res = resolve("Is there pleural effusion?", focus)
+    assert res.question == "Can pleural effusion be identified in the pleura?"
+    assert resolve("the nodule", focus).question == "Where is the nodule located in the image?"

@@ -685,6 +685,7 @@ def test_ui_chat_tags_each_answer_with_its_region_and_the_viewer_follows(
     assert out[by_id(demo, "rgct-region")].value == "heart"
     assert "heart" in out[by_id(demo, "rgct-viewer")].label
     assert out[by_id(demo, "rgct-scope")] == "selected region"
+    assert out[by_id(demo, "rgct-region-sentences")] == ""  # no report: nothing listed
     # "it" with nothing in focus is asked back, tagged as such
     out = on_ask(session, "How big is it?", "selected region", *CHAT)
     assert out[chat][5]["content"].startswith("**[question back]** Which finding")

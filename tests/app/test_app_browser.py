@@ -2,9 +2,10 @@
 
 One walk through the whole flow: load a chest phantom, write the full report, click the nodule
 sentence (all three planes land on the nodule), click the lung in the viewer (its sentences are
-listed), scroll slices with the mouse wheel, talk with the scan for three turns, see the
-warnings (disagreement, token limit, not a chest CT), switch scans (nothing stale stays), and
-close the tab (the server frees the scan).
+listed), scroll slices with the mouse wheel, talk with the scan (follow-ups resolved, each
+answer tagged with its region, an unclear "it" asked back), see the warnings (disagreement,
+token limit, not a chest CT), switch scans (nothing stale stays), and close the tab (the server
+frees the scan).
 
 Skipped when ``/usr/bin/chromium`` or the ``playwright`` package is missing (this test never
 downloads a browser; ``make chromium`` installs Debian's). Set ``RGCT_SCREENSHOT_DIR`` to keep
@@ -185,20 +186,32 @@ def test_the_whole_flow_in_a_browser(served, tmp_path):
             page.get_by_role("option", name="lung", exact=True).click()
             expect(status).to_contain_text("Showing lung", timeout=TIMEOUT)
 
-            # a three-turn conversation, each answer tagged with its region
+            # a three-turn conversation: follow-ups resolved against the turns before, each
+            # answer tagged with the region whose mask it used
             page.get_by_role("tab", name="Chat").click()
-            for k, question in enumerate(
-                ("What is in the lung?", "Is it large?", "Anything else?")
-            ):
-                _ask(page, question)
-                expect(page.locator("#rgct-chat")).to_contain_text(
-                    f"turn={k + 1}" if k else "Q=What is in the lung?", timeout=TIMEOUT
-                )
-            expect(page.locator("#rgct-chat")).to_contain_text("[lung, dataset mask]")
-            # the report and an answer disagree about the nodule: said on screen
-            _ask(page, "Where is the nodule located in the image?")
+            chat = page.locator("#rgct-chat")
+            _ask(page, "What is in the lung?")
+            expect(chat).to_contain_text("[lung, dataset mask]", timeout=TIMEOUT)
+            expect(chat).to_contain_text("asked as: What are the abnormalities in the lung?")
+            # "it" is the nodule of the last answer; the report and this answer disagree
+            _ask(page, "Where is it?")
+            expect(chat).to_contain_text(
+                "asked as: Where is the nodule located in the image?", timeout=TIMEOUT
+            )
+            expect(chat).to_contain_text("[whole scan]")
             expect(warnings).to_contain_text("left lung lower lobe", timeout=TIMEOUT)
             expect(warnings).to_contain_text("right lung upper lobe")
+            # another region by name: its mask answers, and the viewer shows it
+            _ask(page, "What about the heart?")
+            expect(chat).to_contain_text("[heart, dataset mask]", timeout=TIMEOUT)
+            expect(chat).to_contain_text("asked as: What are the abnormalities in the heart?")
+            expect(status).to_contain_text("Answered about heart (turn 3)")
+            expect(page.locator("#rgct-viewer")).to_contain_text("overlay: heart")
+            expect(listed).not_to_contain_text("nodule is seen")
+            # nothing in focus in the heart: "it" is asked back, not guessed
+            _ask(page, "How big is it?")
+            expect(chat).to_contain_text("[question back] Which finding", timeout=TIMEOUT)
+            expect(page.locator("#rgct-question textarea")).to_have_value("")
             _screenshot(page, tmp_path / "app_chat_warning.png")
 
             # text cut at the token limit is flagged
