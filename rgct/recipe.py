@@ -8,6 +8,7 @@ result) to ``WORK/recipe_log.jsonl``; the ``export`` stage writes the model card
 
     rgct recipe configs/recipes/quick.yaml --work runs/quick
     rgct recipe configs/recipes/demo.yaml --work runs/demo --from stage3_stats
+    rgct recipe configs/recipes/demo.yaml --work runs/demo --reuse bundle=DIR --from locations_synth
 
 Recipe file::
 
@@ -30,7 +31,10 @@ stage, whose checkpoint is ``WORK/<id>/model``; ``data`` names a synth stage, de
 - ``synth``: ``num_volumes``, ``seed``, ``shape``, ``valid_fraction`` (phantoms in ``WORK/<id>``).
 - ``train``: the training config is ``configs/train/<id>.yaml`` (stage ids equal file names;
   ``config:`` names another file of that folder); ``init`` entries take a stage id or a
-  folder; ``overrides``.
+  folder; ``data`` (default the first synth stage); ``overrides``. A stage that loads a
+  calibrated classifier and does not train it keeps its thresholds.
+- ``--reuse STAGE=DIR`` takes an existing folder as a stage's output (a checkpoint, or phantoms
+  for a synth stage), e.g. to continue a model made before the recipe had its later stages.
 - ``fit_classifier`` / ``calibrate``: :mod:`rgct.train.classifier` (new checkpoint folders).
 - ``segmenter``: :func:`rgct.train.segmenter.fit_segmenter` on the dataset's own region, lobe
   and anatomy masks (``steps``, ``batch_size``, ``lr``, ``model``: network keyword arguments;
@@ -63,13 +67,23 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("synth", "train", "segmenter", "fit_classifier", "calibrate", "heldout", "export")
 DONE_FILE = "DONE.json"
+REUSABLE_KINDS = frozenset({"synth", "train", "fit_classifier", "calibrate", "segmenter", "export"})
+"""Stage kinds ``--reuse`` can stand in for: those whose output is one folder."""
 LOG_FILE = "recipe_log.jsonl"
 MODEL_DIR = "model"
 _KEYS = {
     "synth": {"num_volumes", "seed", "shape", "valid_fraction", "workers"},
-    "train": {"config", "init", "overrides"},
-    "fit_classifier": {"from", "data", "split", "max_volumes", "epochs", "lr", "seed"},
-    "calibrate": {"from", "data", "split", "skip_volumes", "max_volumes", "report_volumes"},
+    "train": {"config", "data", "init", "overrides"},
+    "fit_classifier": {"from", "data", "split", "max_volumes", "epochs", "lr", "seed", "masks"},
+    "calibrate": {
+        "from",
+        "data",
+        "split",
+        "skip_volumes",
+        "max_volumes",
+        "report_volumes",
+        "masks",
+    },
     "heldout": {"from", "data", "split", "limit", "oracle", "batch_size", "masks"},
     "segmenter": {
         "data",
@@ -233,6 +247,46 @@ class RecipeRunner:
         return (self.recipe.path.parent / ref).resolve()
 
     # -- running ------------------------------------------------------------------------------
+    def reuse(self, stage_id: str, source: str | Path) -> None:
+        """Take an existing folder as a stage's finished output (``--reuse STAGE=DIR``): a
+        model folder for a stage that makes a checkpoint, a phantom folder for a synth stage.
+        Copied in (the source is never touched) and logged like a stage that ran."""
+        stage = self.recipe.stage(stage_id)
+        if stage.kind not in REUSABLE_KINDS:
+            raise RecipeError(
+                f"--reuse {stage_id}: a {stage.kind} stage cannot be reused; "
+                f"reusable kinds: {sorted(REUSABLE_KINDS)}"
+            )
+        src = Path(source)
+        if stage.kind == "synth":
+            if not (src / "radgenome_files").is_dir():
+                raise RecipeError(f"--reuse {stage_id}={src}: not a phantom/dataset folder")
+            target = self.stage_dir(stage_id)
+        else:
+            from rgct.model.checkpoint import check_checkpoint
+
+            check_checkpoint(src)
+            target = self.model_dir(stage_id)
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.stage_dir(stage_id) / DONE_FILE).unlink(missing_ok=True)
+        with atomic_dir(target) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+        where = self._portable(str(src.resolve()))
+        if Path(where).is_absolute():  # outside the repository and the work folder: no path
+            where = f"a folder named {src.name!r}"
+        record = {
+            "stage": stage_id,
+            "kind": stage.kind,
+            "command": f"(reused {where}: made before this run)",
+            "seconds": 0.0,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "result": {"reused": True},
+        }
+        with (self.work / LOG_FILE).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        write_json(self.stage_dir(stage_id) / DONE_FILE, record)
+        logger.info("stage %s: reused %s", stage_id, src)
+
     def run(self, start: str | None = None, until: str | None = None) -> list[str]:
         """Run the stages (from ``start`` through ``until``); return the ids that ran."""
         ids = self.recipe.ids
@@ -343,8 +397,10 @@ class RecipeRunner:
         o = stage.options
         src, out, data = self._ref(o["from"]), self.model_dir(stage.id), self.data_dir(stage)
         kwargs = {k: o[k] for k in ("split", "max_volumes", "epochs", "lr", "seed") if k in o}
+        if "masks" in o:
+            kwargs["masks"] = _mask_list(o["masks"])
         record = fit_classifier_checkpoint(src, data, out, device=self.device, **kwargs)
-        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
+        flags = " ".join(f"--{k.replace('_', '-')} {_flag(v)}" for k, v in kwargs.items())
         command = f"rgct classifier fit --checkpoint {src} --data {data} --out {out} {flags}"
         return command.strip(), {
             k: record[k] for k in ("regions", "volumes", "feature_seconds", "fit_seconds")
@@ -358,10 +414,18 @@ class RecipeRunner:
         kwargs = {
             k: o[k] for k in ("split", "skip_volumes", "max_volumes", "report_volumes") if k in o
         }
+        if "masks" in o:
+            kwargs["masks"] = _mask_list(o["masks"])
         report = calibrate_checkpoint(src, data, out, device=self.device, **kwargs)
-        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
+        flags = " ".join(f"--{k.replace('_', '-')} {_flag(v)}" for k, v in kwargs.items())
         command = f"rgct classifier calibrate --checkpoint {src} --data {data} --out {out} {flags}"
-        keep = ("regions", "micro_f1_at_0.5", "micro_f1", "report_fitted")
+        keep = (
+            "regions",
+            "micro_f1_at_0.5",
+            "micro_f1",
+            "report_fitted",
+            "report_fitted_per_mask_source",
+        )
         return command.strip(), {k: report[k] for k in keep if k in report}
 
     def _run_heldout(self, stage: Stage) -> tuple[str, dict]:
@@ -459,6 +523,16 @@ class RecipeRunner:
         return f"(copy of {self._portable(str(src))} with the model card)", {"files": len(files)}
 
 
+def _mask_list(value: Any) -> list[str]:
+    """A stage's ``masks`` (one source or a list) as a list of names."""
+    return [str(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def _flag(value: Any) -> str:
+    """A stage option as its command-line flag value (lists comma-joined)."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def _last_metrics(run_dir: Path) -> dict:
     """The last logged training losses of a run (for the log and the card)."""
     path = run_dir / "metrics.jsonl"
@@ -525,11 +599,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--export", default=None, help="copy the last export stage's model folder here"
     )
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="STAGE=DIR",
+        help="take DIR as STAGE's finished output (e.g. continue from a shipped model); repeatable",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     runner = RecipeRunner(recipe, args.work, device=args.device)
+    for item in args.reuse:
+        stage_id, sep, folder = item.partition("=")
+        if not sep or not stage_id or not folder:
+            raise RecipeError(f"--reuse {item!r}: expected STAGE=DIR")
+        runner.reuse(stage_id, folder)
     ran = runner.run(args.start, args.until)
     print(f"recipe {recipe.name}: ran {ran or 'nothing (all stages done)'} in {runner.work}")
     if args.export:

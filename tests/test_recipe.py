@@ -80,6 +80,10 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
 
     p = Predictor.from_checkpoint(export, device="cpu")
     assert p.cfg.model.evidence_thresholds and p.segmenter is not None
+    assert p.cfg.model.evidence_locations
+    # stage3_locations loads the calibrated classifier and leaves it as it is: its thresholds too
+    calibrated = Predictor.from_checkpoint(work / "calibrate" / "model", device="cpu")
+    assert p.cfg.model.evidence_thresholds == calibrated.cfg.model.evidence_thresholds
     scan = volume_path(work / "heldout_synth", find_volumes(work / "heldout_synth", "valid")[0])
     p.cfg.generation.max_new_tokens = 4
     try:  # a 2-step segmenter may find nothing: then the refusal names every region
@@ -91,6 +95,38 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     # everything done: a rerun does nothing; --from re-runs that stage and what follows
     assert RecipeRunner(load_recipe(recipe), work).run() == []
     assert RecipeRunner(load_recipe(recipe), work).run("export") == ["export"]
+    # a model made elsewhere stands in for a stage: the later stages continue it
+    again = tmp_path / "again"
+    bundle = work / "bundle" / "model"
+    args = ["recipe", str(recipe), "--work", str(again), "--reuse", f"bundle={bundle}"]
+    args += ["--reuse", f"synth={work / 'synth'}"]
+    assert main([*args, "--from", "stage3_locations", "--until", "grounded"]) == 0
+    log = [json.loads(x) for x in (again / LOG_FILE).read_text().splitlines()]
+    assert [r["stage"] for r in log] == ["bundle", "synth", "stage3_locations", "grounded"]
+    assert log[0]["result"] == {"reused": True} and str(tmp_path) not in log[0]["command"]
+    assert sorted(p.name for p in again.iterdir() if p.is_dir()) == [
+        "bundle",
+        "grounded",
+        "stage3_locations",
+        "synth",
+    ]
+    assert (bundle / "adapter_model.safetensors").is_file()  # the source is left as it was
+
+
+@pytest.mark.parametrize(
+    ("item", "match"),
+    [
+        ("heldout=x", "cannot be reused"),
+        ("no_such=x", "no stage 'no_such'"),
+        ("bundle", "expected STAGE=DIR"),
+        ("bundle=/no/such/folder", "no_such|not found|does not exist|No such"),
+        ("synth=/no/such/folder", "not a phantom"),
+    ],
+)
+def test_reuse_is_refused_for_what_it_cannot_stand_in_for(tmp_path, item, match):
+    recipe = REPO / "configs/recipes/quick.yaml"
+    with pytest.raises((RecipeError, FileNotFoundError, ValueError), match=match):
+        main(["recipe", str(recipe), "--work", str(tmp_path / "w"), "--reuse", item])
 
 
 def _write(tmp_path: Path, text: str) -> Path:

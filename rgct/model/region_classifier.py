@@ -50,9 +50,10 @@ Examples::
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -343,6 +344,7 @@ def collect_region_features(
     skip_volumes: int = 0,
     max_volumes: int | None = None,
     tasks: tuple[str, ...] = ("region_report",),
+    mask_for: Callable[[Any], torch.Tensor | None] | None = None,
 ) -> RegionFeatures:
     """Run the encoder once per volume and pool every region of a split (no augmentation).
 
@@ -350,6 +352,10 @@ def collect_region_features(
     ``max_volumes`` of the rest; every region needs ground-truth labels. ``tasks`` picks whose
     masks count: the ten regions of ``region_report``, and with the VQA tasks also lobes,
     aorta, heart tissue and the whole scan (each (volume, region) once).
+
+    ``mask_for(sample)`` gives each region's mask from another source (e.g. the segmenter's,
+    :class:`rgct.generate.masks.MaskProvider`): a (1, D, H, W) mask on the model grid, None for
+    the whole scan; a region it raises ``LookupError`` for (no such mask) is left out.
     """
     from rgct.data.dataset import RGCTDataset  # data never imports model; the reverse is fine
 
@@ -379,8 +385,22 @@ def collect_region_features(
             seen.add((sample.volume, sample.region))
             by_volume.setdefault(sample.volume, []).append(i)
     regions, stats, labels, keys = [], [], [], []
+    missing = 0
     for volume, rows in by_volume.items():
+        if mask_for is not None:
+            kept = []
+            for i in rows:
+                try:
+                    kept.append((i, mask_for(ds.samples[i])))
+                except LookupError:
+                    missing += 1
+            if not kept:
+                continue
+            rows = [i for i, _ in kept]
         items = [ds[i] for i in rows]
+        if mask_for is not None:
+            for it, (_, m) in zip(items, kept):
+                it["mask"] = torch.ones_like(it["mask"]) if m is None else m.to(it["mask"].dtype)
         image = items[0]["image"][None].to(device)
         masks = torch.stack([it["mask"] for it in items]).to(device)
         grid = model.encode_rows(image.expand(len(rows), *image.shape[1:]))
@@ -390,12 +410,34 @@ def collect_region_features(
             stats.append(pooler.stats(image, masks).float().cpu())
         labels += [it["labels"].numpy() > 0.5 for it in items]
         keys += [(volume, ds.samples[i].region) for i in rows]
-    logger.info("region features for %d regions of %d volumes", len(keys), len(keep))
+    if not keys:
+        raise ValueError(f"{data_root} split {split!r}: no region has a mask from the source")
+    logger.info(
+        "region features for %d regions of %d volumes%s",
+        len(keys),
+        len(keep),
+        f" ({missing} without a mask from the source, left out)" if missing else "",
+    )
     return RegionFeatures(
         region=torch.cat(regions),
         stats=torch.cat(stats) if stats else None,
         labels=np.stack(labels),
         keys=keys,
+    )
+
+
+def concat_features(parts: list[RegionFeatures]) -> RegionFeatures:
+    """Features of several mask sources (or splits) as one set, rows in order."""
+    if not parts:
+        raise ValueError("no features to join")
+    stats = [p.stats for p in parts]
+    if any(s is None for s in stats) and not all(s is None for s in stats):
+        raise ValueError("features with and without region statistics cannot be joined")
+    return RegionFeatures(
+        region=torch.cat([p.region for p in parts]),
+        stats=None if stats[0] is None else torch.cat(stats),
+        labels=np.concatenate([p.labels for p in parts]),
+        keys=[k for p in parts for k in p.keys],
     )
 
 
@@ -416,14 +458,18 @@ def collect_region_probabilities(
     split: str = "valid",
     skip_volumes: int = 0,
     max_volumes: int | None = None,
+    mask_for: Callable[[Any], torch.Tensor | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """Classifier probabilities and true labels for every (volume, region) of a split.
+    """Classifier probabilities and true labels for every (volume, region) of a split
+    (``mask_for``: masks from another source, as in :func:`collect_region_features`).
 
     Returns:
         ``(probs (N, 18), labels (N, 18) bool, [(volume, region)] * N)``; the encoder runs
         once per volume.
     """
-    feats = collect_region_features(model, cfg, data_root, split, skip_volumes, max_volumes)
+    feats = collect_region_features(
+        model, cfg, data_root, split, skip_volumes, max_volumes, mask_for=mask_for
+    )
     return feature_probabilities(model, feats), feats.labels, feats.keys
 
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from rgct.constants import CT_RATE_LABELS
 from rgct.files import write_json
@@ -39,6 +42,29 @@ def _card(src: Path) -> str | None:
     return (src / CARD_FILE).read_text() if (src / CARD_FILE).is_file() else None
 
 
+MASK_SOURCES = ("dataset",)
+"""Default mask source of the classifier stages: the dataset's own region masks."""
+
+
+def _mask_readers(
+    sources: tuple[str, ...] | list[str], checkpoint: Path, cfg, data: str | Path, device
+) -> list[tuple[str, Callable | None]]:
+    """(source, ``mask_for``) per mask source: None for the dataset's masks, else a reader
+    of :class:`rgct.generate.masks.MaskProvider` (``predicted``: the checkpoint's segmenter)."""
+    from rgct.generate.masks import build_mask_provider
+
+    if not sources or len(set(sources)) != len(sources):
+        raise ValueError(f"masks: give one or more distinct mask sources, got {list(sources)}")
+    readers = []
+    for name in sources:
+        provider = build_mask_provider(str(name), checkpoint, cfg, data, device)
+        if provider is None:
+            readers.append((str(name), None))
+        else:
+            readers.append((str(name), lambda s, p=provider: p.mask(s.volume, s.anatomy, s.region)))
+    return readers
+
+
 def fit_classifier_checkpoint(
     checkpoint: str | Path,
     data: str | Path,
@@ -51,17 +77,28 @@ def fit_classifier_checkpoint(
     lr: float = 1e-3,
     seed: int = 0,
     device: str = "auto",
+    masks: tuple[str, ...] | list[str] = MASK_SOURCES,
 ) -> dict:
     """Fit the region classifier's heads (adding the histogram head) into a new checkpoint.
 
-    Returns the fitting record (also written to ``OUT/region_head.json``)."""
+    ``masks``: the mask sources whose regions it learns from, e.g. ``("dataset",
+    "predicted")`` so that it reads the segmenter's masks as well as the dataset's (the
+    heads continue from the checkpoint's weights). Returns the fitting record (also written
+    to ``OUT/region_head.json``)."""
     from rgct.inference import pick_device
 
     src, out = _distinct(checkpoint, out)
-    model, cfg = load_checkpoint(src, device=pick_device(device))
+    dev = pick_device(device)
+    model, cfg = load_checkpoint(src, device=dev)
     rc.add_region_stats(model)
     t0 = time.perf_counter()
-    feats = rc.collect_region_features(model, cfg, data, split, 0, max_volumes, tuple(tasks))
+    parts = [
+        rc.collect_region_features(
+            model, cfg, data, split, 0, max_volumes, tuple(tasks), mask_for=reader
+        )
+        for _, reader in _mask_readers(masks, src, cfg, data, dev)
+    ]
+    feats = rc.concat_features(parts)
     t1 = time.perf_counter()
     history = rc.fit_region_classifier(model, feats, epochs=epochs, lr=lr, seed=seed)
     t2 = time.perf_counter()
@@ -70,6 +107,8 @@ def fit_classifier_checkpoint(
         "data": str(data),
         "split": split,
         "tasks": list(tasks),
+        "masks": list(masks),
+        "regions_per_mask_source": {m: len(p.keys) for m, p in zip(masks, parts)},
         "regions": len(feats.keys),
         "volumes": len({v for v, _ in feats.keys}),
         "epochs": epochs,
@@ -101,12 +140,15 @@ def calibrate_checkpoint(
     max_volumes: int | None = None,
     report_volumes: int = 0,
     device: str = "auto",
+    masks: tuple[str, ...] | list[str] = MASK_SOURCES,
 ) -> dict:
     """Fit per-label thresholds and write a new checkpoint with ``model.evidence_thresholds``.
 
     Calibrates on the volumes of ``split`` after the first ``skip_volumes`` (sorted by name:
     those a ``limit``-ed held-out check uses); ``report_volumes`` also scores the fitted
-    thresholds on the first N skipped volumes. Returns the report (``OUT/calibration.json``).
+    thresholds on the first N skipped volumes. ``masks``: the mask sources whose regions the
+    thresholds are fitted on together (one set of thresholds serves them all; the report
+    scores each). Returns the report (``OUT/calibration.json``).
     """
     from rgct.inference import pick_device
 
@@ -116,10 +158,17 @@ def calibrate_checkpoint(
             f"report_volumes={report_volumes} must not exceed skip_volumes={skip_volumes} "
             "(the calibration and report volumes would overlap)"
         )
-    model, cfg = load_checkpoint(src, device=pick_device(device))
-    probs, labels, _ = rc.collect_region_probabilities(
-        model, cfg, data, split, skip_volumes, max_volumes
-    )
+    dev = pick_device(device)
+    model, cfg = load_checkpoint(src, device=dev)
+    readers = _mask_readers(masks, src, cfg, data, dev)
+    fitted = [
+        rc.collect_region_probabilities(
+            model, cfg, data, split, skip_volumes, max_volumes, mask_for=reader
+        )
+        for _, reader in readers
+    ]
+    probs = np.concatenate([p for p, _, _ in fitted])
+    labels = np.concatenate([y for _, y, _ in fitted])
     thresholds, report = rc.fit_thresholds(probs, labels)
     report.update(
         {
@@ -127,14 +176,31 @@ def calibrate_checkpoint(
             "data": str(data),
             "split": split,
             "skip_volumes": skip_volumes,
+            "masks": list(masks),
             "thresholds": thresholds,
         }
     )
+    if len(readers) > 1:
+        report["fitted_per_mask_source"] = {
+            name: rc.detection_scores(p, y, thresholds)
+            for (name, _), (p, y, _) in zip(readers, fitted)
+        }
     if report_volumes:
-        p, y, _ = rc.collect_region_probabilities(model, cfg, data, split, 0, report_volumes)
+        scored = {
+            name: rc.collect_region_probabilities(
+                model, cfg, data, split, 0, report_volumes, mask_for=reader
+            )[:2]
+            for name, reader in readers
+        }
+        p = np.concatenate([p for p, _ in scored.values()])
+        y = np.concatenate([y for _, y in scored.values()])
         report["report_volumes"] = report_volumes
         report["report_at_0.5"] = rc.detection_scores(p, y, [0.5] * len(CT_RATE_LABELS))
         report["report_fitted"] = rc.detection_scores(p, y, thresholds)
+        if len(readers) > 1:
+            report["report_fitted_per_mask_source"] = {
+                name: rc.detection_scores(p, y, thresholds) for name, (p, y) in scored.items()
+            }
     cfg.model.evidence_thresholds = thresholds
     save_checkpoint(
         model,

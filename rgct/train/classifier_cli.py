@@ -3,6 +3,7 @@
     rgct classifier fit --checkpoint runs/stage0_dense/model --data DIR --out runs/head/model
     rgct classifier calibrate --checkpoint runs/stage3/model --data DIR --out runs/cal/model \
         --skip-volumes 50 --report-volumes 50
+    rgct classifier fit ... --masks dataset,predicted   # also learn the segmenter's masks
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, help="new checkpoint folder")
         p.add_argument("--max-volumes", type=int, default=None, help="use at most N volumes")
         p.add_argument("--device", default="auto")
+        p.add_argument(
+            "--masks",
+            default="dataset",
+            help="mask sources, comma list: dataset, predicted (the checkpoint's segmenter) "
+            "or a folder of seg_<volume>/ masks",
+        )
     fit.add_argument("--split", default="train")
     fit.add_argument(
         "--tasks", default=",".join(FIT_TASKS), help="whose masks to fit on (comma list)"
@@ -54,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             lr=args.lr,
             seed=args.seed,
             device=args.device,
+            masks=[m for m in args.masks.split(",") if m],
         )
         print(json.dumps({k: v for k, v in record.items() if k != "loss"}, indent=1))
     else:
@@ -66,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             max_volumes=args.max_volumes,
             report_volumes=args.report_volumes,
             device=args.device,
+            masks=[m for m in args.masks.split(",") if m],
         )
         print(calibration_table(report))
     print(f"wrote {args.out}")

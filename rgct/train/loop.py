@@ -27,7 +27,7 @@ from rgct.constants import METRICS_FILE
 from rgct.data.layout import strip_suffix
 from rgct.data.truth import finding_locations, load_ground_truth
 from rgct.model.builder import build_model
-from rgct.model.checkpoint import apply_init, default_card, save_checkpoint
+from rgct.model.checkpoint import apply_init, default_card, inherit_thresholds, save_checkpoint
 from rgct.model.rgct_model import RGCTModel
 from rgct.train.optim import build_optimizer, build_scheduler
 from rgct.train.state import (
@@ -330,11 +330,12 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
     tc = cfg.train
     accelerator = make_accelerator(cfg)
     out_dir = Path(tc.output_dir)
+    set_seed(tc.seed)
+    model = build_start_model(cfg)
+    inherit_thresholds(cfg, pooler_trains=model.trainable_groups()["pooler"])
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "rgct_config.yaml")
-    set_seed(tc.seed)
-    model = build_start_model(cfg)
     truth = None
     if cfg.model.evidence_locations:
         truth = load_ground_truth(cfg.data.root)

@@ -1,0 +1,121 @@
+"""Classifier stages (:mod:`rgct.train.classifier`) with several mask sources: the classifier
+learns, and its thresholds are fitted on, the regions of each source; a region a source has no
+mask for is left out and counted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rgct.constants import REGIONS
+from rgct.data.layout import region_mask_path
+from rgct.data.records import find_volumes
+from rgct.model.checkpoint import load_checkpoint
+from rgct.model.region_classifier import collect_region_features, concat_features
+from rgct.train.classifier import calibrate_checkpoint, fit_classifier_checkpoint
+
+
+def _mask_folder(root: Path, out: Path, split: str, keep: int, drop: str) -> Path:
+    """``seg_<volume>/<region>.nii.gz`` copies of the dataset's masks for the first ``keep``
+    volumes of a split, without region ``drop`` (the layout `rgct segment` writes)."""
+    for volume in find_volumes(root, split)[:keep]:
+        folder = out / f"seg_{volume.removesuffix('.nii.gz')}"
+        folder.mkdir(parents=True)
+        for region in REGIONS:
+            src = region_mask_path(root, volume, region)
+            if region != drop and src.is_file():
+                shutil.copy2(src, folder / f"{region}.nii.gz")
+    return out
+
+
+def test_features_from_another_source_leave_out_regions_it_has_no_mask_for(
+    tiny_checkpoint, phantom_root
+):
+    model, cfg = load_checkpoint(tiny_checkpoint)
+    base = collect_region_features(model, cfg, phantom_root, "train", max_volumes=2)
+    same = collect_region_features(
+        model,
+        cfg,
+        phantom_root,
+        "train",
+        max_volumes=2,
+        mask_for=lambda s: _dataset_mask(phantom_root, cfg, s),
+    )
+    assert same.keys == base.keys
+    assert torch.allclose(same.region, base.region, atol=1e-5)
+
+    def no_heart(s):
+        if s.region == "heart":
+            raise LookupError("no heart mask")
+        return torch.ones(1, *cfg.data.input_shape)  # the whole scan: other features
+
+    other = collect_region_features(
+        model, cfg, phantom_root, "train", max_volumes=2, mask_for=no_heart
+    )
+    assert [k for k in base.keys if k[1] != "heart"] == other.keys
+    assert not torch.allclose(other.region, base.region[: len(other.keys)])
+    joined = concat_features([base, other])
+    assert len(joined.keys) == len(base.keys) + len(other.keys)
+    assert np.array_equal(joined.labels[: len(base.keys)], base.labels)
+    with pytest.raises(ValueError, match="no region has a mask"):
+        collect_region_features(
+            model, cfg, phantom_root, "train", max_volumes=1, mask_for=_always_missing
+        )
+
+
+def _always_missing(sample):
+    raise LookupError(sample.region)
+
+
+def _dataset_mask(root: Path, cfg, sample) -> torch.Tensor:
+    from rgct.data.io import load_mask, load_volume
+    from rgct.data.layout import volume_path
+    from rgct.data.transforms import preprocess
+
+    vol = load_volume(volume_path(root, sample.volume))
+    mask = load_mask(region_mask_path(root, sample.volume, sample.region), vol)
+    return preprocess(vol, {"m": mask}, cfg.data)[1]["m"]
+
+
+def test_fit_and_calibrate_on_two_mask_sources(tiny_checkpoint, phantom_root, tmp_path):
+    masks = _mask_folder(phantom_root, tmp_path / "seg", "train", keep=2, drop="heart")
+    fitted = tmp_path / "fitted"
+    record = fit_classifier_checkpoint(
+        tiny_checkpoint,
+        phantom_root,
+        fitted,
+        tasks=("region_report",),
+        epochs=2,
+        masks=["dataset", str(masks)],
+    )
+    per_source = record["regions_per_mask_source"]
+    assert record["masks"] == ["dataset", str(masks)]
+    # the folder covers two volumes, without their hearts
+    dataset_volumes = record["volumes"]
+    assert per_source[str(masks)] < per_source["dataset"]
+    assert per_source[str(masks)] == sum(
+        1
+        for v in find_volumes(phantom_root, "train")[:2]
+        for r in REGIONS
+        if r != "heart" and region_mask_path(phantom_root, v, r).is_file()
+    )
+    assert record["regions"] == sum(per_source.values()) and dataset_volumes >= 2
+    calibrated = tmp_path / "calibrated"
+    report = calibrate_checkpoint(
+        fitted, phantom_root, calibrated, split="train", masks=["dataset", str(masks)]
+    )
+    assert set(report["fitted_per_mask_source"]) == {"dataset", str(masks)}
+    _, cfg = load_checkpoint(calibrated)
+    assert cfg.model.evidence_thresholds == report["thresholds"]
+    assert json.loads((calibrated / "calibration.json").read_text())["masks"] == report["masks"]
+    with pytest.raises(ValueError, match="distinct mask sources"):
+        calibrate_checkpoint(fitted, phantom_root, tmp_path / "x", masks=["dataset", "dataset"])
+    with pytest.raises(FileNotFoundError, match="no .*segmenter|no such folder"):
+        fit_classifier_checkpoint(
+            tiny_checkpoint, phantom_root, tmp_path / "y", masks=["predicted"]
+        )
