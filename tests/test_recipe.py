@@ -70,6 +70,7 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     assert [r["stage"] for r in log] == runner.recipe.ids  # each stage ran exactly once
     card = (export / "README.md").read_text()
     assert "## How it was made" in card and "rgct classifier calibrate" in card
+    assert "--masks dataset" in card  # a stage's list option as its command-line flag
     assert "Held-out check" in card and str(tmp_path) not in card  # no machine paths
     assert json.loads((export / "heldout.json").read_text())["blind_baseline"]  # <stage id>.json
     predicted = json.loads((export / "heldout_predicted.json").read_text())

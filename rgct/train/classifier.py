@@ -14,6 +14,7 @@ Both leave their source untouched (``rgct classifier fit|calibrate``; recipe sta
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,21 @@ def _distinct(src: str | Path, out: str | Path) -> tuple[Path, Path]:
 
 def _card(src: Path) -> str | None:
     return (src / CARD_FILE).read_text() if (src / CARD_FILE).is_file() else None
+
+
+def _extras(src: Path, name: str, record: dict):
+    """What a classifier stage adds to its new folder: its record, and the source's segmenter
+    (the checkpoint's own masks stay with it: refitting the classifier does not change them)."""
+    from rgct.model.segmenter import CONFIG_FILE as SEG_CONFIG
+    from rgct.model.segmenter import WEIGHTS_FILE as SEG_WEIGHTS
+
+    def write(tmp: Path) -> None:
+        write_json(tmp / name, record)
+        for f in (SEG_WEIGHTS, SEG_CONFIG):
+            if (src / f).is_file():
+                shutil.copy2(src / f, tmp / f)
+
+    return write
 
 
 MASK_SOURCES = ("dataset",)
@@ -117,9 +133,7 @@ def fit_classifier_checkpoint(
         "fit_seconds": round(t2 - t1, 1),
         "loss": [round(x, 5) for x in history],
     }
-    save_checkpoint(
-        model, cfg, out, card=_card(src), extra=lambda tmp: write_json(tmp / HISTORY_FILE, record)
-    )
+    save_checkpoint(model, cfg, out, card=_card(src), extra=_extras(src, HISTORY_FILE, record))
     logger.info(
         "fitted on %d regions: loss %.4f -> %.4f; wrote %s",
         len(feats.keys),
@@ -207,7 +221,7 @@ def calibrate_checkpoint(
         cfg,
         out,
         card=_card(src),
-        extra=lambda tmp: write_json(tmp / CALIBRATION_FILE, report),
+        extra=_extras(src, CALIBRATION_FILE, report),
     )
     return report
 

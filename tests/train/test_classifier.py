@@ -84,9 +84,13 @@ def _dataset_mask(root: Path, cfg, sample) -> torch.Tensor:
 
 def test_fit_and_calibrate_on_two_mask_sources(tiny_checkpoint, phantom_root, tmp_path):
     masks = _mask_folder(phantom_root, tmp_path / "seg", "train", keep=2, drop="heart")
+    source = tmp_path / "source"  # a checkpoint with a segmenter: it stays with the new folders
+    shutil.copytree(tiny_checkpoint, source)
+    (source / "segmenter.json").write_text('{"kind": "test"}')
+    (source / "segmenter.safetensors").write_bytes(b"weights")
     fitted = tmp_path / "fitted"
     record = fit_classifier_checkpoint(
-        tiny_checkpoint,
+        source,
         phantom_root,
         fitted,
         tasks=("region_report",),
@@ -113,6 +117,9 @@ def test_fit_and_calibrate_on_two_mask_sources(tiny_checkpoint, phantom_root, tm
     _, cfg = load_checkpoint(calibrated)
     assert cfg.model.evidence_thresholds == report["thresholds"]
     assert json.loads((calibrated / "calibration.json").read_text())["masks"] == report["masks"]
+    for folder in (fitted, calibrated):
+        assert (folder / "segmenter.safetensors").read_bytes() == b"weights"
+        assert (folder / "segmenter.json").read_text() == '{"kind": "test"}'
     with pytest.raises(ValueError, match="distinct mask sources"):
         calibrate_checkpoint(fitted, phantom_root, tmp_path / "x", masks=["dataset", "dataset"])
     with pytest.raises(FileNotFoundError, match="no .*segmenter|no such folder"):
