@@ -182,6 +182,11 @@ class Predictor:
         self._segmentations.move_to_end(key)
         return self._segmentations[key]
 
+    def clear_cache(self) -> None:
+        """Forget the cached segmentations (a benchmark times the segmenter every call; a
+        server frees memory)."""
+        self._segmentations.clear()
+
     def segment(self, volume: Any) -> dict:
         """Predicted masks: ``{"masks": {name: bool (D, H, W)}, "findings": [...], "warnings"}``
         (ten regions, five lobes, the prompt anatomy; an empty mask is warned, never filled)."""
