@@ -126,9 +126,18 @@ def _case_flag(source: str) -> int:
     return re.IGNORECASE if any(c.isupper() for c in re.sub(r"\\.", "", source)) else 0
 
 
-def _compile(patterns: list[str] | None, where: str) -> tuple[re.Pattern, ...]:
-    out = []
+def _flatten(patterns: list | None) -> list[str]:
+    """Patterns with nested lists spliced in (a YAML anchor such as ``*outside_lung`` used
+    inside a list)."""
+    out: list[str] = []
     for p in patterns or []:
+        out.extend(_flatten(p) if isinstance(p, list) else [p])
+    return out
+
+
+def _compile(patterns: list | None, where: str) -> tuple[re.Pattern, ...]:
+    out = []
+    for p in _flatten(patterns):
         try:
             out.append(re.compile(p, _case_flag(p)))
         except re.error as e:

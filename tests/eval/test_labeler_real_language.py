@@ -1,11 +1,14 @@
 """The labeler on real report language: held-out sentence files, spelling, time, look-alikes.
 
-Three held-out files, each written before the labeler was measured on it:
+Four sentence files, each written before the labeler was measured on it:
 ``labeler_heldout_sentences.csv`` (A, before any rule change), ``labeler_heldout_b_sentences.csv``
-(B, after the first round of rules) and ``labeler_heldout_c_sentences.csv`` (C, after the
-second round; no rule was written from it). A and B then guided rule changes, so C is the
-honest measure: exact 0.957, micro F1 0.965 when first measured (the original rules: 0.787,
-0.853).
+(B, after the first round of rules), ``labeler_heldout_c_sentences.csv`` (C, after the second
+round) and ``labeler_heldout_d_sentences.csv`` (D, 220 sentences, written and committed before
+the third round's rules and before C's misses were looked at). A, B and C are development files
+now: rules were written from their misses, so they score 1.0. D is the honest measure; no rule
+was written from it. First measurements: A 0.745 / 0.835 (exact / micro F1), B 0.907 / 0.939,
+C 0.957 / 0.965, D 0.936 / 0.958: on D the target (exact >= 0.95, micro F1 >= 0.97) is missed,
+and its floors below are the measured values, not the target.
 """
 
 from __future__ import annotations
@@ -23,16 +26,20 @@ HELD_OUT = {
     "A": HERE / "labeler_heldout_sentences.csv",
     "B": HERE / "labeler_heldout_b_sentences.csv",
     "C": HERE / "labeler_heldout_c_sentences.csv",
+    "D": HERE / "labeler_heldout_d_sentences.csv",
 }
+TARGET = (0.95, 0.97)  # issue #15: exact label set, micro F1 on unseen real-style sentences
+FLOOR = {"D": (0.93, 0.95)}  # D (held out) measured 0.936 / 0.958: below the target
 
 
 @pytest.mark.parametrize("name", sorted(HELD_OUT))
 def test_held_out_sentences(name):
     r = check_labeler(HELD_OUT[name])
     print(f"held-out {name}: n {r['n']} exact {r['exact_match']:.3f} micro {r['micro']}")
+    exact, f1 = FLOOR.get(name, TARGET)
     assert r["n"] >= 90
-    assert r["exact_match"] >= 0.95, r["wrong"]
-    assert r["micro"]["f1"] >= (0.96 if name == "C" else 0.97), r["wrong"]
+    assert r["exact_match"] >= exact, r["wrong"]
+    assert r["micro"]["f1"] >= f1, r["wrong"]
     assert set(r["per_group"]) >= {"misspelling", "synonym", "temporal", "look-alike"}
 
 
@@ -67,6 +74,8 @@ def test_misspellings_and_words_that_stay(text, expected):
         ("The nodule has progressed to 12 mm.", {"Lung nodule"}),
         ("No change in the bronchiectasis.", {"Bronchiectasis"}),
         ("The effusion decreased compared to the previous study.", {"Pleural effusion"}),
+        ("Total regression of the pleural effusion.", set()),
+        ("Slight regression of the pleural effusion.", {"Pleural effusion"}),
     ],
 )
 def test_temporal_statements(text, expected):
@@ -84,6 +93,12 @@ def test_temporal_statements(text, expected):
         ("The left atrium is enlarged.", set()),
         ("The heart is larger than normal.", {"Cardiomegaly"}),
         ("Air trapping in both lower lobes.", {"Mosaic attenuation pattern"}),
+        ("Increased density in the left clavicle.", set()),
+        ("Nodular opacities in the right lower lobe.", {"Lung opacity"}),
+        (
+            "Fibro-atelectasis at the right lung base.",
+            {"Atelectasis", "Pulmonary fibrotic sequela"},
+        ),
     ],
 )
 def test_look_alikes_and_synonyms(text, expected):
