@@ -24,7 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="phantom folder with ground_truth.jsonl")
     p.add_argument("--splits", default="train,valid", help="comma-separated splits to score")
     p.add_argument("--max-volumes", type=int, default=None)
-    p.add_argument("--finding-threshold", type=float, default=0.5)
+    p.add_argument(
+        "--finding-threshold",
+        type=float,
+        default=None,
+        help="one finding threshold for every label (default: the checkpoint's calibrated ones)",
+    )
     p.add_argument("--out", default=None, help="JSON file for the numbers")
     args = p.parse_args(argv)
     logging.basicConfig(
