@@ -16,7 +16,9 @@ left (the *affirmed* text):
    ``hedges_positive=False``, in which case they negate forward like "no".
 3. Backward cues ("was not detected", "is normal", "unremarkable", "are open" ...) negate the
    text before them, back to the clause start, a terminator ("but", "however" ...) or the end
-   of an affirmative verb phrase ("is observed").
+   of an affirmative verb phrase ("is observed", "is increased"). An exceptive phrase ("apart
+   from", "except") is a terminator that also ends at the comma after it: in "apart from
+   emphysema, the parenchyma is normal" the emphysema stays affirmed.
 4. Forward cues ("no", "not", "without", "free of", "negative for" ...) negate the text after
    them up to a terminator, an affirmative verb phrase or the clause end. "No X or Y was
    detected" therefore negates both, and the translated double negation of CT-RATE ("No X was
@@ -318,6 +320,7 @@ class CTRateLabeler:
         self._pre = _compile(neg.get("pre"), f"{path}: negation.pre")
         self._post = _compile(neg.get("post"), f"{path}: negation.post")
         self._term = _compile(neg.get("terminators"), f"{path}: negation.terminators")
+        self._except = _compile(neg.get("exceptive"), f"{path}: negation.exceptive")
         self._affirm = _compile(neg.get("affirmative"), f"{path}: negation.affirmative")
         self._hedges = _compile(vocab.get("hedges"), f"{path}: hedges")
         self._rule_out = _compile(vocab.get("rule_out"), f"{path}: rule_out")
@@ -327,6 +330,7 @@ class CTRateLabeler:
                 ("pre", self._pre),
                 ("post", self._post),
                 ("terminators", self._term),
+                ("exceptive", self._except),
                 ("affirmative", self._affirm),
                 ("hedges", self._hedges),
                 ("rule_out", self._rule_out),
@@ -397,6 +401,9 @@ class CTRateLabeler:
             return consumed.find(1, m.start(), m.end()) == -1
 
         terms = [m.start() for m in self._cue_matches("terminators", text)]
+        for m in self._cue_matches("exceptive", text):
+            comma = text.find(",", m.end())
+            terms += [m.start()] + ([comma] if comma != -1 else [])
         affirm = [m.span() for m in self._cue_matches("affirmative", text)]
         post_spans: list[tuple[int, int]] = []
         for m in self._cue_matches("rule_out", text):
@@ -448,8 +455,8 @@ class CTRateLabeler:
             ctx = p.sub(" ", ctx)
         if rule.with_any and rule.with_any.search(ctx):
             return True
-        if rule.size_min_mm is not None:
-            return any(min(d) >= rule.size_min_mm for d in parse_sizes_mm(text))
+        if rule.size_min_mm is not None:  # sizes left after strip ("below 10 mm" is stripped)
+            return any(min(d) >= rule.size_min_mm for d in parse_sizes_mm(ctx))
         return False
 
     def _clause_labels(self, affirmed: str) -> set[str]:
