@@ -7,7 +7,11 @@ round) and ``labeler_heldout_d_sentences.csv`` (D, 220 sentences, written and co
 the third round's rules and before C's misses were looked at). A, B, C and D are development
 files now: rules were written from their misses (D's in the fourth round), so they score 1.0.
 First measurements: A 0.745 / 0.835 (exact / micro F1), B 0.907 / 0.939, C 0.957 / 0.965,
-D 0.936 / 0.958.
+D 0.936 / 0.958. ``labeler_heldout_e_sentences.csv`` (E, 265 sentences) is the honest measure:
+written and committed before the fourth round's rules and before D's misses were looked at, and
+no rule was written from it. E after the fourth round: 0.970 / 0.981 (precision 0.990, recall
+0.971), which meets the target (exact >= 0.95, micro F1 >= 0.97); with the third round's rules,
+which never saw E, it was 0.951 / 0.969.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ HELD_OUT = {
     "B": HERE / "labeler_heldout_b_sentences.csv",
     "C": HERE / "labeler_heldout_c_sentences.csv",
     "D": HERE / "labeler_heldout_d_sentences.csv",
+    "E": HERE / "labeler_heldout_e_sentences.csv",
 }
 TARGET = (0.95, 0.97)  # issue #15: exact label set, micro F1 on unseen real-style sentences
 FLOOR: dict[str, tuple[float, float]] = {}  # held-out files measured below the target
