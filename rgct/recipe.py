@@ -84,7 +84,7 @@ _KEYS = {
         "report_volumes",
         "masks",
     },
-    "heldout": {"from", "data", "split", "limit", "oracle", "batch_size", "masks"},
+    "heldout": {"from", "data", "split", "limit", "oracle", "batch_size", "masks", "blind"},
     "segmenter": {
         "data",
         "steps",
@@ -455,8 +455,10 @@ class RecipeRunner:
             oracle=bool(o.get("oracle", False)),
             masks=masks,
             localizer=localizer,
+            blind=bool(o.get("blind", True)),
         )
         flags = f" --limit {o['limit']}" if "limit" in o else ""
+        flags += "" if o.get("blind", True) else " --no-blind"
         flags += " --oracle" if o.get("oracle") else ""
         flags += f" --masks {o['masks']}" if "masks" in o else ""
         return f"rgct heldout --checkpoint {src} --data {data} --out {out}{flags}", result
@@ -499,6 +501,25 @@ class RecipeRunner:
             )
         return command.strip(), {"steps": cfg.steps, **metrics}
 
+    def _keep_records(self, folder: Path) -> None:
+        """Into an exported model folder: each training stage's ``metrics.jsonl`` (as
+        ``training/<stage>_metrics.jsonl``), and the card and training records of each reused
+        stage (``history/<stage>/``), so the folder tells how all of it was made."""
+        log = self.log()
+        for rec in log:
+            metrics = self.stage_dir(rec["stage"]) / "metrics.jsonl"
+            if rec["kind"] == "train" and metrics.is_file():
+                (folder / "training").mkdir(exist_ok=True)
+                shutil.copy2(metrics, folder / "training" / f"{rec['stage']}_metrics.jsonl")
+        for sid in _reused(log):
+            made = self.model_dir(sid)
+            keep = folder / "history" / sid
+            if (made / "README.md").is_file():
+                keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(made / "README.md", keep / "README.md")
+            if (made / "training").is_dir():
+                shutil.copytree(made / "training", keep / "training", dirs_exist_ok=True)
+
     def _run_export(self, stage: Stage) -> tuple[str, dict]:
         from rgct.model.segmenter import CONFIG_FILE as SEG_CONFIG
         from rgct.model.segmenter import WEIGHTS_FILE as SEG_WEIGHTS
@@ -519,8 +540,14 @@ class RecipeRunner:
             for n, h in zip(names, heldouts):
                 write_json(tmp / f"{n}.json", h)
             write_text(tmp / "recipe.yaml", self.recipe.path.read_text())
+            self._keep_records(tmp)
         files = sorted(p.name for p in self.model_dir(stage.id).iterdir())
         return f"(copy of {self._portable(str(src))} with the model card)", {"files": len(files)}
+
+
+def _reused(log: list[dict]) -> list[str]:
+    """Ids of the stages a run took from elsewhere (``--reuse``)."""
+    return [r["stage"] for r in log if (r.get("result") or {}).get("reused")]
 
 
 def _mask_list(value: Any) -> list[str]:
@@ -570,6 +597,14 @@ def model_card(recipe: Recipe, log: list[dict], heldouts: list[dict]) -> str:
             f"| {rec['stage']} | {rec['kind']} | {rec['seconds']} | "
             f"{', '.join(f'{k}={_fmt(v)}' for k, v in short.items())} |"
         )
+    reused = _reused(log)
+    if reused:
+        lines += [
+            "",
+            "Stages taken from a model made before this run (`--reuse`): "
+            + ", ".join(f"`{sid}`" for sid in reused)
+            + "; each one's own card and training records are kept in `history/<stage>/`.",
+        ]
     lines += ["", "Commands, in order:", "", "```"]
     lines += [rec["command"] for rec in log if rec["kind"] != "export"]
     lines += ["```"]

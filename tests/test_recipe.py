@@ -75,6 +75,7 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     assert json.loads((export / "heldout.json").read_text())["blind_baseline"]  # <stage id>.json
     predicted = json.loads((export / "heldout_predicted.json").read_text())
     assert predicted["mask_source"] == "predicted" and "region masks: predicted" in card
+    assert "blind_baseline" not in predicted and "--masks predicted --no-blind" in card
     from rgct.data.layout import volume_path
     from rgct.data.records import find_volumes
     from rgct.inference import Predictor
@@ -112,6 +113,11 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
         "synth",
     ]
     assert (bundle / "adapter_model.safetensors").is_file()  # the source is left as it was
+    card = (again / "grounded" / "model" / "README.md").read_text()
+    assert "`--reuse`): `bundle`" in card and "`synth`" in card
+    kept = again / "grounded" / "model" / "history" / "bundle" / "README.md"
+    assert kept.read_text() == (bundle / "README.md").read_text()
+    assert (again / "grounded" / "model" / "training" / "stage3_locations_metrics.jsonl").is_file()
 
 
 @pytest.mark.parametrize(

@@ -56,8 +56,12 @@ def heldout_eval(
     oracle: bool = False,
     masks=None,
     localizer=None,
+    blind: bool = True,
 ) -> dict:
     """Generate + score (model and blind baseline); return and write ``heldout.json``.
+
+    ``blind=False`` leaves the blind baseline out (e.g. a second mask source of a model whose
+    blind baseline was measured with the dataset's masks: it sees no image either way).
 
     ``oracle`` (evidence-prompt models) adds a third run, ``oracle_evidence``: the detections
     line carries the true labels, so its finding F1 is what the language model reaches with a
@@ -78,7 +82,7 @@ def heldout_eval(
         "volumes": None,
         "mask_source": "dataset" if masks is None else masks.label,
     }
-    runs = [("model", False, False), ("blind_baseline", True, False)]
+    runs = [("model", False, False)] + ([("blind_baseline", True, False)] if blind else [])
     runs += [("oracle_evidence", False, True)] if oracle else []
     for name, blind, truth in runs:
         preds = out_dir / f"predictions_{name}.jsonl"
@@ -101,7 +105,8 @@ def heldout_eval(
         result[name] = summarize(metrics)
         result["volumes"] = len({r["volume"] for r in rows})
         logger.info("%s: %s", name, result[name])
-    m, b = result["model"]["finding_f1"], result["blind_baseline"]["finding_f1"]
+    m = result["model"]["finding_f1"]
+    b = (result.get("blind_baseline") or {}).get("finding_f1")
     result["finding_f1_gain_over_blind"] = None if m is None or b is None else m - b
     write_json(out_dir / "heldout.json", result)
     return result
@@ -124,7 +129,7 @@ def card_section(result: dict) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     for k in keys:
-        a, b = result["model"][k], result["blind_baseline"][k]
+        a, b = result["model"][k], (result.get("blind_baseline") or {}).get(k)
         lines.append(f"| {k} | {fmt(a)} | {fmt(b)} |")
     gain = result.get("finding_f1_gain_over_blind")
     lines += [

@@ -25,6 +25,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=None, help="generation batch size")
     parser.add_argument(
+        "--no-blind",
+        action="store_true",
+        help="leave the blind baseline out (e.g. when it was measured with another mask source)",
+    )
+    parser.add_argument(
         "--oracle",
         action="store_true",
         help="also run with the true labels as the detections line (evidence-prompt models)",
@@ -58,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         oracle=args.oracle,
         masks=masks,
         localizer=localizer,
+        blind=not args.no_blind,
     )
     print(card_section(result))
     return 0
