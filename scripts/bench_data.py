@@ -8,7 +8,8 @@ scale:   the sample index at RadGenome-Chest CT's release size (25,692 volumes, 
     python scripts/bench_data.py --scale 1.0 [--scale-root DIR]
 real_size: one CT-RATE-sized phantom (512 x 512 x 300 int16 NIfTI): cold load + preprocess
          (fresh process: wall time, peak RSS) with today's resize and with the geometry path,
-         and cached samples/s through 2 DataLoader workers
+         and cached samples/s through 2 DataLoader workers (compact batches; and, for comparison,
+         batches expanded to float32 in the workers)
     python scripts/bench_data.py --real-size [--real-root DIR]
 """
 
@@ -30,6 +31,7 @@ import numpy as np
 from bench_common import machine_info, peak_rss_mb, print_table
 
 from rgct.config import DataConfig
+from rgct.data.compact import expand_batch
 from rgct.data.layout import volume_path
 from rgct.data.records import find_volumes
 from rgct.data.scale import measure_index, write_release_csvs
@@ -143,6 +145,33 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _expanding_collate(items: list) -> dict:
+    """The loader until now: items expanded to float32 in the worker, stacked into shared memory."""
+    from rgct.data.dataset import collate
+
+    return collate([expand_batch(it) for it in items if it is not None])
+
+
+def _cold_real_size(root: Path, tmp: Path) -> dict:
+    """Cold load + preprocess of one 512 x 512 x 300 volume, each path in a fresh process."""
+    path = volume_path(root, find_volumes(root, "train")[0])
+    img = nib.load(path)
+    shape = [int(s) for s in img.shape]
+    # a 512 x 512 x 300 volume: the phantom's slices cropped or repeated to 300
+    if shape[2] != 300:
+        data = np.asarray(img.dataobj, dtype=np.int16)
+        data = np.take(data, np.arange(300) % shape[2], axis=2)
+        path = tmp / "ct_512x512x300.nii.gz"
+        nib.save(nib.Nifti1Image(data, img.affine), path)
+    grid = {"input_shape": [64, 128, 128]}
+    return {
+        "volume": str(nib.load(path).shape) + " int16",
+        "file_mb": path.stat().st_size / 2**20,
+        "cold_resize": _cold(path, grid),
+        "cold_geometry": _cold(path, {**grid, **GEOMETRY}),
+    }
+
+
 def bench_real_size(args: argparse.Namespace, tmp: Path) -> dict:
     from torch.utils.data import DataLoader
 
@@ -155,35 +184,31 @@ def bench_real_size(args: argparse.Namespace, tmp: Path) -> dict:
         variation = Variation(ct_rate_like=True)
         write_dataset(root, 2, seed=0, valid_fraction=0.0, progress=False, variation=variation)
         logging.info("real-size phantoms written in %.0f s", time.perf_counter() - t0)
-    path = volume_path(root, find_volumes(root, "train")[0])
-    img = nib.load(path)
-    shape = [int(s) for s in img.shape]
-    # a 512 x 512 x 300 volume: the phantom's slices cropped or repeated to 300
-    if shape[2] != 300:
-        data = np.asarray(img.dataobj, dtype=np.int16)
-        data = np.take(data, np.arange(300) % shape[2], axis=2)
-        path = tmp / "ct_512x512x300.nii.gz"
-        nib.save(nib.Nifti1Image(data, img.affine), path)
-    grid = {"input_shape": [64, 128, 128]}
-    result = {
-        "volume": str(nib.load(path).shape) + " int16",
-        "file_mb": path.stat().st_size / 2**20,
-        "cold_resize": _cold(path, grid),
-        "cold_geometry": _cold(path, {**grid, **GEOMETRY}),
-    }
-    cfg = DataConfig(root=str(root), cache_dir=str(tmp / "cache"), augment=False, **GEOMETRY)
+    result = {} if args.loader_only else _cold_real_size(root, tmp)
+    cache = args.cache_dir or str(tmp / "cache")
+    cfg = DataConfig(root=str(root), cache_dir=cache, augment=False, **GEOMETRY)
     ds = RGCTDataset(cfg, "train", train=True, num_samples=args.cached_samples, seed=0)
     t0 = time.perf_counter()
     for i in range(len(ds)):  # fill the cache (every distinct image and mask once)
         ds[i]
-    result["cache_fill_s"] = time.perf_counter() - t0
-    loader = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate)
-    cpu0 = _cpu_seconds()
-    t0 = time.perf_counter()
-    n = sum(len(b["prompt"]) for b in loader)
-    result["cached_samples_per_s_2_workers"] = n / (time.perf_counter() - t0)
-    # CPU seconds of this process and its (finished) workers: what the machine's load hides
-    result["cached_samples_per_cpu_s"] = n / (_cpu_seconds() - cpu0)
+    if not args.cache_dir:  # a reused cache was (mostly) filled before
+        result["cache_fill_s"] = time.perf_counter() - t0
+    # compact batches (uint16 image, uint8 mask) as training reads them, then, for comparison at
+    # the same machine load, batches expanded to float32 in the workers (the loader until now)
+    for label, collate_fn in (("", collate), ("float32_in_workers_", _expanding_collate)):
+        loader = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate_fn)
+        cpu0 = _cpu_seconds()
+        t0 = time.perf_counter()
+        n = sum(len(b["prompt"]) for b in loader)
+        result[f"{label}cached_samples_per_s_2_workers"] = n / (time.perf_counter() - t0)
+        # CPU seconds of this process and its (finished) workers: what the machine's load hides
+        result[f"{label}cached_samples_per_cpu_s"] = n / (_cpu_seconds() - cpu0)
+    result["loader_load_average_1m"] = os.getloadavg()[0]
+    batch = collate([ds[i] for i in range(8)])
+    result["batch_mb_per_sample"] = {
+        "compact": sum(batch[k].nbytes for k in ("image", "mask")) / 8 / 2**20,
+        "float32": sum(expand_batch(batch)[k].nbytes for k in ("image", "mask")) / 8 / 2**20,
+    }
     result["targets"] = {"cold_s": 4.0, "cold_peak_rss_mb": 2560.0, "cached_samples_per_s": 100.0}
     return result
 
@@ -200,6 +225,12 @@ def main() -> int:
     src.add_argument("--real-size", action="store_true", help="CT-RATE-sized volumes")
     p.add_argument("--real-root", help="reuse (or keep) the real-size phantom folder here")
     p.add_argument("--cached-samples", type=int, default=2000, help="samples through the loader")
+    p.add_argument("--cache-dir", help="real-size: reuse (or keep) the transform cache here")
+    p.add_argument(
+        "--loader-only",
+        action="store_true",
+        help="real-size: measure the cached loader only (keep the section's cold measures)",
+    )
     p.add_argument("--scale-root", help="reuse (or keep) the release-size CSV folder here")
     p.add_argument("--num-samples", type=int, default=320_000, help="training mix length")
     p.add_argument("--probe", type=int, default=200_000, help="records the workers read")
@@ -227,7 +258,10 @@ def main() -> int:
     print_table([{"measure": k, "value": v} for k, v in _flat(result).items()])
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.is_file() else {}
-    record[section] = {**result, "load_average_1m": os.getloadavg()[0]}
+    if getattr(args, "loader_only", False):  # the section's other measures and their load stay
+        record[section] = {**record.get(section, {}), **result}
+    else:
+        record[section] = {**result, "load_average_1m": os.getloadavg()[0]}
     record["machine"] = machine_info()
     write_json(out, record)
     return 0

@@ -2,13 +2,18 @@
 
 Items are dicts::
 
-    image      float32 (1, D, H, W) in [0, 1]
-    mask       float32 (1, D, H, W) in {0, 1}; all ones for whole-scan samples
+    image      uint16 (C, D, H, W): round(x * 65535) for x in [0, 1] (C = HU windows)
+    mask       uint8 (1, D, H, W) in {0, 1}; all ones for whole-scan samples
     labels     float32 (18,) CT-RATE labels inside the region (zeros when unknown)
     has_labels bool
     findings   float32 (1, D, H, W) dense finding bitmask map (only with ``cfg.finding_maps``;
                see :mod:`rgct.data.finding_maps`)
     prompt, answer, task, region, volume: str;  anatomy: str | None
+
+Images and masks stay compact (:mod:`rgct.data.compact`: 3 bytes per voxel instead of 8) through
+DataLoader workers and the batch; :func:`~rgct.data.compact.expand_batch` turns a batch into
+float32 on the device, and every consumer reads batches through it. Augmentation (when on)
+runs in the worker on the expanded sample, which is compacted again.
 
 Bad samples: a sample whose files cannot be read raises a :class:`~rgct.data.io.DataError`
 naming the sample and the file. With ``cfg.skip_bad_samples`` the error is logged as a
@@ -25,6 +30,7 @@ Example::
 
     ds = RGCTDataset(cfg.data, "train", train=True, num_samples=10_000)
     loader = DataLoader(ds, batch_size=8, shuffle=True, collate_fn=collate)
+    inputs = expand_batch(next(iter(loader)), device)   # image, mask float32 on device
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from rgct.config import DataConfig
 from rgct.constants import CT_RATE_LABELS, TASKS
+from rgct.data.compact import compact_image, compact_mask, expand_image, expand_mask
 from rgct.data.finding_maps import paint_finding_map
 from rgct.data.geometry import uses_geometry
 from rgct.data.io import DataError
@@ -154,12 +161,12 @@ class RGCTDataset(Dataset):
         return int(self._skipped.value)
 
     def load_tensors(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached deterministic (image, mask), each (1, D, H, W) float32."""
-        image = self.cache.image(sample.image_path)
+        """Cached deterministic (image (C, D, H, W) uint16, mask (1, D, H, W) uint8), compact."""
+        image = self.cache.compact_image(sample.image_path)
         if sample.mask_path is None:
-            mask = torch.ones_like(image)
+            mask = torch.ones((1, *image.shape[1:]), dtype=torch.uint8)
         else:
-            mask = self.cache.mask(sample.mask_path, sample.image_path)
+            mask = self.cache.compact_mask(sample.mask_path, sample.image_path)
         return image, mask
 
     def __getitem__(self, i: int) -> dict | None:
@@ -179,11 +186,7 @@ class RGCTDataset(Dataset):
         if self.ground_truth is not None:
             arrays["findings"] = self.finding_map(sample)
         if self.random is not None:
-            seed = int(np.random.SeedSequence([self.seed, i]).generate_state(1)[0])
-            self.random.set_random_state(seed=seed)
-            arrays = self.random(arrays)
-            if isinstance(arrays, list):  # a crop transform returns its samples as a list
-                arrays = arrays[0]
+            arrays = self.augment(arrays, i)
         labels = torch.zeros(len(CT_RATE_LABELS), dtype=torch.float32)
         if sample.labels is not None:
             labels = torch.tensor(sample.labels, dtype=torch.float32)
@@ -202,6 +205,18 @@ class RGCTDataset(Dataset):
         if "findings" in arrays:
             item["findings"] = arrays["findings"]
         return item
+
+    def augment(self, arrays: dict, i: int) -> dict:
+        """The random transforms of item ``i`` (seeded by ``(seed, i)``) on the expanded image and
+        mask, compacted again (the image within the cache's tolerance, the mask exactly)."""
+        seed = int(np.random.SeedSequence([self.seed, i]).generate_state(1)[0])
+        self.random.set_random_state(seed=seed)
+        out = self.random(
+            {**arrays, "image": expand_image(arrays["image"]), "mask": expand_mask(arrays["mask"])}
+        )
+        if isinstance(out, list):  # a crop transform returns its samples as a list
+            out = out[0]
+        return {**out, "image": compact_image(out["image"]), "mask": compact_mask(out["mask"])}
 
     def finding_map(self, sample: Sample) -> torch.Tensor:
         """(1, D, H, W) dense finding bitmask of the sample's volume (``cfg.finding_maps``)."""
@@ -227,7 +242,8 @@ def collate(items: list[dict | None]) -> dict:
     """Stack a list of items into a batch; ``None`` (skipped) items are dropped.
 
     Returns:
-        ``image`` (B, C, D, H, W) (C = HU windows), ``mask`` (B, 1, D, H, W), ``labels``
+        ``image`` (B, C, D, H, W) uint16 (C = HU windows), ``mask`` (B, 1, D, H, W) uint8 (both
+        compact: :func:`~rgct.data.compact.expand_batch` makes them float32), ``labels``
         (B, 18), ``has_labels`` (B,) bool, and lists of B strings for the text fields. An
         all-skipped batch gives ``{}``.
     """

@@ -98,6 +98,16 @@ class SourceDataset(RGCTDataset):
         self.problems = []
         by_task = source_samples(source, split, tasks, seed)
         self.missing_tasks = [t for t, table in by_task.items() if not len(table)]
+        for task in self.missing_tasks:
+            logger.warning(
+                "data.sources %s: split %r has no rows for task %r (%s): that task is left out "
+                "of this %s set",
+                source.name,
+                split,
+                task,
+                root,
+                "training" if train else "evaluation",
+            )
         if all(not len(t) for t in by_task.values()):
             if train:
                 raise DataError(f"data.sources {source.name}: split {split!r} has no samples")

@@ -10,7 +10,8 @@ The cache boundary is explicit: :class:`TransformCache` stores the deterministic
 once per volume file and once per mask file (``.npy`` / ``.npz``, never pickle), keyed by a hash
 of the path, its mtime and size, and the deterministic settings. Images are stored as uint16
 (2 bytes per voxel: ``round(x * 65535)``, read back within :data:`IMAGE_CACHE_TOLERANCE` of the
-float32 pipeline output), masks as packed bits (1 bit per voxel). The random part runs after it.
+float32 pipeline output), masks as packed bits (1 bit per voxel); the encoding lives in
+:mod:`rgct.data.compact`. The random part runs after it.
 
 Example::
 
@@ -43,6 +44,14 @@ from monai.transforms import (
 )
 
 from rgct.config import DataConfig
+from rgct.data.compact import (
+    IMAGE_CACHE_TOLERANCE,  # noqa: F401  (the cache's stated tolerance, named here too)
+    encode_image,
+    encode_mask,
+    expand_image,
+    expand_mask,
+    unpack_mask,
+)
 from rgct.data.geometry import Geometry, apply_geometry, uses_geometry, volume_geometry
 from rgct.data.io import DataError, Volume, load_mask, load_mask_for, load_volume
 from rgct.files import atomic_path, write_json
@@ -55,11 +64,6 @@ RANDOM_KEYS = (*KEYS, "findings")
 PIPELINE_VERSION = "2"
 """Bump when the deterministic transforms or the cache encoding change, so old cache files are
 not reused (version 1: float32 images, uint8 masks; version 2: uint16 images, packed-bit masks)."""
-IMAGE_CACHE_SCALE = 65535
-"""Cached images hold ``round(x * 65535)`` as uint16 for x in [0, 1]."""
-IMAGE_CACHE_TOLERANCE = 0.5 / IMAGE_CACHE_SCALE + 1e-7
-"""Largest difference between a cached image value and the float32 pipeline output (7.7e-6 of
-the [0, 1] range: 0.009 HU in the default 1200-HU window), float32 rounding included."""
 
 
 class LoadVolumed(MapTransform):
@@ -345,32 +349,6 @@ def _file_key(path: str | Path) -> list:
     return [str(p), st.st_mtime_ns, st.st_size]
 
 
-def encode_image(image: np.ndarray) -> np.ndarray:
-    """(C, D, H, W) float in [0, 1] -> uint16 ``round(x * 65535)`` (values outside are clipped)."""
-    scaled = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * IMAGE_CACHE_SCALE
-    return np.rint(scaled).astype(np.uint16)
-
-
-def decode_image(stored: np.ndarray) -> torch.Tensor:
-    """uint16 from :func:`encode_image` -> float32 tensor in [0, 1]."""
-    out = stored.astype(np.float32)
-    out /= IMAGE_CACHE_SCALE
-    return torch.from_numpy(out)
-
-
-def encode_mask(mask: np.ndarray) -> dict[str, np.ndarray]:
-    """A {0, 1} mask of any shape -> its bits packed 8 per byte, and its shape."""
-    bits = np.packbits(np.asarray(mask).reshape(-1) > 0.5)
-    return {"bits": bits, "shape": np.asarray(np.shape(mask), dtype=np.int64)}
-
-
-def decode_mask(stored: dict[str, np.ndarray]) -> torch.Tensor:
-    """:func:`encode_mask` output -> float32 {0, 1} tensor of the original shape."""
-    shape = tuple(int(s) for s in stored["shape"])
-    flat = np.unpackbits(stored["bits"], count=int(np.prod(shape)))
-    return torch.from_numpy(flat.reshape(shape).astype(np.float32))
-
-
 def _atomic_save(path: Path, array: np.ndarray | dict[str, np.ndarray]) -> None:
     """Write one ``.npy`` array, or a ``.npz`` of named arrays (uncompressed), atomically."""
     with atomic_path(path) as tmp, tmp.open("wb") as f:
@@ -385,8 +363,10 @@ class TransformCache:
 
     Images are stored as uint16 ``.npy`` (C, D, H, W) (2 bytes per voxel, within
     :data:`IMAGE_CACHE_TOLERANCE` of float32), masks as packed bits in ``.npz`` (1 bit per
-    voxel). A miss returns the same decoded values a later hit reads, so a run reads identical
-    tensors whether the cache was warm or cold. Keys hash the file's resolved path, mtime and
+    voxel). :meth:`compact_image` / :meth:`compact_mask` return them compact (uint16, uint8:
+    what dataset items carry), :meth:`image` / :meth:`mask` expanded to float32. A miss returns
+    the same values a later hit reads, so a run reads identical tensors whether the cache was
+    warm or cold. Keys hash the file's resolved path, mtime and
     size plus the deterministic settings and :data:`PIPELINE_VERSION`, so editing a file,
     changing ``input_shape`` / ``hu_window`` or a new cache encoding misses the cache.
 
@@ -429,8 +409,12 @@ class TransformCache:
 
     def image(self, image_path: str | Path) -> torch.Tensor:
         """Deterministic image tensor (C, D, H, W) float32 of a volume file."""
+        return expand_image(self.compact_image(image_path))
+
+    def compact_image(self, image_path: str | Path) -> torch.Tensor:
+        """The stored image (C, D, H, W) uint16 of a volume file (:mod:`rgct.data.compact`)."""
         key = self._path("image", _file_key(image_path), ".npy")
-        cached = self._read(key, decode_image, _check_image)
+        cached = self._read(key, torch.from_numpy, _check_image)
         if cached is not None:
             return cached
         self.misses += 1
@@ -439,7 +423,7 @@ class TransformCache:
             self._save_geometry(image_path, result["geometry"])
         stored = encode_image(result["image"].numpy())
         _atomic_save(key, stored)
-        return decode_image(stored)
+        return torch.from_numpy(stored)
 
     def _geometry_path(self, image_path: str | Path) -> Path:
         return self._path("geometry", _file_key(image_path), ".json")
@@ -466,8 +450,12 @@ class TransformCache:
 
     def mask(self, mask_path: str | Path, image_path: str | Path) -> torch.Tensor:
         """Deterministic mask tensor (1, D, H, W) float32 {0, 1} of a mask file of a volume."""
+        return expand_mask(self.compact_mask(mask_path, image_path))
+
+    def compact_mask(self, mask_path: str | Path, image_path: str | Path) -> torch.Tensor:
+        """The stored mask (1, D, H, W) as uint8 {0, 1} of a mask file of a volume."""
         key = self._path("mask", _file_key(mask_path) + _file_key(image_path), ".npz")
-        cached = self._read(key, decode_mask, _check_mask)
+        cached = self._read(key, unpack_mask, _check_mask)
         if cached is not None:
             return cached
         self.misses += 1
@@ -477,7 +465,7 @@ class TransformCache:
         out = run_transforms(self.transforms, data)["mask"]
         stored = encode_mask(out.numpy())
         _atomic_save(key, stored)
-        return decode_mask(stored)
+        return unpack_mask(stored)
 
 
 def _check_image(stored) -> str | None:

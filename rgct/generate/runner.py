@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from rgct.config import GenerationConfig, RGCTConfig
 from rgct.constants import REGIONS, REPORT_PROMPTS, WHOLE_SCAN
+from rgct.data.compact import expand_batch
 from rgct.data.dataset import RGCTDataset, collate
 from rgct.data.layout import strip_suffix
 from rgct.data.truth import finding_locations, load_ground_truth
@@ -219,7 +220,7 @@ def generate_units(
             if s.task == "region_report"
             else s.prompt
         )
-    batch = collate(items)
+    batch = expand_batch(collate(items), device)
     if masks is not None:
         for row, i in enumerate(flat):
             s = ds.samples[i]
@@ -247,13 +248,13 @@ def generate_units(
             ]
         elif localizer is not None:
             locations = [
-                localizer.locations(ds.samples[i].volume, ds.samples[i].region, item["image"])
-                for i, item in zip(flat, items)
+                localizer.locations(ds.samples[i].volume, ds.samples[i].region, image)
+                for i, image in zip(flat, batch["image"])
             ]
     with autocast_for(device):
         texts = model.generate(
-            batch["image"].to(device),
-            batch["mask"].to(device),
+            batch["image"],
+            batch["mask"],
             prompts,
             gen,
             blind=blind,

@@ -357,7 +357,9 @@ def collect_region_features(
     :class:`rgct.generate.masks.MaskProvider`): a (1, D, H, W) mask on the model grid, None for
     the whole scan; a region it raises ``LookupError`` for (no such mask) is left out.
     """
-    from rgct.data.dataset import RGCTDataset  # data never imports model; the reverse is fine
+    # data never imports model; the reverse is fine
+    from rgct.data.compact import expand_batch
+    from rgct.data.dataset import RGCTDataset, collate
 
     data = replace(
         cfg.data, root=str(data_root), augment=False, finding_maps=False, crop_shape=None
@@ -398,11 +400,12 @@ def collect_region_features(
                 continue
             rows = [i for i, _ in kept]
         items = [ds[i] for i in rows]
+        batch = expand_batch(collate(items), device)
+        masks = batch["mask"]  # (B, 1, D, H, W)
         if mask_for is not None:
-            for it, (_, m) in zip(items, kept):
-                it["mask"] = torch.ones_like(it["mask"]) if m is None else m.to(it["mask"].dtype)
-        image = items[0]["image"][None].to(device)
-        masks = torch.stack([it["mask"] for it in items]).to(device)
+            for row, (_, m) in enumerate(kept):
+                masks[row] = 1.0 if m is None else m.to(device)
+        image = batch["image"][:1]  # (1, C, D, H, W): every row is this volume
         grid = model.encode_rows(image.expand(len(rows), *image.shape[1:]))
         _, region = pooler.pool(grid, masks)
         regions.append(region.float().cpu())

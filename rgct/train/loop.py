@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from rgct.config import RGCTConfig, save_config
 from rgct.constants import METRICS_FILE
+from rgct.data.compact import expand_batch
 from rgct.data.layout import strip_suffix
 from rgct.data.truth import finding_locations, load_ground_truth
 from rgct.model.builder import build_model
@@ -84,9 +85,9 @@ def to_model_inputs(
 
     ``truth`` (volume -> ground-truth record) gives each row's finding locations for
     ``model.evidence_locations``."""
+    expanded = expand_batch({"image": batch["image"], "mask": batch["mask"]}, device)
     inputs = {
-        "image": batch["image"].to(device),
-        "mask": batch["mask"].to(device),
+        **expanded,
         "aux_labels": batch["labels"].to(device),
         "has_labels": torch.as_tensor(batch["has_labels"], device=device),
     }
@@ -165,10 +166,8 @@ def log_samples(
     items = [x for x in (dataset[i] for i in range(min(n, len(dataset)))) if x is not None]
     if not items:
         return []
-    batch = collate(items)
-    preds = model.generate(
-        batch["image"].to(device), batch["mask"].to(device), batch["prompt"], cfg.generation
-    )
+    batch = expand_batch(collate(items), device)
+    preds = model.generate(batch["image"], batch["mask"], batch["prompt"], cfg.generation)
     model.train()
     rows = []
     for p, item in zip(preds, items):

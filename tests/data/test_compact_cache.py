@@ -1,4 +1,5 @@
-"""The compact transform cache: uint16 images (2 bytes/voxel), packed-bit masks (1 bit/voxel)."""
+"""The compact transform cache: uint16 images (2 bytes/voxel), packed-bit masks (1 bit/voxel);
+compact items and batches (uint16 images, uint8 masks) expanded by expand_batch."""
 
 from __future__ import annotations
 
@@ -6,18 +7,23 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from rgct.config import DataConfig, EncoderConfig
-from rgct.data.transforms import (
+from rgct.data.compact import (
     IMAGE_CACHE_TOLERANCE,
-    TransformCache,
-    build_deterministic_transforms,
     decode_image,
     decode_mask,
     encode_image,
     encode_mask,
+    expand_batch,
+    expand_image,
+    expand_mask,
 )
+from rgct.data.dataset import RGCTDataset, collate
+from rgct.data.transforms import TransformCache, build_deterministic_transforms
 from rgct.model.encoder import build_encoder
 
 MINI = Path(__file__).parents[1] / "fixtures" / "mini_radgenome"
@@ -82,3 +88,74 @@ def test_a_stale_or_foreign_cache_file_is_recomputed(tmp_path, caplog) -> None:
         assert torch.equal(again.image(VOL), first)
     assert again.misses == 1 and "uint16" in caplog.text and str(path) in caplog.text
     assert np.load(path).dtype == np.uint16
+
+
+def _dataset(tmp_path, **kw) -> RGCTDataset:
+    cfg = DataConfig(root=str(MINI), input_shape=SHAPE, cache_dir=str(tmp_path / "cache"), **kw)
+    return RGCTDataset(cfg, "train", train=True, num_samples=12, seed=3)
+
+
+def test_items_and_batches_stay_compact_until_expand_batch(tmp_path) -> None:
+    ds = _dataset(tmp_path, augment=False, extra_hu_windows=WINDOWS)
+    items = [ds[i] for i in range(len(ds))]
+    assert all(
+        it["image"].dtype == torch.uint16 and it["image"].shape == (3, *SHAPE) for it in items
+    )
+    assert all(it["mask"].dtype == torch.uint8 and it["mask"].shape == (1, *SHAPE) for it in items)
+    batch = collate(items)
+    assert batch["image"].dtype == torch.uint16 and batch["mask"].dtype == torch.uint8
+    out = expand_batch(batch, "cpu")
+    assert out["image"].dtype == out["mask"].dtype == torch.float32
+    assert out["prompt"] == batch["prompt"] and batch["image"].dtype == torch.uint16  # a new dict
+    # expanded values are exactly the cache's float32 tensors (the ones the model read before)
+    for row, i in enumerate(range(len(ds))):
+        s = ds.samples[i]
+        assert torch.equal(out["image"][row], ds.cache.image(s.image_path))
+        want = (
+            torch.ones(1, *SHAPE)
+            if s.mask_path is None
+            else ds.cache.mask(s.mask_path, s.image_path)
+        )
+        assert torch.equal(out["mask"][row], want)
+    # the same float32 division as the numpy decoding of the cache, bit for bit
+    stored = batch["image"][0].numpy()
+    assert np.array_equal(decode_image(stored).numpy(), stored.astype(np.float32) / 65535)
+
+
+def test_a_dataloader_with_workers_moves_compact_batches(tmp_path) -> None:
+    ds = _dataset(tmp_path, augment=False)
+    serial = expand_batch(collate([ds[i] for i in range(4)]))
+    loader = DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate)
+    first = next(iter(loader))
+    assert first["image"].dtype == torch.uint16 and first["mask"].dtype == torch.uint8
+    parallel = expand_batch(first)
+    assert torch.equal(parallel["image"], serial["image"])
+    assert torch.equal(parallel["mask"], serial["mask"])
+
+
+def test_augmented_items_are_compacted_within_the_cache_tolerance(tmp_path) -> None:
+    ds = _dataset(tmp_path, augment=True)
+    for i in range(4):
+        item = ds[i]
+        assert item["image"].dtype == torch.uint16 and item["mask"].dtype == torch.uint8
+        s = ds.samples[i]
+        image = ds.cache.image(s.image_path)
+        mask = (
+            torch.ones(1, *SHAPE)
+            if s.mask_path is None
+            else ds.cache.mask(s.mask_path, s.image_path)
+        )
+        seed = int(np.random.SeedSequence([ds.seed, i]).generate_state(1)[0])
+        ds.random.set_random_state(seed=seed)
+        want = ds.random({"image": image, "mask": mask})  # the float32 augmentation
+        got = expand_batch(item)
+        assert (got["image"] - want["image"]).abs().max() <= IMAGE_CACHE_TOLERANCE
+        assert torch.equal(got["mask"], want["mask"])
+
+
+def test_expand_rejects_other_dtypes() -> None:
+    assert expand_image(torch.zeros(2, dtype=torch.float64)).dtype == torch.float32
+    with pytest.raises(TypeError, match="int32"):
+        expand_image(torch.zeros(2, dtype=torch.int32))
+    with pytest.raises(TypeError, match="int64"):
+        expand_mask(torch.zeros(2, dtype=torch.int64))

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from rgct.config import DataConfig, load_config
 from rgct.data.dataset import RGCTDataset, collate
 from rgct.data.io import DataError
+from rgct.data.layout import csv_path
 
 MINI = Path(__file__).parents[1] / "fixtures" / "mini_radgenome"
 CSVS = MINI / "radgenome_files"
@@ -79,25 +80,34 @@ def test_bad_volumes_are_counted_across_loader_workers(mini, tmp_path) -> None:
     assert kept == len(ds) - bad
 
 
+def _tiny_config(root: Path, tmp_path: Path, *overrides: str):
+    """The tiny model and training presets on ``root`` (the issue's command), outputs in tmp."""
+    configs = Path(__file__).parents[2] / "configs"
+    return load_config(
+        [configs / "model/tiny.yaml", configs / "train/tiny.yaml"],
+        [
+            f"data.root={root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"train.output_dir={tmp_path / 'run'}",
+            *overrides,
+        ],
+    )
+
+
 def test_training_run_logs_how_many_samples_were_skipped(phantom_root, tmp_path, caplog) -> None:
     from rgct.train.loop import train
 
     root = tmp_path / "ds"
     shutil.copytree(phantom_root, root)
     broken = _corrupt_volume(root, "train_1_a_1")
-    tiny = Path(__file__).parents[2] / "configs"
-    cfg = load_config(
-        [tiny / "model/tiny.yaml", tiny / "train/tiny.yaml"],
-        [
-            f"data.root={root}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"train.output_dir={tmp_path / 'run'}",
-            "data.skip_bad_samples=true",
-            "data.augment=false",
-            "train.max_steps=3",
-            "train.eval_every=0",
-            "train.save_every=100",
-        ],
+    cfg = _tiny_config(
+        root,
+        tmp_path,
+        "data.skip_bad_samples=true",
+        "data.augment=false",
+        "train.max_steps=3",
+        "train.eval_every=0",
+        "train.save_every=100",
     )
     with caplog.at_level(logging.WARNING):
         train(cfg)
@@ -108,3 +118,21 @@ def test_training_run_logs_how_many_samples_were_skipped(phantom_root, tmp_path,
     assert any(f"{skipped} bad training samples were skipped" in m for m in messages)
     assert any(str(broken) in m and "skipping bad" in m for m in messages)
     assert torch.isfinite(torch.tensor(rows[-1]["loss"]))
+
+
+def test_validation_split_without_one_tasks_rows_builds_its_loaders(
+    phantom_root, tmp_path, caplog
+) -> None:
+    """The issue's case: tiny configs on 8 phantoms whose validation split has no size rows."""
+    from rgct.train.loop import build_data
+
+    root = tmp_path / "ds"
+    shutil.copytree(phantom_root, root)
+    _header_only(csv_path(root, "valid", "vqa_size"))
+    cfg = _tiny_config(root, tmp_path, "train.max_steps=2")
+    with caplog.at_level(logging.WARNING, logger="rgct.data.dataset"):
+        data = build_data(cfg, world=1)
+    wanted = {t for t, w in cfg.data.tasks.items() if w > 0}
+    assert set(data.eval_loaders) == wanted - {"size"} and "size" in wanted
+    warned = [r.getMessage() for r in caplog.records if "no rows for task 'size'" in r.getMessage()]
+    assert warned and all("'valid'" in m for m in warned)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from rgct.config import ConfigError, DataConfig, DataSource, load_config
 from rgct.constants import CT_RATE_LABELS
+from rgct.data import sources
 from rgct.data.dataset import collate
 from rgct.data.deeplesion import load_deeplesion
 from rgct.data.radchestct import load_radchest
+from rgct.data.sample_table import SampleTable
 from rgct.data.source_samples import deeplesion_samples, radchest_samples
 from rgct.data.sources import MixedSources, SourceDataset, build_source_datasets, per_source
 from rgct.data.synth import write_dataset
@@ -85,6 +88,23 @@ def test_each_source_loads_and_tags_its_items(roots) -> None:
     batch = collate([mix[i] for i in range(2)])
     assert len(batch["source"]) == 2
     assert per_source([1.0, 3.0, 5.0], ["a", "b", "a"]) == {"a": 3.0, "b": 3.0}
+
+
+def test_a_source_split_without_one_tasks_rows_warns(roots, monkeypatch, caplog) -> None:
+    real = sources.source_samples
+
+    def without_presence(*args, **kwargs):
+        return {**real(*args, **kwargs), "presence": SampleTable.concat([])}
+
+    monkeypatch.setattr(sources, "source_samples", without_presence)
+    cfg = DataConfig(input_shape=(16, 32, 32), augment=False)
+    source = DataSource(str(roots["rad-chestct"]), layout="rad-chestct")
+    with caplog.at_level(logging.WARNING, logger="rgct.data.sources"):
+        ds = SourceDataset(cfg, source, "train", train=True, num_samples=6)
+    assert ds.missing_tasks == ["presence"] and len(ds) == 6
+    assert {ds.samples.text("task", i) for i in range(len(ds))} == {"abnormality"}
+    (warned,) = [r.getMessage() for r in caplog.records if "no rows for task" in r.getMessage()]
+    assert "rad-chestct" in warned and "'train'" in warned and "'presence'" in warned
 
 
 def test_source_config_validates() -> None:

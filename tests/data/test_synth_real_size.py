@@ -12,6 +12,7 @@ import pytest
 
 from rgct.cli import main as rgct_main
 from rgct.config import DataConfig
+from rgct.data.compact import expand_batch
 from rgct.data.dataset import RGCTDataset
 from rgct.data.io import load_volume
 from rgct.data.synth import METADATA_FILE, Variation, write_dataset
@@ -70,7 +71,7 @@ def test_the_geometry_path_reads_them_in_millimetres(ct_rate_like: Path, tmp_pat
     ds = RGCTDataset(cfg, "train", train=False, tasks=["report"])
     assert len(ds) == 3
     for i in range(len(ds)):
-        image = ds[i]["image"][0]
+        image = expand_batch(ds[i])["image"][0]
         assert image.shape == (32, 48, 48) and float(image[:, 0, 0].max()) == 0.0  # air padding
         # the chest's width along the centre row, in mm: on the model grid (8 mm voxels) as in
         # the native volume (its own spacing, from the header or the metadata table)
