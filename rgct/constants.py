@@ -77,6 +77,12 @@ TASKS = (
 )
 """Tasks; the last three are DeepLesion's grounded lesion tasks (a box mask, no region name)."""
 
+LESION_TASKS = ("lesion", "lesion_size", "lesion_type")
+"""DeepLesion's tasks: their samples come from a DeepLesion folder (``data.sources``)."""
+
+RADGENOME_TASKS = tuple(t for t in TASKS if t not in LESION_TASKS)
+"""The tasks a RadGenome-layout folder (its CSV files) gives samples for."""
+
 QUESTION_TEMPLATES = {
     "abnormality": "What are the abnormalities in the {region}?",
     "presence": "Can {abnormality} be identified in the {region}?",

@@ -354,6 +354,12 @@ def build_samples(
     rng = np.random.default_rng(seed)
     masks = _MaskFiles(index.root)
     for task in _task_list(tasks):
+        if task not in TASK_CSV:
+            raise DataError(
+                f"task {task!r} has no RadGenome file in {index.root}: it is a DeepLesion task "
+                "(list a DeepLesion folder under data.sources); RadGenome tasks: "
+                f"{list(TASK_CSV)}"
+            )
         rows = index.tables.get(TASK_CSV[task], [])
         cols = _Columns(index, masks)
         if task in ("region_report", "report"):

@@ -81,6 +81,8 @@ def unit_key(volume: str, task: str, region: str, question: str) -> str:
 def plan_units(ds: RGCTDataset, tasks: list[str]) -> list[Unit]:
     """Output units in a stable order: per task, per dataset sample (reports per volume)."""
     units: list[Unit] = []
+    seen: set[str] = set()
+    repeated = 0
     by_task: dict[str, list[int]] = {}
     for i, s in enumerate(ds.samples):
         by_task.setdefault(s.task, []).append(i)
@@ -116,9 +118,14 @@ def plan_units(ds: RGCTDataset, tasks: list[str]) -> list[Unit]:
             continue
         for i in by_task.get(task, []):
             s = ds.samples[i]
+            key = unit_key(s.volume, task, s.region, s.prompt)
+            if key in seen:  # the same question twice for one volume (e.g. two nodules in one
+                repeated += 1  # lobe): one output line answers it
+                continue
+            seen.add(key)
             units.append(
                 Unit(
-                    unit_key(s.volume, task, s.region, s.prompt),
+                    key,
                     task,
                     s.volume,
                     s.region,
@@ -128,6 +135,11 @@ def plan_units(ds: RGCTDataset, tasks: list[str]) -> list[Unit]:
                     [s.region],
                 )
             )
+    if repeated:
+        logger.info(
+            "%d repeated questions (same volume, task, region and question) answered once",
+            repeated,
+        )
     return units
 
 

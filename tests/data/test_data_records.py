@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from rgct.constants import CT_RATE_LABELS, QUESTION_TEMPLATES, REPORT_PROMPTS, TASKS, WHOLE_SCAN
+from rgct.constants import (
+    CT_RATE_LABELS,
+    QUESTION_TEMPLATES,
+    RADGENOME_TASKS,
+    REPORT_PROMPTS,
+    WHOLE_SCAN,
+)
 from rgct.data.layout import (
     UnknownRegionError,
     VolumeNameError,
@@ -99,7 +105,7 @@ def test_load_split_parses_quirks() -> None:
 
 def test_build_samples_templates_masks_and_labels() -> None:
     index = load_split(MINI, "train")
-    by = build_samples(index, list(TASKS))
+    by = build_samples(index, list(RADGENOME_TASKS))
     assert {t: len(s) for t, s in by.items()} == {
         "report": 2,
         "region_report": 6,
@@ -179,7 +185,7 @@ def test_bad_csv_columns_are_a_problem(mini: Path) -> None:
 
 def test_mix_samples_weighted_and_deterministic() -> None:
     index = load_split(MINI, "train")
-    by = build_samples(index, list(TASKS))
+    by = build_samples(index, list(RADGENOME_TASKS))
     weights = {"region_report": 3.0, "presence": 1.0, "size": 0.0}
     a = mix_samples(by, weights, 400, seed=1)
     b = mix_samples(by, weights, 400, seed=1)
@@ -192,3 +198,10 @@ def test_mix_samples_weighted_and_deterministic() -> None:
     assert len({(s.volume, s.region) for s in first}) == 6
     c = mix_samples(by, weights, 400, seed=2)
     assert [s.task for s in c] != tasks
+
+
+def test_a_deeplesion_task_on_a_radgenome_folder_is_refused_by_name():
+    from rgct.data.records import DataError
+
+    with pytest.raises(DataError, match="'lesion_type'.*DeepLesion task"):
+        build_samples(load_split(MINI, "train"), ["region_report", "lesion_type"])

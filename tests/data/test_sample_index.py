@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rgct.config import DataConfig
-from rgct.constants import TASKS
+from rgct.constants import RADGENOME_TASKS
 from rgct.data.dataset import RGCTDataset
 from rgct.data.records import build_samples, load_split, mix_samples
 from rgct.data.sample_table import TEXT_FIELDS, Sample, SampleTable
@@ -48,7 +48,7 @@ def test_sample_table_round_trips_and_takes_rows() -> None:
 
 
 def test_index_is_columnar_and_mixing_matches_the_object_path(tmp_path) -> None:
-    by = build_samples(load_split(MINI, "train"), list(TASKS), seed=0)
+    by = build_samples(load_split(MINI, "train"), list(RADGENOME_TASKS), seed=0)
     assert all(isinstance(t, SampleTable) for t in by.values())
     weights = {"region_report": 2.0, "presence": 1.0, "size": 1.0}
     from_tables = mix_samples(by, weights, 300, seed=4, abnormal_fraction=0.5)
@@ -66,7 +66,7 @@ def test_release_size_writer(tmp_path) -> None:
     with open(root / "radgenome_files/train_vqa_presence.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["Volumename", "Anatomy", "Finding", "Presence"] and len(rows) > 400
-    by = build_samples(load_split(root, "train"), list(TASKS))
+    by = build_samples(load_split(root, "train"), list(RADGENOME_TASKS))
     assert len(by["region_report"]) > 0 and len(by["presence"]) == len(rows) - 1
 
 

@@ -125,3 +125,30 @@ def test_cli_generate(mini_checkpoint, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert all(r["task"] == "region_report" for r in read(out))
+
+
+def test_a_question_repeated_for_one_volume_is_one_output_line(caplog):
+    """Two nodules in one lobe give the same location question twice: one unit answers it
+    (the predictions file keys lines by volume, task, region and question)."""
+    from types import SimpleNamespace
+
+    from rgct.generate.runner import plan_units
+
+    def sample(volume, task, prompt, answer):
+        return SimpleNamespace(
+            volume=volume, task=task, region="whole scan", prompt=prompt, answer=answer
+        )
+
+    q = "Where is the nodule located in the image?"
+    ds = SimpleNamespace(
+        samples=[
+            sample("v1", "location", q, "lung/lung/left lung/left lung upper lobe"),
+            sample("v1", "location", q, "lung/lung/left lung/left lung upper lobe"),
+            sample("v2", "location", q, "lung/lung/right lung/right lung lower lobe"),
+        ]
+    )
+    with caplog.at_level("INFO", logger="rgct.generate.runner"):
+        units = plan_units(ds, ["location"])
+    assert [(u.volume, u.rows) for u in units] == [("v1", [0]), ("v2", [2])]
+    assert len({u.key for u in units}) == len(units)
+    assert "1 repeated questions" in caplog.text
