@@ -32,3 +32,13 @@ def test_unknown_command_fails(capsys):
         main(["frobnicate"])
     assert e.value.code == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_heldout_check_script_is_the_heldout_command():
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "heldout_check.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--no-blind" in out and "--masks" in out and "--oracle" in out

@@ -75,7 +75,7 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     assert json.loads((export / "heldout.json").read_text())["blind_baseline"]  # <stage id>.json
     predicted = json.loads((export / "heldout_predicted.json").read_text())
     assert predicted["mask_source"] == "predicted" and "region masks: predicted" in card
-    assert "blind_baseline" not in predicted and "--masks predicted --no-blind" in card
+    assert "blind_baseline" not in predicted and "--limit 1 --no-blind --masks predicted" in card
     from rgct.data.layout import volume_path
     from rgct.data.records import find_volumes
     from rgct.inference import Predictor
