@@ -1,5 +1,6 @@
-"""The shipped demo model gives the same region reports and detections as before the
-restructure (golden values written at d7eaa64 by the code of that commit)."""
+"""The shipped demo model gives the same region reports and detections as when it was made
+(golden values written right after it was rebuilt with places: stage ``stage3_locations``
+of configs/recipes/demo.yaml)."""
 
 from __future__ import annotations
 
