@@ -114,7 +114,8 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     ]
     assert (bundle / "adapter_model.safetensors").is_file()  # the source is left as it was
     card = (again / "grounded" / "model" / "README.md").read_text()
-    assert "`--reuse`): `bundle`" in card and "`synth`" in card
+    reused = next(line for line in card.splitlines() if "(`--reuse`)" in line)
+    assert "`bundle`" in reused and "`synth`" in reused and "history/<stage>/" in reused
     kept = again / "grounded" / "model" / "history" / "bundle" / "README.md"
     assert kept.read_text() == (bundle / "README.md").read_text()
     assert (again / "grounded" / "model" / "training" / "stage3_locations_metrics.jsonl").is_file()

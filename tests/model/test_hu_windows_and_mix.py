@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_MODEL, TINY_TRAIN, tiny_overrides
 
 from rgct.config import ConfigError, DataConfig, load_config
-from rgct.constants import TASKS
+from rgct.constants import RADGENOME_TASKS
 from rgct.data.dataset import RGCTDataset
 from rgct.data.io import Volume, box_mask
 from rgct.data.records import build_samples, load_split, mix_samples
@@ -91,7 +91,7 @@ def _abnormal_share(samples) -> float:
 
 
 def test_abnormal_fraction_oversamples_regions_with_findings(phantom_root: Path) -> None:
-    by = build_samples(load_split(phantom_root, "train"), list(TASKS), seed=0)
+    by = build_samples(load_split(phantom_root, "train"), list(RADGENOME_TASKS), seed=0)
     weights = {"region_report": 1.0, "presence": 1.0}
     natural = mix_samples(by, weights, 2000, seed=0)
     boosted = mix_samples(by, weights, 2000, seed=0, abnormal_fraction=0.6)
