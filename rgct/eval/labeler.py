@@ -180,6 +180,7 @@ class _Speller:
     def __init__(self, spec: dict[str, Any], where: str) -> None:
         self.terms = tuple(sorted({str(t).lower() for t in spec.get("terms") or []}))
         self._squeezed = tuple(_squeeze(t) for t in self.terms)
+        self._letters = tuple(frozenset(t) for t in self._squeezed)
         self.keep = {str(t).lower() for t in spec.get("keep") or []} | set(self.terms)
         self.variants = [
             (p, str(repl))
@@ -199,8 +200,12 @@ class _Speller:
         best, best_d = word, 3
         if word not in self.keep:
             squeezed = _squeeze(word)
-            for term, term_squeezed in zip(self.terms, self._squeezed):
+            letters = set(squeezed)
+            for term, term_squeezed, term_letters in zip(self.terms, self._squeezed, self._letters):
                 limit = 2 if len(word) >= 10 and word[:2] == term[:2] else 1
+                # each edit changes the set of letters by at most two: a cheap lower bound
+                if len(letters ^ term_letters) > 2 * limit:
+                    continue
                 d = edit_distance(squeezed, term_squeezed, limit)
                 if d <= limit and d < best_d:
                     best, best_d = term, d

@@ -161,6 +161,15 @@ class _CachedStemmer:
 _WORKER: dict[str, Any] = {}
 
 
+def _own_wordnet_files() -> None:
+    """Pool initializer: a forked worker opens WordNet's data files afresh. NLTK's reader keeps
+    them open and seeks before each read; inherited handles share one file offset with the
+    parent and the other workers, so concurrent reads interleave and return wrong lines."""
+    reader = _WORKER.get("reader")
+    if reader is not None and hasattr(reader, "_data_file_map"):
+        reader._data_file_map = {}
+
+
 def _meteor_chunk(pairs: list[tuple[str, str]]) -> list[float]:
     from nltk.translate.meteor_score import single_meteor_score
 
@@ -183,6 +192,7 @@ class NltkMeteor:
 
     def __init__(self, wordnet: Any, workers: int | None = None) -> None:
         self.workers = workers or len(os.sched_getaffinity(0))
+        _WORKER["reader"] = wordnet
         _WORKER["wordnet"] = _CachedWordNet(wordnet)
         _WORKER["stemmer"] = _CachedStemmer()
 
@@ -195,7 +205,7 @@ class NltkMeteor:
         chunks = [pairs[i : i + chunk] for i in range(0, len(pairs), chunk)]
         out: list[float] = []
         if self.workers > 1 and len(pairs) > 2 * chunk and "fork" in mp.get_all_start_methods():
-            with mp.get_context("fork").Pool(self.workers) as pool:
+            with mp.get_context("fork").Pool(self.workers, initializer=_own_wordnet_files) as pool:
                 for part in pool.imap(_meteor_chunk, chunks):
                     out.extend(part)
                     if progress is not None:
