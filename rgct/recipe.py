@@ -521,8 +521,7 @@ class RecipeRunner:
                 shutil.copytree(made / "training", keep / "training", dirs_exist_ok=True)
 
     def _run_export(self, stage: Stage) -> tuple[str, dict]:
-        from rgct.model.segmenter import CONFIG_FILE as SEG_CONFIG
-        from rgct.model.segmenter import WEIGHTS_FILE as SEG_WEIGHTS
+        from rgct.model.segmenter import copy_segmenter
 
         o = stage.options
         src = self._ref(o["from"])
@@ -533,9 +532,7 @@ class RecipeRunner:
         with atomic_dir(self.model_dir(stage.id)) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
             if "segmenter" in o:
-                seg = self._ref(str(o["segmenter"]))
-                for f in (SEG_WEIGHTS, SEG_CONFIG):
-                    shutil.copy2(seg / f, tmp / f)
+                copy_segmenter(self._ref(str(o["segmenter"])), tmp)
             write_text(tmp / "README.md", card)
             for n, h in zip(names, heldouts):
                 write_json(tmp / f"{n}.json", h)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,15 @@ def build_segmenter(config: dict[str, Any]) -> Segmenter:
     if unknown:
         raise ValueError(f"unknown segmenter settings {unknown}; known: {sorted(known)}")
     return Segmenter(**config)
+
+
+def copy_segmenter(src: str | Path, dst: str | Path, *, required: bool = True) -> None:
+    """Copy a folder's segmenter (weights and config) into another model folder; with
+    ``required=False`` a folder without one copies nothing."""
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        path = Path(src) / name
+        if required or path.is_file():
+            shutil.copy2(path, Path(dst) / name)
 
 
 def save_segmenter(

@@ -14,7 +14,6 @@ Both leave their source untouched (``rgct classifier fit|calibrate``; recipe sta
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,14 +45,11 @@ def _card(src: Path) -> str | None:
 def _extras(src: Path, name: str, record: dict):
     """What a classifier stage adds to its new folder: its record, and the source's segmenter
     (the checkpoint's own masks stay with it: refitting the classifier does not change them)."""
-    from rgct.model.segmenter import CONFIG_FILE as SEG_CONFIG
-    from rgct.model.segmenter import WEIGHTS_FILE as SEG_WEIGHTS
+    from rgct.model.segmenter import copy_segmenter
 
     def write(tmp: Path) -> None:
         write_json(tmp / name, record)
-        for f in (SEG_WEIGHTS, SEG_CONFIG):
-            if (src / f).is_file():
-                shutil.copy2(src / f, tmp / f)
+        copy_segmenter(src, tmp, required=False)
 
     return write
 
