@@ -216,9 +216,7 @@ def test_the_whole_flow_in_a_browser(served, tmp_path):
 
             # text cut at the token limit is flagged
             page.locator("#rgct-settings").get_by_text("Generation settings").click()
-            page.locator("#rgct-max-new input[type=number]").fill("3")
-            page.locator("#rgct-max-new input[type=number]").press("Enter")
-            expect(page.locator("#rgct-max-new input[type=range]")).to_have_value("3")
+            _set_number(page, "#rgct-max-new", "3")
             page.get_by_role("tab", name="Full report").click()
             page.locator("#rgct-fr-btn").click()
             expect(warnings).to_contain_text("token limit", timeout=TIMEOUT)
@@ -252,6 +250,29 @@ def test_the_whole_flow_in_a_browser(served, tmp_path):
             assert app.live_scans() == 0
         finally:
             browser.close()
+
+
+def _set_number(page, elem: str, value: str, tries: int = 3) -> None:
+    """Type a value into a slider's number box until the slider shows it.
+
+    The settings accordion renders its children when first opened; a value typed while that
+    happens can be lost on a loaded machine, so the typing is repeated (the check is not).
+    """
+    box = page.locator(f"{elem} input[type=number]")
+    slider = page.locator(f"{elem} input[type=range]")
+    for _ in range(tries - 1):
+        box.fill(value)
+        box.press("Enter")
+        box.blur()
+        try:
+            expect(slider).to_have_value(value, timeout=3_000)
+            return
+        except AssertionError:
+            continue
+    box.fill(value)
+    box.press("Enter")
+    box.blur()
+    expect(slider).to_have_value(value)
 
 
 def _screenshot(page, path: Path) -> None:
