@@ -83,6 +83,10 @@ LESION_TASKS = ("lesion", "lesion_size", "lesion_type")
 RADGENOME_TASKS = tuple(t for t in TASKS if t not in LESION_TASKS)
 """The tasks a RadGenome-layout folder (its CSV files) gives samples for."""
 
+RADCHEST_TASKS = ("region_report", "presence", "abnormality")
+"""The tasks a RAD-ChestCT folder (its label matrix) gives samples for. It has no report text:
+its region reports are generated and scored against the labels, never trained on."""
+
 QUESTION_TEMPLATES = {
     "abnormality": "What are the abnormalities in the {region}?",
     "presence": "Can {abnormality} be identified in the {region}?",

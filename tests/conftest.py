@@ -59,6 +59,19 @@ def phantom_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def layout_phantoms(tmp_path_factory) -> dict[str, Path]:
+    """Phantoms in the RAD-ChestCT (``rad``: 4 volumes) and DeepLesion (``dl``: 10 volumes)
+    layouts, written once per test session."""
+    from rgct.data.synth_layouts import write_layout_dataset
+
+    base = tmp_path_factory.mktemp("layouts")
+    rad, dl = base / "rad", base / "dl"
+    write_layout_dataset(rad, "rad-chestct", 4, seed=4, shape=PHANTOM_SHAPE, progress=False)
+    write_layout_dataset(dl, "deeplesion", 10, seed=1, shape=PHANTOM_SHAPE, progress=False)
+    return {"rad": rad, "dl": dl}
+
+
 def tiny_overrides(root: Path, out: Path, *extra: str) -> list[str]:
     return [
         f"data.root={root}",

@@ -1,15 +1,20 @@
-"""A test double of the learned segmenter that "predicts" a phantom's true masks."""
+"""Test doubles of the learned segmenter: one that "predicts" a phantom's true masks, and a
+saved one whose every mask is the whole grid."""
 
 from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from rgct.config import DataConfig
 from rgct.constants import REGIONS, SEGMENT_CLASSES
 from rgct.data.io import load_mask, load_volume
 from rgct.data.layout import anatomy_mask_path, region_mask_path, volume_path
 from rgct.data.transforms import preprocess
-from rgct.model.segmenter import data_meta
+from rgct.model.segmenter import Segmenter, data_meta, save_segmenter
 
 
 class TruthSegmenter(nn.Module):
@@ -45,3 +50,18 @@ def truth_segmenter(root, volume, cfg, drop: tuple[str, ...] = ()) -> tuple[Trut
         if name in tensors:
             logits[k] = tensors[name][0] * 20.0 - 10.0
     return TruthSegmenter(logits), {"data": data_meta(cfg.data)}
+
+
+def save_constant_segmenter(out: Path, empty: Collection[str]) -> Path:
+    """Save into ``out`` a segmenter whose logits are a constant per class: +6 everywhere except
+    ``empty`` and the finding channels (-6): every other region is the whole grid."""
+    net = Segmenter(channels=(4, 8), refine_channels=1, internal_scale=0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        bias = torch.full((len(SEGMENT_CLASSES),), -6.0)
+        for k, name in enumerate(SEGMENT_CLASSES[:17]):
+            bias[k] = -6.0 if name in empty else 6.0
+        net.refine[1].bias.copy_(bias)
+    save_segmenter(out, net, {"data": data_meta(DataConfig(input_shape=(8, 16, 16)))})
+    return out

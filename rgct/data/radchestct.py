@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rgct.data.io import DataError, load_npz, spacing_from_metadata
+from rgct.data.io import DataError, Volume, VolumeReadError, load_npz, spacing_from_metadata
 from rgct.data.records import Problem
 from rgct.data.source_maps import RADCHEST_ABNORMALITIES, HeaderError, parse_radchest_column
 from rgct.data.source_report import SourceReport, error
@@ -62,6 +62,21 @@ def is_radchest(root: str | Path) -> bool:
 def find_npz(root: str | Path) -> dict[str, Path]:
     """Volume name (file stem) -> ``.npz`` path, searched under ``root`` recursively."""
     return {p.stem: p for p in sorted(Path(root).rglob("*.npz"))}
+
+
+def load_radchest_volume(root: str | Path, name: str, npz: dict[str, Path] | None = None) -> Volume:
+    """Volume ``name`` of a RAD-ChestCT folder: its ``.npz`` with the metadata table's spacing.
+
+    Args:
+        npz: volume -> file (from :func:`find_npz`; searched when None).
+
+    Raises:
+        VolumeReadError: no such ``.npz``, or unreadable. DataError: no spacing for it.
+    """
+    npz = find_npz(root) if npz is None else npz
+    if name not in npz:
+        raise VolumeReadError(f"{root}: no {name}.npz")
+    return load_npz(npz[name], npz_key=NPZ_KEY, metadata_csv=Path(root) / METADATA_FILE)
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""What ``rgct data check`` reports for the other datasets' folders, and which layout a folder has.
+"""What ``rgct data check`` reports for the other datasets' folders, which layout a folder has,
+and which tasks a folder of each layout gives samples for.
 
 Example::
 
     layout = detect_layout("/data/deeplesion")      # 'deeplesion'
+    check_layout_tasks(["lesion"], layout, "/data/deeplesion")
     report = check_source("/data/deeplesion", layout)
     print(format_source_report(report))
 """
@@ -12,11 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rgct.constants import LESION_TASKS, RADCHEST_TASKS, RADGENOME_TASKS
 from rgct.data.check import format_problems
+from rgct.data.io import DataError
 from rgct.data.records import Problem
 
 LAYOUTS = ("radgenome", "rad-chestct", "deeplesion")
 """Dataset layouts rgct reads (``--layout`` of ``rgct synth`` and ``rgct data check``)."""
+
+LAYOUT_TASKS = {
+    "radgenome": RADGENOME_TASKS,
+    "rad-chestct": RADCHEST_TASKS,
+    "deeplesion": LESION_TASKS,
+}
+"""Layout -> the tasks a folder of that layout gives samples for."""
 
 
 def error(problems: list[Problem], kind: str, where: str, message: str) -> None:
@@ -80,6 +91,22 @@ def detect_layout(root: str | Path) -> str:
     if is_radchest(root):
         return "rad-chestct"
     return "radgenome"
+
+
+def check_layout_tasks(tasks: list[str], layout: str, root: str | Path) -> list[str]:
+    """``tasks``, when a ``layout`` folder gives samples for every one of them.
+
+    Raises:
+        DataError: naming the tasks it does not hold, the layout and the tasks it does.
+    """
+    known = LAYOUT_TASKS[layout]
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise DataError(
+            f"task(s) {unknown} cannot be asked of {root}: it is a {layout} folder, whose tasks "
+            f"are {list(known)}"
+        )
+    return list(tasks)
 
 
 def check_source(

@@ -5,7 +5,9 @@ the RadGenome CSV rows become, so the same transforms, batches and model serve t
   targets (``labels``: the 18 CT-RATE labels inside it, for the region classifier) and VQA in the
   official templates: ``presence`` ("Can lung nodule be identified in the lung?" Yes/No, every
   positive plus as many absent labels the region can hold) and ``abnormality`` (the region's
-  positives, CT-RATE names first, the rest under their SARLE names). Masks come from
+  positives, CT-RATE names first, the rest under their SARLE names). ``region_report`` (one per
+  region, for ``rgct generate``: the release has no report text, so its answer is the region's
+  positives as the abnormality answer writes them, empty when none). Masks come from
   ``<root>/masks`` (``rgct segment --out <root>/masks``); a region without one uses the whole
   scan with its name in the prompt.
 - DeepLesion (:func:`deeplesion_samples`): per lesion, the box on its key slice is the region:
@@ -28,18 +30,23 @@ from pathlib import Path
 
 import numpy as np
 
-from rgct.constants import CT_RATE_LABELS, LESION_PROMPTS, QUESTION_TEMPLATES, REGIONS
+from rgct.constants import (
+    CT_RATE_LABELS,
+    LESION_PROMPTS,
+    LESION_TASKS,
+    QUESTION_TEMPLATES,
+    RADCHEST_TASKS,
+    REGIONS,
+    REPORT_PROMPTS,
+)
 from rgct.data.deeplesion import DeepLesionIndex, Lesion, materialise
-from rgct.data.io import DataError
 from rgct.data.layout import pick_mask
 from rgct.data.radchestct import RadChestIndex
 from rgct.data.sample_table import TEXT_FIELDS, SampleTable
 from rgct.data.source_maps import DEEPLESION_TYPES, RADCHEST_LABELS, MappedLabel, map_radchest_pair
+from rgct.data.source_report import check_layout_tasks
 
 logger = logging.getLogger(__name__)
-
-RADCHEST_TASKS = ("presence", "abnormality")
-DEEPLESION_TASKS = ("lesion", "lesion_size", "lesion_type")
 
 REGION_LABELS: dict[str, tuple[str, ...]] = {
     region: tuple(
@@ -52,14 +59,6 @@ REGION_LABELS: dict[str, tuple[str, ...]] = {
     for region in REGIONS
 }
 """Region -> the CT-RATE labels the mapping can put there (the absent ones are asked about)."""
-
-
-def _check_tasks(tasks: Iterable[str], known: tuple[str, ...], source: str) -> list[str]:
-    tasks = list(tasks)
-    unknown = [t for t in tasks if t not in known]
-    if unknown:
-        raise DataError(f"{source}: unknown task(s) {unknown}; this source has {list(known)}")
-    return tasks
 
 
 class _Table:
@@ -107,13 +106,13 @@ def _mask_names(folder: Path) -> frozenset[str]:
 def radchest_samples(
     index: RadChestIndex, tasks: Iterable[str] = RADCHEST_TASKS, *, seed: int = 0
 ) -> dict[str, SampleTable]:
-    """Region-level presence and abnormality samples of a RAD-ChestCT split.
+    """Region-level presence, abnormality and region-report samples of a RAD-ChestCT split.
 
-    Every region with a mask (every region when the volume has no masks) gets presence samples;
-    regions with a positive get an abnormality sample. ``labels`` holds the region's 18 CT-RATE
-    targets on every sample.
+    Every region with a mask (every region when the volume has no masks) gets presence samples
+    and a region-report sample; regions with a positive get an abnormality sample. ``labels``
+    holds the region's 18 CT-RATE targets on every sample.
     """
-    tasks = _check_tasks(tasks, RADCHEST_TASKS, "RAD-ChestCT")
+    tasks = check_layout_tasks(list(tasks), "rad-chestct", index.root)
     rng = np.random.default_rng(seed)
     tables = {t: _Table() for t in tasks}
     for volume in sorted(index.volumes):
@@ -149,11 +148,14 @@ def radchest_samples(
                 for words, answer in asked:
                     prompt = QUESTION_TEMPLATES["presence"].format(abnormality=words, region=region)
                     tables["presence"].add(task="presence", prompt=prompt, answer=answer, **common)
+            said = ", ".join(m.words for m in positives) + "." if positives else ""
             if "abnormality" in tables and positives:
                 prompt = QUESTION_TEMPLATES["abnormality"].format(region=region)
-                answer = ", ".join(m.words for m in positives) + "."
-                tables["abnormality"].add(
-                    task="abnormality", prompt=prompt, answer=answer, **common
+                tables["abnormality"].add(task="abnormality", prompt=prompt, answer=said, **common)
+            if "region_report" in tables:
+                prompt = REPORT_PROMPTS["region_report"].format(region=region)
+                tables["region_report"].add(
+                    task="region_report", prompt=prompt, answer=said, **common
                 )
     return {t: tab.table() for t, tab in tables.items()}
 
@@ -176,19 +178,21 @@ def lesion_size_text(lesion: Lesion) -> str:
 def deeplesion_samples(
     index: DeepLesionIndex,
     split: str,
-    tasks: Iterable[str] = DEEPLESION_TASKS,
+    tasks: Iterable[str] = LESION_TASKS,
     cache_dir: str | Path | None = None,
+    max_lesions: int | None = None,
 ) -> dict[str, SampleTable]:
     """Grounded lesion samples of one DeepLesion split (``Train_Val_Test``: train/valid/test).
 
     Args:
         cache_dir: where lesion volumes and box masks are written as NIfTI (default
             ``<root>/.rgct_cache/deeplesion``; the release itself is never written to).
+        max_lesions: use the split's first N lesions.
     """
-    tasks = _check_tasks(tasks, DEEPLESION_TASKS, "DeepLesion")
+    tasks = check_layout_tasks(list(tasks), "deeplesion", index.root)
     cache_dir = Path(cache_dir) if cache_dir else index.root / ".rgct_cache" / "deeplesion"
     tables = {t: _Table() for t in tasks}
-    for lesion in index.split(split):
+    for lesion in index.split(split)[:max_lesions]:
         image, mask = materialise(index.root, lesion, cache_dir)
         kind = DEEPLESION_TYPES.get(lesion.lesion_type)
         common = dict(

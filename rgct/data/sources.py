@@ -38,14 +38,19 @@ DEFAULT_TASKS = {
 
 
 def source_samples(
-    source: DataSource, split: str, tasks: dict[str, float], seed: int
+    source: DataSource,
+    split: str,
+    tasks: dict[str, float],
+    seed: int,
+    max_volumes: int | None = None,
 ) -> dict[str, SampleTable]:
-    """task -> samples of one RAD-ChestCT or DeepLesion split."""
+    """task -> samples of one RAD-ChestCT or DeepLesion split (at most ``max_volumes`` volumes,
+    or lesions for DeepLesion)."""
     if source.layout == "rad-chestct":
         from rgct.data.radchestct import load_radchest
         from rgct.data.source_samples import radchest_samples
 
-        index = load_radchest(source.root, split)
+        index = load_radchest(source.root, split, max_volumes=max_volumes)
         for p in index.problems:
             logger.warning("%s", p.message)
         return radchest_samples(index, tasks, seed=seed)
@@ -55,7 +60,7 @@ def source_samples(
     index = load_deeplesion(source.root)
     for p in index.problems:
         logger.warning("%s", p.message)
-    return deeplesion_samples(index, split, tasks)
+    return deeplesion_samples(index, split, tasks, max_lesions=max_volumes)
 
 
 class SourceDataset(RGCTDataset):
@@ -86,6 +91,11 @@ class SourceDataset(RGCTDataset):
             return
         if not root.is_dir():
             raise DataError(f"data.sources {source.name}: {root}: folder not found")
+        if train and source.layout == "rad-chestct" and "region_report" in tasks:
+            raise DataError(
+                f"data.sources {source.name}: RAD-ChestCT has no report text to train "
+                "region_report on (its region reports are generated and scored against labels)"
+            )
         metadata = None
         if source.layout == "rad-chestct":
             from rgct.data.radchestct import METADATA_FILE
@@ -96,7 +106,7 @@ class SourceDataset(RGCTDataset):
         self.seed = seed
         self._skipped = multiprocessing.Value("q", 0)
         self.problems = []
-        by_task = source_samples(source, split, tasks, seed)
+        by_task = source_samples(source, split, tasks, seed, cfg.max_volumes)
         self.missing_tasks = [t for t, table in by_task.items() if not len(table)]
         for task in self.missing_tasks:
             logger.warning(

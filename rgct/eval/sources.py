@@ -7,7 +7,9 @@
   coarse type (accuracy over lesions of known type) and long diameter (mean absolute error, mm).
 
 Prediction rows are ``rgct generate`` lines: ``volume``, ``region``, ``prediction`` (the
-RAD-ChestCT volume name, or the DeepLesion lesion name ``<file stem>_<line>``).
+RAD-ChestCT volume name, or the DeepLesion lesion name ``<file stem>_<line>``) and ``task``:
+region reports (``region_report``) and lesion descriptions (``lesion``) are scored; rows of
+other tasks are counted in ``other_tasks`` (a row without ``task`` is scored).
 
 Example::
 
@@ -32,6 +34,12 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float | int | None]:
     return {"precision": p, "recall": r, "f1": f, "support": tp + fn}
 
 
+def _of_task(rows: list[dict], task: str) -> tuple[list[dict], int]:
+    """The rows of ``task`` (or with no task), and how many rows of other tasks were left out."""
+    mine = [r for r in rows if r.get("task", task) == task]
+    return mine, len(rows) - len(mine)
+
+
 def score_radchest(
     rows: list[dict], index: RadChestIndex, labeler: CTRateLabeler | None = None
 ) -> dict:
@@ -40,6 +48,7 @@ def score_radchest(
     Rows whose volume is not in ``index`` are counted in ``unmatched`` and not scored.
     """
     labeler = labeler or default_labeler()
+    rows, other = _of_task(rows, "region_report")
     counts: dict[str, list[int]] = {}
     matched = unmatched = 0
     for row in rows:
@@ -64,6 +73,7 @@ def score_radchest(
     return {
         "reports": matched,
         "unmatched": unmatched,
+        "other_tasks": other,
         "micro": _prf(*totals),
         "per_pair": {k: _prf(*c) for k, c in sorted(counts.items())},
     }
@@ -76,6 +86,7 @@ def score_deeplesion(rows: list[dict], index: DeepLesionIndex) -> dict:
     in ``no_size``, one without a type word as wrong.
     """
     lesions = {les.name: les for les in index.lesions}
+    rows, other = _of_task(rows, "lesion")
     typed = right = no_size = unmatched = 0
     errors: list[float] = []
     for row in rows:
@@ -95,6 +106,7 @@ def score_deeplesion(rows: list[dict], index: DeepLesionIndex) -> dict:
     return {
         "lesions": len(errors) + no_size,
         "unmatched": unmatched,
+        "other_tasks": other,
         "type_accuracy": right / typed if typed else None,
         "typed_lesions": typed,
         "long_diameter_mae_mm": sum(errors) / len(errors) if errors else None,

@@ -1,7 +1,16 @@
 """``rgct generate``: batch-generate reports and answers for a split to JSONL.
 
 Runs as one process or under ``accelerate launch`` (each process writes its part; the main
-process merges them in a stable order).
+process merges them in a stable order). ``--data`` may be a RadGenome, RAD-ChestCT or DeepLesion
+folder (the layout is read from the folder); ``rgct evaluate --data`` on the same folder scores
+the output.
+
+Examples::
+
+    rgct generate --data data/phantom --split valid --out preds.jsonl
+    rgct generate --data /data/rad-chestct --split valid --tasks region --masks predicted \
+        --out preds.jsonl
+    rgct generate --data /data/deeplesion --split valid --tasks lesion --out lesions.jsonl
 """
 
 from __future__ import annotations
@@ -16,12 +25,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", default=None, help="checkpoint folder (default: the shipped demo model)"
     )
-    parser.add_argument("--data", required=True, help="dataset folder in the RadGenome layout")
-    parser.add_argument("--split", default="valid", help="train | valid (validation)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="dataset folder: RadGenome, RAD-ChestCT or DeepLesion layout (found from its files)",
+    )
+    parser.add_argument(
+        "--split",
+        default="valid",
+        help="train | valid (validation); test for RAD-ChestCT, DeepLesion",
+    )
     parser.add_argument(
         "--tasks",
-        default="report,region,vqa",
-        help="comma list of groups (report, region, vqa) or task names",
+        default=None,
+        help="comma list of groups (report, region, vqa, lesions) or task names (default: "
+        "report,region,vqa for RadGenome, region for RAD-ChestCT, lesions for DeepLesion)",
     )
     parser.add_argument("--out", required=True, help="output JSONL")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per generate() call")
@@ -37,8 +55,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--masks",
         default="dataset",
-        help="region masks: 'dataset' (the data's own), 'predicted' (the checkpoint's "
-        "segmenter) or a folder of seg_<volume>/<name>.nii.gz files",
+        help="region masks: 'dataset' (the data's own; DeepLesion: each lesion's box), "
+        "'predicted' (the checkpoint's segmenter) or a folder of seg_<volume>/<name>.nii.gz "
+        "files (RAD-ChestCT has no masks: predicted or a folder)",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
@@ -48,13 +67,27 @@ def run(args: argparse.Namespace) -> int:
 
     from accelerate import Accelerator
 
+    from rgct.data.io import DataError
+    from rgct.data.source_report import detect_layout
     from rgct.generate.localize import build_localizer
     from rgct.generate.masks import build_mask_provider
-    from rgct.generate.runner import expand_tasks, merge_parts, run_generation
+    from rgct.generate.runner import (
+        LAYOUT_DEFAULT_TASKS,
+        check_generation_inputs,
+        expand_tasks,
+        merge_parts,
+        run_generation,
+    )
     from rgct.inference import default_checkpoint
     from rgct.model.checkpoint import load_checkpoint
 
-    tasks = expand_tasks(args.tasks)
+    try:  # before the model loads
+        layout = detect_layout(args.data)
+        tasks = expand_tasks(args.tasks or LAYOUT_DEFAULT_TASKS[layout])
+        check_generation_inputs(args.data, tasks, args.masks)
+    except (DataError, ValueError) as e:
+        logger.error("%s", e)
+        return 2
     accelerator = Accelerator(cpu=args.device == "cpu")
     model, cfg = load_checkpoint(args.checkpoint or default_checkpoint(), device=accelerator.device)
     over = {
@@ -67,7 +100,12 @@ def run(args: argparse.Namespace) -> int:
     gen = replace(cfg.generation, **{k: v for k, v in over.items() if v is not None})
     checkpoint = args.checkpoint or default_checkpoint()
     masks = build_mask_provider(args.masks, checkpoint, cfg, args.data, accelerator.device)
-    localizer = build_localizer(model, cfg, checkpoint, args.data, masks)
+    # a lesion's box is its region: no lobes to place findings in
+    localizer = (
+        None
+        if layout == "deeplesion"
+        else build_localizer(model, cfg, checkpoint, args.data, masks)
+    )
     if args.sample:
         gen = replace(gen, do_sample=True)
     run_generation(

@@ -1,13 +1,14 @@
 """Where generation's region masks come from: the dataset, the segmenter, or a folder.
 
 ``rgct generate --masks dataset`` (default) reads the dataset's own masks (the RadGenome
-layout). ``--masks predicted`` segments each volume once with the checkpoint's segmenter
+layout; a DeepLesion lesion's box). ``--masks predicted`` segments each volume once with the checkpoint's segmenter
 (:mod:`rgct.model.segmenter`) and takes the mask a sample names (its anatomy leaf, then its
 parents, then its region). ``--masks DIR`` reads ``DIR/seg_<volume>/<name>.nii.gz`` (what
 ``rgct segment`` and ``rgct masks from-totalsegmentator`` write). A sample whose mask is missing
 or empty from a predicted or folder source is skipped with a warning naming it, never given a
 whole-volume mask; whole-scan samples keep the all-ones mask. Every output line records its
-``mask_source``.
+``mask_source``. Volumes are read from the dataset folder by name: its RadGenome layout, or a
+RAD-ChestCT folder's ``.npz`` files (which come with no masks of their own).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import torch
 
 from rgct.config import DataConfig
 from rgct.constants import OTHERS, WHOLE_SCAN
-from rgct.data.io import load_mask, load_volume
+from rgct.data.io import Volume, load_mask, load_volume
 from rgct.data.layout import anatomy_parts, strip_suffix, volume_path
+from rgct.data.source_report import detect_layout
 from rgct.data.transforms import preprocess
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ class MaskProvider:
     Args:
         source: ``"predicted"`` or a folder of ``seg_<volume>/<name>.nii.gz`` files.
         data_cfg: the model's data settings (preprocessing to the model grid).
-        data_root: the dataset (to find each volume's CT).
+        data_root: the dataset (to find each volume's CT): RadGenome or RAD-ChestCT layout.
         segmenter: ``(Segmenter, meta)`` for ``"predicted"``.
     """
 
@@ -67,6 +69,8 @@ class MaskProvider:
         self.source = str(source)
         self.data_cfg = data_cfg
         self.data_root = Path(data_root)
+        self.layout = detect_layout(data_root)
+        self._npz: dict[str, Path] | None = None
         self.segmenter = segmenter
         if self.source == PREDICTED and segmenter is None:
             raise ValueError(
@@ -87,10 +91,18 @@ class MaskProvider:
         """What output lines record as their ``mask_source``."""
         return PREDICTED if self.source == PREDICTED else f"folder:{Path(self.source).name}"
 
+    def _read_volume(self, volume: str) -> Volume:
+        if self.layout == "rad-chestct":
+            from rgct.data.radchestct import find_npz, load_radchest_volume
+
+            self._npz = find_npz(self.data_root) if self._npz is None else self._npz
+            return load_radchest_volume(self.data_root, volume, self._npz)
+        return load_volume(volume_path(self.data_root, volume))
+
     def _load(self, volume: str) -> None:
         if self._volume == volume:
             return
-        vol = load_volume(volume_path(self.data_root, volume))
+        vol = self._read_volume(volume)
         if self.source == PREDICTED:
             from rgct.generate.segment import segment_volume
 

@@ -1,5 +1,11 @@
 """Batch generation for a split to JSONL: resumable, batched, sharded across processes.
 
+The dataset folder may be in any layout rgct reads (:func:`rgct.data.source_report.detect_layout`):
+RadGenome (its tasks, its masks or others), RAD-ChestCT (region reports and VQA on regions
+whose masks come from the segmenter or a folder: the release has none; rows are what
+:func:`rgct.eval.sources.score_radchest` scores) or DeepLesion (the grounded lesion tasks on
+each lesion's box: :func:`rgct.eval.sources.score_deeplesion`; ``volume`` is the lesion's name).
+
 Each output line::
 
     {"volume", "task", "region", "question", "prediction", "reference", "mask_source"}
@@ -23,11 +29,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rgct.config import GenerationConfig, RGCTConfig
-from rgct.constants import REGIONS, REPORT_PROMPTS, WHOLE_SCAN
+from rgct.config import DataConfig, DataSource, GenerationConfig, RGCTConfig
+from rgct.constants import LESION_TASKS, REGIONS, REPORT_PROMPTS, WHOLE_SCAN
 from rgct.data.compact import expand_batch
 from rgct.data.dataset import RGCTDataset, collate
+from rgct.data.io import DataError
 from rgct.data.layout import strip_suffix
+from rgct.data.radchestct import MASKS_FOLDER
+from rgct.data.source_report import check_layout_tasks, detect_layout
+from rgct.data.sources import SourceDataset
 from rgct.data.truth import finding_locations, load_ground_truth
 from rgct.files import write_jsonl
 from rgct.generate.localize import Localizer
@@ -42,7 +52,15 @@ TASK_GROUPS = {
     "report": ("report",),
     "region": ("region_report",),
     "vqa": ("abnormality", "presence", "location", "size", "disorders"),
+    "lesions": LESION_TASKS,
 }
+
+LAYOUT_DEFAULT_TASKS = {
+    "radgenome": "report,region,vqa",
+    "rad-chestct": "region",
+    "deeplesion": "lesions",
+}
+"""What ``rgct generate`` asks of a folder of each layout when ``--tasks`` is not given."""
 
 
 def expand_tasks(spec: str | list[str]) -> list[str]:
@@ -58,6 +76,45 @@ def expand_tasks(spec: str | list[str]) -> list[str]:
             known = sorted(set(TASK_GROUPS) | {t for g in TASK_GROUPS.values() for t in g})
             raise ValueError(f"unknown task {name!r}; choose from {known}")
     return out
+
+
+def check_generation_inputs(data_root: str | Path, tasks: list[str], masks_source: str) -> str:
+    """The folder's layout, when it holds ``tasks`` and ``masks_source`` can serve it.
+
+    Args:
+        masks_source: ``--masks``: 'dataset', 'predicted' or a folder.
+
+    Raises:
+        DataError: a task the layout has no samples for (named with the layout); dataset masks
+            asked of RAD-ChestCT (it has none); other masks asked of DeepLesion (its tasks are
+            grounded on each lesion's box).
+    """
+    layout = detect_layout(data_root)
+    check_layout_tasks(tasks, layout, data_root)
+    if layout == "rad-chestct" and masks_source == DATASET:
+        hint = Path(data_root) / MASKS_FOLDER / "region_mask"
+        raise DataError(
+            f"{data_root} is a RAD-ChestCT folder: the release has no region masks, so "
+            "--masks dataset cannot serve it; use --masks predicted (the checkpoint's segmenter) "
+            "or --masks DIR (seg_<volume>/<region>.nii.gz files, as 'rgct segment' writes them)"
+            + (f", e.g. --masks {hint}" if hint.is_dir() else "")
+        )
+    if layout == "deeplesion" and masks_source != DATASET:
+        raise DataError(
+            f"{data_root} is a DeepLesion folder: its lesion tasks are grounded on each lesion's "
+            f"box from DL_info.csv, so --masks must be 'dataset' (got {masks_source!r})"
+        )
+    return layout
+
+
+def build_generation_dataset(
+    data_cfg: DataConfig, layout: str, split: str, tasks: list[str]
+) -> RGCTDataset:
+    """All samples of ``tasks`` in one split of the ``data_cfg.root`` folder (any layout), in order."""
+    if layout == "radgenome":
+        return RGCTDataset(data_cfg, split, train=False, tasks=tasks)
+    source = DataSource(str(data_cfg.root), layout=layout, tasks={t: 1.0 for t in tasks})
+    return SourceDataset(data_cfg, source, split, train=False)
 
 
 @dataclass
@@ -316,16 +373,24 @@ def run_generation(
 ) -> Path:
     """Generate this process's share of the units into its part file; return the part path.
 
-    ``blind`` zeroes the visual input; ``oracle_evidence`` puts true labels in the detections
-    line (see :func:`generate_units`)."""
+    ``data_root`` may be in any layout rgct reads (:func:`check_generation_inputs` says what each
+    takes). ``blind`` zeroes the visual input; ``oracle_evidence`` puts true labels in the
+    detections line (see :func:`generate_units`).
+
+    Raises:
+        DataError: see :func:`check_generation_inputs`; the split has no samples of ``tasks``.
+    """
     out = Path(out)
+    layout = check_generation_inputs(data_root, tasks, DATASET if masks is None else masks.source)
     device = device or next(model.parameters()).device
     gen = gen or cfg.generation
     data_cfg = replace(
         cfg.data, root=str(data_root), unnamed_region_fraction=0.0, augment=False, max_volumes=limit
     )
     needed = sorted({t for t in tasks} | ({"region_report"} if "report" in tasks else set()))
-    ds = RGCTDataset(data_cfg, split, train=False, tasks=needed)
+    ds = build_generation_dataset(data_cfg, layout, split, needed)
+    if not len(ds):
+        raise DataError(f"{data_root}: split {split!r} has no samples of {tasks} ({layout} layout)")
     units = plan_units(ds, tasks)
     truth = load_ground_truth(data_root) if oracle_evidence else None
     part = out.with_name(f"{out.name}.part-{rank}")

@@ -12,6 +12,7 @@ from rgct.constants import CT_RATE_LABELS
 from rgct.data import sources
 from rgct.data.dataset import collate
 from rgct.data.deeplesion import load_deeplesion
+from rgct.data.io import DataError
 from rgct.data.radchestct import load_radchest
 from rgct.data.sample_table import SampleTable
 from rgct.data.source_samples import deeplesion_samples, radchest_samples
@@ -118,3 +119,20 @@ def test_source_config_validates() -> None:
         [REPO / "configs" / "model" / "tiny.yaml", REPO / "configs" / "train" / "multi_source.yaml"]
     )
     assert [s.layout for s in cfg.data.sources] == ["radgenome", "rad-chestct", "deeplesion"]
+
+
+def test_radchest_region_reports_are_generated_never_trained_on(roots) -> None:
+    root = roots["rad-chestct"]
+    tables = radchest_samples(load_radchest(root, "train"), ["region_report", "abnormality"])
+    said = {(s.volume, s.region): s.answer for s in tables["abnormality"]}
+    reports = list(tables["region_report"])
+    assert len(reports) > len(said) > 0
+    for s in reports:  # the label matrix in words: RAD-ChestCT has no report text
+        assert s.answer == said.get((s.volume, s.region), "") and s.region in s.prompt
+    cfg = DataConfig(input_shape=(16, 32, 32), augment=False, max_volumes=1)
+    source = DataSource(str(root), layout="rad-chestct", tasks={"region_report": 1.0})
+    assert len({s.volume for s in SourceDataset(cfg, source, "train", train=False).samples}) == 1
+    with pytest.raises(DataError, match="no report text to train region_report on"):
+        SourceDataset(cfg, source, "train", train=True, num_samples=2)
+    with pytest.raises(DataError, match=r"\['lesion'\] cannot be asked of .*rad-chestct folder"):
+        radchest_samples(load_radchest(root, "train"), ["lesion"])

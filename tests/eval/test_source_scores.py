@@ -12,19 +12,12 @@ from rgct.data.deeplesion import load_deeplesion
 from rgct.data.radchestct import load_radchest
 from rgct.data.source_maps import map_radchest_pair
 from rgct.data.source_samples import lesion_sentence
-from rgct.data.synth_layouts import write_layout_dataset
 from rgct.eval.sources import score_deeplesion, score_radchest
-
-SHAPE = (24, 48, 48)
 
 
 @pytest.fixture(scope="module")
-def roots(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("score")
-    rad, dl = base / "rad", base / "dl"
-    write_layout_dataset(rad, "rad-chestct", 4, seed=4, shape=SHAPE, progress=False)
-    write_layout_dataset(dl, "deeplesion", 10, seed=1, shape=SHAPE, progress=False)
-    return {"rad": rad, "dl": dl}
+def roots(layout_phantoms) -> dict[str, Path]:
+    return layout_phantoms
 
 
 def _truthful_reports(index) -> list[dict]:

@@ -7,16 +7,14 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
+from segmenter_double import save_constant_segmenter
 
 from rgct.cli import main
-from rgct.config import DataConfig
 from rgct.constants import LUNG_LOBES, REGIONS, SEGMENT_CLASSES
 from rgct.data.io import read_canonical
 from rgct.data.layout import volume_path
 from rgct.data.totalseg import SUMMARY_FILE
 from rgct.generate.segment import Segmentation, write_segmentation
-from rgct.model.segmenter import Segmenter, data_meta, save_segmenter
 
 EMPTY = {"lung", "right lung middle lobe", "bone"}
 """Channels the constant segmenter below never predicts (bone too: predicted bone is cut out
@@ -25,19 +23,8 @@ of every other mask, which would leave them all empty)."""
 
 @pytest.fixture(scope="module")
 def constant_segmenter(tmp_path_factory):
-    """A segmenter whose logits are a constant per class: +6 everywhere except EMPTY and the
-    finding channels (-6): every region is the whole grid, 'lung' is never found."""
-    net = Segmenter(channels=(4, 8), refine_channels=1, internal_scale=0.5)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-        bias = torch.full((len(SEGMENT_CLASSES),), -6.0)
-        for k, name in enumerate(SEGMENT_CLASSES[:17]):
-            bias[k] = -6.0 if name in EMPTY else 6.0
-        net.refine[1].bias.copy_(bias)
-    out = tmp_path_factory.mktemp("seg") / "segmenter"
-    save_segmenter(out, net, {"data": data_meta(DataConfig(input_shape=(8, 16, 16)))})
-    return out
+    """A segmenter whose every region is the whole grid, except EMPTY (never found)."""
+    return save_constant_segmenter(tmp_path_factory.mktemp("seg") / "segmenter", EMPTY)
 
 
 def test_segment_writes_layout_files_with_the_input_grid(
