@@ -309,10 +309,16 @@ class GenerationConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 8
+    draft_tokens: int = 16
+    """Greedy decoding checks up to this many tokens drafted from the checkpoint's phrase bank
+    per LLM pass (:mod:`rgct.model.drafting`: same text, fewer passes); 0 turns drafting off.
+    Beam search and sampling never draft."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.num_beams < 1 or self.batch_size < 1:
             raise ConfigError("generation: max_new_tokens, num_beams and batch_size must be >= 1")
+        if self.draft_tokens < 0:
+            raise ConfigError(f"generation.draft_tokens must be >= 0, got {self.draft_tokens}")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from rgct.config import InitSource, RGCTConfig, load_saved_config, save_config
 from rgct.constants import MODEL_PARTS
 from rgct.files import atomic_dir
+from rgct.model.drafting import PhraseBank
 from rgct.model.encoder import inflate_input_channels
 from rgct.model.llm import build_llm
 from rgct.model.rgct_model import RGCTModel
@@ -83,6 +84,7 @@ def save_checkpoint(
             base.pop("lm_head.weight", None)  # tied to the input embeddings
             save_file(base, str(tmp / TINY_BASE_FILE))
         model.tokenizer.save_pretrained(tmp)
+        model.drafts.save(tmp)
         (tmp / CARD_FILE).write_text(card or default_card(cfg))
         if extra is not None:
             extra(tmp)
@@ -230,6 +232,7 @@ def load_checkpoint(
         hu_window=cfg.data.hu_window,
     )
     load_vision_weights(model, directory)
+    model.drafts = PhraseBank.load(tokenizer, directory)
     model.requires_grad_(False)
     return model.to(device).eval(), cfg
 

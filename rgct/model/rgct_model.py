@@ -32,6 +32,7 @@ from rgct.constants import (
 )
 from rgct.data.finding_maps import finding_targets
 from rgct.model import region_classifier as rc
+from rgct.model.drafting import PhraseBank, drafted_greedy
 from rgct.model.encoder import build_encoder
 from rgct.model.fusion import fuse_embeddings
 from rgct.model.pooling import RegionPooler
@@ -126,6 +127,8 @@ class RGCTModel(nn.Module):
             else None
         )
         self.llm = llm
+        self.drafts = PhraseBank(tokenizer)
+        """Texts it was taught to write: drafts for greedy decoding (``phrases.txt``)."""
         ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
         if any(i is None or i == tokenizer.unk_token_id for i in ids):
             raise ValueError(f"tokenizer lacks the placeholder tokens {SPECIAL_TOKENS}")
@@ -459,12 +462,36 @@ class RGCTModel(nn.Module):
             suppress_tokens=self.placeholder_ids.tolist(),
             use_cache=True,
         )
+        if gen.draft_tokens and gen.num_beams == 1 and not gen.do_sample:
+            return self._drafted(embeds, attn, gen)
         if gen.do_sample:
             kwargs.update(temperature=gen.temperature, top_p=gen.top_p)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         out = self.llm.generate(**kwargs)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _drafted(
+        self, embeds: torch.Tensor, attn: torch.Tensor, gen: GenerationConfig
+    ) -> list[str]:
+        """Greedy text of each row by :func:`rgct.model.drafting.drafted_greedy`; each text is
+        then learned by the phrase bank."""
+        eos = self.tokenizer.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        rows = drafted_greedy(
+            self.llm,
+            embeds,
+            attn,
+            max_new_tokens=gen.max_new_tokens,
+            eos_ids=eos_ids,
+            suppress_ids=self.placeholder_ids.tolist(),
+            bank=self.drafts,
+            draft_tokens=gen.draft_tokens,
+            pad_id=self.tokenizer.pad_token_id,
+        )
+        for ids in rows:
+            self.drafts.learn([i for i in ids if i not in eos_ids])
+        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows]
 
     @torch.no_grad()
     def generate(

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from rgct.data.layout import strip_suffix
 from rgct.data.truth import finding_locations, load_ground_truth
 from rgct.model.builder import build_model
 from rgct.model.checkpoint import apply_init, default_card, inherit_thresholds, save_checkpoint
+from rgct.model.drafting import PhraseBank
 from rgct.model.rgct_model import RGCTModel
 from rgct.train.optim import build_optimizer, build_scheduler
 from rgct.train.state import (
@@ -318,6 +320,15 @@ def _build_source_data(cfg: RGCTConfig, world: int, total_samples: int) -> Train
     return TrainData(train_ds, loader, eval_loaders, None)
 
 
+def training_targets(train_ds) -> Iterator[str]:
+    """The target texts of a training set (one dataset or a mix of sources): the checkpoint's
+    phrase bank for drafted decoding (:mod:`rgct.model.drafting`)."""
+    mixed = getattr(train_ds, "datasets", None)  # data.sources: name -> dataset
+    for ds in mixed.values() if mixed else [train_ds]:
+        for i in range(len(ds.samples)):
+            yield ds.samples.text("answer", i) or ""
+
+
 def train(cfg: RGCTConfig, command: str | None = None) -> Path:
     """Run one training stage; return the final model folder (``<output_dir>/model``).
 
@@ -358,6 +369,7 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
     raw: RGCTModel = accelerator.unwrap_model(model)
+    raw.drafts = PhraseBank.from_targets(raw.tokenizer, training_targets(train_ds))
 
     step = 0
     resume_from = resolve_resume(tc.resume, out_dir)

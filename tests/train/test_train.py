@@ -12,8 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from rgct.config import ConfigError, load_config
+from rgct.data.dataset import RGCTDataset
 from rgct.model.checkpoint import REQUIRED_FILES
-from rgct.train.loop import train
+from rgct.model.drafting import PHRASES_FILE
+from rgct.train.loop import train, training_targets
 from rgct.train.state import STATE_DIR, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +44,8 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_tiny_run_writes_checkpoints(tmp_path):
-    final = train(cfg_for(tmp_path / "run"))
+    cfg = cfg_for(tmp_path / "run")
+    final = train(cfg)
     ckpts = list_checkpoints(tmp_path / "run")
     assert [c.name for c in ckpts] == ["step_0000003", "step_0000006"]  # keep_last=2, save_every=3
     for c in ckpts:
@@ -54,6 +57,10 @@ def test_tiny_run_writes_checkpoints(tmp_path):
             "state.json",
         }
     assert all((final / f).is_file() for f in REQUIRED_FILES)
+    # the phrase bank for drafted decoding: the training answers, most frequent first
+    phrases = (final / PHRASES_FILE).read_text().splitlines()
+    answers = set(training_targets(RGCTDataset(cfg.data, "train", train=False)))
+    assert phrases and set(phrases) <= answers
     assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*"))
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert any('"val_loss/region_report"' in line for line in lines)
