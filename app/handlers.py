@@ -141,6 +141,7 @@ class DemoApp:
             self._live.move_to_end(id(session))
             while len(self._live) > self.max_scans:
                 _, old = self._live.popitem(last=False)
+                self._forget_scan(old)
                 old.scan, old.report, old.region_result = None, None, None
                 old.released = (
                     "This session's scan was released to free server memory (too many open "
@@ -170,8 +171,14 @@ class DemoApp:
             self._live.pop(id(session), None)
             if session.key is not None and self._by_key.get(session.key) is session:
                 del self._by_key[session.key]
+        self._forget_scan(session)
         session.clear_outputs()
         delete_session(session)
+
+    def _forget_scan(self, session: Session) -> None:
+        """The predictor drops what it cached of this session's scan (its segmentation)."""
+        if session.scan is not None and hasattr(self.predictor, "forget"):
+            self.predictor.forget(session.scan.volume)
 
     def live_scans(self) -> int:
         """Scans held in memory now, over all sessions."""

@@ -182,6 +182,15 @@ class Predictor:
         self._segmentations.move_to_end(key)
         return self._segmentations[key]
 
+    def forget(self, volume: Any) -> int:
+        """Drop the cached segmentations of ``volume`` (a server frees a closed session's
+        scan); returns how many were dropped."""
+        suffix = ":" + _fingerprint(self.load(volume))
+        keys = [k for k in self._segmentations if k.endswith(suffix)]
+        for k in keys:
+            del self._segmentations[k]
+        return len(keys)
+
     def clear_cache(self) -> None:
         """Forget the cached segmentations (a benchmark times the segmenter every call; a
         server frees memory)."""

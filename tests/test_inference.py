@@ -132,6 +132,11 @@ def test_a_volume_is_segmented_once_for_several_calls(case, monkeypatch):
     other[0, 0, 0] += 1.0
     p.segment(other)
     assert len(calls) == 2  # different voxels, a new segmentation
+    # a closed session's scan: its segmentation is dropped, the next call segments again
+    assert p.forget(vol) == 1 and p.forget(vol) == 0
+    assert len(p._segmentations) == 1
+    p.segment(vol)
+    assert len(calls) == 3
 
 
 def test_places_reach_the_detections_line_with_evidence_locations(case, monkeypatch):

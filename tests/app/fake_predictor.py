@@ -142,6 +142,10 @@ class FakePredictor:
         masks.update({k: v for k, v in _lobes(lung).items() if v.any()})
         return {"masks": masks, "warnings": warnings}
 
+    def forget(self, volume: Any) -> int:
+        self._log("forget", None)
+        return 0
+
     def check_scan(self, volume: Any) -> list[str]:
         array = _array(volume)
         spacing = _spacing(volume)

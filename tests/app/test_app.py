@@ -494,6 +494,8 @@ def test_scan_cap_and_tab_close_release_memory(predictor, examples_dir, tmp_path
     assert not app.release("tab2") and not app.release(None)
     app.discard(sessions[1])  # gradio's state delete callback
     assert app.live_scans() == 0 and not app.release("tab1")
+    # each freed scan (cap, tab closed, state deleted) was forgotten by the predictor too
+    assert [c for c, _ in predictor.calls].count("forget") == 3
 
 
 def test_rate_limit_per_session(predictor, examples_dir, tmp_path):
