@@ -15,7 +15,6 @@ which scores the valid lines and records the skipped ones in ``metrics.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -97,8 +96,8 @@ def _read(path: str, ground_truth: dict | None, skip_invalid: bool) -> tuple[lis
 
 def _run_source(args: argparse.Namespace, layout: str) -> int:
     """``--data`` is a RAD-ChestCT or DeepLesion folder: score against its own truth."""
-    from rgct.eval.sources import score_deeplesion, score_radchest
-    from rgct.files import write_json
+    from rgct.eval.sources import score_deeplesion, score_radchest, sources_markdown
+    from rgct.files import write_json, write_text
     from rgct.jsonl import iter_jsonl
 
     rows = [rec for _, rec in iter_jsonl(Path(args.predictions), PredictionsError)]
@@ -118,7 +117,8 @@ def _run_source(args: argparse.Namespace, layout: str) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", result)
-    print(json.dumps(result, indent=1)[:4000])
+    write_text(out / "metrics.md", sources_markdown(result))
+    print(sources_markdown(result)[:4000])
     return 0
 
 

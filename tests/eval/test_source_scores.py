@@ -12,7 +12,7 @@ from rgct.data.deeplesion import load_deeplesion
 from rgct.data.radchestct import load_radchest
 from rgct.data.source_maps import map_radchest_pair
 from rgct.data.source_samples import lesion_sentence
-from rgct.eval.sources import score_deeplesion, score_radchest
+from rgct.eval.sources import score_deeplesion, score_radchest, sources_markdown
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,10 @@ def test_radchest_scores_can_be_perfect_and_can_fail(roots) -> None:
     rows = _truthful_reports(index)
     good = score_radchest(rows, index)
     assert good["reports"] == len(rows) and good["micro"]["recall"] > 0.5
+    low, high = good["micro"]["f1_ci95"]
+    assert low <= good["micro"]["f1"] <= high and high - low < 1.0
+    page = sources_markdown({"rad-chestct": {"train": good}})
+    assert f"{good['micro']['f1']:.3f} [{low:.3f}, {high:.3f}]" in page and "| lung, " in page
     silent = score_radchest([{**r, "prediction": "Normal."} for r in rows], index)
     assert silent["micro"]["recall"] in (0.0, None) and silent["micro"]["f1"] != good["micro"]["f1"]
 
@@ -49,6 +53,12 @@ def test_deeplesion_scores(roots) -> None:
     wrong = [{"volume": r["volume"], "prediction": "A bone lesion of 40 x 30 mm."} for r in rows]
     bad = score_deeplesion(wrong, index)
     assert bad["type_accuracy"] == 0.0 and bad["long_diameter_mae_mm"] > 10
+    assert bad["type_accuracy_ci95"] == [0.0, 0.0]
+    low, high = bad["long_diameter_mae_mm_ci95"]
+    assert 10 < low <= bad["long_diameter_mae_mm"] <= high
+    mixed = score_deeplesion(rows[: len(rows) // 2] + wrong[len(rows) // 2 :], index)
+    low, high = mixed["type_accuracy_ci95"]
+    assert low < mixed["type_accuracy"] < high  # a real interval around a mixed score
 
 
 def test_evaluate_cli_on_a_deeplesion_folder(roots, tmp_path: Path) -> None:
@@ -85,3 +95,5 @@ def test_evaluate_cli_on_a_deeplesion_folder(roots, tmp_path: Path) -> None:
     )
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics["deeplesion"]["type_accuracy"] == 1.0
+    page = (tmp_path / "m" / "metrics.md").read_text()
+    assert "## DeepLesion" in page and "| 1.000 [1.000, 1.000] |" in page
