@@ -170,3 +170,17 @@ SEGMENT_FINDINGS = tuple(label for label in CT_RATE_LABELS if label not in UNPAI
 
 SEGMENT_CLASSES = (*REGIONS, *LUNG_LOBES, *SEGMENT_ANATOMY, *SEGMENT_FINDINGS)
 """Output channels of the segmenter, in order: ten regions, five lobes, anatomy, findings."""
+
+# --- chest radiographs (VinDr-CXR, NIH ChestX-ray14): readers and samples only -----------------
+CXR_TASKS = ("cxr_box", "cxr_presence", "cxr_location", "cxr_labels", "cxr_report")
+"""The tasks a VinDr-CXR or ChestX-ray14 folder gives samples for (:mod:`rgct.data.cxr_samples`).
+Kept out of :data:`TASKS`: no 2D model, training or generation path reads radiographs yet."""
+
+CXR_PROMPTS = {
+    "cxr_box": "What is in the given box?",
+    "cxr_presence": "Is there {finding} in this chest radiograph?",
+    "cxr_location": "Where is the {finding} in this chest radiograph?",
+    "cxr_labels": "What are the findings in this chest radiograph?",
+    "cxr_report": "Write the findings of this chest radiograph.",
+}
+"""Prompts of the radiograph tasks; ``cxr_box`` is grounded on the box's mask."""

@@ -72,6 +72,18 @@ def layout_phantoms(tmp_path_factory) -> dict[str, Path]:
     return {"rad": rad, "dl": dl}
 
 
+@pytest.fixture(scope="session")
+def cxr_phantoms(tmp_path_factory) -> dict[str, Path]:
+    """Phantom radiographs in the VinDr-CXR (``vindr``) and ChestX-ray14 (``nih``) layouts, 7
+    images each from the same phantoms (seed 6), written once per test session."""
+    from rgct.data.synth_layouts import write_layout_dataset
+
+    base = tmp_path_factory.mktemp("cxr")
+    for key, layout in (("vindr", "vindr-cxr"), ("nih", "chestxray14")):
+        write_layout_dataset(base / key, layout, 7, seed=6, shape=PHANTOM_SHAPE, progress=False)
+    return {"vindr": base / "vindr", "nih": base / "nih"}
+
+
 def tiny_overrides(root: Path, out: Path, *extra: str) -> list[str]:
     return [
         f"data.root={root}",

@@ -16,11 +16,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     check = sub.add_parser("check", help="validate a dataset folder and list every problem")
     check.add_argument(
-        "dir", help="dataset folder: RadGenome-Chest CT, RAD-ChestCT or DeepLesion layout"
+        "dir",
+        help="dataset folder: RadGenome-Chest CT, RAD-ChestCT, DeepLesion, VinDr-CXR or ChestX-ray14 "
+        "layout",
     )
     check.add_argument(
         "--layout",
-        choices=("auto", "radgenome", "rad-chestct", "deeplesion"),
+        choices=("auto", "radgenome", "rad-chestct", "deeplesion", "vindr-cxr", "chestxray14"),
         default="auto",
         help="the folder's layout (default: told by its files, e.g. DL_info.csv)",
     )
@@ -30,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read NIfTI headers only (fast, misses truncation)",
     )
-    check.add_argument("--max-volumes", type=int, help="check at most N volumes per split")
+    check.add_argument("--max-volumes", type=int, help="check at most N volumes (images) per split")
     show = sub.add_parser("show", help="save a montage PNG of a volume with its region masks")
     show.add_argument("dir", help="dataset folder")
     show.add_argument("--volume", required=True, help="volume name, e.g. train_1_a_1")

@@ -374,9 +374,8 @@ def check_deeplesion(
     """Check a DeepLesion folder: every ``DL_info.csv`` row, its slices and (``deep``) their
     pixels. ``max_volumes`` limits the lesions whose PNGs are opened."""
     root = Path(root)
-    report = SourceReport(str(root), "deeplesion")
-    if not root.is_dir():
-        error(report.problems, "missing_folder", str(root), "folder not found")
+    report = SourceReport.start(root, "deeplesion")
+    if report.problems:
         return report
     index = load_deeplesion(root)
     report.add(index.problems)

@@ -10,8 +10,9 @@ finding's ``center_voxel`` always carries the finding's own intensity.
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -102,9 +103,18 @@ class Finding:
     size_text: str | None
     center_voxel: list[int]
     radius_vox: list[float]
+    box_voxel: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
+    """(z0, y0, x0, z1, y1, x1), half-open: the box of the painted voxels (not in the JSON)."""
+    crop: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """bool: the painted voxels inside ``box_voxel`` (not in the JSON; projected radiographs
+    draw each finding's box from them, :mod:`rgct.data.drr`)."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The ``ground_truth.jsonl`` fields (``box_voxel`` and ``crop`` left out)."""
+        skip = ("box_voxel", "crop")
+        return {
+            f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in skip
+        }
 
 
 def plan_findings(rng: np.random.Generator) -> list[dict]:
@@ -176,6 +186,8 @@ class _Painter:
         self.occupied |= mask
         idx = np.nonzero(mask)
         radius = [round((float(i.max()) - float(i.min()) + 1.0) / 2.0, 1) for i in idx]
+        box = tuple(int(i.min()) for i in idx) + tuple(int(i.max()) + 1 for i in idx)
+        crop = mask[box[0] : box[3], box[1] : box[4], box[2] : box[5]].copy()
         region = FINDING_REGIONS[kind]
         if anatomy is None:
             anatomy = f"lung/lung/{side} lung/{lobe}" if lobe else f"{region}/{region}"
@@ -190,6 +202,8 @@ class _Painter:
             size_text,
             [int(c) for c in center],
             radius,
+            box,
+            crop,
         )
 
     def extent_mm(self, mask: np.ndarray) -> float:

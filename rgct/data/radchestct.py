@@ -228,9 +228,8 @@ def check_radchest(
         max_volumes: check at most this many volumes per split.
     """
     root = Path(root)
-    report = SourceReport(str(root), "rad-chestct")
-    if not root.is_dir():
-        error(report.problems, "missing_folder", str(root), "folder not found")
+    report = SourceReport.start(root, "rad-chestct")
+    if report.problems:
         return report
     npz = find_npz(root)
     for split in RADCHEST_SPLITS:

@@ -14,18 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rgct.constants import LESION_TASKS, RADCHEST_TASKS, RADGENOME_TASKS
+from rgct.constants import CXR_TASKS, LESION_TASKS, RADCHEST_TASKS, RADGENOME_TASKS
 from rgct.data.check import format_problems
 from rgct.data.io import DataError
 from rgct.data.records import Problem
 
-LAYOUTS = ("radgenome", "rad-chestct", "deeplesion")
+LAYOUTS = ("radgenome", "rad-chestct", "deeplesion", "vindr-cxr", "chestxray14")
 """Dataset layouts rgct reads (``--layout`` of ``rgct synth`` and ``rgct data check``)."""
 
 LAYOUT_TASKS = {
     "radgenome": RADGENOME_TASKS,
     "rad-chestct": RADCHEST_TASKS,
     "deeplesion": LESION_TASKS,
+    "vindr-cxr": CXR_TASKS,
+    "chestxray14": CXR_TASKS,
 }
 """Layout -> the tasks a folder of that layout gives samples for."""
 
@@ -40,7 +42,7 @@ class SourceReport:
     """What a check of a non-RadGenome dataset folder found (``rgct data check``).
 
     Attributes:
-        root: the folder. layout: 'rad-chestct' or 'deeplesion'.
+        root: the folder. layout: one of :data:`LAYOUTS` but 'radgenome'.
         counts: split -> name -> count, for the summary table.
         problems: every problem, in the order found.
     """
@@ -49,6 +51,14 @@ class SourceReport:
     layout: str
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, root: str | Path, layout: str) -> SourceReport:
+        """An empty report of ``root``, holding a ``missing_folder`` error when it is no folder."""
+        report = cls(str(root), layout)
+        if not Path(root).is_dir():
+            error(report.problems, "missing_folder", str(root), "folder not found")
+        return report
 
     def add(self, problems: list[Problem]) -> None:
         """Add problems, leaving out any already listed (a folder-wide one found per split)."""
@@ -82,14 +92,21 @@ def format_source_report(report: SourceReport, max_problems: int = 50) -> str:
 
 def detect_layout(root: str | Path) -> str:
     """'deeplesion' (a ``DL_info.csv``), 'rad-chestct' (an ``img*_Abnormality_and_Location_Labels
-    .csv``) or 'radgenome' (anything else)."""
+    .csv``), 'vindr-cxr' (an ``annotations/annotations_<split>.csv`` or ``image_labels_<split>
+    .csv``), 'chestxray14' (a ``Data_Entry_2017.csv``) or 'radgenome' (anything else)."""
+    from rgct.data.chestxray14 import is_chestxray14
     from rgct.data.deeplesion import is_deeplesion
     from rgct.data.radchestct import is_radchest
+    from rgct.data.vindr import is_vindr
 
     if is_deeplesion(root):
         return "deeplesion"
     if is_radchest(root):
         return "rad-chestct"
+    if is_vindr(root):
+        return "vindr-cxr"
+    if is_chestxray14(root):
+        return "chestxray14"
     return "radgenome"
 
 
@@ -112,7 +129,8 @@ def check_layout_tasks(tasks: list[str], layout: str, root: str | Path) -> list[
 def check_source(
     root: str | Path, layout: str, *, deep: bool = True, max_volumes: int | None = None
 ) -> SourceReport:
-    """Check a RAD-ChestCT or DeepLesion folder (RadGenome: :func:`rgct.data.check.check_dataset`)."""
+    """Check a RAD-ChestCT, DeepLesion, VinDr-CXR or ChestX-ray14 folder (RadGenome:
+    :func:`rgct.data.check.check_dataset`)."""
     if layout == "rad-chestct":
         from rgct.data.radchestct import check_radchest
 
@@ -121,4 +139,12 @@ def check_source(
         from rgct.data.deeplesion import check_deeplesion
 
         return check_deeplesion(root, deep=deep, max_volumes=max_volumes)
-    raise ValueError(f"check_source: layout must be 'rad-chestct' or 'deeplesion', got {layout!r}")
+    if layout == "vindr-cxr":
+        from rgct.data.vindr import check_vindr
+
+        return check_vindr(root, deep=deep, max_volumes=max_volumes)
+    if layout == "chestxray14":
+        from rgct.data.chestxray14 import check_chestxray14
+
+        return check_chestxray14(root, deep=deep, max_volumes=max_volumes)
+    raise ValueError(f"check_source: layout must be one of {LAYOUTS[1:]}, got {layout!r}")

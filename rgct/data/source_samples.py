@@ -61,8 +61,8 @@ REGION_LABELS: dict[str, tuple[str, ...]] = {
 """Region -> the CT-RATE labels the mapping can put there (the absent ones are asked about)."""
 
 
-class _Table:
-    """Columns of one task's samples."""
+class TaskTable:
+    """Columns of one task's samples, added one sample at a time (``table()``: a SampleTable)."""
 
     def __init__(self) -> None:
         self.cols: dict[str, list] = {name: [] for name in TEXT_FIELDS}
@@ -114,7 +114,7 @@ def radchest_samples(
     """
     tasks = check_layout_tasks(list(tasks), "rad-chestct", index.root)
     rng = np.random.default_rng(seed)
-    tables = {t: _Table() for t in tasks}
+    tables = {t: TaskTable() for t in tasks}
     for volume in sorted(index.volumes):
         region_dir = index.masks_root / "region_mask" / f"seg_{volume}"
         anatomy_dir = index.masks_root / "anatomy_mask" / f"seg_{volume}"
@@ -191,7 +191,7 @@ def deeplesion_samples(
     """
     tasks = check_layout_tasks(list(tasks), "deeplesion", index.root)
     cache_dir = Path(cache_dir) if cache_dir else index.root / ".rgct_cache" / "deeplesion"
-    tables = {t: _Table() for t in tasks}
+    tables = {t: TaskTable() for t in tasks}
     for lesion in index.split(split)[:max_lesions]:
         image, mask = materialise(index.root, lesion, cache_dir)
         kind = DEEPLESION_TYPES.get(lesion.lesion_type)

@@ -64,10 +64,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--layout",
-        choices=("radgenome", "rad-chestct", "deeplesion"),
+        choices=("radgenome", "rad-chestct", "deeplesion", "vindr-cxr", "chestxray14"),
         default="radgenome",
-        help="files to write: RadGenome-Chest CT (default), RAD-ChestCT (.npz + label matrix) or "
-        "DeepLesion (PNG slices + DL_info.csv); the same phantoms for the same seed",
+        help="files to write: RadGenome-Chest CT (default), RAD-ChestCT (.npz + label matrix), "
+        "DeepLesion (PNG slices + DL_info.csv), or radiographs projected from the phantoms: "
+        "VinDr-CXR (DICOM + reader box CSVs) or ChestX-ray14 (PNG + Data_Entry/BBox CSVs); the "
+        "same phantoms for the same seed",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_layout(args: argparse.Namespace, variation) -> int:
-    """``rgct synth --layout rad-chestct|deeplesion``."""
+    """``rgct synth --layout rad-chestct|deeplesion|vindr-cxr|chestxray14``."""
     from rgct.data.synth_layouts import write_layout_dataset
 
     if variation is not None or args.montage is not None or args.workers != 1:
@@ -153,6 +155,7 @@ def _run_layout(args: argparse.Namespace, variation) -> int:
     except (FileExistsError, ValueError) as e:
         print(f"rgct synth: error: {e}", file=sys.stderr)
         return 2
-    unit = "lesion series" if args.layout == "deeplesion" else "volumes"
+    unit = {"deeplesion": "lesion series", "vindr-cxr": "radiographs", "chestxray14": "radiographs"}
+    unit = unit.get(args.layout, "volumes")
     print(f"{args.out}: {len(records)} {unit} in the {args.layout} layout")
     return 0

@@ -1,4 +1,5 @@
-"""Phantoms in the RAD-ChestCT and DeepLesion layouts (``rgct synth --layout ...``).
+"""Phantoms in the RAD-ChestCT and DeepLesion layouts (``rgct synth --layout ...``; the
+radiograph layouts VinDr-CXR and ChestX-ray14: :mod:`rgct.data.synth_cxr`).
 
 The phantoms are the very volumes and findings ``rgct synth`` writes in the RadGenome layout for
 the same seed and shape (:func:`rgct.data.synth.build_plan_phantom`); only the files differ.
@@ -97,7 +98,8 @@ def sarle_pairs(finding: dict) -> list[tuple[str, str]]:
     return [(abnormality, loc) for loc in locations]
 
 
-def _csv_text(header: list[str], rows: list[list]) -> str:
+def csv_text(header: list[str], rows: list[list]) -> str:
+    """A header row and rows as CSV text (``\n`` line ends, quoted where needed)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -158,9 +160,9 @@ def _write_radchest(
         truth.append(record)
     header = [RADCHEST_NAME_COLUMN, *(f"{a}*{loc}" for a, loc in columns)]
     for split, split_rows in rows.items():
-        write_text(label_path(tmp, split), _csv_text(header, split_rows))
+        write_text(label_path(tmp, split), csv_text(header, split_rows))
     meta_header = [RADCHEST_NAME_COLUMN, "z_spacing", "y_spacing", "x_spacing"]
-    write_text(tmp / METADATA_FILE, _csv_text(meta_header, metadata))
+    write_text(tmp / METADATA_FILE, csv_text(meta_header, metadata))
     return truth
 
 
@@ -243,7 +245,7 @@ def _write_deeplesion(
             path.parent.mkdir(parents=True, exist_ok=True)
             write_bytes(path, buf.getvalue())
         truth.append(record)
-    write_text(tmp / INFO_FILE, _csv_text(list(INFO_COLUMNS), rows))
+    write_text(tmp / INFO_FILE, csv_text(list(INFO_COLUMNS), rows))
     (tmp / IMAGES_FOLDER).mkdir(exist_ok=True)
     return truth
 
@@ -258,16 +260,24 @@ def write_layout_dataset(
     overwrite: bool = False,
     progress: bool = True,
 ) -> list[dict]:
-    """Write ``num_volumes`` phantoms in the ``layout`` ('rad-chestct' or 'deeplesion') to
+    """Write ``num_volumes`` phantoms in the ``layout`` ('rad-chestct', 'deeplesion', 'vindr-cxr' or
+    'chestxray14', :mod:`rgct.data.synth_cxr`) to
     ``out`` (atomically, as a folder); same arguments as :func:`rgct.data.synth.write_dataset`.
 
     Returns:
-        The ground-truth records written (one per volume, or per lesion series).
+        The ground-truth records written (one per volume, lesion series or radiograph).
 
     Raises:
         ValueError: bad arguments or layout. FileExistsError: ``out`` not empty, no ``overwrite``.
     """
-    writers = {"rad-chestct": _write_radchest, "deeplesion": _write_deeplesion}
+    from rgct.data.synth_cxr import write_chestxray14, write_vindr
+
+    writers = {
+        "rad-chestct": _write_radchest,
+        "deeplesion": _write_deeplesion,
+        "vindr-cxr": write_vindr,
+        "chestxray14": write_chestxray14,
+    }
     if layout not in writers:
         raise ValueError(f"layout must be one of {sorted(writers)}, got {layout!r}")
     shape = tuple(int(s) for s in shape)

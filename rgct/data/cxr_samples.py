@@ -1,0 +1,184 @@
+"""VinDr-CXR and ChestX-ray14 images as grounded task samples (the same :class:`Sample` records
+as every other source; the tasks are :data:`rgct.constants.CXR_TASKS`).
+
+Per image, with its boxes (VinDr-CXR: the fused or consensus boxes of :mod:`rgct.data.vindr`)
+and its image-level labels:
+
+- ``cxr_box``: one per box, grounded on the box's mask: "What is in the given box?" ->
+  "Pleural effusion."
+- ``cxr_presence``: "Is there pleural effusion in this chest radiograph?" -> "Yes." for every
+  label present, "No." for as many absent labels of the dataset's vocabulary (drawn with
+  ``seed``; at least one).
+- ``cxr_location``: per boxed class: "Where is the pleural effusion in this chest radiograph?"
+  -> "right lower zone." (several boxes: "right lower zone and left lower zone."), side and zone
+  from :func:`rgct.data.cxr.box_location`.
+- ``cxr_labels``: "What are the findings in this chest radiograph?" -> "Cardiomegaly, pleural
+  effusion." or "No finding."
+- ``cxr_report``: one sentence per box, "Pleural effusion in the right lower zone.", then one per
+  label without a box ("COPD."); "No finding." when there is none.
+
+``image_path`` is the DICOM or PNG (read with :func:`rgct.data.cxr.load_radiograph`); a box's
+mask is written once as a 0/255 PNG of the image's size into a cache folder (default
+``<root>/.rgct_cache/<layout>/box_masks``), never into the release.
+
+Example::
+
+    tables = vindr_samples(load_vindr(root, "train"), ["cxr_box", "cxr_report"])
+    tables = chestxray14_samples(load_chestxray14(root), "test")
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from rgct.constants import CXR_PROMPTS, CXR_TASKS, WHOLE_SCAN
+from rgct.data.chestxray14 import Cxr14Index
+from rgct.data.cxr import Box, box_location, box_mask, location_words
+from rgct.data.cxr_maps import (
+    CXR14_LABELS,
+    CXR14_NO_FINDING,
+    VINDR_GLOBAL,
+    VINDR_LOCAL,
+    VINDR_NO_FINDING,
+    class_words,
+)
+from rgct.data.sample_table import SampleTable
+from rgct.data.source_report import check_layout_tasks
+from rgct.data.source_samples import TaskTable
+from rgct.data.vindr import VindrIndex
+from rgct.files import write_bytes
+
+NO_FINDINGS = (VINDR_NO_FINDING, CXR14_NO_FINDING)
+VOCABULARY = {
+    "vindr-cxr": tuple(c for c in (*VINDR_LOCAL, *VINDR_GLOBAL) if c != VINDR_NO_FINDING),
+    "chestxray14": CXR14_LABELS,
+}
+"""Layout -> the labels presence questions may ask about."""
+BOX_REGION = "box"
+"""``region`` of the box-grounded samples."""
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def box_locations(boxes: list[Box], shape: tuple[int, int]) -> list[str]:
+    """Location words of each box (same order)."""
+    return [location_words(*box_location(b.coords, shape)) for b in boxes]
+
+
+def findings_report(boxes: list[Box], labels: list[str], shape: tuple[int, int]) -> str:
+    """The findings text: one sentence per box with its location (repeats said once), then the
+    labels without a box."""
+    sentences = [
+        _sentence(f"{class_words(b.class_name)} in the {where}")
+        for b, where in zip(boxes, box_locations(boxes, shape))
+    ]
+    boxed = {b.class_name for b in boxes}
+    sentences += [
+        _sentence(class_words(lab)) for lab in labels if lab not in boxed and lab not in NO_FINDINGS
+    ]
+    return " ".join(dict.fromkeys(sentences)) or "No finding."
+
+
+def save_box_mask(box: Box, shape: tuple[int, int], path: Path) -> Path:
+    """Write the box's mask as a 0/255 PNG (once; kept if there)."""
+    if not path.is_file():
+        buf = io.BytesIO()
+        Image.fromarray(box_mask(box.coords, shape).astype(np.uint8) * 255).save(buf, format="PNG")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(path, buf.getvalue())
+    return path
+
+
+def image_questions(
+    boxes: list[Box],
+    labels: list[str],
+    shape: tuple[int, int],
+    layout: str,
+    rng: np.random.Generator,
+) -> list[tuple[str, str, str, int | None]]:
+    """(task, prompt, answer, index of the box it is grounded on or None) of one image, every
+    task (rules in the module notes); ``rng`` draws the absent labels asked about."""
+    out: list[tuple[str, str, str, int | None]] = []
+    for k, box in enumerate(boxes):
+        out.append(("cxr_box", CXR_PROMPTS["cxr_box"], _sentence(class_words(box.class_name)), k))
+    present = [lab for lab in labels if lab not in NO_FINDINGS]
+    absent = [lab for lab in VOCABULARY[layout] if lab not in present]
+    asked = [(lab, "Yes.") for lab in present]
+    count = min(len(absent), max(1, len(present)))
+    asked += [(absent[i], "No.") for i in sorted(rng.permutation(len(absent))[:count])]
+    for lab, answer in asked:
+        prompt = CXR_PROMPTS["cxr_presence"].format(finding=class_words(lab))
+        out.append(("cxr_presence", prompt, answer, None))
+    where = box_locations(boxes, shape)
+    for lab in dict.fromkeys(b.class_name for b in boxes):
+        places = dict.fromkeys(w for b, w in zip(boxes, where) if b.class_name == lab)
+        prompt = CXR_PROMPTS["cxr_location"].format(finding=class_words(lab))
+        out.append(("cxr_location", prompt, " and ".join(places) + ".", None))
+    said = ", ".join(class_words(lab) for lab in present)
+    out.append(
+        ("cxr_labels", CXR_PROMPTS["cxr_labels"], _sentence(said) if said else "No finding.", None)
+    )
+    out.append(
+        ("cxr_report", CXR_PROMPTS["cxr_report"], findings_report(boxes, labels, shape), None)
+    )
+    return out
+
+
+def _samples(
+    images, layout: str, root: Path, tasks, cache_dir, seed: int
+) -> dict[str, SampleTable]:
+    """Samples of (name, path, (width, height), boxes, labels) tuples."""
+    tasks = check_layout_tasks(list(tasks), layout, root)
+    cache = Path(cache_dir) if cache_dir else root / ".rgct_cache" / layout / "box_masks"
+    rng = np.random.default_rng(seed)
+    tables = {t: TaskTable() for t in tasks}
+    for name, path, (width, height), boxes, labels in images:
+        shape = (height, width)
+        for task, prompt, answer, k in image_questions(boxes, labels, shape, layout, rng):
+            if task not in tables:
+                continue
+            grounded = dict(region=WHOLE_SCAN, anatomy=None, mask_path=None)
+            if k is not None:
+                mask = save_box_mask(boxes[k], shape, cache / f"{Path(name).stem}_{k}.png")
+                grounded = dict(region=BOX_REGION, anatomy=boxes[k].class_name, mask_path=str(mask))
+            tables[task].add(
+                task=task,
+                prompt=prompt,
+                answer=answer,
+                volume=name,
+                image_path=str(path),
+                **grounded,
+            )
+    return {t: tab.table() for t, tab in tables.items()}
+
+
+def vindr_samples(
+    index: VindrIndex,
+    tasks: Iterable[str] = CXR_TASKS,
+    cache_dir: str | Path | None = None,
+    *,
+    seed: int = 0,
+) -> dict[str, SampleTable]:
+    """Samples of one VinDr-CXR split (its :func:`~rgct.data.vindr.load_vindr` index)."""
+    images = [(i.image_id, i.path, i.size, i.boxes, i.labels) for i in index.images.values()]
+    return _samples(images, "vindr-cxr", index.root, tasks, cache_dir, seed)
+
+
+def chestxray14_samples(
+    index: Cxr14Index,
+    split: str,
+    tasks: Iterable[str] = CXR_TASKS,
+    cache_dir: str | Path | None = None,
+    *,
+    seed: int = 0,
+) -> dict[str, SampleTable]:
+    """Samples of one ChestX-ray14 split ('train' or 'test', from the official lists)."""
+    images = [(i.name, i.path, i.size, i.boxes, i.labels) for i in index.split(split)]
+    return _samples(images, "chestxray14", index.root, tasks, cache_dir, seed)
