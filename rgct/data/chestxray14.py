@@ -47,6 +47,7 @@ ENTRY_COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "View Position")
 SIZE_COLUMN = "OriginalImage[Width"
 SPACING_COLUMN = "OriginalImagePixelSpacing[x"
 BOX_COLUMNS = ("Image Index", "Finding Label", "Bbox [x")
+CACHE_FOLDER = ".rgct_cache"
 
 
 def entry_path(root: str | Path) -> Path | None:
@@ -62,8 +63,8 @@ def is_chestxray14(root: str | Path) -> bool:
 
 
 def find_pngs(root: str | Path) -> dict[str, Path]:
-    """PNG name -> path, searched under ``root`` recursively."""
-    return {p.name: p for p in sorted(Path(root).rglob("*.png"))}
+    """PNG name -> path, searched under ``root`` recursively (rgct's cache folder left out)."""
+    return {p.name: p for p in sorted(Path(root).rglob("*.png")) if CACHE_FOLDER not in p.parts}
 
 
 @dataclass
@@ -206,11 +207,13 @@ def load_chestxray14(root: str | Path, *, max_images: int | None = None) -> Cxr1
             name, pngs[name], splits.get(name, "train"), labels or [CXR14_NO_FINDING],
             (width, height), spacing, cell["View Position"], cell["Patient ID"],
         )  # fmt: skip
-    _read_boxes(index)
+    _read_boxes(index, {row[col["Image Index"]].strip() for _, row in rows if row})
     return index
 
 
-def _read_boxes(index: Cxr14Index) -> None:
+def _read_boxes(index: Cxr14Index, listed: set[str]) -> None:
+    """Add the box list's boxes to their images; boxes of images the table lists but the index
+    left out (their problem is already named) are skipped, those of unlisted images named."""
     path = index.root / BOX_FILE
     if not path.is_file():
         index.problems.append(
@@ -243,12 +246,13 @@ def _read_boxes(index: Cxr14Index) -> None:
             continue
         image = index.images.get(name)
         if image is None:
-            error(
-                index.problems,
-                "unknown_image",
-                where,
-                f"{name}: a box of an image not in the table (or left out)",
-            )
+            if name not in listed:
+                error(
+                    index.problems,
+                    "unknown_image",
+                    where,
+                    f"{name}: a box of an image not in {ENTRY_FILES[0]}",
+                )
             continue
         bad = box_problem((x, y, x + w, y + h), *image.size)
         if bad:

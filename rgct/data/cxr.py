@@ -214,6 +214,11 @@ def read_dicom_radiograph(path: str | Path) -> Radiograph:
         stored = ds.pixel_array
     except (InvalidDicomError, OSError, EOFError, ValueError, AttributeError, KeyError) as e:
         raise VolumeReadError(f"{path}: cannot read DICOM radiograph ({e})") from e
+    except (RuntimeError, NotImplementedError) as e:  # a compressed transfer syntax, no decoder
+        raise VolumeReadError(
+            f"{path}: cannot decode its pixels ({e}); compressed DICOMs need a pydicom decoder "
+            "plugin (e.g. pip install pylibjpeg pylibjpeg-openjpeg)"
+        ) from e
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if stored.ndim != 2 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise VolumeReadError(f"{path}: expected one grey frame, got {stored.shape} {photometric}")

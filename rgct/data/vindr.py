@@ -252,7 +252,7 @@ def load_vindr(root: str | Path, split: str, *, max_images: int | None = None) -
     Problems (each with its file and line): ``missing_csv``, ``bad_csv`` (malformed header),
     ``unknown_class``, ``bad_box``, ``zero_area_box``, ``box_outside``, ``bad_value``,
     ``missing_image``, ``unreadable_image``, ``lateral_view``, ``not_chest`` (errors; the image
-    or row is left out) and ``missing_spacing`` is not checked here (pixels are not read).
+    or row is left out). Pixels are not read here (:func:`check_vindr` reads them).
     """
     if split not in VINDR_SPLITS:
         raise DataError(f"unknown VinDr-CXR split {split!r}; known: {VINDR_SPLITS}")
