@@ -482,7 +482,12 @@ def test_evidence_is_a_bar_chart_of_detect(app):
 # --- memory and request policies ---------------------------------------------------------------
 
 
-def test_scan_cap_and_tab_close_release_memory(predictor, examples_dir, tmp_path):
+def test_scan_cap_and_tab_close_release_memory(predictor, examples_dir, tmp_path, monkeypatch):
+    import app.session as session_mod
+
+    trims = []
+    real_trim = session_mod.return_free_memory
+    monkeypatch.setattr(session_mod, "return_free_memory", lambda: trims.append(real_trim()))
     app = DemoApp(predictor, examples_dir=examples_dir, tmp_root=tmp_path / "s", max_scans=2)
     sessions = [app.load_example(app.session(None, f"tab{i}"), "chest_a")[0] for i in range(3)]
     assert app.live_scans() == 2
@@ -494,8 +499,10 @@ def test_scan_cap_and_tab_close_release_memory(predictor, examples_dir, tmp_path
     assert not app.release("tab2") and not app.release(None)
     app.discard(sessions[1])  # gradio's state delete callback
     assert app.live_scans() == 0 and not app.release("tab1")
-    # each freed scan (cap, tab closed, state deleted) was forgotten by the predictor too
+    # each freed scan (cap, tab closed, state deleted) was forgotten by the predictor too,
+    # and the heap trimmed after each closed session that held one
     assert [c for c, _ in predictor.calls].count("forget") == 3
+    assert len(trims) == 2
 
 
 def test_rate_limit_per_session(predictor, examples_dir, tmp_path):
