@@ -31,6 +31,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from rgct.data.cxr import Box, box_problem, is_lateral, png_size
 from rgct.data.cxr_maps import CXR14_LABELS, CXR14_NO_FINDING, canonical_class
 from rgct.data.io import DataError
@@ -274,7 +276,10 @@ def check_chestxray14(
     index = load_chestxray14(root, max_images=max_volumes)
     report.add(index.problems)
     if deep:
-        for image in index.images.values():
+        images = index.images.values()
+        for image in tqdm(
+            images, desc="ChestX-ray14 pixels", unit="img", disable=len(images) < 200
+        ):
             try:
                 read_png_radiograph(image.path)
             except DataError as e:

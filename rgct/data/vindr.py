@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from rgct.data.cxr import Box, box_problem, dicom_header, iou, is_lateral, is_non_chest
 from rgct.data.cxr_maps import VINDR_GLOBAL, VINDR_LOCAL, VINDR_NO_FINDING, canonical_class
@@ -272,7 +273,10 @@ def load_vindr(root: str | Path, split: str, *, max_images: int | None = None) -
                 rows = found  # type: ignore[assignment]
             else:
                 labels = found  # type: ignore[assignment]
-    for image_id in dict.fromkeys([*rows, *labels]):
+    ids = list(dict.fromkeys([*rows, *labels]))
+    for image_id in tqdm(
+        ids, desc=f"VinDr-CXR {split} headers", unit="img", disable=len(ids) < 2000
+    ):
         if max_images is not None and len(index.images) >= max_images:
             break
         path = image_path(root, split, image_id)
@@ -352,7 +356,10 @@ def check_vindr(
             continue
         no_spacing = 0
         if deep:
-            for image in index.images.values():
+            images = index.images.values()
+            for image in tqdm(
+                images, desc=f"VinDr-CXR {split} pixels", unit="img", disable=len(images) < 200
+            ):
                 try:
                     film = read_dicom_radiograph(image.path)
                 except DataError as e:

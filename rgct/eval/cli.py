@@ -127,6 +127,14 @@ def run(args: argparse.Namespace) -> int:
         from rgct.data.source_report import detect_layout
 
         layout = detect_layout(args.data)
+        if layout in ("vindr-cxr", "chestxray14"):
+            log.error(
+                "%s is a %s folder: radiographs cannot be scored yet (rgct has no 2D model "
+                "path; only its readers, data check and phantoms are built)",
+                args.data,
+                layout,
+            )
+            return 2
         if layout != "radgenome":
             return _run_source(args, layout)
     try:
