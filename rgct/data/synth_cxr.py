@@ -177,11 +177,7 @@ def _reader_rows(image_id: str, record: dict, rng: np.random.Generator):
     """Box rows and label rows of one training image's three readers."""
     size = tuple(record["image_size"])
     boxed = [f for f in record["cxr_findings"] if f["class_name"]]
-    global_labels = {
-        PHANTOM_VINDR_GLOBAL[f["kind"]]
-        for f in record["findings"]
-        if f["kind"] in PHANTOM_VINDR_GLOBAL
-    }
+    global_labels = _global_labels(record)
     readers = [READERS[i] for i in sorted(rng.choice(len(READERS), 3, replace=False))]
     drawn: dict[str, list[tuple[str, list[float]]]] = {r: [] for r in readers}
     for f in boxed:
@@ -208,7 +204,17 @@ def _reader_rows(image_id: str, record: dict, rng: np.random.Generator):
     return box_rows, label_rows
 
 
+def _global_labels(record: dict) -> set[str]:
+    """The VinDr-CXR global labels a phantom's findings set (:data:`PHANTOM_VINDR_GLOBAL`)."""
+    return {
+        PHANTOM_VINDR_GLOBAL[f["kind"]]
+        for f in record["findings"]
+        if f["kind"] in PHANTOM_VINDR_GLOBAL
+    }
+
+
 def _label_cells(classes: set[str]) -> list[int]:
+    """One label-file row's 0/1 cells (local, then global labels; No finding when none)."""
     cells = [int(c in classes) for c in (*VINDR_LOCAL, *VINDR_GLOBAL)]
     cells[-1] = int(not classes)  # No finding
     return cells
@@ -239,11 +245,7 @@ def write_vindr(tmp: Path, plans: list[VolumePlan], seed: int, shape, progress: 
             boxed = [f for f in record["cxr_findings"] if f["class_name"]]
             box_rows = [[image_id, "consensus", f["class_name"], *f["box"]] for f in boxed]
             box_rows = box_rows or [[image_id, "consensus", VINDR_NO_FINDING, "", "", "", ""]]
-            classes = {f["class_name"] for f in boxed} | {
-                PHANTOM_VINDR_GLOBAL[f["kind"]]
-                for f in record["findings"]
-                if f["kind"] in PHANTOM_VINDR_GLOBAL
-            }
+            classes = {f["class_name"] for f in boxed} | _global_labels(record)
             label_rows = [[image_id, "consensus", *_label_cells(classes)]]
         boxes[split] += box_rows
         labels[split] += label_rows

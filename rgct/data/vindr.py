@@ -262,17 +262,11 @@ def load_vindr(root: str | Path, split: str, *, max_images: int | None = None) -
     boxes_csv, labels_csv = box_path(root, split), label_path(root, split)
     if not boxes_csv.is_file() and not labels_csv.is_file():
         return index
-    rows: dict[str, list[ReaderBox]] = {}
-    labels: dict[str, list[str]] = {}
-    for path, read in ((boxes_csv, _read_boxes), (labels_csv, _read_labels)):
+    for path in (boxes_csv, labels_csv):
         if not path.is_file():
             error(index.problems, "missing_csv", str(path), "missing")
-        else:
-            found = read(index, path)
-            if read is _read_boxes:
-                rows = found  # type: ignore[assignment]
-            else:
-                labels = found  # type: ignore[assignment]
+    rows = _read_boxes(index, boxes_csv) if boxes_csv.is_file() else {}
+    labels = _read_labels(index, labels_csv) if labels_csv.is_file() else {}
     ids = list(dict.fromkeys([*rows, *labels]))
     for image_id in tqdm(
         ids, desc=f"VinDr-CXR {split} headers", unit="img", disable=len(ids) < 2000
@@ -280,7 +274,7 @@ def load_vindr(root: str | Path, split: str, *, max_images: int | None = None) -
         if max_images is not None and len(index.images) >= max_images:
             break
         path = image_path(root, split, image_id)
-        where = f"{boxes_csv}:{rows[image_id][0].line}" if rows.get(image_id) else str(boxes_csv)
+        where = f"{boxes_csv}:{rows[image_id][0].line}" if rows.get(image_id) else str(labels_csv)
         if not path.is_file():
             error(index.problems, "missing_image", where, f"image {image_id}: no {path}")
             continue
