@@ -170,7 +170,8 @@ def load_chestxray14(root: str | Path, *, max_images: int | None = None) -> Cxr1
                     index.problems,
                     "unknown_class",
                     where,
-                    f"{name}: unknown label {text.strip()!r} (known: {', '.join(CXR14_LABELS)}, {CXR14_NO_FINDING})",
+                    f"{name}: unknown label {text.strip()!r} "
+                    f"(known: {', '.join(CXR14_LABELS)}, {CXR14_NO_FINDING})",
                 )
             elif known != CXR14_NO_FINDING:
                 labels.append(known)

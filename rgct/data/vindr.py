@@ -203,13 +203,14 @@ def _read_boxes(index: VindrIndex, path: Path) -> dict[str, list[ReaderBox]]:
                 rows.setdefault(image_id, [])
                 continue
             try:
-                coords = tuple(float(row[c]) for c in ("x_min", "y_min", "x_max", "y_max"))
+                x1, y1, x2, y2 = (float(row[c]) for c in ("x_min", "y_min", "x_max", "y_max"))
             except (KeyError, ValueError):
                 error(
                     index.problems, "bad_box", where, f"image {image_id}: coordinates not numbers"
                 )
                 continue
-            rows[image_id].append(ReaderBox(image_id, row.get("rad_id", ""), known, coords, line))  # type: ignore[arg-type]
+            reader = row.get("rad_id", "")
+            rows[image_id].append(ReaderBox(image_id, reader, known, (x1, y1, x2, y2), line))
     return rows
 
 

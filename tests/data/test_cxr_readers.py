@@ -199,7 +199,8 @@ def test_chestxray14_samples_on_phantoms(cxr_phantoms, tmp_path: Path) -> None:
     index = load_chestxray14(cxr_phantoms["nih"])
     tables = chestxray14_samples(index, "train", cache_dir=tmp_path)
     truth = load_ground_truth(cxr_phantoms["nih"])
-    boxed = sum(1 for n in index.images if index.images[n].split == "train" for f in truth[n]["cxr_findings"] if f["class_name"])  # fmt: skip
+    train = [name for name, image in index.images.items() if image.split == "train"]
+    boxed = sum(1 for n in train for f in truth[n]["cxr_findings"] if f["class_name"])
     assert len(tables["cxr_box"]) == boxed
     assert len(tables["cxr_report"]) == len(tables["cxr_labels"]) == len(index.split("train"))
     for sample in tables["cxr_report"]:
