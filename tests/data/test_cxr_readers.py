@@ -125,8 +125,9 @@ def test_vindr_check_names_every_planted_fault(cxr_phantoms, tmp_path: Path, cap
     root = tmp_path / "vindr"
     shutil.copytree(cxr_phantoms["vindr"], root)
     train = [r["volume"] for r in load_ground_truth(root).values() if r["split"] == "train"]
-    gone, lateral, knee, boxed = train[:4]
+    gone, lateral, knee, boxed, broken = train[:5]
     image_path(root, "train", gone).unlink()
+    image_path(root, "train", broken).write_bytes(b"not a DICOM file")
     film = np.full((48, 48), 0.5, dtype=np.float32)
     for image_id, view, part in ((lateral, "LL", "CHEST"), (knee, "PA", "KNEE")):
         data = radiograph_dicom_bytes(film, (6.7, 6.7), image_id, view=view, body_part=part)
@@ -151,12 +152,13 @@ def test_vindr_check_names_every_planted_fault(cxr_phantoms, tmp_path: Path, cap
     assert ("zero_area_box", f"{boxes}:{first + 1}") in found
     assert ("unknown_class", f"{boxes}:{first + 2}") in found
     assert ("bad_csv", str(labels)) in found
-    assert len(found) == 7, found
+    assert ("unreadable_image", str(image_path(root, "train", broken))) in found
+    assert len(found) == 8, found
     # the check went on: the other images are counted, the boxed image kept its good boxes
-    assert report.counts["train"]["images"] == len(train) - 3
+    assert report.counts["train"]["images"] == len(train) - 4
     assert main(["data", "check", str(root)]) == 1
     out = capsys.readouterr().out
-    assert "lateral_view" in out and "zero_area_box" in out and "7 error(s)" in out
+    assert "lateral_view" in out and "zero_area_box" in out and "8 error(s)" in out
 
 
 def test_chestxray14_check_names_every_planted_fault(cxr_phantoms, tmp_path: Path) -> None:
