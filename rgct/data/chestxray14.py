@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,7 +138,9 @@ def _splits(root: Path) -> dict[str, str]:
     return out
 
 
-def load_chestxray14(root: str | Path, *, max_images: int | None = None) -> Cxr14Index:
+def load_chestxray14(
+    root: str | Path, *, max_images: int | None = None, names: Collection[str] | None = None
+) -> Cxr14Index:
     """Read and check the data-entry table, the box list and the PNG headers.
 
     Problems (each with its file and line): ``missing_csv``, ``bad_csv`` (malformed header),
@@ -145,6 +148,10 @@ def load_chestxray14(root: str | Path, *, max_images: int | None = None) -> Cxr1
     image is left out), ``bad_box``, ``zero_area_box``, ``box_outside``, ``unknown_image``
     (a box of an image not in the table) (errors: the box is left out), ``missing_spacing``
     (warning).
+
+    Args:
+        max_images: keep the first N usable images.
+        names: read only these images (``Image Index``; every table row is still checked).
     """
     root = Path(root)
     index = Cxr14Index(root=root)
@@ -187,6 +194,8 @@ def load_chestxray14(root: str | Path, *, max_images: int | None = None) -> Cxr1
             error(index.problems, "missing_image", where, f"{name}: no such PNG under {root}")
             continue
         if max_images is not None and len(index.images) >= max_images:
+            continue
+        if names is not None and name not in names:
             continue
         try:
             width, height = png_size(pngs[name])

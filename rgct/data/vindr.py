@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,13 +249,23 @@ def _read_labels(index: VindrIndex, path: Path) -> dict[str, list[str]]:
     }
 
 
-def load_vindr(root: str | Path, split: str, *, max_images: int | None = None) -> VindrIndex:
+def load_vindr(
+    root: str | Path,
+    split: str,
+    *,
+    max_images: int | None = None,
+    image_ids: Collection[str] | None = None,
+) -> VindrIndex:
     """Read and check one split: its CSVs, every row, and each image's DICOM header.
 
     Problems (each with its file and line): ``missing_csv``, ``bad_csv`` (malformed header),
     ``unknown_class``, ``bad_box``, ``zero_area_box``, ``box_outside``, ``bad_value``,
     ``missing_image``, ``unreadable_image``, ``lateral_view``, ``not_chest`` (errors; the image
     or row is left out). Pixels are not read here (:func:`check_vindr` reads them).
+
+    Args:
+        max_images: keep the first N usable images.
+        image_ids: read only these images (all their rows are still checked).
     """
     if split not in VINDR_SPLITS:
         raise DataError(f"unknown VinDr-CXR split {split!r}; known: {VINDR_SPLITS}")
@@ -268,7 +279,7 @@ def load_vindr(root: str | Path, split: str, *, max_images: int | None = None) -
             error(index.problems, "missing_csv", str(path), "missing")
     rows = _read_boxes(index, boxes_csv) if boxes_csv.is_file() else {}
     labels = _read_labels(index, labels_csv) if labels_csv.is_file() else {}
-    ids = list(dict.fromkeys([*rows, *labels]))
+    ids = [i for i in dict.fromkeys([*rows, *labels]) if image_ids is None or i in image_ids]
     for image_id in tqdm(
         ids, desc=f"VinDr-CXR {split} headers", unit="img", disable=len(ids) < 2000
     ):

@@ -174,3 +174,21 @@ def test_evaluate_refuses_radiograph_folders(cxr_phantoms, tmp_path: Path, caplo
         args = ["evaluate", "--predictions", str(predictions), "--data", str(root)]
         assert main([*args, "--out", str(tmp_path / "m")]) == 2
     assert "no 2D model" in caplog.text and not (tmp_path / "m").exists()
+
+
+def test_data_show_draws_a_film_with_its_boxes(cxr_phantoms, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from rgct.data.cxr_show import COLORS
+
+    for root in cxr_phantoms.values():
+        truth = load_ground_truth(root)
+        name = next(n for n, r in truth.items() if any(f["class_name"] for f in r["cxr_findings"]))
+        out = tmp_path / f"{name}.png"
+        assert main(["data", "show", str(root), "--volume", name, "--out", str(out)]) == 0
+        with Image.open(out) as img:
+            pixels = np.asarray(img.convert("RGB"))
+        assert min(pixels.shape[:2]) >= 512
+        assert (pixels == COLORS[0]).all(axis=-1).sum() > 100  # the first box, drawn
+        assert main(["data", "show", str(root), "--volume", "nothere", "--out", str(out)]) == 2
+    assert "nothere" in capsys.readouterr().err
