@@ -14,6 +14,9 @@ coarse type 1-8 (or -1 unknown). This module says what those mean in rgct's voca
   pleura region). Abnormalities without a CT-RATE label keep their own name.
 - :data:`DEEPLESION_TYPES`: coarse lesion type -> (type name, words for the lesion, region).
 
+The chest-radiograph datasets (VinDr-CXR, ChestX-ray14) and the phantom findings' classes on a
+radiograph: :mod:`rgct.data.cxr_maps`.
+
 Example::
 
     >>> map_radchest_pair("nodule", "right_upper")
@@ -264,19 +267,23 @@ class LesionType:
         name: the type as DeepLesion names it ('lung', 'soft tissue').
         words: the lesion in a sentence ('lung lesion', 'abdominal lesion').
         region: RadGenome region the lesion lies in (``others`` outside the chest's regions).
+        ct_rate: the CT-RATE label such a lesion is, where one corresponds (a lung lesion is a
+            lung nodule, a mediastinal one an enlarged lymph node); its detections line in
+            detect-then-describe training. None: no CT-RATE label (liver, kidney, ...).
     """
 
     name: str
     words: str
     region: str
+    ct_rate: str | None = None
 
 
 DEEPLESION_TYPES: dict[int, LesionType] = {
     1: LesionType("bone", "bone lesion", "bone"),
     2: LesionType("abdomen", "abdominal lesion", "abdomen"),
-    3: LesionType("mediastinum", "mediastinal lesion", "mediastinum"),
+    3: LesionType("mediastinum", "mediastinal lesion", "mediastinum", "Lymphadenopathy"),
     4: LesionType("liver", "liver lesion", "abdomen"),
-    5: LesionType("lung", "lung lesion", "lung"),
+    5: LesionType("lung", "lung lesion", "lung", "Lung nodule"),
     6: LesionType("kidney", "kidney lesion", "abdomen"),
     7: LesionType("soft tissue", "soft tissue lesion", OTHERS),
     8: LesionType("pelvis", "pelvic lesion", OTHERS),
