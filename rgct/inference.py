@@ -338,6 +338,9 @@ class Predictor:
         image, prepared = self.prepare(vol, {r: masks[r] for r in order})
         prompts = [REPORT_PROMPTS["region_report"].format(region=r) for r in order]
         gen = self._gen(max_new_tokens=max_new_tokens, num_beams=num_beams)
+        if gen.draft_tokens and gen.num_beams == 1 and not gen.do_sample:
+            # drafted decoding checks every region's draft in one pass: one batch for all
+            gen = replace(gen, batch_size=max(gen.batch_size, len(order)))
         findings = seg.findings if seg is not None else []
         places = self._places(vol, order, findings, seg)
         texts = self._run(image, [prepared[r] for r in order], prompts, gen, places)

@@ -175,6 +175,14 @@ def lesion_size_text(lesion: Lesion) -> str:
     return f"{round(long_mm)}x{round(short_mm)} mm"
 
 
+def lesion_label_vector(lesion: Lesion) -> list[int]:
+    """18 0/1 ints (CT_RATE_LABELS order): the CT-RATE label of the lesion's type, if any
+    (:data:`~rgct.data.source_maps.DEEPLESION_TYPES`); nothing for an unknown type. The box
+    holds this one lesion, so no other label is known present."""
+    kind = DEEPLESION_TYPES.get(lesion.lesion_type)
+    return [int(kind is not None and label == kind.ct_rate) for label in CT_RATE_LABELS]
+
+
 def deeplesion_samples(
     index: DeepLesionIndex,
     split: str,
@@ -201,6 +209,7 @@ def deeplesion_samples(
             anatomy=None,
             mask_path=str(mask),
             image_path=str(image),
+            labels=lesion_label_vector(lesion),
         )
         answers = {
             "lesion": lesion_sentence(lesion),

@@ -68,13 +68,13 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     from rgct.data.io import DataError
-    from rgct.data.source_report import detect_layout
     from rgct.generate.localize import build_localizer
     from rgct.generate.masks import build_mask_provider
     from rgct.generate.runner import (
         LAYOUT_DEFAULT_TASKS,
         check_generation_inputs,
         expand_tasks,
+        generation_layout,
         merge_parts,
         run_generation,
     )
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from rgct.model.checkpoint import load_checkpoint
 
     try:  # before the model loads
-        layout = detect_layout(args.data)
+        layout = generation_layout(args.data)
         tasks = expand_tasks(args.tasks or LAYOUT_DEFAULT_TASKS[layout])
         check_generation_inputs(args.data, tasks, args.masks)
     except (DataError, ValueError) as e:

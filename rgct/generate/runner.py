@@ -78,6 +78,19 @@ def expand_tasks(spec: str | list[str]) -> list[str]:
     return out
 
 
+def generation_layout(data_root: str | Path) -> str:
+    """The folder's layout (:func:`~rgct.data.source_report.detect_layout`), refusing chest
+    radiographs by name: the model is 3D (the radiograph readers feed ``rgct data`` only)."""
+    layout = detect_layout(data_root)
+    if layout not in LAYOUT_DEFAULT_TASKS:
+        raise DataError(
+            f"{data_root} is a {layout} folder (chest radiographs): rgct's model reads CT "
+            "volumes only, there is no 2D path to generate from radiographs yet "
+            "('rgct data check' and 'rgct data show' read them)"
+        )
+    return layout
+
+
 def check_generation_inputs(data_root: str | Path, tasks: list[str], masks_source: str) -> str:
     """The folder's layout, when it holds ``tasks`` and ``masks_source`` can serve it.
 
@@ -85,11 +98,12 @@ def check_generation_inputs(data_root: str | Path, tasks: list[str], masks_sourc
         masks_source: ``--masks``: 'dataset', 'predicted' or a folder.
 
     Raises:
-        DataError: a task the layout has no samples for (named with the layout); dataset masks
+        DataError: a radiograph folder; a task the layout has no samples for (named with the
+            layout); dataset masks
             asked of RAD-ChestCT (it has none); other masks asked of DeepLesion (its tasks are
             grounded on each lesion's box).
     """
-    layout = detect_layout(data_root)
+    layout = generation_layout(data_root)
     check_layout_tasks(tasks, layout, data_root)
     if layout == "rad-chestct" and masks_source == DATASET:
         hint = Path(data_root) / MASKS_FOLDER / "region_mask"

@@ -62,6 +62,11 @@ def test_deeplesion_tasks(roots, tmp_path: Path) -> None:
     assert list(tables["lesion_size"])[0].answer.endswith(" mm")
     assert list(tables["lesion_type"])[0].answer in ("lung.", "mediastinum.")
     assert Path(lesion.mask_path).is_file() and Path(lesion.image_path).parent.parent == tmp_path
+    # the detections line of detect-then-describe training: the type's CT-RATE label
+    for sample in tables["lesion"]:
+        want = "Lung nodule" if sample.answer.startswith("A lung") else "Lymphadenopathy"
+        named = [lab for lab, on in zip(CT_RATE_LABELS, sample.labels) if on]
+        assert named == [want]
 
 
 def test_each_source_loads_and_tags_its_items(roots) -> None:
