@@ -32,6 +32,8 @@ from rgct.model.builder import build_model
 from rgct.model.checkpoint import apply_init, default_card, inherit_thresholds, save_checkpoint
 from rgct.model.drafting import PhraseBank
 from rgct.model.rgct_model import RGCTModel
+from rgct.model.segmenter import WEIGHTS_FILE as SEGMENTER_WEIGHTS
+from rgct.model.segmenter import copy_segmenter
 from rgct.train.optim import build_optimizer, build_scheduler
 from rgct.train.state import (
     load_training_checkpoint,
@@ -320,6 +322,15 @@ def _build_source_data(cfg: RGCTConfig, world: int, total_samples: int) -> Train
     return TrainData(train_ds, loader, eval_loaders, None)
 
 
+def inherit_segmenter(cfg: RGCTConfig, folder: Path) -> None:
+    """The model keeps the segmenter of the first ``train.init`` checkpoint that has one (a
+    separate network: a model fine-tuned from one that finds its own regions still does)."""
+    for source in cfg.train.init:
+        if (Path(source.from_) / SEGMENTER_WEIGHTS).is_file():
+            copy_segmenter(source.from_, folder)
+            return
+
+
 def training_targets(train_ds) -> Iterator[str]:
     """The target texts of a training set (one dataset or a mix of sources): the checkpoint's
     phrase bank for drafted decoding (:mod:`rgct.model.drafting`)."""
@@ -465,7 +476,7 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
     if step >= tc.max_steps:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            save_checkpoint(raw, cfg, final, card=card)
+            save_checkpoint(raw, cfg, final, card=card, extra=lambda d: inherit_segmenter(cfg, d))
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return final

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from segmenter_double import save_constant_segmenter
 
 from rgct.config import ConfigError, load_config
 from rgct.data.dataset import RGCTDataset
 from rgct.model.checkpoint import REQUIRED_FILES
 from rgct.model.drafting import PHRASES_FILE
+from rgct.model.segmenter import WEIGHTS_FILE as SEGMENTER_WEIGHTS
 from rgct.train.loop import train, training_targets
 from rgct.train.state import STATE_DIR, list_checkpoints
 
@@ -93,6 +95,8 @@ def test_train_init_loads_the_named_parts(tmp_path):
             "model.train_llm_lora=false",
         )
     )
+    assert not (first / SEGMENTER_WEIGHTS).exists()  # nothing to inherit from scratch
+    save_constant_segmenter(first, empty=())  # the init model finds its own regions
     cfg = cfg_for(
         tmp_path / "s1",
         "train.eval_every=0",
@@ -101,6 +105,8 @@ def test_train_init_loads_the_named_parts(tmp_path):
         "model.encoder.freeze=true",
     )
     second = train(cfg)
+    # ... and so does the model trained from it: the segmenter is carried over unchanged
+    assert (second / SEGMENTER_WEIGHTS).read_bytes() == (first / SEGMENTER_WEIGHTS).read_bytes()
     enc_a = {
         k: v
         for k, v in load_file(str(first / "vision.safetensors")).items()
