@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     from rgct.inference import Predictor, default_checkpoint
 
     checkpoint = args.checkpoint or default_checkpoint()
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", merge_lora=True)  # as app/main
     result: dict = {
         "machine": {**machine_info(), "load_average_1m": round(os.getloadavg()[0], 2)},
         "checkpoint": Path(checkpoint).name,
