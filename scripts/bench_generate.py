@@ -91,7 +91,9 @@ def bench_preset(name: str, args: argparse.Namespace) -> list[dict]:
     if name == "tiny":
         fit_briefly(model, image, masks, prompts, args.fit_steps)
     model.eval()
-    gen = GenerationConfig(max_new_tokens=args.new_tokens)
+    # plain batched decoding (the tokens/s this measures); drafted decoding is timed by
+    # bench_app / bench_segment --report
+    gen = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=0)
     with torch.no_grad():
         grid = model.encode_image(image)
     rows, texts = [], {}
