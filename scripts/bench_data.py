@@ -112,6 +112,16 @@ GEOMETRY = {"crop_foreground": True, "spacing": (5.0, 2.5, 2.5), "fit": "pad_cro
 """The geometry path at the default grid: body crop, 5 x 2.5 x 2.5 mm, pad/crop to 64x128x128."""
 
 
+def _vm_hwm_mb() -> float:
+    """This process's peak resident memory since its exec (``VmHWM``). ``ru_maxrss`` is not
+    used: Linux carries it across exec, so a child forked from a large parent reports the
+    parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
+
+
 def cold_child(path: str, settings: str) -> None:
     """In a fresh process: load + preprocess one volume; print wall seconds and peak RSS."""
     from rgct.data.io import load_volume
@@ -121,10 +131,14 @@ def cold_child(path: str, settings: str) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     image, _ = preprocess(load_volume(path), None, cfg)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         json.dumps(
-            {"seconds": seconds, "cpu_s": cpu, "peak_rss_mb": rss, "shape": list(image.shape)}
+            {
+                "seconds": seconds,
+                "cpu_s": cpu,
+                "peak_rss_mb": _vm_hwm_mb(),
+                "shape": list(image.shape),
+            }
         )
     )
 
