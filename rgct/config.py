@@ -320,6 +320,11 @@ class GenerationConfig:
         if self.draft_tokens < 0:
             raise ConfigError(f"generation.draft_tokens must be >= 0, got {self.draft_tokens}")
 
+    @property
+    def drafted(self) -> bool:
+        """Whether decoding is drafted: greedy (no beams, no sampling) with draft_tokens > 0."""
+        return bool(self.draft_tokens) and self.num_beams == 1 and not self.do_sample
+
 
 @dataclass
 class InitSource:

@@ -87,7 +87,7 @@ class Predictor:
         self.regions: tuple[str, ...] = REGIONS
         self.segmenter = segmenter
         """(Segmenter, meta) when the checkpoint has one: masks-free inference and grounding."""
-        self._segmentations: OrderedDict[str, Any] = OrderedDict()
+        self._segmentations: OrderedDict[tuple[int, str], Any] = OrderedDict()
         """The last few volumes' segmentations (a report, its details and the app's viewer ask
         for the same volume's masks several times)."""
 
@@ -173,7 +173,7 @@ class Predictor:
         from rgct.generate.segment import segment_volume
 
         vol = self.load(volume)
-        key = f"{id(self.segmenter[0])}:{_fingerprint(vol)}"  # a swapped segmenter recomputes
+        key = (id(self.segmenter[0]), _fingerprint(vol))  # a swapped segmenter recomputes
         if key not in self._segmentations:
             model, meta = self.segmenter
             self._segmentations[key] = segment_volume(model, meta, vol)
@@ -185,8 +185,8 @@ class Predictor:
     def forget(self, volume: Any) -> int:
         """Drop the cached segmentations of ``volume`` (a server frees a closed session's
         scan); returns how many were dropped."""
-        suffix = ":" + _fingerprint(self.load(volume))
-        keys = [k for k in self._segmentations if k.endswith(suffix)]
+        fingerprint = _fingerprint(self.load(volume))
+        keys = [k for k in self._segmentations if k[1] == fingerprint]
         for k in keys:
             del self._segmentations[k]
         return len(keys)
@@ -338,7 +338,7 @@ class Predictor:
         image, prepared = self.prepare(vol, {r: masks[r] for r in order})
         prompts = [REPORT_PROMPTS["region_report"].format(region=r) for r in order]
         gen = self._gen(max_new_tokens=max_new_tokens, num_beams=num_beams)
-        if gen.draft_tokens and gen.num_beams == 1 and not gen.do_sample:
+        if gen.drafted:
             # drafted decoding checks every region's draft in one pass: one batch for all
             gen = replace(gen, batch_size=max(gen.batch_size, len(order)))
         findings = seg.findings if seg is not None else []

@@ -451,6 +451,8 @@ class RGCTModel(nn.Module):
         device = grid.device
         input_ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         embeds = self.fused_embeddings(input_ids, visual, blind)
+        if gen.drafted:
+            return self._drafted(embeds, attn, gen)
         kwargs = dict(
             inputs_embeds=embeds,
             attention_mask=attn,
@@ -462,8 +464,6 @@ class RGCTModel(nn.Module):
             suppress_tokens=self.placeholder_ids.tolist(),
             use_cache=True,
         )
-        if gen.draft_tokens and gen.num_beams == 1 and not gen.do_sample:
-            return self._drafted(embeds, attn, gen)
         if gen.do_sample:
             kwargs.update(temperature=gen.temperature, top_p=gen.top_p)
         else:
