@@ -6,6 +6,11 @@ Example::
     rgct evaluate --predictions preds.jsonl --protocol reg2rg --out metrics_reg2rg/
     rgct evaluate --predictions new.jsonl --compare old.jsonl --out metrics_new/
 
+Radiograph lines (tasks ``cxr_*``, from a VinDr-CXR or ChestX-ray14 checkpoint) are scored by
+:mod:`rgct.eval.cxr` (presence, box-finding and side/zone accuracy, label and report F1, with
+95% intervals over images); ``--data`` on such a folder checks every reference against its
+boxes and labels. A file mixing radiograph and CT lines is refused: score them apart.
+
 Every bad line of a predictions file (not UTF-8, not JSON, missing or bad fields, an empty
 prediction, a duplicate (volume, task, region, question), a volume that ``--data`` does not
 hold) is listed with its line number; nothing is scored unless ``--skip-invalid`` is given,
@@ -21,7 +26,7 @@ from pathlib import Path
 from rgct.data.truth import GroundTruthError, load_ground_truth
 from rgct.eval.bootstrap import DEFAULT_REPLICATES
 from rgct.eval.labeler import CTRateLabeler
-from rgct.eval.predictions import PredictionsError, read_predictions
+from rgct.eval.predictions import LineCheck, PredictionsError, read_predictions
 from rgct.eval.report import (
     PROTOCOLS,
     compare_predictions,
@@ -82,8 +87,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _read(path: str, ground_truth: dict | None, skip_invalid: bool) -> tuple[list[dict], list]:
-    report = read_predictions(path, ground_truth)
+def _read(
+    path: str, ground_truth: dict | None, skip_invalid: bool, check: LineCheck | None = None
+) -> tuple[list[dict], list]:
+    report = read_predictions(path, ground_truth, check=check)
     if report.problems:
         text = report.summary()
         if not skip_invalid:
@@ -122,21 +129,80 @@ def _run_source(args: argparse.Namespace, layout: str) -> int:
     return 0
 
 
+def _run_cxr(args: argparse.Namespace, layout: str | None) -> int:
+    """Radiograph lines; ``layout``: ``--data`` is a folder of that layout (references checked
+    against its truth)."""
+    from rgct.data.io import DataError
+    from rgct.eval.cxr import (
+        compare_cxr,
+        cxr_markdown,
+        cxr_rows,
+        load_cxr_truth,
+        score_cxr,
+        truth_check,
+    )
+    from rgct.files import write_json, write_text
+
+    try:
+        check = None
+        if layout is not None:
+            check = truth_check(load_cxr_truth(args.data, layout), layout, args.data)
+        rows, problems = _read(args.predictions, None, args.skip_invalid, check)
+        other = _read(args.compare, None, args.skip_invalid, check)[0] if args.compare else None
+        ct_lines = cxr_rows(rows)[1]
+        if ct_lines:
+            raise PredictionsError(
+                f"{args.predictions}: {len(ct_lines)} CT line(s) among radiograph lines: score "
+                "each modality on its own"
+            )
+    except (PredictionsError, DataError) as e:
+        log.error("%s", e)
+        return 2
+    metrics = score_cxr(rows, layout, args.bootstrap, args.seed)
+    metrics["invalid_lines"] = [
+        {"line": p.line, "kind": p.kind, "message": p.message} for p in problems
+    ]
+    if other is not None:
+        try:
+            metrics["comparison"] = compare_cxr(
+                rows, other, metrics["layout"], args.bootstrap or DEFAULT_REPLICATES, args.seed
+            )
+        except ValueError as e:
+            log.error("--compare %s: %s", args.compare, e)
+            return 2
+        metrics["comparison"]["other"] = str(args.compare)
+    out = Path(args.out)
+    paths = [
+        write_json(out / "metrics.json", metrics),
+        write_text(out / "metrics.md", text := cxr_markdown(metrics)),
+    ]
+    print(text.split("\n## ")[0])
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _has_cxr_lines(path: str) -> bool:
+    """Whether a predictions file holds radiograph lines (its readable lines' tasks)."""
+    from rgct.constants import CXR_TASKS
+
+    try:
+        rows = read_predictions(path).rows
+    except PredictionsError:
+        return False
+    return any(r.get("task") in CXR_TASKS for r in rows)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.data:
         from rgct.data.source_report import detect_layout
 
         layout = detect_layout(args.data)
         if layout in ("vindr-cxr", "chestxray14"):
-            log.error(
-                "%s is a %s folder: radiographs cannot be scored yet (rgct has no 2D model "
-                "path; only its readers, data check and phantoms are built)",
-                args.data,
-                layout,
-            )
-            return 2
+            return _run_cxr(args, layout)
         if layout != "radgenome":
             return _run_source(args, layout)
+    elif _has_cxr_lines(args.predictions):
+        return _run_cxr(args, None)
     try:
         ground_truth = load_ground_truth(args.data) if args.data else None
         rows, problems = _read(args.predictions, ground_truth, args.skip_invalid)

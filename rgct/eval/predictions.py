@@ -13,7 +13,14 @@ Each line is a JSON object with ``prediction`` and ``reference`` (both strings) 
   ``region``, ``question``), or an unknown ``task``;
 - ``empty prediction``: the prediction is empty or only whitespace;
 - ``duplicate``: the same (volume, task, region, question) as an earlier line;
-- ``unknown volume``: with ``--data``, a volume its ``ground_truth.jsonl`` does not hold.
+- ``unknown volume``: with ``--data``, a volume its ``ground_truth.jsonl`` does not hold;
+- ``bad box``: a ``cxr_box`` line without ``box: [x_min, y_min, x_max, y_max]`` (pixels, with
+  area);
+- whatever a caller's ``check`` finds (the radiograph scorer's ``unknown image`` and
+  ``reference mismatch`` against a VinDr-CXR or ChestX-ray14 folder, :mod:`rgct.eval.cxr`).
+
+Radiograph lines (tasks :data:`rgct.constants.CXR_TASKS`) are read the same way; a ``cxr_box``
+line's box is part of its identity (an image's boxes share one question).
 
 A line with a problem is left out of ``rows``; :func:`load_predictions` raises unless told
 to skip them. Ground truth is read by :func:`rgct.data.truth.load_ground_truth`.
@@ -22,10 +29,12 @@ to skip them. Ground truth is read by :func:`rgct.data.truth.load_ground_truth`.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rgct.constants import TASKS, WHOLE_SCAN
+from rgct.constants import CXR_TASKS, TASKS, WHOLE_SCAN
 from rgct.data.truth import load_ground_truth
 from rgct.eval.grounding import volume_key
 
@@ -39,6 +48,10 @@ __all__ = [
 ]
 
 _TEXT_FIELDS = ("prediction", "reference", "volume", "region", "question")
+KNOWN_TASKS = tuple(dict.fromkeys((*TASKS, *CXR_TASKS)))
+
+LineCheck = Callable[[dict], list[tuple[str, str]]]
+"""A caller's extra check of one well-formed record: (kind, message) of each problem."""
 
 
 class PredictionsError(ValueError):
@@ -102,8 +115,12 @@ def _check(
                 Problem(lineno, "bad field", f"{key!r} is {type(rec[key]).__name__}, not text")
             )
     task = rec.get("task", "report")
-    if task not in TASKS:
-        problems.append(Problem(lineno, "bad field", f"unknown task {task!r}; known: {TASKS}"))
+    if task not in KNOWN_TASKS:
+        problems.append(
+            Problem(lineno, "bad field", f"unknown task {task!r}; known: {KNOWN_TASKS}")
+        )
+    if task == "cxr_box" and (why := box_field_problem(rec.get("box"))):
+        problems.append(Problem(lineno, "bad box", why))
     pred = rec.get("prediction")
     if (
         not allow_empty
@@ -125,8 +142,34 @@ def _check(
     return problems
 
 
+def box_field_problem(box: object) -> str | None:
+    """Why a ``cxr_box`` line's ``box`` cannot be used (None when it can)."""
+    if box is None:
+        return "a cxr_box line needs 'box': [x_min, y_min, x_max, y_max] (pixels)"
+    if (
+        not isinstance(box, list)
+        or len(box) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        or not all(math.isfinite(v) for v in box)
+    ):
+        return f"'box' must be 4 numbers [x_min, y_min, x_max, y_max], got {box!r}"
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return f"box {box} has no area (x_max <= x_min or y_max <= y_min)"
+    return None
+
+
+def line_key(rec: dict) -> tuple:
+    """What makes a line one sample: (volume, task, region, question[, box])."""
+    key = tuple(str(rec.get(k) or "") for k in ("volume", "task", "region", "question"))
+    box = rec.get("box")
+    return key + (tuple(float(v) for v in box),) if isinstance(box, list) else key
+
+
 def read_predictions(
-    path: str | Path, ground_truth: dict[str, dict] | None = None, allow_empty: bool = False
+    path: str | Path,
+    ground_truth: dict[str, dict] | None = None,
+    allow_empty: bool = False,
+    check: LineCheck | None = None,
 ) -> PredictionsReport:
     """Read a predictions JSONL and check every line (see the module docstring).
 
@@ -134,6 +177,7 @@ def read_predictions(
         path: The JSONL file.
         ground_truth: volume -> truth record (``--data``); volumes are checked against it.
         allow_empty: An empty prediction is not a problem (it is scored as empty text).
+        check: further checks of each record that passed the format checks.
 
     Returns:
         The report: valid rows (with defaults filled in) and every problem found.
@@ -168,9 +212,11 @@ def read_predictions(
                 report.problems.append(Problem(lineno, "json", "not a JSON object"))
                 continue
             problems = _check(rec, lineno, ground_truth, allow_empty)
+            if check is not None and not problems:
+                problems = [Problem(lineno, kind, why) for kind, why in check(rec)]
             key = None
-            if rec.get("volume"):
-                key = tuple(str(rec.get(k) or "") for k in ("volume", "task", "region", "question"))
+            if rec.get("volume") and not any(p.kind == "bad box" for p in problems):
+                key = line_key(rec)
                 if key in seen:
                     problems.append(
                         Problem(

@@ -167,15 +167,6 @@ def test_cli_writes_checks_and_repeats_both_layouts(tmp_path: Path) -> None:
         )
 
 
-def test_evaluate_refuses_radiograph_folders(cxr_phantoms, tmp_path: Path, caplog) -> None:
-    predictions = tmp_path / "p.jsonl"
-    predictions.write_text("")
-    for root in cxr_phantoms.values():
-        args = ["evaluate", "--predictions", str(predictions), "--data", str(root)]
-        assert main([*args, "--out", str(tmp_path / "m")]) == 2
-    assert "no 2D model" in caplog.text and not (tmp_path / "m").exists()
-
-
 def test_data_show_draws_a_film_with_its_boxes(cxr_phantoms, tmp_path: Path, capsys) -> None:
     from PIL import Image
 
