@@ -236,6 +236,10 @@ class ModelConfig:
     """With ``evidence_prompt``: the detections line also says where each finding is
     ("lung nodule (right lung upper lobe)"): the ground truth's place in training, the
     localiser's (the segmenter's finding components) at generation time."""
+    scan_locations: bool = False
+    """With ``evidence_locations``: whole-scan rows (VQA "Where is the nodule?") also place
+    every region's findings (lung findings by lobe, pleural ones by side); without it only
+    the lung and pleura regions' rows carry places."""
     evidence_thresholds: list[float] | None = None
     """Per-label probability thresholds of those detections (one per CT-RATE label, in
     ``CT_RATE_LABELS`` order); None: 0.5 each. ``scripts/calibrate_evidence.py`` fits them."""
@@ -297,6 +301,8 @@ class ModelConfig:
             self.evidence_thresholds = th
         if self.evidence_locations and not self.evidence_prompt:
             raise ConfigError("model.evidence_locations needs model.evidence_prompt: true")
+        if self.scan_locations and not self.evidence_locations:
+            raise ConfigError("model.scan_locations needs model.evidence_locations: true")
         if self.projector not in ("linear", "mlp"):
             raise ConfigError(f"model.projector must be 'linear' or 'mlp', got {self.projector!r}")
 

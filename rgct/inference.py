@@ -249,13 +249,14 @@ class Predictor:
 
         lobe_probs: dict[str, np.ndarray] = {}
         lobes = {lb: m for lb in LUNG_LOBES if (m := seg.masks.get(lb)) is not None and m.any()}
-        if lobes and any(r in LOBE_REGIONS for r in regions):
+        scan = self.cfg.model.scan_locations
+        if lobes and any(r in LOBE_REGIONS or (scan and r == WHOLE_SCAN) for r in regions):
             image, masks = self.prepare(vol, lobes)
             with autocast_for(self.device):
                 lobe_probs = lobe_probabilities(
                     self.model, image, {k: v[0] for k, v in masks.items()}
                 )
-        return [place_labels(r, findings, lobe_probs) for r in regions]
+        return [place_labels(r, findings, lobe_probs, whole_scan=scan) for r in regions]
 
     def _truncated(self, text: str, gen: GenerationConfig) -> bool:
         n = len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -424,7 +425,12 @@ class Predictor:
             max_new_tokens=max_new_tokens or min(self.cfg.generation.max_new_tokens, 32),
             num_beams=num_beams,
         )
-        return self._run(image, [masks[WHOLE_SCAN]], [question.strip()], gen)[0]
+        places = None
+        if mask is None and self.cfg.model.scan_locations and self.segmenter is not None:
+            vol = self.load(volume)  # a whole-scan question: where each finding is, per region
+            seg = self.segmentation(vol)
+            places = self._places(vol, [WHOLE_SCAN], seg.findings, seg)
+        return self._run(image, [masks[WHOLE_SCAN]], [question.strip()], gen, places)[0]
 
     def chat(
         self,

@@ -156,6 +156,11 @@ def test_places_reach_the_detections_line_with_evidence_locations(case, monkeypa
     assert seen and seen[-1][0] and set(seen[-1][0].values()) <= set(LUNG_LOBES)
     p.region_report(scan, region="heart")
     assert seen[-1] == [{}]  # the heart has no lobes
+    p.answer(scan, "Where is the nodule located in the image?")
+    assert seen[-1] is None or seen[-1] == [None]  # whole scan: no places without scan_locations
+    monkeypatch.setattr(p.cfg.model, "scan_locations", True)
+    p.answer(scan, "Where is the nodule located in the image?")
+    assert seen[-1][0] and set(seen[-1][0].values()) <= set(LUNG_LOBES) | {"left", "right"}
 
 
 # --- a conversation -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rgct.constants import SPLIT_ALIASES
+from rgct.constants import SPLIT_ALIASES, WHOLE_SCAN
 from rgct.data.io import DataError
 from rgct.data.layout import strip_suffix
 from rgct.jsonl import iter_jsonl
@@ -66,12 +66,20 @@ def location_phrase(finding: dict) -> str | None:
     return None
 
 
-def finding_locations(record: dict | None, region: str) -> dict[str, str]:
+def finding_locations(
+    record: dict | None, region: str, *, whole_scan: bool = False
+) -> dict[str, str]:
     """CT-RATE label -> location phrase of the record's findings in ``region`` (phrases of
-    several findings of one label joined with " and ", in the record's order)."""
+    several findings of one label joined with " and ", in the record's order).
+
+    ``whole_scan`` (``model.scan_locations``): a whole-scan row places the findings of every
+    region (a lung finding by its lobe, a pleural one by its side); without it a whole-scan row
+    has no places."""
+    if region == WHOLE_SCAN and not whole_scan:
+        return {}
     out: dict[str, list[str]] = {}
     for f in (record or {}).get("findings", []):
-        if f.get("region") != region:
+        if region != WHOLE_SCAN and f.get("region") != region:
             continue
         phrase = location_phrase(f)
         if phrase and phrase not in out.setdefault(f["label"], []):

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgct.constants import CT_RATE_LABELS, LUNG_LOBES
+from rgct.constants import CT_RATE_LABELS, LUNG_LOBES, WHOLE_SCAN
 from rgct.generate.masks import PREDICTED, MaskProvider, build_mask_provider
 from rgct.model import region_classifier as rc
 
@@ -33,6 +33,22 @@ LOBE_REGIONS = ("lung",)
 """Regions whose findings are placed in a lobe."""
 SIDE_REGIONS = ("pleura",)
 """Regions whose findings are placed on a side."""
+PARENCHYMA_LABELS = frozenset(
+    {
+        "Emphysema",
+        "Atelectasis",
+        "Lung nodule",
+        "Lung opacity",
+        "Pulmonary fibrotic sequela",
+        "Mosaic attenuation pattern",
+        "Peribronchial thickening",
+        "Consolidation",
+        "Bronchiectasis",
+        "Interlobular septal thickening",
+    }
+)
+"""CT-RATE labels of the lung parenchyma: on a whole-scan row only these are placed in a lobe
+without a segmenter component (a heart or mediastinal label has no lobe)."""
 
 
 def component_phrase(finding: dict, region: str) -> str | None:
@@ -71,11 +87,13 @@ class Localizer:
     def locations(self, volume: str, region: str, image: torch.Tensor) -> dict[str, str]:
         """CT-RATE label -> place for ``region`` of ``volume``; ``image`` (C, D, H, W) is the
         volume's model input. Empty for regions without lobes or sides."""
-        if region not in LOBE_REGIONS + SIDE_REGIONS:
+        scan = self.model.cfg.scan_locations
+        if region not in LOBE_REGIONS + SIDE_REGIONS and not (region == WHOLE_SCAN and scan):
             return {}
         _, findings = self.masks.volume(volume)
-        lobe_probs = self._lobe_probabilities(volume, image) if region in LOBE_REGIONS else {}
-        return place_labels(region, findings, lobe_probs)
+        lobed = region in LOBE_REGIONS or region == WHOLE_SCAN
+        lobe_probs = self._lobe_probabilities(volume, image) if lobed else {}
+        return place_labels(region, findings, lobe_probs, whole_scan=scan)
 
 
 def lobe_probabilities(
@@ -94,11 +112,30 @@ def lobe_probabilities(
 
 
 def place_labels(
-    region: str, findings: list[dict], lobe_probs: dict[str, np.ndarray] | None = None
+    region: str,
+    findings: list[dict],
+    lobe_probs: dict[str, np.ndarray] | None = None,
+    *,
+    whole_scan: bool = False,
 ) -> dict[str, str]:
     """CT-RATE label -> place in ``region``: the most probable segmenter component of the label
     (:func:`component_phrase`), else the lobe where the classifier finds it most probable
-    (``lobe_probs``: lobe -> (L,) probabilities)."""
+    (``lobe_probs``: lobe -> (L,) probabilities).
+
+    ``whole_scan`` (``model.scan_locations``): the whole scan places every region's findings:
+    pleural components by side, then lung components and, for parenchyma labels, the lobe
+    where the classifier finds them; without it a whole-scan row has no places."""
+    if region == WHOLE_SCAN:
+        if not whole_scan:
+            return {}
+        out = place_labels(SIDE_REGIONS[0], findings)
+        lung = place_labels(LOBE_REGIONS[0], findings, lobe_probs)
+        for label, where in lung.items():
+            if label in PARENCHYMA_LABELS or any(
+                f.get("label") == label and f.get("region") in LOBE_REGIONS for f in findings
+            ):
+                out.setdefault(label, where)
+        return out
     if region not in LOBE_REGIONS + SIDE_REGIONS:
         return {}
     out: dict[str, str] = {}

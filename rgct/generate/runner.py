@@ -325,7 +325,9 @@ def generate_units(
                 raise ValueError("oracle locations need the dataset's ground_truth.jsonl")
             locations = [
                 finding_locations(
-                    truth.get(strip_suffix(ds.samples[i].volume)), ds.samples[i].region
+                    truth.get(strip_suffix(ds.samples[i].volume)),
+                    ds.samples[i].region,
+                    whole_scan=model.cfg.scan_locations,
                 )
                 for i in flat
             ]

@@ -102,7 +102,9 @@ def to_model_inputs(
         locations = None
         if truth is not None:
             locations = [
-                finding_locations(truth.get(strip_suffix(v)), r)
+                finding_locations(
+                    truth.get(strip_suffix(v)), r, whole_scan=model.cfg.scan_locations
+                )
                 for v, r in zip(batch["volume"], batch["region"])
             ]
         enc = model.tokenize(

@@ -73,3 +73,22 @@ def test_finding_locations_in_report_words():
     assert finding_locations(record, "heart") == {}
     assert finding_locations(None, "lung") == {}
     assert location_phrase({"lobe": None, "side": None}) is None
+
+
+def test_whole_scan_rows_place_every_region_only_when_asked():
+    record = {
+        "findings": [
+            {"label": "Consolidation", "region": "lung", "lobe": "left lung upper lobe"},
+            {"label": "Pleural effusion", "region": "pleura", "lobe": None, "side": "right"},
+            {"label": "Cardiomegaly", "region": "heart", "lobe": None, "side": None},
+        ]
+    }
+    assert finding_locations(record, "whole scan") == {}
+    assert finding_locations(record, "whole scan", whole_scan=True) == {
+        "Consolidation": "left lung upper lobe",
+        "Pleural effusion": "right",
+    }
+    # the flag changes nothing for a region's own row
+    assert finding_locations(record, "lung", whole_scan=True) == {
+        "Consolidation": "left lung upper lobe"
+    }

@@ -14,7 +14,7 @@ from rgct.constants import LUNG_LOBES, REGIONS
 from rgct.data.layout import region_mask_path
 from rgct.data.records import find_volumes
 from rgct.data.truth import finding_locations, load_ground_truth
-from rgct.generate.localize import Localizer, component_phrase
+from rgct.generate.localize import Localizer, component_phrase, place_labels
 from rgct.generate.masks import MaskProvider, MaskUnavailable, candidate_names
 from rgct.generate.runner import merge_parts, run_generation
 from rgct.model.checkpoint import load_checkpoint
@@ -104,6 +104,35 @@ def test_localizer_places_labels_in_lobes_and_components_win(setup):
     assert component_phrase({"side": "both"}, "pleura") is None
     with pytest.raises(ValueError, match="predicted"):
         Localizer(model, MaskProvider(root, cfg.data, root))
+
+
+def test_whole_scan_places_pleura_by_side_and_only_parenchyma_labels_by_lobe():
+    import numpy as np
+
+    from rgct.constants import CT_RATE_LABELS
+
+    findings = [
+        {"label": "Pleural effusion", "region": "pleura", "side": "left", "probability": 0.9},
+        {
+            "label": "Lung nodule",
+            "region": "lung",
+            "lobes": ["right lung upper lobe"],
+            "probability": 0.8,
+        },
+    ]
+    probs = np.zeros(len(CT_RATE_LABELS))
+    probs[CT_RATE_LABELS.index("Consolidation")] = 0.9
+    probs[CT_RATE_LABELS.index("Cardiomegaly")] = 0.9
+    lobe_probs = {lb: probs * (lb == "left lung lower lobe") for lb in LUNG_LOBES}
+    assert place_labels("whole scan", findings, lobe_probs) == {}  # not a scan-places model
+    places = place_labels("whole scan", findings, lobe_probs, whole_scan=True)
+    assert places["Pleural effusion"] == "left"  # its component's side, not a lobe
+    assert places["Lung nodule"] == "right lung upper lobe"  # a component wins
+    assert places["Consolidation"] == "left lung lower lobe"  # where the classifier finds it
+    assert "Cardiomegaly" not in places  # no lobe for a heart label
+    assert place_labels("lung", findings, lobe_probs, whole_scan=True) == place_labels(
+        "lung", findings, lobe_probs
+    )
 
 
 def test_oracle_locations_come_from_the_truth(setup, tmp_path, monkeypatch):
