@@ -73,7 +73,7 @@ def _event_value(evt: gr.EventData | None, key: str) -> Any:
     return data.get(key) if isinstance(data, dict) else None
 
 
-def _key(request: gr.Request | None) -> str | None:
+def request_key(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
 
 
@@ -159,14 +159,14 @@ def wire(ui: UI, app: DemoApp) -> None:
 
     @g
     def on_example(session, name, view, level, width, zoom, request: gr.Request):
-        session, message = app.load_example(app.session(session, _key(request)), name)
+        session, message = app.load_example(app.session(session, request_key(request)), name)
         return {**cleared(session), **show(session, view, level, width, zoom), status: message}
 
     @g
     def on_volume(session, path, view, level, width, zoom, request: gr.Request):
         if not path:
             return {}
-        session, message = app.load_volume(app.session(session, _key(request)), path)
+        session, message = app.load_volume(app.session(session, request_key(request)), path)
         return {**cleared(session), **show(session, view, level, width, zoom), status: message}
 
     @g
@@ -282,7 +282,7 @@ def wire(ui: UI, app: DemoApp) -> None:
 
     @g
     def on_region_report(session, mx, dec, nb, request: gr.Request):
-        session = app.session(session, _key(request))
+        session = app.session(session, request_key(request))
         result, seconds = app.region_report(session, **generation_kwargs(mx, dec, nb))
         evidence = app.evidence(session)
         return {
@@ -295,7 +295,7 @@ def wire(ui: UI, app: DemoApp) -> None:
 
     @g
     def on_full_report(session, mx, dec, nb, request: gr.Request):
-        session = app.session(session, _key(request))
+        session = app.session(session, request_key(request))
         session, report, seconds = app.full_report(session, **generation_kwargs(mx, dec, nb))
         js, txt, page = app.report_files(session)
         return {
@@ -337,7 +337,7 @@ def wire(ui: UI, app: DemoApp) -> None:
 
     @g
     def on_evidence(session, request: gr.Request):
-        session = app.session(session, _key(request))
+        session = app.session(session, request_key(request))
         probs = app.evidence(session)
         return {
             state: session,
@@ -360,7 +360,7 @@ def wire(ui: UI, app: DemoApp) -> None:
     def on_ask(
         session, question, scope, mx, dec, nb, view, level, width, zoom, request: gr.Request
     ):
-        session = app.session(session, _key(request))
+        session = app.session(session, request_key(request))
         before = session.selected
         turn, seconds = app.ask(
             session, question, whole_scan=scope == SCOPES[1], **generation_kwargs(mx, dec, nb)

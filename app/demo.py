@@ -1,7 +1,10 @@
-"""The rgct Gradio demo: load a chest CT, see its regions, read its report, talk with the scan.
+"""The rgct Gradio demo: load a chest CT, see its regions, read its report, talk with the scan;
+or, with a chest-radiograph checkpoint, a film, a box on it, its findings and questions.
 
 :func:`build_demo` is the layout (:mod:`app.layout`) plus the callbacks (:mod:`app.callbacks`)
 plus the named endpoints (:mod:`app.api`, documented in the README); :func:`launch` serves it.
+A Predictor whose ``modality`` is ``"cxr"`` gets the radiograph page instead
+(:mod:`app.cxr_layout`, :mod:`app.cxr_callbacks`, :mod:`app.cxr_handlers`).
 ``rgct demo`` (:mod:`app.main`) parses the command line and calls both.
 """
 
@@ -15,10 +18,16 @@ import gradio as gr
 
 from app.api import add_api
 from app.callbacks import WHEEL_JS, wire
+from app.cxr_callbacks import wire_cxr
+from app.cxr_handlers import CxrDemoApp
+from app.cxr_layout import build_cxr_layout
 from app.handlers import DemoApp
 from app.layout import build_layout
 
 log = logging.getLogger(__name__)
+
+MODALITIES = ("ct", "cxr")
+"""What a Predictor may read (``predictor.modality``): chest CT volumes or chest radiographs."""
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 """The bundled example phantoms (one folder each: a volume and ``seg_<volume>/`` masks)."""
@@ -77,10 +86,17 @@ def build_demo(
 
     Returns:
         The queued ``gr.Blocks``; launch it with :func:`launch`.
+
+    Raises:
+        ValueError: ``predictor.modality`` is neither "ct" nor "cxr".
     """
-    app = DemoApp(
+    modality = getattr(predictor, "modality", "ct")  # a Predictor before radiographs reads CT
+    if modality not in MODALITIES:
+        raise ValueError(f"predictor.modality must be one of {MODALITIES}, got {modality!r}")
+    cxr = modality == "cxr"
+    app = (CxrDemoApp if cxr else DemoApp)(
         predictor,
-        examples_dir=EXAMPLES_DIR if examples_dir is None else examples_dir,
+        examples_dir=None if cxr else EXAMPLES_DIR if examples_dir is None else examples_dir,
         max_upload_mb=max_upload_mb,
         upload_roots=upload_roots,
         tmp_root=tmp_root,
@@ -90,9 +106,12 @@ def build_demo(
     )
     with gr.Blocks(title="rgct demo", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         demo.rgct_app = app  # handle for tests and scripts
-        ui = build_layout(app)
-        wire(ui, app)
-        add_api(app)
+        if cxr:
+            wire_cxr(build_cxr_layout(app), app)
+        else:
+            ui = build_layout(app)
+            wire(ui, app)
+            add_api(app)
 
         def on_close(request: gr.Request) -> None:
             """The tab closed: free the session's scan now, not when gradio's state expires."""

@@ -47,7 +47,7 @@ DEFAULT_BOX_DEPTH_MM = 20.0
 """A new box spans this many millimetres of slices, starting at the slice it was drawn on."""
 
 
-def _ask_model(fn: Any, *args: Any, **kwargs: Any) -> Any:
+def ask_model(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call the Predictor; its ``ValueError`` (input it cannot use: no mask and no segmenter, an
     empty question, no region found) becomes a message for the user."""
     try:
@@ -201,7 +201,7 @@ class DemoApp:
         check = getattr(self.predictor, "check_scan", None)
         if check is None:
             return []
-        return [str(w) for w in _ask_model(check, scan.volume)]
+        return [str(w) for w in ask_model(check, scan.volume)]
 
     def load_volume(
         self, session: Session | None, path: str | Path | None, *, segment: bool = True
@@ -231,7 +231,7 @@ class DemoApp:
         """Add the Predictor's own region masks to the scan. Returns how many it found."""
         scan = session.require_scan()
         try:
-            out = _ask_model(self.predictor.segment, scan.volume)
+            out = ask_model(self.predictor.segment, scan.volume)
         except InputError as err:  # e.g. a checkpoint without a segmenter
             session.scan_warnings.append(f"No predicted regions: {err}")
             return 0
@@ -477,7 +477,7 @@ class DemoApp:
         region = self._region_arg(session.selected)
         # the grounded variant (sentences, findings, truncation) where the Predictor has one
         fn = getattr(self.predictor, "region_report_details", None) or self.predictor.region_report
-        raw = _ask_model(fn, scan.volume, session.mask, region, **gen)
+        raw = ask_model(fn, scan.volume, session.mask, region, **gen)
         result = results.normalise_report(raw, region or session.selected, session.mask_source)
         if session.focus and session.focus[0] == "region":
             session.focus = None
@@ -500,7 +500,7 @@ class DemoApp:
             )
         self._limit(session)
         t0 = time.perf_counter()
-        raw = _ask_model(self.predictor.report, scan.volume, masks or None, **gen)
+        raw = ask_model(self.predictor.report, scan.volume, masks or None, **gen)
         report = results.normalise_report(raw, None, "+".join(sources) if masks else None)
         if session.focus and session.focus[0] == "report":
             session.focus = None
@@ -515,7 +515,7 @@ class DemoApp:
             raise InputError("Pick a region to see the region classifier's evidence.")
         if session.selected not in session.evidence:
             self._limit(session)
-            probs = _ask_model(self.predictor.detect, scan.volume, session.mask)
+            probs = ask_model(self.predictor.detect, scan.volume, session.mask)
             session.evidence[session.selected] = {k: float(v) for k, v in probs.items()}
         return session.evidence[session.selected]
 
@@ -568,7 +568,7 @@ class DemoApp:
         region = WHOLE_SCAN if whole_scan else session.selected
         self._limit(session)
         t0 = time.perf_counter()
-        raw = _ask_model(
+        raw = ask_model(
             self.predictor.chat,
             scan.volume,
             question.strip(),
@@ -629,7 +629,7 @@ class DemoApp:
                 "This model has no chat(): each question is answered on its own, without the "
                 "earlier turns."
             )
-        raw = _ask_model(self.predictor.answer, scan.volume, question.strip(), mask, **gen)
+        raw = ask_model(self.predictor.answer, scan.volume, question.strip(), mask, **gen)
         text = raw if isinstance(raw, str) else str(raw.get("text", ""))
         if isinstance(raw, dict):
             warnings += [str(w) for w in raw.get("warnings") or []]

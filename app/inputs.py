@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".zip", ".npz", ".dcm")
 """Upload types accepted for a scan (a DICOM series as a .zip, one multi-frame DICOM as .dcm)."""
 
+FILM_SUFFIXES = (".png", ".dicom", ".jpg", ".jpeg")
+"""2D image uploads: chest radiographs, which a CT model refuses by name."""
+
+RADIOGRAPH_MODALITIES = ("DX", "CR", "RG")
+"""DICOM ``Modality`` of a single radiograph (a ``.dcm`` a CT model refuses by name)."""
+
 MASK_SUFFIXES = (".nii.gz", ".nii", ".zip")
 """Upload types accepted for region masks (one binary NIfTI, or a .zip of them)."""
 
@@ -184,6 +190,30 @@ def _read_volume(path: Path, label: str) -> rio.Volume:
     return volume
 
 
+def _refuse_radiograph(path: Path) -> None:
+    """A chest radiograph uploaded to the CT model: said so, with what to do.
+
+    Raises:
+        InputError: a 2D image file, or a ``.dcm`` whose header says DX/CR/RG.
+    """
+    lower = path.name.lower()
+    is_film = lower.endswith(FILM_SUFFIXES)
+    if lower.endswith(".dcm"):
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+
+        try:
+            modality = str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", ""))
+        except (InvalidDicomError, OSError, EOFError, ValueError, AttributeError):
+            modality = ""  # unreadable: the volume reader names the problem
+        is_film = modality.upper() in RADIOGRAPH_MODALITIES
+    if is_film:
+        raise InputError(
+            f"'{path.name}' is a 2D image (a chest radiograph?); the loaded model reads chest CT "
+            "volumes. Upload a CT, or start `rgct demo --checkpoint` with a chest-radiograph model."
+        )
+
+
 def load_volume_file(path: Path, workdir: Path, max_bytes: int) -> Scan:
     """Load an uploaded scan: NIfTI, RAD-ChestCT ``.npz``, or a DICOM series in a ``.zip``.
 
@@ -195,6 +225,7 @@ def load_volume_file(path: Path, workdir: Path, max_bytes: int) -> Scan:
     Raises:
         InputError: unsupported type, unreadable file, or not a 3D volume.
     """
+    _refuse_radiograph(path)
     suffix = _suffix(path, VOLUME_SUFFIXES)
     name = strip_suffix(path.name)
     if suffix != ".zip":

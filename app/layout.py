@@ -13,7 +13,7 @@ import gradio as gr
 
 from app import viewer
 from app.handlers import DemoApp
-from app.inputs import MASK_SUFFIXES, VOLUME_SUFFIXES
+from app.inputs import FILM_SUFFIXES, MASK_SUFFIXES, VOLUME_SUFFIXES
 from app.results import SENTENCE_JS
 from app.session import MAX_NEW_TOKENS_RANGE, NUM_BEAMS_RANGE
 from rgct.constants import QUESTION_TEMPLATES
@@ -101,6 +101,35 @@ class UI:
         return [self.view, self.level, self.width, self.zoom]
 
 
+def chat_controls(
+    label: str, scopes: tuple[str, ...], templates: list[str], slot: tuple[str, str, str]
+) -> tuple[gr.Chatbot, gr.Radio, gr.Dropdown, gr.Textbox, gr.Textbox, gr.Button, gr.Button]:
+    """The chat's components (both pages): chatbot, scope, template, the template's slot
+    (``slot``: the template chosen first, the slot's label and value), question, ask, clear."""
+    chatbot = gr.Chatbot(label=label, height=320, elem_id="rgct-chat")
+    scope = gr.Radio(list(scopes), value=scopes[0], label="Ask about", elem_id="rgct-scope")
+    with gr.Row():
+        template = gr.Dropdown(templates, value=slot[0], label="Question template")
+        filler = gr.Textbox(label=slot[1], value=slot[2])
+    question = gr.Textbox(label="Question (edit freely)", lines=2, elem_id="rgct-question")
+    with gr.Row():
+        ask_btn = gr.Button("Ask", variant="primary", elem_id="rgct-ask")
+        clear_chat = gr.Button("New conversation", elem_id="rgct-clear-chat")
+    return chatbot, scope, template, filler, question, ask_btn, clear_chat
+
+
+def generation_settings() -> tuple[gr.Slider, gr.Radio, gr.Slider, gr.Markdown]:
+    """The generation settings accordion and the latency line under it (both pages)."""
+    with gr.Accordion("Generation settings", open=False, elem_id="rgct-settings"):
+        max_new = gr.Slider(
+            *MAX_NEW_TOKENS_RANGE, value=64, step=1, label="Max new tokens", elem_id="rgct-max-new"
+        )
+        decoding = gr.Radio(["greedy", "beam search"], value="greedy", label="Decoding")
+        beams = gr.Slider(*NUM_BEAMS_RANGE, value=3, step=1, label="Beams (beam search)")
+    latency = gr.Markdown("", elem_id="rgct-latency")
+    return max_new, decoding, beams, latency
+
+
 def _sentence_html(elem_id: str, value: str = "") -> gr.HTML:
     return gr.HTML(value, elem_id=elem_id, js_on_load=SENTENCE_JS, elem_classes=["rgct-clickable"])
 
@@ -134,7 +163,8 @@ def build_layout(app: DemoApp) -> UI:
             with gr.Tab("Upload"):
                 volume_file = gr.File(
                     label="CT scan: .nii / .nii.gz / DICOM .zip or .dcm / RAD-ChestCT .npz",
-                    file_types=list(VOLUME_SUFFIXES),
+                    # radiographs are accepted so that they are told apart, not silently refused
+                    file_types=[*VOLUME_SUFFIXES, *FILM_SUFFIXES],
                     type="filepath",
                     elem_id="rgct-volume-file",
                 )
@@ -234,32 +264,13 @@ def build_layout(app: DemoApp) -> UI:
                     "trained on, shown under its answer with the region whose mask it used (the "
                     "viewer shows it). An unclear *it* is asked back, not guessed."
                 )
-                chatbot = gr.Chatbot(
-                    label="Conversation with this scan", height=320, elem_id="rgct-chat"
-                )
-                scope = gr.Radio(
-                    list(SCOPES), value=SCOPES[0], label="Ask about", elem_id="rgct-scope"
-                )
-                with gr.Row():
-                    template = gr.Dropdown(
-                        list(QUESTION_TEMPLATES), value="abnormality", label="Question template"
+                chatbot, scope, template, abnormality, question, ask_btn, clear_chat = (
+                    chat_controls(
+                        "Conversation with this scan",
+                        SCOPES,
+                        list(QUESTION_TEMPLATES),
+                        ("abnormality", "{abnormality}", "nodule"),
                     )
-                    abnormality = gr.Textbox(label="{abnormality}", value="nodule")
-                question = gr.Textbox(
-                    label="Question (edit freely)", lines=2, elem_id="rgct-question"
                 )
-                with gr.Row():
-                    ask_btn = gr.Button("Ask", variant="primary", elem_id="rgct-ask")
-                    clear_chat = gr.Button("New conversation", elem_id="rgct-clear-chat")
-            with gr.Accordion("Generation settings", open=False, elem_id="rgct-settings"):
-                max_new = gr.Slider(
-                    *MAX_NEW_TOKENS_RANGE,
-                    value=64,
-                    step=1,
-                    label="Max new tokens",
-                    elem_id="rgct-max-new",
-                )
-                decoding = gr.Radio(["greedy", "beam search"], value="greedy", label="Decoding")
-                beams = gr.Slider(*NUM_BEAMS_RANGE, value=3, step=1, label="Beams (beam search)")
-            latency = gr.Markdown("", elem_id="rgct-latency")
+            max_new, decoding, beams, latency = generation_settings()
     return UI(**{k: v for k, v in locals().items() if k in UI.__dataclass_fields__})

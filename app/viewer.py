@@ -308,6 +308,37 @@ def render_plane(
     return rgb
 
 
+def render_film(
+    grey: np.ndarray,
+    layers: list[Layer] | tuple[Layer, ...] = (),
+    *,
+    box: tuple[int, int, int, int] | None = None,
+    marker: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Render a 2D film (a radiograph, already grey) with its layers.
+
+    Args:
+        grey: (H, W) uint8.
+        layers: (H, W) masks drawn in order (later on top).
+        box: (x0, y0, x1, y1) pixel rectangle (inclusive) outlined.
+        marker: (row, col) marked with a crosshair.
+
+    Returns:
+        (H, W, 3) uint8 RGB image.
+    """
+    rgb = np.repeat(np.asarray(grey, dtype=np.uint8)[..., None], 3, axis=2)
+    for layer in layers:
+        _draw(rgb, np.asarray(layer.mask, dtype=bool), layer)
+    if box is not None:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        rows, cols = np.arange(rgb.shape[0]), np.arange(rgb.shape[1])
+        inside = ((rows >= y0) & (rows <= y1))[:, None] & ((cols >= x0) & (cols <= x1))[None]
+        rgb[_outline(inside)] = BOX_COLOUR
+    if marker is not None:
+        _draw_cross(rgb, marker, arm=8, gap=2)
+    return rgb
+
+
 def render_slice(
     volume: np.ndarray,
     view: str,

@@ -1,0 +1,427 @@
+"""The demo's chest-radiograph mode, free of layout: a film, a box on it, the model's answers.
+
+Used when the loaded checkpoint reads radiographs (``predictor.modality == "cxr"``). It keeps
+:class:`~app.handlers.DemoApp`'s sessions, upload checks, memory limit (``max_scans`` films
+over all sessions) and rate limit, and talks to the Predictor's radiograph interface:
+
+- ``cxr_ask(image, question, box=None, generation=None) -> str``: "What is in the given box?"
+  with the box, or a free question about the film (with the box when the user asks about it);
+- ``cxr_report(image, generation=None) -> {"text", "sentences": [{"text", "label", "side",
+  "zone"}]}``: the findings report, each sentence linked to its side and zone of the film.
+
+``image`` is the loaded :class:`rgct.data.cxr.Radiograph`; ``box`` is (x_min, y_min, x_max,
+y_max) in film pixels; ``generation`` is ``{"max_new_tokens", "num_beams"}``. A box the
+Predictor refuses (``ValueError``) reaches the user as its message, like every other problem
+the user can fix (:class:`~app.inputs.InputError`).
+
+Bad input: a CT volume (``.nii``/``.nii.gz``/``.zip``/``.npz``, or a DICOM whose header says CT
+or holds several frames) is refused with what to do; a film whose DICOM header says lateral view
+or another body part than the chest is loaded with a warning on screen (the model reads frontal
+chest films); a box outside the film or without area is refused before the model sees it.
+
+Zones on screen: a sentence's (side, zone) is drawn as the rectangle :func:`zone_rect`, the
+inverse of :func:`rgct.data.cxr.box_location` (halves of the film for right and left, its middle
+half for central; thirds of the lung band :data:`rgct.data.cxr.LUNG_BAND` for the zones).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from app import viewer
+from app.cxr_results import SIDES, normalise_cxr_report
+from app.handlers import DemoApp, ask_model
+from app.inputs import VOLUME_SUFFIXES, InputError
+from app.session import Session, public_message
+from rgct.constants import CXR_PROMPTS
+from rgct.data.cxr import (
+    CENTRAL_SHARE,
+    DICOM_SUFFIXES,
+    LUNG_BAND,
+    ZONES,
+    Radiograph,
+    box_location,
+    box_problem,
+    dicom_header,
+    is_lateral,
+    is_non_chest,
+    load_radiograph,
+    location_words,
+)
+from rgct.data.io import DataError
+
+FILM_SUFFIXES = (*DICOM_SUFFIXES, ".png")
+"""Upload types accepted for a radiograph."""
+
+CT_SUFFIXES = tuple(s for s in VOLUME_SUFFIXES if s not in DICOM_SUFFIXES)
+"""Uploads that are CT volumes (refused by a radiograph checkpoint, by name)."""
+
+BOX_QUESTION = CXR_PROMPTS["cxr_box"]
+WHOLE_IMAGE = "whole image"
+DISPLAY_MAX = 768
+"""The film is shown at most this many pixels on its longer side (clicks map back to pixels)."""
+
+CT_MODALITIES = ("CT", "MR", "PT", "NM")
+
+
+@dataclass
+class Film:
+    """A loaded radiograph.
+
+    Attributes:
+        radiograph: the film as read (float32 (H, W) in [0, 1], bright = attenuating).
+        name: display name (the uploaded file's).
+        display: (h, w) uint8, the film scaled to fit :data:`DISPLAY_MAX`.
+    """
+
+    radiograph: Radiograph
+    name: str
+    display: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.radiograph.shape
+
+    def to_film(self, col: float, row: float) -> tuple[int, int]:
+        """Film pixel (x, y) under a display pixel (column, row)."""
+        (h, w), (dh, dw) = self.shape, self.display.shape
+        x = int(np.clip((col + 0.5) * w / dw, 0, w - 1))
+        y = int(np.clip((row + 0.5) * h / dh, 0, h - 1))
+        return x, y
+
+    def to_display(self, x: float, y: float) -> tuple[float, float]:
+        """Display (column, row) of film coordinates (x, y)."""
+        (h, w), (dh, dw) = self.shape, self.display.shape
+        return x * dw / w, y * dh / h
+
+
+def _display(array: np.ndarray) -> np.ndarray:
+    grey = np.rint(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
+    h, w = grey.shape
+    scale = DISPLAY_MAX / max(h, w)
+    if scale >= 1:
+        factor = max(1, int(DISPLAY_MAX // max(h, w)))  # small films: enlarged, whole pixels
+        return np.kron(grey, np.ones((factor, factor), dtype=np.uint8))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BOX))
+
+
+def _ct_refusal(name: str, why: str) -> InputError:
+    return InputError(
+        f"'{name}' is {why}; the loaded model reads chest radiographs. Upload a frontal chest "
+        f"film ({', '.join(FILM_SUFFIXES)}), or start `rgct demo --checkpoint` with a CT model."
+    )
+
+
+def load_film_file(path: Path) -> tuple[Film, list[str]]:
+    """A radiograph upload as a :class:`Film`, with warnings about what its header says.
+
+    Raises:
+        InputError: a CT volume, an unsupported type, an unreadable file.
+    """
+    lower = path.name.lower()
+    if lower.endswith(CT_SUFFIXES):
+        raise _ct_refusal(path.name, "a CT volume")
+    if not lower.endswith(FILM_SUFFIXES):
+        raise InputError(
+            f"'{path.name}': unsupported file type; expected one of {', '.join(FILM_SUFFIXES)}."
+        )
+    warnings: list[str] = []
+    try:
+        if lower.endswith(DICOM_SUFFIXES):
+            warnings = _header_warnings(path)
+        radiograph = load_radiograph(path)
+    except (DataError, OSError, ValueError) as err:
+        raise InputError(
+            f"Could not read the radiograph '{path.name}': {public_message(str(err))}"
+        ) from err
+    return Film(radiograph, path.name, _display(radiograph.array)), warnings
+
+
+def _header_warnings(path: Path) -> list[str]:
+    """Refuse a CT DICOM; warn about a lateral or non-chest film (what its header says)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    modality = str(ds.get("Modality", "") or "").upper()
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if modality in CT_MODALITIES:
+        raise _ct_refusal(path.name, f"a {modality} image (DICOM Modality {modality})")
+    if frames > 1:
+        raise _ct_refusal(path.name, f"a {frames}-frame DICOM (a volume, not one film)")
+    head = dicom_header(path)
+    out = []
+    if is_lateral(head["view"]):
+        out.append(
+            f"The header says this is a lateral view (ViewPosition {head['view']!r}): the model "
+            "reads frontal (PA/AP) chest films, so its answers and zones mean little here."
+        )
+    if is_non_chest(head["body_part"]):
+        out.append(
+            f"The header says the body part is {head['body_part']!r}, not the chest: the model "
+            "reads chest films only."
+        )
+    return out
+
+
+def zone_rect(side: str, zone: str, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(x_min, y_min, x_max, y_max) of a side and zone of a PA film of ``shape`` (H, W): the
+    area :func:`rgct.data.cxr.box_location` names so (see the module notes).
+
+    Raises:
+        ValueError: an unknown side or zone.
+    """
+    if side not in SIDES or zone not in ZONES:
+        raise ValueError(f"unknown place {side!r} {zone!r}; sides {SIDES}, zones {ZONES}")
+    height, width = shape
+    top, bottom = LUNG_BAND[0] * height, LUNG_BAND[1] * height
+    third = (bottom - top) / 3.0
+    y0 = top + ZONES.index(zone) * third
+    margin = width * (0.5 - CENTRAL_SHARE)
+    x0, x1 = {"right": (0.0, width / 2), "left": (width / 2, width)}.get(
+        side, (margin, width - margin)
+    )
+    return x0, y0, x1, y0 + third
+
+
+@dataclass
+class CxrSession(Session):
+    """A browser session of the radiograph mode (a :class:`~app.session.Session`: its scratch
+    folder, report, conversation and warnings), plus the film and the box on it.
+
+    Attributes:
+        film: the loaded radiograph, or None.
+        box: (x_min, y_min, x_max, y_max) film pixels, or None.
+        box_corner: the first corner (x, y) of a box being clicked, or None.
+        box_answer: the last answer about the box: ``{"answer", "box", "place"}``.
+    """
+
+    film: Film | None = None
+    box: tuple[int, int, int, int] | None = None
+    box_corner: tuple[int, int] | None = None
+    box_answer: dict | None = field(default=None)
+
+    def require_film(self) -> Film:
+        if self.film is None:
+            if self.released:
+                raise InputError(self.released)
+            raise InputError("Upload a chest radiograph first (DICOM or PNG).")
+        return self.film
+
+    def clear_outputs(self) -> None:
+        super().clear_outputs()
+        self.box = self.box_corner = self.box_answer = None
+
+
+def box_place(box: tuple[float, ...], shape: tuple[int, int]) -> str:
+    """``'right lower zone'``: where a box lies on the film (:func:`rgct.data.cxr.box_location`)."""
+    return location_words(*box_location(box, shape))
+
+
+class CxrDemoApp(DemoApp):
+    """The radiograph mode's handlers (see the module notes); the CT handlers are not used."""
+
+    def session(self, session: Session | None, key: str | None = None) -> CxrSession:
+        if not isinstance(session, CxrSession):
+            workdir = Path(tempfile.mkdtemp(prefix="session-", dir=self.tmp_root))
+            session = CxrSession(workdir=workdir)
+        session = super().session(session, key)
+        if session.film is not None:
+            with self._lock:
+                if id(session) in self._live:
+                    self._live.move_to_end(id(session))
+        return session  # type: ignore[return-value]
+
+    def _forget_scan(self, session: Session) -> None:
+        """A film is released: nothing of it stays (the Predictor caches nothing of films)."""
+        if isinstance(session, CxrSession):
+            session.film = None
+            session.box = session.box_corner = session.box_answer = None
+            return
+        super()._forget_scan(session)
+
+    # --- the film and the box --------------------------------------------------------------------
+    def load_film(self, session: Session | None, path: str | Path | None) -> tuple[CxrSession, str]:
+        """Load an uploaded radiograph (everything of the previous one cleared)."""
+        session = self.session(session)
+        film, warnings = load_film_file(self._checked(path, "a chest radiograph"))
+        session.clear_outputs()
+        session.film = film
+        session.scan_warnings = warnings
+        self._hold(session)
+        h, w = film.shape
+        spacing = film.radiograph.spacing
+        mm = f", {spacing[1]:.3g} x {spacing[0]:.3g} mm pixels" if spacing else ""
+        return session, (
+            f"Loaded **{film.name}**, {w} x {h} pixels{mm}. Draw a box (click two corners) or "
+            "type one, write the report, or ask a question."
+        )
+
+    def set_box(self, session: CxrSession, box: tuple[Any, Any, Any, Any]) -> str:
+        """Use (x_min, y_min, x_max, y_max) film pixels as the box.
+
+        Raises:
+            InputError: not four numbers, outside the film, or without area (said which).
+        """
+        film = session.require_film()
+        try:
+            coords = tuple(float(v) for v in box)
+        except (TypeError, ValueError):
+            coords = ()
+        if len(coords) != 4:
+            raise InputError(f"A box is four numbers (x_min, y_min, x_max, y_max); got {box}.")
+        h, w = film.shape
+        problem = box_problem(coords, w, h)
+        if problem is not None:
+            raise InputError(f"Box not used: {problem[1]} (x: 0-{w}, y: 0-{h} pixels).")
+        session.box = tuple(int(round(v)) for v in coords)  # type: ignore[assignment]
+        session.box_corner, session.box_answer = None, None
+        return f"Box {list(session.box)} set ({box_place(session.box, film.shape)})."
+
+    def click(self, session: CxrSession, col: float, row: float) -> tuple[str, bool]:
+        """A click on the shown film at display (column, row): the first corner of a box, or
+        its second (the box is then set). Returns (message, whether a box was set)."""
+        film = session.require_film()
+        x, y = film.to_film(col, row)
+        if session.box_corner is None:
+            session.box_corner = (x, y)
+            return f"First corner at ({x}, {y}): click the opposite corner.", False
+        (x0, y0), session.box_corner = session.box_corner, None
+        box = (min(x0, x), min(y0, y), max(x0, x) + 1, max(y0, y) + 1)
+        return self.set_box(session, box), True
+
+    def clear_box(self, session: CxrSession) -> None:
+        session.box = session.box_corner = session.box_answer = None
+
+    def film_frame(self, session: Session | None) -> np.ndarray | None:
+        """The shown film (h, w, 3) uint8 with the box, a clicked corner and the zone of the
+        sentence in focus; None without a film."""
+        if not isinstance(session, CxrSession) or session.film is None:
+            return None
+        film = session.film
+        layers = []
+        focused = self.focused_place(session)
+        if focused is not None:
+            x0, y0, x1, y1 = zone_rect(*focused, film.shape)
+            (c0, r0), (c1, r1) = film.to_display(x0, y0), film.to_display(x1, y1)
+            mask = np.zeros(film.display.shape, dtype=bool)
+            mask[int(r0) : int(np.ceil(r1)), int(c0) : int(np.ceil(c1))] = True
+            layers.append(viewer.Layer(mask, viewer.FINDING_COLOUR, 0.25))
+        box = None
+        if session.box is not None:
+            x0, y0, x1, y1 = session.box
+            (c0, r0), (c1, r1) = film.to_display(x0, y0), film.to_display(x1, y1)
+            right, bottom = int(np.ceil(c1)) - 1, int(np.ceil(r1)) - 1
+            box = (int(c0), int(r0), max(int(c0), right), max(int(r0), bottom))
+        marker = None
+        if session.box_corner is not None:
+            c, r = film.to_display(session.box_corner[0] + 0.5, session.box_corner[1] + 0.5)
+            marker = (r, c)
+        return viewer.render_film(film.display, layers, box=box, marker=marker)
+
+    # --- the model -------------------------------------------------------------------------------
+    def ask_box(self, session: Session | None, **gen: int) -> tuple[dict, float]:
+        """ "What is in the given box?" about the session's box. Returns (answer, seconds):
+        ``{"answer", "box", "place"}``."""
+        session = self.session(session)
+        film = session.require_film()
+        if session.box is None:
+            raise InputError("Draw a box on the film (click two corners) or type one first.")
+        self._limit(session)
+        t0 = time.perf_counter()
+        text = _answer_text(
+            ask_model(
+                self.predictor.cxr_ask, film.radiograph, BOX_QUESTION, box=session.box,
+                generation=dict(gen),
+            )
+        )  # fmt: skip
+        session.box_answer = {
+            "answer": text,
+            "box": list(session.box),
+            "place": box_place(session.box, film.shape),
+        }
+        session.settings = dict(gen)
+        return session.box_answer, time.perf_counter() - t0
+
+    def film_report(self, session: Session | None, **gen: int) -> tuple[dict, float]:
+        """The findings report (normalised, see :func:`normalise_cxr_report`), seconds."""
+        session = self.session(session)
+        film = session.require_film()
+        self._limit(session)
+        t0 = time.perf_counter()
+        raw = ask_model(self.predictor.cxr_report, film.radiograph, generation=dict(gen))
+        session.report, session.focus, session.settings = normalise_cxr_report(raw), None, dict(gen)
+        return session.report, time.perf_counter() - t0
+
+    def ask_film(
+        self, session: Session | None, question: str, about_box: bool = False, **gen: int
+    ) -> tuple[dict, float]:
+        """A free question about the film, or about the box (``about_box``); the turn is
+        appended to the conversation, tagged with what it was asked about."""
+        session = self.session(session)
+        film = session.require_film()
+        if not question or not question.strip():
+            raise InputError("Type a question or pick a template.")
+        if about_box and session.box is None:
+            raise InputError("Draw or type a box first, or ask about the whole image.")
+        box = session.box if about_box else None
+        self._limit(session)
+        t0 = time.perf_counter()
+        text = _answer_text(
+            ask_model(
+                self.predictor.cxr_ask, film.radiograph, question.strip(), box=box,
+                generation=dict(gen),
+            )
+        )  # fmt: skip
+        where = WHOLE_IMAGE
+        if box is not None:
+            where = f"box {list(box)}, {box_place(box, film.shape)}"
+        turn = {
+            "question": question.strip(),
+            "answer": text,
+            "resolved": question.strip(),
+            "task": None,
+            "region": where,
+            "finding": None,
+            "mask_source": None,
+            "clarify": False,
+            "warnings": [],
+        }
+        session.chat.append(turn)
+        session.settings = dict(gen)
+        return turn, time.perf_counter() - t0
+
+    def focus_sentence(self, session: Session | None, index: int, source: str = "report"):
+        """Show a report sentence's side and zone on the film. Returns (session, message)."""
+        session = self.session(session)
+        session.require_film()
+        report = session.report
+        if report is None or not 0 <= index < len(report["sentences"]):
+            raise InputError("Write the report first, then click one of its sentences.")
+        sentence = report["sentences"][index]
+        session.focus = ("report", index)
+        if sentence["place"] is None:
+            return session, f"'{sentence['text']}' names no side and zone of the film."
+        return session, f"**{sentence['place']}** highlighted: {sentence['text']}"
+
+    def focused_place(self, session: CxrSession) -> tuple[str, str] | None:
+        """(side, zone) of the sentence in focus, or None."""
+        if session.focus is None or session.report is None:
+            return None
+        sentences = session.report["sentences"]
+        if not 0 <= session.focus[1] < len(sentences):
+            return None
+        s = sentences[session.focus[1]]
+        return None if s["place"] is None else (s["side"], s["zone"])
+
+
+def _answer_text(raw: Any) -> str:
+    """``cxr_ask`` returns text (a dict with ``text`` is read too)."""
+    return str(raw.get("text", "")) if isinstance(raw, dict) else str(raw)
