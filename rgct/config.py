@@ -22,7 +22,15 @@ from typing import Any
 
 import yaml
 
-from rgct.constants import CT_RATE_LABELS, HU_WINDOW, MODEL_PARTS, TASKS
+from rgct.constants import (
+    CT_RATE_LABELS,
+    CXR_LAYOUTS,
+    CXR_TASKS,
+    HU_WINDOW,
+    MODALITIES,
+    MODEL_PARTS,
+    TASKS,
+)
 from rgct.files import write_text
 
 OBJECTIVES = ("lm", "aux", "dense")
@@ -32,7 +40,7 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid."""
 
 
-SOURCE_LAYOUTS = ("radgenome", "rad-chestct", "deeplesion")
+SOURCE_LAYOUTS = ("radgenome", "rad-chestct", "deeplesion", *CXR_LAYOUTS)
 
 
 @dataclass
@@ -42,7 +50,8 @@ class DataSource:
     root: str
     """Dataset folder."""
     layout: str = "radgenome"
-    """'radgenome', 'rad-chestct' (npz + label matrix) or 'deeplesion' (PNG + DL_info.csv)."""
+    """'radgenome', 'rad-chestct' (npz + label matrix), 'deeplesion' (PNG + DL_info.csv), or the
+    radiograph layouts 'vindr-cxr' and 'chestxray14' (``data.modality: cxr`` only)."""
     name: str | None = None
     """Tag of its samples and of its validation numbers (default: the layout)."""
     weight: float = 1.0
@@ -62,32 +71,47 @@ class DataSource:
         self.name = self.name or self.layout
 
 
+CT_DEFAULT_TASKS = {
+    "region_report": 1.0,
+    "abnormality": 0.5,
+    "presence": 0.5,
+    "location": 0.25,
+    "size": 0.25,
+    "disorders": 0.25,
+}
+"""``data.tasks`` of a CT model unless a config says otherwise."""
+CXR_DEFAULT_TASKS = {
+    "cxr_box": 1.0,
+    "cxr_presence": 1.0,
+    "cxr_location": 0.5,
+    "cxr_labels": 0.5,
+    "cxr_report": 0.5,
+}
+"""``data.tasks`` of a radiograph model (``data.modality: cxr``) unless a config says otherwise."""
+
+
 @dataclass
 class DataConfig:
     root: str | None = None
-    """Dataset folder in the RadGenome-Chest CT layout (``rgct synth`` writes one)."""
+    """Dataset folder in the RadGenome-Chest CT layout (``rgct synth`` writes one); with
+    ``modality: cxr`` a VinDr-CXR or ChestX-ray14 folder (``rgct synth --layout vindr-cxr``)."""
+    modality: str = "ct"
+    """'ct' (3D chest CT volumes, ``input_shape`` (D, H, W)) or 'cxr' (2D chest radiographs,
+    ``input_shape`` (H, W), boxes as region masks). A checkpoint serves only its own modality."""
     train_split: str = "train"
     """Split used for training samples."""
     eval_split: str = "valid"
     """Split used for validation loss and sample generations."""
-    input_shape: tuple[int, int, int] = (64, 128, 128)
-    """Model input (D, H, W) in voxels after resizing."""
+    input_shape: tuple[int, ...] = (64, 128, 128)
+    """Model input (D, H, W) in voxels after resizing; (H, W) pixels for ``modality: cxr``."""
     hu_window: tuple[float, float] = HU_WINDOW
     """Hounsfield window clipped to and rescaled to [0, 1]: the image's first channel."""
     extra_hu_windows: tuple[tuple[float, float], ...] = ()
     """More (low, high) windows, one extra input channel each (e.g. a lung window for ground
     glass and emphysema, a calcium window for calcifications that ``hu_window`` clips)."""
-    tasks: dict[str, float] = field(
-        default_factory=lambda: {
-            "region_report": 1.0,
-            "abnormality": 0.5,
-            "presence": 0.5,
-            "location": 0.25,
-            "size": 0.25,
-            "disorders": 0.25,
-        }
-    )
-    """Task name -> sampling weight. Tasks absent (or weight 0) are not used."""
+    tasks: dict[str, float] = field(default_factory=lambda: dict(CT_DEFAULT_TASKS))
+    """Task name -> sampling weight. Tasks absent (or weight 0) are not used. Left at the CT
+    default with ``modality: cxr``, it is the radiograph default :data:`CXR_DEFAULT_TASKS`."""
     abnormal_fraction: float | None = None
     """Training mix only: draw at least this fraction of each region task's samples from
     regions that hold a finding (oversampling rare positives); None keeps natural rates."""
@@ -127,6 +151,10 @@ class DataConfig:
     by its ``weight`` and tagged with its ``name``; empty: ``root`` alone."""
 
     def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ConfigError(f"data.modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.modality == "cxr" and self.tasks == CT_DEFAULT_TASKS:
+            self.tasks = dict(CXR_DEFAULT_TASKS)
         unknown = set(self.tasks) - set(TASKS)
         if unknown:
             raise ConfigError(f"data.tasks: unknown task(s) {sorted(unknown)}; known: {TASKS}")
@@ -142,8 +170,15 @@ class DataConfig:
             if not self.finding_maps:
                 raise ConfigError("data.crop_shape needs data.finding_maps: true")
             self.crop_shape = crop
-        if len(self.input_shape) != 3 or any(int(s) < 8 for s in self.input_shape):
-            raise ConfigError(f"data.input_shape must be 3 sizes >= 8, got {self.input_shape}")
+        dims = self.spatial_dims
+        if len(self.input_shape) != dims or any(int(s) < 8 for s in self.input_shape):
+            axes = "(D, H, W)" if dims == 3 else "(H, W)"
+            raise ConfigError(
+                f"data.input_shape must be {dims} sizes >= 8 {axes} for data.modality="
+                f"{self.modality}, got {list(self.input_shape)}"
+            )
+        if self.modality == "cxr":
+            self._check_radiographs()
         lo, hi = self.hu_window
         if not lo < hi:
             raise ConfigError(
@@ -168,6 +203,40 @@ class DataConfig:
                 f"data.abnormal_fraction must lie in [0, 1] (or null), got {self.abnormal_fraction}"
             )
 
+    def _check_radiographs(self) -> None:
+        """``modality: cxr``: radiograph tasks and layouts only, none of the CT-only options."""
+        ct_tasks = sorted(t for t, w in self.tasks.items() if w > 0 and t not in CXR_TASKS)
+        if ct_tasks:
+            raise ConfigError(
+                f"data.modality=cxr reads chest radiographs: data.tasks {ct_tasks} are CT tasks; "
+                f"set data.tasks to radiograph tasks {list(CXR_TASKS)}"
+            )
+        ct_options = {
+            "extra_hu_windows": bool(self.extra_hu_windows),
+            "crop_shape": self.crop_shape is not None,
+            "finding_maps": self.finding_maps,
+            "spacing": self.spacing is not None,
+            "crop_foreground": self.crop_foreground,
+            "metadata_csv": self.metadata_csv is not None,
+        }
+        used = [k for k, on in ct_options.items() if on]
+        if used or self.fit != "resize":
+            raise ConfigError(
+                f"data.modality=cxr: {used or ['fit']} are CT volume options (a radiograph is "
+                "read as displayed and resized to data.input_shape)"
+            )
+        bad = [s.name for s in self.sources if s.layout not in CXR_LAYOUTS]
+        if bad:
+            raise ConfigError(
+                f"data.modality=cxr: data.sources {bad} are CT layouts; radiograph layouts are "
+                f"{list(CXR_LAYOUTS)}"
+            )
+
+    @property
+    def spatial_dims(self) -> int:
+        """3 for CT volumes, 2 for radiographs."""
+        return 2 if self.modality == "cxr" else 3
+
     @property
     def hu_windows(self) -> tuple[tuple[float, float], ...]:
         """Every window, in channel order: ``hu_window`` then ``extra_hu_windows``."""
@@ -185,8 +254,9 @@ class EncoderConfig:
     """Registry name: 'cnn' (MONAI residual units), 'vit' (MONAI ViT), 'swin' (MONAI SwinViT)."""
     feature_size: int = 128
     """Channels of the patch-feature grid the encoder returns."""
-    patch_size: tuple[int, int, int] = (8, 8, 8)
-    """Downsampling from input voxels to one patch feature (ViT patch, CNN total stride)."""
+    patch_size: tuple[int, ...] = (8, 8, 8)
+    """Downsampling from input voxels to one patch feature (ViT patch, CNN total stride); one
+    size per axis of ``data.input_shape`` (2 for radiographs)."""
     depth: int = 4
     """Transformer layers (vit) or stages (cnn)."""
     num_heads: int = 4
@@ -217,7 +287,8 @@ class ModelConfig:
     llm_cache_dir: str | None = None
     """Where the converted SmolLM2 folder is cached; default ``~/.cache/rgct``."""
     num_global_tokens: int = 8
-    """Global volume tokens: the patch grid pooled to this many cells (a cube number)."""
+    """Global image tokens: the patch grid pooled to this many cells (a cube number for CT
+    volumes, a square number for radiographs)."""
     num_region_tokens: int = 3
     """Tokens per region: masked mean, masked max, and the region-evidence token."""
     projector: str = "mlp"
@@ -278,10 +349,11 @@ class ModelConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        g = round(self.num_global_tokens ** (1 / 3))
-        if g**3 != self.num_global_tokens:
+        n = self.num_global_tokens
+        if round(n ** (1 / 3)) ** 3 != n and round(n**0.5) ** 2 != n:
             raise ConfigError(
-                f"model.num_global_tokens must be a cube (1, 8, 27, 64), got {self.num_global_tokens}"
+                f"model.num_global_tokens must be a cube (1, 8, 27, 64; CT) or a square (4, 9, "
+                f"16; radiographs), got {n}"
             )
         if self.num_region_tokens not in (1, 2, 3):
             raise ConfigError(
@@ -446,6 +518,7 @@ class RGCTConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self) -> None:
+        self._check_modality()
         if (
             not self.model.train_llm_lora
             and not self.model.train_projector
@@ -480,6 +553,36 @@ class RGCTConfig:
             raise ConfigError(
                 "model.dense_loss_weight > 0 needs data.finding_maps: true (phantom positions)"
             )
+
+    def _check_modality(self) -> None:
+        """The model's sizes against ``data.modality`` (3D volumes or 2D radiographs)."""
+        dims, modality = self.data.spatial_dims, self.data.modality
+        enc = self.model.encoder
+        if len(enc.patch_size) != dims:
+            raise ConfigError(
+                f"model.encoder.patch_size needs {dims} sizes for data.modality={modality} "
+                f"(input_shape {list(self.data.input_shape)}), got {list(enc.patch_size)}"
+            )
+        n = self.model.num_global_tokens
+        if round(n ** (1 / dims)) ** dims != n:
+            kind = "a cube (1, 8, 27, 64)" if dims == 3 else "a square (1, 4, 9, 16)"
+            raise ConfigError(
+                f"model.num_global_tokens must be {kind} for data.modality={modality}, got {n}"
+            )
+        if modality == "cxr":
+            ct_only = {
+                "model.region_stats": self.model.region_stats,
+                "model.dense_loss_weight": self.model.dense_loss_weight > 0,
+                "model.evidence_prompt": self.model.evidence_prompt,
+                "model.encoder_weights": self.model.encoder_weights is not None,
+                "model.encoder.name=swin": enc.name == "swin",
+            }
+            used = [k for k, on in ct_only.items() if on]
+            if used:
+                raise ConfigError(
+                    f"data.modality=cxr: {used} serve 3D CT volumes only (CT-RATE labels, HU "
+                    "histograms, 3D pretrained encoders); turn them off for radiographs"
+                )
 
 
 # --- building from dicts ------------------------------------------------------------------------

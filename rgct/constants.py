@@ -63,6 +63,9 @@ CSV_COLUMNS = {
 }
 
 # --- tasks and the official question templates --------------------------------------------------
+CXR_TASKS = ("cxr_box", "cxr_presence", "cxr_location", "cxr_labels", "cxr_report")
+"""The tasks a VinDr-CXR or ChestX-ray14 folder gives samples for (:mod:`rgct.data.cxr_samples`)."""
+
 TASKS = (
     "report",
     "region_report",
@@ -74,13 +77,15 @@ TASKS = (
     "lesion",
     "lesion_size",
     "lesion_type",
+    *CXR_TASKS,
 )
-"""Tasks; the last three are DeepLesion's grounded lesion tasks (a box mask, no region name)."""
+"""Tasks; then DeepLesion's grounded lesion tasks (a box mask, no region name) and the chest
+radiograph tasks (:data:`CXR_TASKS`: only a model with ``data.modality: cxr`` reads them)."""
 
 LESION_TASKS = ("lesion", "lesion_size", "lesion_type")
 """DeepLesion's tasks: their samples come from a DeepLesion folder (``data.sources``)."""
 
-RADGENOME_TASKS = tuple(t for t in TASKS if t not in LESION_TASKS)
+RADGENOME_TASKS = tuple(t for t in TASKS if t not in LESION_TASKS and t not in CXR_TASKS)
 """The tasks a RadGenome-layout folder (its CSV files) gives samples for."""
 
 RADCHEST_TASKS = ("region_report", "presence", "abnormality")
@@ -171,10 +176,12 @@ SEGMENT_FINDINGS = tuple(label for label in CT_RATE_LABELS if label not in UNPAI
 SEGMENT_CLASSES = (*REGIONS, *LUNG_LOBES, *SEGMENT_ANATOMY, *SEGMENT_FINDINGS)
 """Output channels of the segmenter, in order: ten regions, five lobes, anatomy, findings."""
 
-# --- chest radiographs (VinDr-CXR, NIH ChestX-ray14): readers and samples only -----------------
-CXR_TASKS = ("cxr_box", "cxr_presence", "cxr_location", "cxr_labels", "cxr_report")
-"""The tasks a VinDr-CXR or ChestX-ray14 folder gives samples for (:mod:`rgct.data.cxr_samples`).
-Kept out of :data:`TASKS`: no 2D model, training or generation path reads radiographs yet."""
+# --- chest radiographs (VinDr-CXR, NIH ChestX-ray14) -------------------------------------------
+MODALITIES = ("ct", "cxr")
+"""What a model reads (``data.modality``): 3D chest CT volumes or 2D chest radiographs."""
+
+CXR_LAYOUTS = ("vindr-cxr", "chestxray14")
+"""Dataset layouts of chest radiographs (a ``data.modality: cxr`` model trains on them)."""
 
 CXR_PROMPTS = {
     "cxr_box": "What is in the given box?",

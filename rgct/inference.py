@@ -13,6 +13,16 @@ Examples::
 Volumes are paths (NIfTI, DICOM folder/zip, RAD-ChestCT .npz), :class:`rgct.data.io.Volume`
 objects, or float arrays (D, H, W) in HU; masks are paths or bool / 0-1 arrays (D, H, W), or
 None for the whole scan. Preprocessing is the training pipeline's deterministic part.
+
+A chest-radiograph checkpoint (``data.modality: cxr``; ``predictor.modality == "cxr"``) answers
+through :meth:`Predictor.cxr_ask` and :meth:`Predictor.cxr_report` (:mod:`rgct.inference_cxr`)::
+
+    p = Predictor.from_checkpoint("rgct/assets/cxr_demo_model")
+    p.cxr_ask("film.dicom", "What is in the given box?", box=(120, 300, 260, 420))
+    p.cxr_report("film.png")  # {"text", "sentences": [{"text", "label", "side", "zone"}]}
+
+Each refuses the other modality's input by name (a CT volume to a radiograph checkpoint and the
+reverse).
 """
 
 from __future__ import annotations
@@ -109,8 +119,55 @@ class Predictor:
             seg = load_segmenter(seg_dir, device=dev)
         return cls(model, cfg, dev, seg)
 
+    @property
+    def modality(self) -> str:
+        """'ct' (CT volumes) or 'cxr' (chest radiographs): what the checkpoint reads."""
+        return self.cfg.data.modality
+
+    def _require(self, modality: str, given: str) -> None:
+        """Refuse a method of the other modality, naming the checkpoint's and the input's."""
+        if self.modality != modality:
+            kinds = {"ct": "CT volumes", "cxr": "chest radiographs"}
+            use = "cxr_ask / cxr_report" if self.modality == "cxr" else "a radiograph checkpoint"
+            raise ValueError(
+                f"this checkpoint reads {kinds[self.modality]} (data.modality={self.modality}); "
+                f"got {given}: use {use}"
+            )
+
+    def cxr_ask(
+        self,
+        image: Any,
+        question: str,
+        box: tuple[float, float, float, float] | None = None,
+        generation: GenerationConfig | dict | None = None,
+    ) -> str:
+        """Answer a question about a radiograph (a :class:`rgct.data.cxr.Radiograph` or a
+        DICOM/PNG path), about the ``(x_min, y_min, x_max, y_max)`` pixel box when given."""
+        from rgct import inference_cxr
+
+        self._require("cxr", inference_cxr.describe_input(image) or "a radiograph")
+        return inference_cxr.ask(self, image, question, box, generation)
+
+    def cxr_report(self, image: Any, generation: GenerationConfig | dict | None = None) -> dict:
+        """The radiograph's findings report: ``{"text", "sentences": [{"text", "label",
+        "side", "zone"}]}`` (see :func:`rgct.inference_cxr.report`)."""
+        from rgct import inference_cxr
+
+        self._require("cxr", inference_cxr.describe_input(image) or "a radiograph")
+        return inference_cxr.report(self, image, generation)
+
     # -- inputs ----------------------------------------------------------------------------------
     def load(self, volume: Any) -> Volume:
+        if self.modality != "ct" or not isinstance(volume, Volume):
+            from rgct.inference_cxr import describe_input
+
+            what = describe_input(volume)
+            self._require("ct", what or "a CT volume")
+            if what is not None and what.startswith("a radiograph"):
+                raise ValueError(
+                    f"this checkpoint reads CT volumes (data.modality=ct); got {what}: use a "
+                    "chest-radiograph checkpoint (data.modality=cxr) and cxr_ask / cxr_report"
+                )
         if isinstance(volume, Volume):
             return volume
         if isinstance(volume, np.ndarray):

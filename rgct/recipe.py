@@ -28,7 +28,8 @@ Recipe file::
 Stage kinds and their keys (paths are relative to the recipe file; ``from`` names an earlier
 stage, whose checkpoint is ``WORK/<id>/model``; ``data`` names a synth stage, default the first):
 
-- ``synth``: ``num_volumes``, ``seed``, ``shape``, ``valid_fraction`` (phantoms in ``WORK/<id>``).
+- ``synth``: ``num_volumes``, ``seed``, ``shape``, ``valid_fraction`` (phantoms in ``WORK/<id>``);
+  ``layout`` writes them in another layout (``rgct synth --layout``, e.g. ``vindr-cxr``).
 - ``train``: the training config is ``configs/train/<id>.yaml`` (stage ids equal file names;
   ``config:`` names another file of that folder); ``init`` entries take a stage id or a
   folder; ``data`` (default the first synth stage); ``overrides``. A stage that loads a
@@ -72,7 +73,7 @@ REUSABLE_KINDS = frozenset({"synth", "train", "fit_classifier", "calibrate", "se
 LOG_FILE = "recipe_log.jsonl"
 MODEL_DIR = "model"
 _KEYS = {
-    "synth": {"num_volumes", "seed", "shape", "valid_fraction", "workers"},
+    "synth": {"num_volumes", "seed", "shape", "valid_fraction", "workers", "layout"},
     "train": {"config", "data", "init", "overrides"},
     "fit_classifier": {"from", "data", "split", "max_volumes", "epochs", "lr", "seed", "masks"},
     "calibrate": {
@@ -353,11 +354,19 @@ class RecipeRunner:
         }
         if "shape" in o:
             kwargs["shape"] = tuple(int(v) for v in o["shape"])
-        write_dataset(out, overwrite=True, **kwargs)
+        layout = o.get("layout", "radgenome")
+        if layout == "radgenome":
+            write_dataset(out, overwrite=True, **kwargs)
+        else:
+            from rgct.data.synth_layouts import write_layout_dataset
+
+            kwargs.pop("workers")
+            write_layout_dataset(out, layout, overwrite=True, progress=False, **kwargs)
         shape = " --shape " + " ".join(map(str, kwargs["shape"])) if "shape" in kwargs else ""
+        flag = f" --layout {layout}" if layout != "radgenome" else ""
         command = (
             f"rgct synth --out {out} --num-volumes {kwargs['num_volumes']} --seed {kwargs['seed']} "
-            f"--valid-fraction {kwargs['valid_fraction']}{shape}"
+            f"--valid-fraction {kwargs['valid_fraction']}{shape}{flag}"
         )
         return command, {"volumes": kwargs["num_volumes"], "seed": kwargs["seed"]}
 
@@ -588,7 +597,9 @@ def model_card(recipe: Recipe, log: list[dict], heldouts: list[dict]) -> str:
     for rec in log:
         res = rec.get("result") or {}
         short = {k: v for k, v in res.items() if isinstance(v, int | float | str)}
-        if rec["kind"] == "heldout":
+        if rec["kind"] == "heldout" and res.get("modality") == "cxr":
+            short = {"presence_accuracy": (res.get("model") or {}).get("cxr_presence accuracy")}
+        elif rec["kind"] == "heldout":
             short = {"finding_f1": (res.get("model") or {}).get("finding_f1")}
         lines.append(
             f"| {rec['stage']} | {rec['kind']} | {rec['seconds']} | "

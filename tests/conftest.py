@@ -105,3 +105,35 @@ def tiny_checkpoint(phantom_root, tmp_path_factory) -> Path:
         tiny_overrides(phantom_root, out, "train.max_steps=4", "train.eval_every=0"),
     )
     return train(cfg)
+
+
+CXR_TINY_MODEL = REPO / "configs" / "model" / "cxr_tiny.yaml"
+CXR_TRAIN = REPO / "configs" / "train" / "cxr.yaml"
+
+
+def cxr_tiny_overrides(root: Path, out: Path, *extra: str) -> list[str]:
+    """A seconds-long radiograph run: the tiny 2D preset on CPU, a few small batches."""
+    return [
+        *tiny_overrides(root, out),
+        "train.device=cpu",
+        "train.batch_size=2",
+        "train.warmup_steps=1",
+        "train.log_every=1",
+        "train.eval_batches=1",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def cxr_checkpoint(cxr_phantoms, tmp_path_factory) -> Path:
+    """A tiny radiograph checkpoint (``data.modality: cxr``) trained a few steps on the
+    VinDr-CXR phantoms."""
+    from rgct.config import load_config
+    from rgct.train.loop import train
+
+    out = tmp_path_factory.mktemp("cxr_run") / "run"
+    cfg = load_config(
+        [CXR_TINY_MODEL, CXR_TRAIN],
+        cxr_tiny_overrides(cxr_phantoms["vindr"], out, "train.max_steps=3", "train.eval_every=0"),
+    )
+    return train(cfg)

@@ -143,6 +143,20 @@ def box_mask(coords: tuple[float, ...], shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x_min, y_min, x_max, y_max) in pixels of the pixels a (H, W) mask holds: the inverse of
+    :func:`box_mask` for a box on whole-pixel edges (a fractional box comes back widened to them).
+
+    Raises:
+        ValueError: an empty mask.
+    """
+    rows = np.flatnonzero(np.asarray(mask).any(axis=1))
+    cols = np.flatnonzero(np.asarray(mask).any(axis=0))
+    if not len(rows):
+        raise ValueError("an empty mask has no box")
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 def box_location(
     coords: tuple[float, ...],
     shape: tuple[int, int],

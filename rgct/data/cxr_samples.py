@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -59,6 +60,10 @@ VOCABULARY = {
     "chestxray14": CXR14_LABELS,
 }
 """Layout -> the labels presence questions may ask about."""
+_CLASS_OF_WORDS = {
+    class_words(c).lower(): c for c in (*VOCABULARY["chestxray14"], *VOCABULARY["vindr-cxr"])
+}
+"""A class's words (lower case) -> its name; VinDr-CXR's spelling wins where both say them."""
 BOX_REGION = "box"
 """``region`` of the box-grounded samples."""
 
@@ -84,6 +89,24 @@ def findings_report(boxes: list[Box], labels: list[str], shape: tuple[int, int])
         _sentence(class_words(lab)) for lab in labels if lab not in boxed and lab not in NO_FINDINGS
     ]
     return " ".join(dict.fromkeys(sentences)) or "No finding."
+
+
+_LOCATED = re.compile(
+    r"^(?P<what>.+?) in the (?P<side>right|left|central) (?P<zone>upper|middle|lower) zone$"
+)
+
+
+def read_finding_sentence(sentence: str) -> dict[str, str | None]:
+    """``{"label", "side", "zone"}`` of one sentence as :func:`findings_report` writes them
+    ("Pleural effusion in the right lower zone." -> ('Pleural effusion', 'right', 'lower');
+    "COPD." -> ('COPD', None, None)); ``label`` is a VinDr-CXR or ChestX-ray14 class name (the
+    VinDr-CXR spelling when both name the words), None for "No finding." or other text."""
+    text = sentence.strip().rstrip(".").strip()
+    side = zone = None
+    found = _LOCATED.match(text)
+    if found:
+        text, side, zone = found["what"], found["side"], found["zone"]
+    return {"label": _CLASS_OF_WORDS.get(text.lower()), "side": side, "zone": zone}
 
 
 def save_box_mask(box: Box, shape: tuple[int, int], path: Path) -> Path:
@@ -157,6 +180,50 @@ def _samples(
                 **grounded,
             )
     return {t: tab.table() for t, tab in tables.items()}
+
+
+CXR_SPLIT_ALIASES = {"train": "train", "test": "test", "valid": "test", "validation": "test"}
+"""Split names a radiograph folder answers to: the releases have a train and a test split only,
+so the held-out split rgct calls 'valid' is their 'test' (the phantoms write 'valid' volumes
+there too)."""
+
+
+def cxr_split(split: str) -> str:
+    """'train' or 'test' for a split name (:data:`CXR_SPLIT_ALIASES`)."""
+    try:
+        return CXR_SPLIT_ALIASES[split]
+    except KeyError:
+        raise ValueError(
+            f"unknown radiograph split {split!r}; known: {sorted(CXR_SPLIT_ALIASES)}"
+        ) from None
+
+
+def layout_samples(
+    root: str | Path,
+    layout: str,
+    split: str,
+    tasks: Iterable[str] = CXR_TASKS,
+    *,
+    seed: int = 0,
+    max_images: int | None = None,
+) -> tuple[dict[str, SampleTable], list]:
+    """(task -> samples, problems) of one split of a VinDr-CXR or ChestX-ray14 folder
+    (``split`` through :func:`cxr_split`; at most ``max_images`` images)."""
+    split = cxr_split(split)
+    if layout == "vindr-cxr":
+        from rgct.data.vindr import load_vindr
+
+        index = load_vindr(root, split, max_images=max_images)
+        return vindr_samples(index, tasks, seed=seed), index.problems
+    if layout == "chestxray14":
+        from rgct.data.chestxray14 import load_chestxray14
+
+        index = load_chestxray14(root)
+        if max_images is not None:
+            keep = {i.name for i in index.split(split)[:max_images]}
+            index.images = {k: v for k, v in index.images.items() if k in keep}
+        return chestxray14_samples(index, split, tasks, seed=seed), index.problems
+    raise ValueError(f"{root}: layout {layout!r} is not a radiograph layout")
 
 
 def vindr_samples(

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from rgct.config import DataConfig, DataSource
+from rgct.config import CXR_DEFAULT_TASKS, DataConfig, DataSource
+from rgct.constants import CXR_LAYOUTS
 from rgct.data.dataset import CACHE_FOLDER, RGCTDataset
 from rgct.data.io import DataError
 from rgct.data.records import mix_samples
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TASKS = {
     "rad-chestct": {"presence": 1.0, "abnormality": 0.5},
     "deeplesion": {"lesion": 1.0, "lesion_size": 0.5, "lesion_type": 0.5},
+    **{layout: CXR_DEFAULT_TASKS for layout in CXR_LAYOUTS},
 }
 """Task weights of a source whose entry names none (RadGenome: ``data.tasks``)."""
 
@@ -44,8 +46,17 @@ def source_samples(
     seed: int,
     max_volumes: int | None = None,
 ) -> dict[str, SampleTable]:
-    """task -> samples of one RAD-ChestCT or DeepLesion split (at most ``max_volumes`` volumes,
-    or lesions for DeepLesion)."""
+    """task -> samples of one RAD-ChestCT, DeepLesion, VinDr-CXR or ChestX-ray14 split (at most
+    ``max_volumes`` volumes, lesions for DeepLesion, images for radiographs)."""
+    if source.layout in CXR_LAYOUTS:
+        from rgct.data.cxr_samples import layout_samples
+
+        tables, problems = layout_samples(
+            source.root, source.layout, split, tasks, seed=seed, max_images=max_volumes
+        )
+        for p in problems:
+            logger.warning("%s", p.message)
+        return tables
     if source.layout == "rad-chestct":
         from rgct.data.radchestct import load_radchest
         from rgct.data.source_samples import radchest_samples
@@ -190,6 +201,41 @@ def build_mixed_sources(
     datasets = build_source_datasets(cfg, split, train=train, seed=seed)
     weights = {s.name: s.weight for s in cfg.sources}
     return MixedSources(datasets, weights, num_samples, seed)
+
+
+def check_root_modality(cfg: DataConfig) -> str:
+    """The layout of ``cfg.root`` (:func:`~rgct.data.source_report.detect_layout`), when it holds
+    what ``cfg.modality`` reads.
+
+    Raises:
+        DataError: radiographs for a CT model, or CT volumes for a radiograph model (both named).
+    """
+    from rgct.data.source_report import detect_layout
+
+    layout = detect_layout(cfg.root)
+    if cfg.modality == "cxr" and layout not in CXR_LAYOUTS:
+        raise DataError(
+            f"data.root {cfg.root} is a {layout} folder (CT volumes) but data.modality is 'cxr' "
+            f"(chest radiographs): point it at a VinDr-CXR or ChestX-ray14 folder"
+        )
+    if cfg.modality == "ct" and layout in CXR_LAYOUTS:
+        raise DataError(
+            f"data.root {cfg.root} is a {layout} folder (chest radiographs) but data.modality is "
+            f"'ct' (CT volumes): train radiographs with data.modality=cxr "
+            f"(configs/model/cxr_smollm2.yaml + configs/train/cxr.yaml)"
+        )
+    return layout
+
+
+def radiograph_sources(cfg: DataConfig) -> DataConfig:
+    """``cfg`` with its radiograph ``root`` as the one ``data.sources`` entry (its layout read
+    from the folder, its tasks ``cfg.tasks``): how a VinDr-CXR or ChestX-ray14 folder trains."""
+    if cfg.sources:
+        return cfg
+    layout = check_root_modality(cfg)
+    tasks = {t: w for t, w in cfg.tasks.items() if w > 0}
+    source = DataSource(str(cfg.root), layout=layout, tasks=tasks)
+    return dataclasses.replace(cfg, sources=[source])
 
 
 def per_source(values: list[float], sources: list[str]) -> dict[str, float]:

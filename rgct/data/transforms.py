@@ -192,7 +192,8 @@ class ApplyGeometryd(MapTransform):
 
 
 def build_deterministic_transforms(cfg: DataConfig) -> Compose:
-    """Load, channel first, HU window(s) to [0, 1], resize to ``cfg.input_shape`` (D, H, W).
+    """Load, channel first, HU window(s) to [0, 1], resize to ``cfg.input_shape`` (D, H, W)
+    (``data.modality: cxr``: :func:`rgct.data.cxr_transforms.build_radiograph_transforms`).
 
     Orientation to RAS happens in the loader (:mod:`rgct.data.io`), so image and mask
     share one convention before any MONAI op. Image resize uses area averaging
@@ -203,6 +204,10 @@ def build_deterministic_transforms(cfg: DataConfig) -> Compose:
     first cropped to the body, resampled and (pad_crop) fitted to the grid in HU
     (:class:`ApplyGeometryd`); the resize then runs only with ``fit: resize``.
     """
+    if cfg.modality == "cxr":  # radiographs: their own loader, no HU windows
+        from rgct.data.cxr_transforms import build_radiograph_transforms
+
+        return build_radiograph_transforms(cfg)
     size = tuple(int(s) for s in cfg.input_shape)
     geometry = uses_geometry(cfg)
     steps: list = [
@@ -243,6 +248,7 @@ def build_random_transforms(cfg: DataConfig, *, flip_prob: float = 0.0) -> Compo
     Seed with ``.set_random_state(seed)``.
     """
     shape = cfg.input_shape
+    dims = len(shape)  # 3: volumes, 2: radiographs
     steps: list = []
     if cfg.crop_shape is not None:
         # nnU-Net-style foreground oversampling: half the crops centred on a finding voxel
@@ -262,14 +268,14 @@ def build_random_transforms(cfg: DataConfig, *, flip_prob: float = 0.0) -> Compo
     if flip_prob > 0:
         steps += [
             RandFlipd(RANDOM_KEYS, prob=flip_prob, spatial_axis=a, allow_missing_keys=True)
-            for a in range(3)
+            for a in range(dims)
         ]
     steps += [
         RandAffined(
             RANDOM_KEYS,
             prob=0.5,
-            rotate_range=(0.08, 0.08, 0.08),  # radians, about 4.5 degrees
-            scale_range=(0.05, 0.05, 0.05),
+            rotate_range=(0.08,) * (3 if dims == 3 else 1),  # radians, about 4.5 degrees
+            scale_range=(0.05,) * dims,
             translate_range=tuple(0.03 * s for s in shape),  # voxels
             mode=("bilinear", "nearest", "nearest"),
             padding_mode="zeros",
@@ -330,6 +336,7 @@ def _settings(cfg: DataConfig) -> dict:
             else {}
         ),
         "image_mode": IMAGE_RESIZE_MODE,
+        **({"modality": cfg.modality} if cfg.modality != "ct" else {}),
         **(
             {
                 "spacing": None if cfg.spacing is None else [float(s) for s in cfg.spacing],
@@ -469,8 +476,8 @@ class TransformCache:
 
 
 def _check_image(stored) -> str | None:
-    if not isinstance(stored, np.ndarray) or stored.dtype != np.uint16 or stored.ndim != 4:
-        return "expected a uint16 (C, D, H, W) array"
+    if not isinstance(stored, np.ndarray) or stored.dtype != np.uint16 or stored.ndim not in (3, 4):
+        return "expected a uint16 (C, D, H, W) or (C, H, W) array"
     return None
 
 

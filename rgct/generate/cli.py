@@ -2,6 +2,7 @@
 
 Runs as one process or under ``accelerate launch`` (each process writes its part; the main
 process merges them in a stable order). ``--data`` may be a RadGenome, RAD-ChestCT or DeepLesion
+folder, or with a radiograph checkpoint (``data.modality: cxr``) a VinDr-CXR or ChestX-ray14
 folder (the layout is read from the folder); ``rgct evaluate --data`` on the same folder scores
 the output.
 
@@ -11,6 +12,8 @@ Examples::
     rgct generate --data /data/rad-chestct --split valid --tasks region --masks predicted \
         --out preds.jsonl
     rgct generate --data /data/deeplesion --split valid --tasks lesion --out lesions.jsonl
+    rgct generate --checkpoint rgct/assets/cxr_demo_model --data /data/vindr --split test \
+        --out cxr.jsonl        # cxr_box lines carry "box": [x_min, y_min, x_max, y_max] pixels
 """
 
 from __future__ import annotations
@@ -28,18 +31,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         required=True,
-        help="dataset folder: RadGenome, RAD-ChestCT or DeepLesion layout (found from its files)",
+        help="dataset folder: RadGenome, RAD-ChestCT, DeepLesion, VinDr-CXR or ChestX-ray14 "
+        "layout (found from its files; radiographs need a data.modality=cxr checkpoint)",
     )
     parser.add_argument(
         "--split",
         default="valid",
-        help="train | valid (validation); test for RAD-ChestCT, DeepLesion",
+        help="train | valid (validation); test for RAD-ChestCT, DeepLesion, VinDr-CXR and "
+        "ChestX-ray14 (valid means their test split)",
     )
     parser.add_argument(
         "--tasks",
         default=None,
-        help="comma list of groups (report, region, vqa, lesions) or task names (default: "
-        "report,region,vqa for RadGenome, region for RAD-ChestCT, lesions for DeepLesion)",
+        help="comma list of groups (report, region, vqa, lesions, cxr) or task names (default: "
+        "report,region,vqa for RadGenome, region for RAD-ChestCT, lesions for DeepLesion, cxr "
+        "for radiographs)",
     )
     parser.add_argument("--out", required=True, help="output JSONL")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per generate() call")
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from rgct.generate.runner import (
         LAYOUT_DEFAULT_TASKS,
         check_generation_inputs,
+        check_modality,
         expand_tasks,
         generation_layout,
         merge_parts,
@@ -90,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     accelerator = Accelerator(cpu=args.device == "cpu")
     model, cfg = load_checkpoint(args.checkpoint or default_checkpoint(), device=accelerator.device)
+    try:
+        check_modality(cfg, layout, args.data)
+    except DataError as e:
+        logger.error("%s", e)
+        return 2
     over = {
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,

@@ -67,7 +67,19 @@ def heldout_eval(
     line carries the true labels, so its finding F1 is what the language model reaches with a
     perfect region classifier (the model's F1 lies between the two). ``masks``: a
     :class:`rgct.generate.masks.MaskProvider` (the segmenter's masks) instead of the dataset's;
-    ``localizer`` places findings for ``model.evidence_locations`` models."""
+    ``localizer`` places findings for ``model.evidence_locations`` models.
+
+    A chest-radiograph checkpoint (``data.modality: cxr``) is checked on its radiograph tasks
+    by :func:`rgct.generate.heldout_cxr.heldout_cxr` (no oracle, the folder's own boxes)."""
+    if cfg.data.modality == "cxr":
+        if oracle or masks is not None or localizer is not None:
+            raise ValueError(
+                "a radiograph checkpoint is checked on the folder's own boxes: no oracle "
+                "evidence, predicted masks or localiser"
+            )
+        from rgct.generate.heldout_cxr import heldout_cxr
+
+        return heldout_cxr(model, cfg, data_root, out_dir, split, limit, blind)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gt = load_ground_truth(data_root)
@@ -114,6 +126,10 @@ def heldout_eval(
 
 def card_section(result: dict) -> str:
     """Markdown table of a held-out result for the model card."""
+    if result.get("modality") == "cxr":
+        from rgct.generate import heldout_cxr
+
+        return heldout_cxr.card_section(result)
     keys = list(result["model"])
     lines = [
         f"Held-out split `{result['split']}`: {result['volumes']} phantom volumes never seen in training, "

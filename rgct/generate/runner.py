@@ -30,8 +30,9 @@ import torch
 from tqdm.auto import tqdm
 
 from rgct.config import DataConfig, DataSource, GenerationConfig, RGCTConfig
-from rgct.constants import LESION_TASKS, REGIONS, REPORT_PROMPTS, WHOLE_SCAN
+from rgct.constants import CXR_LAYOUTS, CXR_TASKS, LESION_TASKS, REGIONS, REPORT_PROMPTS, WHOLE_SCAN
 from rgct.data.compact import expand_batch
+from rgct.data.cxr import mask_box
 from rgct.data.dataset import RGCTDataset, collate
 from rgct.data.io import DataError
 from rgct.data.layout import strip_suffix
@@ -53,12 +54,15 @@ TASK_GROUPS = {
     "region": ("region_report",),
     "vqa": ("abnormality", "presence", "location", "size", "disorders"),
     "lesions": LESION_TASKS,
+    "cxr": CXR_TASKS,
 }
 
 LAYOUT_DEFAULT_TASKS = {
     "radgenome": "report,region,vqa",
     "rad-chestct": "region",
     "deeplesion": "lesions",
+    "vindr-cxr": "cxr",
+    "chestxray14": "cxr",
 }
 """What ``rgct generate`` asks of a folder of each layout when ``--tasks`` is not given."""
 
@@ -79,16 +83,25 @@ def expand_tasks(spec: str | list[str]) -> list[str]:
 
 
 def generation_layout(data_root: str | Path) -> str:
-    """The folder's layout (:func:`~rgct.data.source_report.detect_layout`), refusing chest
-    radiographs by name: the model is 3D (the radiograph readers feed ``rgct data`` only)."""
-    layout = detect_layout(data_root)
-    if layout not in LAYOUT_DEFAULT_TASKS:
+    """The folder's layout (:func:`~rgct.data.source_report.detect_layout`)."""
+    return detect_layout(data_root)
+
+
+def check_modality(cfg: RGCTConfig, layout: str, data_root: str | Path) -> None:
+    """Refuse a folder of the other modality than the checkpoint's, naming both.
+
+    Raises:
+        DataError: radiographs for a CT checkpoint or CT volumes for a radiograph checkpoint.
+    """
+    radiographs = layout in CXR_LAYOUTS
+    if radiographs != (cfg.data.modality == "cxr"):
+        folder = "chest radiographs" if radiographs else "CT volumes"
+        reads = "chest radiographs" if cfg.data.modality == "cxr" else "CT volumes"
+        wanted = "a radiograph (data.modality: cxr)" if radiographs else "a CT"
         raise DataError(
-            f"{data_root} is a {layout} folder (chest radiographs): rgct's model reads CT "
-            "volumes only, there is no 2D path to generate from radiographs yet "
-            "('rgct data check' and 'rgct data show' read them)"
+            f"{data_root} is a {layout} folder ({folder}) but this checkpoint reads {reads} "
+            f"(data.modality={cfg.data.modality}): use {wanted} checkpoint"
         )
-    return layout
 
 
 def check_generation_inputs(data_root: str | Path, tasks: list[str], masks_source: str) -> str:
@@ -98,13 +111,17 @@ def check_generation_inputs(data_root: str | Path, tasks: list[str], masks_sourc
         masks_source: ``--masks``: 'dataset', 'predicted' or a folder.
 
     Raises:
-        DataError: a radiograph folder; a task the layout has no samples for (named with the
-            layout); dataset masks
+        DataError: a task the layout has no samples for (named with the layout); dataset masks
             asked of RAD-ChestCT (it has none); other masks asked of DeepLesion (its tasks are
             grounded on each lesion's box).
     """
     layout = generation_layout(data_root)
     check_layout_tasks(tasks, layout, data_root)
+    if layout in CXR_LAYOUTS and masks_source != DATASET:
+        raise DataError(
+            f"{data_root} is a {layout} folder: its box tasks are grounded on the release's boxes, "
+            f"so --masks must be 'dataset' (got {masks_source!r})"
+        )
     if layout == "rad-chestct" and masks_source == DATASET:
         hint = Path(data_root) / MASKS_FOLDER / "region_mask"
         raise DataError(
@@ -119,6 +136,17 @@ def check_generation_inputs(data_root: str | Path, tasks: list[str], masks_sourc
             f"box from DL_info.csv, so --masks must be 'dataset' (got {masks_source!r})"
         )
     return layout
+
+
+def unit_box(ds: RGCTDataset, unit: Unit) -> list[int] | None:
+    """``[x_min, y_min, x_max, y_max]`` in image pixels of a ``cxr_box`` unit's box (from its
+    mask file: :func:`rgct.data.cxr.mask_box`), None for other units."""
+    if unit.task != "cxr_box":
+        return None
+    from rgct.data.cxr_transforms import radiograph_shape, read_box_mask
+
+    s = ds.samples[unit.rows[0]]
+    return list(mask_box(read_box_mask(s.mask_path, radiograph_shape(s.image_path))))
 
 
 def build_generation_dataset(
@@ -359,6 +387,9 @@ def generate_units(
             "reference": u.reference,
             "mask_source": DATASET if masks is None else masks.label,
         }
+        box = unit_box(ds, u)
+        if box is not None:
+            row["box"] = box
         if u.task == "report":
             row["sentences"] = [
                 {"region": r, "text": s}
@@ -398,6 +429,7 @@ def run_generation(
     """
     out = Path(out)
     layout = check_generation_inputs(data_root, tasks, DATASET if masks is None else masks.source)
+    check_modality(cfg, layout, data_root)
     device = device or next(model.parameters()).device
     gen = gen or cfg.generation
     data_cfg = replace(

@@ -1,6 +1,9 @@
-"""3D encoders: a volume (B, C_in, D, H, W) -> a grid of patch features (B, C, d, h, w).
+"""Encoders: a volume (B, C_in, D, H, W) -> a grid of patch features (B, C, d, h, w).
 
-``C_in`` is one channel per HU window (``data.hu_window`` + ``data.extra_hu_windows``).
+``C_in`` is one channel per HU window (``data.hu_window`` + ``data.extra_hu_windows``). The
+``cnn`` and ``vit`` encoders are dimension-generic: given a 2-size ``input_shape`` and
+``patch_size`` they read radiographs (B, 1, H, W) -> (B, C, h, w) with the same MONAI blocks
+(``spatial_dims`` 2; ``data.modality: cxr``).
 
 Chosen by name from :data:`ENCODERS`:
 
@@ -13,6 +16,9 @@ Examples::
 
     enc = build_encoder(EncoderConfig(name="cnn", feature_size=64), input_shape=(32, 64, 64))
     enc(torch.zeros(2, 1, 32, 64, 64)).shape  # torch.Size([2, 64, 4, 8, 8])
+    enc2d = build_encoder(EncoderConfig(name="cnn", feature_size=64, patch_size=(16, 16)),
+                          input_shape=(256, 256))
+    enc2d(torch.zeros(2, 1, 256, 256)).shape  # torch.Size([2, 64, 16, 16])
 """
 
 from __future__ import annotations
@@ -27,10 +33,14 @@ from torch import nn
 from rgct.config import EncoderConfig
 
 
-def _check_divisible(input_shape: tuple[int, ...], patch: tuple[int, ...], name: str) -> None:
-    if len(input_shape) != 3 or len(patch) != 3:
+def _check_divisible(
+    input_shape: tuple[int, ...], patch: tuple[int, ...], name: str, dims: tuple[int, ...] = (2, 3)
+) -> None:
+    if len(input_shape) not in dims or len(patch) != len(input_shape):
+        sizes = " or ".join(str(d) for d in dims)
         raise ValueError(
-            f"{name}: input_shape and patch_size need 3 sizes, got {input_shape}, {patch}"
+            f"{name}: input_shape and patch_size need {sizes} sizes each (one per spatial axis), "
+            f"got {tuple(input_shape)}, {tuple(patch)}"
         )
     if any(s % p for s, p in zip(input_shape, patch)):
         raise ValueError(
@@ -39,11 +49,12 @@ def _check_divisible(input_shape: tuple[int, ...], patch: tuple[int, ...], name:
 
 
 class CNNEncoder(nn.Module):
-    """Strided residual 3D CNN built from MONAI blocks.
+    """Strided residual CNN built from MONAI blocks, 3D or 2D (one ``patch_size`` per axis).
 
     Args:
         feature_size: channels of the output grid.
-        patch_size: total stride per axis (each a power of two).
+        patch_size: total stride per axis (each a power of two); its length is the number of
+            spatial dimensions (3: volumes, 2: radiographs).
         depth: number of residual stages (>= the largest log2 stride).
         in_channels: input channels (HU windows).
     """
@@ -62,6 +73,9 @@ class CNNEncoder(nn.Module):
             raise ValueError(f"cnn: feature_size must be >= 8, got {feature_size}")
         self.out_channels = feature_size
         self.patch_size = tuple(int(p) for p in patch_size)
+        dims = len(self.patch_size)
+        if dims not in (2, 3):
+            raise ValueError(f"cnn: patch_size needs 2 or 3 sizes, got {self.patch_size}")
         widths = [max(8, feature_size // 2 ** (depth - 1 - i)) for i in range(depth)]
         remaining = list(self.patch_size)
 
@@ -74,7 +88,7 @@ class CNNEncoder(nn.Module):
         # Strided stem: the full-resolution grid is touched by one cheap convolution only.
         layers: list[nn.Module] = [
             Convolution(
-                3,
+                dims,
                 in_channels,
                 widths[0],
                 strides=next_stride(),
@@ -88,7 +102,7 @@ class CNNEncoder(nn.Module):
             stride = next_stride()
             layers.append(
                 ResidualUnit(
-                    3,
+                    dims,
                     in_ch,
                     w,
                     strides=stride,
@@ -99,10 +113,11 @@ class CNNEncoder(nn.Module):
             )
             in_ch = w
         self.body = nn.Sequential(*layers)
-        self.out = nn.Conv3d(in_ch, feature_size, kernel_size=1)
+        conv = nn.Conv3d if dims == 3 else nn.Conv2d
+        self.out = conv(in_ch, feature_size, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, D, H, W) -> (B, C, D/pd, H/ph, W/pw)."""
+        """(B, C_in, D, H, W) -> (B, C, D/pd, H/ph, W/pw); 2D: (B, C_in, H, W) -> (B, C, h, w)."""
         return self.out(self.body(x))
 
 
@@ -153,6 +168,7 @@ class ViTEncoder(nn.Module):
             num_heads=num_heads,
             proj_type=proj_type,
             classification=False,
+            spatial_dims=len(self.grid),
         )
         self.has_cls_token = bool(cls_token)
         if cls_token:  # MONAI's ViT prepends it when present; no classification head
@@ -180,7 +196,7 @@ class SwinEncoder(nn.Module):
         super().__init__()
         from monai.networks.nets.swin_unetr import SwinTransformer
 
-        _check_divisible(input_shape, (32, 32, 32), "swin")
+        _check_divisible(input_shape, (32, 32, 32), "swin", dims=(3,))
         self.swin = SwinTransformer(
             in_chans=in_channels,
             embed_dim=feature_size,
@@ -197,7 +213,7 @@ class SwinEncoder(nn.Module):
         return self.swin(x, normalize=True)[-1]
 
 
-ENCODERS: dict[str, Callable[[EncoderConfig, tuple[int, int, int], int], nn.Module]] = {
+ENCODERS: dict[str, Callable[[EncoderConfig, tuple[int, ...], int], nn.Module]] = {
     "cnn": lambda c, shape, ch: (
         _check_divisible(shape, c.patch_size, "cnn")
         or CNNEncoder(c.feature_size, c.patch_size, c.depth, ch)
@@ -216,7 +232,8 @@ def inflate_input_channels(
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Fit saved encoder weights taken with fewer input channels (HU windows) to ``encoder``.
 
-    A convolution that reads the image has weight (out, C_in, k, k, k); where the saved C_in
+    A convolution that reads the image has weight (out, C_in, k, k, k) (2D: (out, C_in, k, k));
+    where the saved C_in
     is smaller than the encoder's, the saved channels are copied and the new ones start at
     zero, so the encoder computes exactly what it did before and learns to use the added
     windows from there. Every other mismatch is left for ``load_state_dict`` to report.
@@ -230,8 +247,8 @@ def inflate_input_channels(
         target = own.get(name)
         if (
             target is not None
-            and value.ndim == 5
-            and target.ndim == 5
+            and value.ndim in (4, 5)
+            and target.ndim == value.ndim
             and value.shape[1] < target.shape[1]
             and value.shape[:1] == target.shape[:1]
             and value.shape[2:] == target.shape[2:]
@@ -244,7 +261,7 @@ def inflate_input_channels(
 
 
 def build_encoder(
-    cfg: EncoderConfig, input_shape: tuple[int, int, int], in_channels: int = 1
+    cfg: EncoderConfig, input_shape: tuple[int, ...], in_channels: int = 1
 ) -> nn.Module:
     """Build the encoder named by ``cfg.name`` for ``in_channels`` input channels (random
     weights: ``train.init`` and ``model.encoder_weights`` load trained ones)."""

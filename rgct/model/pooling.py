@@ -1,7 +1,9 @@
 """Global and region tokens from a patch-feature grid.
 
-Global tokens: the grid average-pooled to ``g x g x g`` cells (``num_global_tokens = g**3``).
-Region tokens, for one binary mask per sample, pooled under the mask downsampled to the grid:
+Global tokens: the grid average-pooled to ``g x g x g`` cells (``num_global_tokens = g**3``;
+a 2D radiograph grid to ``g x g`` cells, ``g**2``).
+Region tokens, for one binary mask per sample (a radiograph's box is a mask), pooled under the
+mask downsampled to the grid:
   1. the mask-weighted mean of the patch features,
   2. the masked max (a small bright finding survives it),
   3. a region-evidence token: the auxiliary per-region abnormality classifier's probabilities
@@ -26,9 +28,16 @@ from rgct.model.region_classifier import (
 )
 
 
-def downsample_mask(mask: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """(B, 1, D, H, W) binary mask -> (B, d*h*w) fraction of each patch covered by the mask."""
-    return F.adaptive_avg_pool3d(mask.float(), grid).flatten(1)
+def _adaptive_avg_pool(x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """Average-pool (B, C, *spatial) to ``grid`` (2 or 3 spatial axes)."""
+    pool = F.adaptive_avg_pool3d if len(grid) == 3 else F.adaptive_avg_pool2d
+    return pool(x, grid)
+
+
+def downsample_mask(mask: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """(B, 1, D, H, W) binary mask -> (B, d*h*w) fraction of each patch covered by the mask
+    (2D: (B, 1, H, W) -> (B, h*w))."""
+    return _adaptive_avg_pool(mask.float(), grid).flatten(1)
 
 
 class RegionPooler(nn.Module):
@@ -36,7 +45,7 @@ class RegionPooler(nn.Module):
 
     Args:
         channels: C of the feature grid.
-        num_global_tokens: a cube number (1, 8, 27, ...).
+        num_global_tokens: a cube number (1, 8, 27, ...); a square (1, 4, 9, ...) in 2D.
         num_labels: classes of the auxiliary region classifier.
         region_stats: the HU window of the image's first channel, to add the intensity
             histogram head (None: patch features only).
@@ -46,6 +55,9 @@ class RegionPooler(nn.Module):
         pool = RegionPooler(64, num_global_tokens=8, num_labels=18)
         g, r, logits = pool(torch.randn(2, 64, 4, 8, 8), torch.ones(2, 1, 32, 64, 64))
         # g: (2, 8, 64), r: (2, 2, 64), logits: (2, 18)
+        pool2d = RegionPooler(64, num_global_tokens=16, spatial_dims=2)
+        g, r, logits = pool2d(torch.randn(2, 64, 16, 16), torch.ones(2, 1, 256, 256))
+        # g: (2, 16, 64), r: (2, 2, 64)
     """
 
     def __init__(
@@ -54,14 +66,21 @@ class RegionPooler(nn.Module):
         num_global_tokens: int = 8,
         num_labels: int = 18,
         region_stats: tuple[float, float] | None = None,
+        spatial_dims: int = 3,
     ) -> None:
         super().__init__()
-        g = round(num_global_tokens ** (1 / 3))
-        if g**3 != num_global_tokens or num_global_tokens < 1:
-            raise ValueError(f"num_global_tokens must be a cube number, got {num_global_tokens}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        g = round(num_global_tokens ** (1 / spatial_dims))
+        if g**spatial_dims != num_global_tokens or num_global_tokens < 1:
+            kind = "a cube" if spatial_dims == 3 else "a square"
+            raise ValueError(f"num_global_tokens must be {kind} number, got {num_global_tokens}")
         if channels < 1 or num_labels < 1:
             raise ValueError(f"channels and num_labels must be >= 1, got {channels}, {num_labels}")
-        self.global_grid = (g, g, g)
+        if region_stats is not None and spatial_dims != 3:
+            raise ValueError("region_stats (HU histograms) needs 3D CT volumes")
+        self.spatial_dims = spatial_dims
+        self.global_grid = (g,) * spatial_dims
         self.norm = nn.LayerNorm(channels)
         self.classifier = build_classifier_head(channels, num_labels)
         self.stats: RegionIntensityStats | None = None
@@ -90,8 +109,8 @@ class RegionPooler(nn.Module):
         """Pool features under the mask.
 
         Args:
-            features: (B, C, d, h, w) patch features.
-            mask: (B, 1, D, H, W) region mask in {0, 1} at input resolution.
+            features: (B, C, d, h, w) patch features (2D: (B, C, h, w)).
+            mask: (B, 1, D, H, W) region mask in {0, 1} at input resolution (2D: (B, 1, H, W)).
             image: (B or 1, C_in, D, H, W) model input; needed with ``region_stats``.
 
         Returns:
@@ -109,19 +128,20 @@ class RegionPooler(nn.Module):
 
     def pool(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global tokens (B, G, C) and region tokens (B, 2, C), both normalised."""
-        if features.ndim != 5 or mask.ndim != 5 or features.shape[0] != mask.shape[0]:
+        rank = 2 + self.spatial_dims
+        if features.ndim != rank or mask.ndim != rank or features.shape[0] != mask.shape[0]:
+            axes = "d,h,w" if self.spatial_dims == 3 else "h,w"
+            big = "D,H,W" if self.spatial_dims == 3 else "H,W"
             raise ValueError(
-                f"expected (B,C,d,h,w) features and (B,1,D,H,W) mask, got "
+                f"expected (B,C,{axes}) features and (B,1,{big}) mask, got "
                 f"{tuple(features.shape)} and {tuple(mask.shape)}"
             )
         grid = tuple(features.shape[2:])
-        glob = (
-            F.adaptive_avg_pool3d(features, self.global_grid).flatten(2).transpose(1, 2)
-        )  # (B,G,C)
+        glob = _adaptive_avg_pool(features, self.global_grid).flatten(2).transpose(1, 2)  # (B,G,C)
         flat = features.flatten(2)  # (B, C, N)
         weight = downsample_mask(mask, grid)  # (B, N)
         if (weight.sum(dim=1) <= 0).any():
-            raise ValueError("a region mask is empty: it covers no voxel of the volume")
+            raise ValueError("a region mask is empty: it covers no voxel (pixel) of the image")
         mean = (flat * weight[:, None]).sum(-1) / weight.sum(-1, keepdim=True)  # (B, C)
         neg = torch.finfo(flat.dtype).min
         maxed = flat.masked_fill(weight[:, None] <= 0, neg).amax(-1)  # (B, C)

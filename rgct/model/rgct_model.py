@@ -88,7 +88,7 @@ class RGCTModel(nn.Module):
 
     Args:
         cfg: model section of the config.
-        input_shape: (D, H, W) of the volumes it takes.
+        input_shape: (D, H, W) of the volumes it takes; (H, W) of radiographs (2D model).
         in_channels: image channels (one per HU window, ``cfg.data.in_channels``).
         llm: the causal LM, already wrapped with LoRA (:func:`attach_lora`) or plain.
         tokenizer: the LLM's tokenizer with the placeholder tokens added.
@@ -97,7 +97,7 @@ class RGCTModel(nn.Module):
     def __init__(
         self,
         cfg: ModelConfig,
-        input_shape: tuple[int, int, int],
+        input_shape: tuple[int, ...],
         llm: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         in_channels: int = 1,
@@ -117,6 +117,7 @@ class RGCTModel(nn.Module):
             cfg.num_global_tokens,
             num_labels=len(CT_RATE_LABELS),
             region_stats=self.hu_window if cfg.region_stats else None,
+            spatial_dims=len(self.input_shape),
         )
         self.projector = build_projector(cfg.projector, channels, hidden)
         self.evidence = nn.Linear(len(CT_RATE_LABELS), hidden)
@@ -168,10 +169,21 @@ class RGCTModel(nn.Module):
         return self.cfg.num_global_tokens, self.cfg.num_region_tokens
 
     # -- vision side -----------------------------------------------------------------------------
+    @property
+    def modality(self) -> str:
+        """'ct' (3D volumes) or 'cxr' (2D radiographs), from the input shape it was built for."""
+        return "cxr" if len(self.input_shape) == 2 else "ct"
+
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, D, H, W) -> patch grid (B, C, d, h, w)."""
+        """(B, C_in, D, H, W) -> patch grid (B, C, d, h, w); 2D: (B, C_in, H, W) -> (B, C, h, w)."""
+        if image.ndim != 2 + len(self.input_shape):
+            kinds = {"ct": "CT volumes (B, C, D, H, W)", "cxr": "radiographs (B, C, H, W)"}
+            raise ValueError(
+                f"this {self.modality} model reads {kinds[self.modality]}; got a "
+                f"{image.ndim}-D tensor {tuple(image.shape)}"
+            )
         if (
-            image.ndim != 5
+            image.ndim != 2 + len(self.input_shape)
             or image.shape[1] != self.in_channels
             or tuple(image.shape[2:]) != self.input_shape
         ):

@@ -61,6 +61,10 @@ def check_before_work(cfg: RGCTConfig) -> None:
     for src in cfg.train.init:
         if not Path(src.from_).is_dir():
             raise FileNotFoundError(f"train.init: checkpoint folder {src.from_} does not exist")
+    if not cfg.data.sources:
+        from rgct.data.sources import check_root_modality
+
+        check_root_modality(cfg.data)
 
 
 def make_accelerator(cfg: RGCTConfig) -> Accelerator:
@@ -265,6 +269,10 @@ def build_data(cfg: RGCTConfig, world: int) -> TrainData:
 
     tc = cfg.train
     total_samples = tc.max_steps * tc.batch_size * tc.grad_accum * world
+    if cfg.data.modality == "cxr":  # a radiograph folder trains as its one source
+        from rgct.data.sources import radiograph_sources
+
+        cfg = dataclasses.replace(cfg, data=radiograph_sources(cfg.data))
     if cfg.data.sources:
         return _build_source_data(cfg, world, total_samples)
     train_ds = RGCTDataset(

@@ -186,16 +186,6 @@ def test_tasks_and_masks_a_layout_cannot_serve_are_refused_by_name(
     assert not list(tmp_path.glob("x.jsonl*"))
 
 
-def test_radiograph_folders_are_refused_by_name(cxr_phantoms, tmp_path, caplog):
-    for key, layout in (("vindr", "vindr-cxr"), ("nih", "chestxray14")):
-        args = ["generate", "--checkpoint", str(tmp_path / "none"), "--data"]
-        args += [str(cxr_phantoms[key]), "--out", str(tmp_path / "p.jsonl")]
-        caplog.clear()
-        with caplog.at_level(logging.ERROR):
-            assert main(args) == 2
-        assert f"is a {layout} folder (chest radiographs)" in caplog.text
-
-
 def test_each_layouts_default_tasks_are_tasks_it_holds():
     for layout, spec in LAYOUT_DEFAULT_TASKS.items():
         assert check_layout_tasks(expand_tasks(spec), layout, "DIR")

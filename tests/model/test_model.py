@@ -245,10 +245,10 @@ HEAVY_PRESETS = {"smollm2_swin_ssl.yaml", "smollm2_m3d_vit.yaml"}
 def test_every_model_preset_builds(preset, rgct_cache):
     cfg = load_config([REPO / "configs" / "model" / preset])
     model = build_model(cfg)
-    d, h, w = cfg.data.input_shape
-    grid = model.encode_image(torch.zeros(1, 1, d, h, w))
+    shape = tuple(cfg.data.input_shape)  # (D, H, W); (H, W) for radiograph presets
+    grid = model.encode_image(torch.zeros(1, 1, *shape))
     assert grid.shape[1] == model.encoder.out_channels
-    mask = torch.ones(1, 1, d, h, w)
+    mask = torch.ones(1, 1, *shape)
     visual, logits = model.visual_tokens(grid, mask)
     assert visual.shape == (
         1,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from segmenter_double import save_constant_segmenter
 
@@ -158,10 +159,12 @@ def test_two_processes(tmp_path):
     "name", sorted(p.name for p in (REPO / "configs" / "train").glob("*.yaml"))
 )
 def test_every_train_config_loads(name):
-    cfg = load_config(
-        [REPO / "configs" / "model" / "smollm2.yaml", REPO / "configs" / "train" / name]
-    )
+    path = REPO / "configs" / "train" / name
+    modality = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("modality", "ct")
+    model = {"ct": "smollm2.yaml", "cxr": "cxr_smollm2.yaml"}[modality]
+    cfg = load_config([REPO / "configs" / "model" / model, path])
     assert cfg.train.max_steps > 0
+    assert cfg.data.modality == modality
 
 
 @pytest.mark.parametrize(
