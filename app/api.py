@@ -27,7 +27,7 @@ from app.session import Session, check_generation, public_message
 log = logging.getLogger(__name__)
 
 
-def _api_guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+def api_guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Errors become ``gr.Error`` messages (the client sees them; no paths, no traceback)."""
 
     @functools.wraps(fn)
@@ -47,7 +47,7 @@ def _api_guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def _gen(max_new_tokens: Any, num_beams: Any, default_tokens: int) -> dict[str, int]:
+def api_generation(max_new_tokens: Any, num_beams: Any, default_tokens: int) -> dict[str, int]:
     return check_generation(
         default_tokens if max_new_tokens is None else max_new_tokens,
         1 if num_beams is None else num_beams,
@@ -230,7 +230,7 @@ def add_api(app: DemoApp) -> None:
     def key(request: gr.Request | None) -> str | None:
         return getattr(request, "session_hash", None)
 
-    @_api_guard
+    @api_guard
     def region_report(
         volume: str,
         mask: str | None,
@@ -239,10 +239,10 @@ def add_api(app: DemoApp) -> None:
         num_beams: float,
         request: gr.Request,
     ) -> str:
-        gen = _gen(max_new_tokens, num_beams, 64)
+        gen = api_generation(max_new_tokens, num_beams, 64)
         return region_report_once(app, volume, mask, region or None, key(request), **gen)["text"]
 
-    @_api_guard
+    @api_guard
     def region_report_details(
         volume: str,
         mask: str | None,
@@ -251,16 +251,18 @@ def add_api(app: DemoApp) -> None:
         num_beams: float,
         request: gr.Request,
     ) -> dict:
-        gen = _gen(max_new_tokens, num_beams, 64)
+        gen = api_generation(max_new_tokens, num_beams, 64)
         return region_report_once(app, volume, mask, region or None, key(request), **gen)
 
-    @_api_guard
+    @api_guard
     def report(
         volume: str, masks: str | None, max_new_tokens: float, num_beams: float, request: gr.Request
     ) -> dict:
-        return report_once(app, volume, masks, key(request), **_gen(max_new_tokens, num_beams, 64))
+        return report_once(
+            app, volume, masks, key(request), **api_generation(max_new_tokens, num_beams, 64)
+        )
 
-    @_api_guard
+    @api_guard
     def answer(
         volume: str,
         mask: str | None,
@@ -269,10 +271,10 @@ def add_api(app: DemoApp) -> None:
         num_beams: float,
         request: gr.Request,
     ) -> str:
-        gen = _gen(max_new_tokens, num_beams, 32)
+        gen = api_generation(max_new_tokens, num_beams, 32)
         return answer_once(app, volume, mask, question, None, key(request), **gen)["answer"]
 
-    @_api_guard
+    @api_guard
     def chat(
         volume: str,
         mask: str | None,
@@ -283,7 +285,7 @@ def add_api(app: DemoApp) -> None:
         num_beams: float,
         request: gr.Request,
     ) -> dict:
-        gen = _gen(max_new_tokens, num_beams, 32)
+        gen = api_generation(max_new_tokens, num_beams, 32)
         return chat_once(
             app, volume, mask, question, region or None, _history(history), key(request), **gen
         )

@@ -18,6 +18,7 @@ import gradio as gr
 
 from app.api import add_api
 from app.callbacks import WHEEL_JS, wire
+from app.cxr_api import add_cxr_api
 from app.cxr_callbacks import wire_cxr
 from app.cxr_handlers import CxrDemoApp
 from app.cxr_layout import build_cxr_layout
@@ -108,6 +109,7 @@ def build_demo(
         demo.rgct_app = app  # handle for tests and scripts
         if cxr:
             wire_cxr(build_cxr_layout(app), app)
+            add_cxr_api(app)
         else:
             ui = build_layout(app)
             wire(ui, app)

@@ -105,7 +105,8 @@ def test_a_cxr_predictor_gets_the_radiograph_page(predictor, tmp_path):
     assert isinstance(demo.rgct_app, CxrDemoApp)
     assert by_id(demo, "rgct-film-file") is not None and by_id(demo, "rgct-box-ask") is not None
     assert not any(getattr(b, "elem_id", None) == "rgct-slice" for b in demo.blocks.values())
-    assert not {f.api_name for f in demo.fns.values() if f.api_visibility == "public"}
+    public = {f.api_name for f in demo.fns.values() if f.api_visibility == "public"}
+    assert public == {"cxr_ask", "cxr_report"}
     assert any(t[1] == "unload" for f in demo.fns.values() for t in f.targets)
     ct = build_demo(FakePredictor(), tmp_root=tmp_path / "s2")  # no modality: the CT page
     assert type(ct.rgct_app) is DemoApp
@@ -348,3 +349,29 @@ def test_films_are_released_by_tab_close_and_by_the_cap(predictor, uploads, tmp_
         app.ask_box(first, **GEN)
     assert app.release("tab-2") and second.film is None and not second.workdir.exists()
     assert app.live_scans() == 1
+
+
+def test_named_endpoints_answer_one_film_and_forget_it(predictor, uploads, tmp_path):
+    demo = build_demo(predictor, upload_roots=[tmp_path / "uploads"], tmp_root=tmp_path / "s")
+    ask, report = ui_fn(demo, "cxr_ask"), ui_fn(demo, "cxr_report")
+    assert ask(str(uploads["png"]), "", list(BLOB), 64, 1, None).startswith("Lung opacity. |")
+    assert predictor.calls[-1][1:3] == ("What is in the given box?", BLOB)
+    assert ask(str(uploads["png"]), "Any opacity?", "40, 180, 70, 200", 64, 1, None).startswith(
+        "Lung opacity."
+    )
+    assert ask(str(uploads["png"]), "Any opacity?", None, 64, 1, None) == (
+        "Q=Any opacity? | film 240x300"
+    )
+    out = report(str(uploads["lateral"]), 64, 1, None)
+    assert out["sentences"][0]["place"] == "right lower zone"
+    assert any("lateral view" in w for w in out["warnings"])
+    for args, message in (
+        ((str(uploads["png"]), "q", [1, 2, 3], 64, 1, None), "box must be"),
+        ((str(uploads["png"]), "q", "1, 2, x, 4", 64, 1, None), "box must be"),
+        ((str(uploads["png"]), "q", [0, 0, 999, 5], 64, 1, None), "outside the 240x300"),
+        ((str(uploads["ct"]), "q", None, 64, 1, None), "is a CT volume"),
+        ((str(uploads["png"]), "q", None, 0, 1, None), "max_new_tokens must be"),
+    ):
+        with pytest.raises(gr.Error, match=message):
+            ask(*args)
+    assert demo.rgct_app.live_scans() == 0  # every one-shot film is forgotten
