@@ -342,3 +342,21 @@ def test_boxes_of_one_image_are_distinct_lines_and_modalities_are_not_mixed(
         code, m = _evaluate(tmp_path, "e", "--predictions", str(empty), "--data", str(root))
         assert code == 2 and m is None
     assert "no valid prediction lines" in caplog.text
+
+
+def test_generated_lines_agree_with_the_folder_truth(cxr_checkpoint, cxr_phantoms, tmp_path):
+    """What ``rgct generate`` writes for a radiograph folder passes ``--data``'s reference check
+    (its references and boxes are the folder's own) and is scored."""
+    root = cxr_phantoms["vindr"]
+    preds = tmp_path / "p.jsonl"
+    args = ["generate", "--checkpoint", str(cxr_checkpoint), "--data", str(root), "--split"]
+    args += ["valid", "--max-new-tokens", "4", "--out", str(preds), "--device", "cpu"]
+    assert main(args) == 0
+    # a few-step model may say nothing, which evaluate lists as bad input: fill those in
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    lines = [{**x, "prediction": x["prediction"] or "No."} for x in lines]
+    _write(preds, lines)
+    code, m = _evaluate(tmp_path, "m", "--predictions", str(preds), "--data", str(root))
+    assert code == 0 and m["invalid_lines"] == [] and m["layout"] == "vindr-cxr"
+    assert m["num_predictions"] == len(lines)
+    assert set(m["tasks"]) == {x["task"] for x in lines}
