@@ -11,12 +11,14 @@ release spelling and its words, ``class_words``) plus the free-text synonyms of
 - :func:`find_classes`: the classes a text names, longest phrase first, plurals allowed, a class
   left out where its clause negates it ("No pneumothorax.", "Effusion is not seen.").
 - :func:`parse_presence`: yes / no / None. A leading "yes"/"no" decides
-  (:func:`rgct.eval.vqa.parse_yes_no`); else a negation ("no", "not", "without", "absent",
-  "normal" ...) reads no, an assertion ("there is", "present", "seen", "shows" ...) reads yes;
+  (:func:`rgct.eval.vqa.parse_yes_no`); else the first clause that says either: a negation
+  ("no", "not", "without", "absent", "normal" ...) reads no, an assertion ("there is",
+  "present", "seen", "shows" ...) reads yes ("There is a nodule, not a mass." is yes);
   anything else is None (scored wrong, counted as unparsed).
 - :func:`find_locations`: ``'right lower zone'`` phrases (sides right/left/central, zones
   upper/middle/lower): "right lower zone", "right upper and lower zones", "bilateral lower
-  zones" (both sides), "lower zone of the left lung"; "mid" reads middle.
+  zones" and "lower zones bilaterally" (both sides), "lower zone of the left lung"; "mid" reads
+  middle.
 - :func:`parse_report`: per sentence, its classes and its locations; each class gets the
   locations of the sentences naming it.
 
@@ -102,6 +104,7 @@ _SIDE_FIRST = re.compile(
     + _ZONES
     + r"\s+(?:lung\s+)?(?:zones?|fields?)\b"
 )
+_BILATERALLY = re.compile(r"\b" + _ZONES + r"\s+(?:lung\s+)?(?:zones?|fields?)\s+bilaterally\b")
 _ZONE_FIRST = re.compile(
     r"\b" + _ZONES + r"\s+(?:lung\s+)?(?:zones?|fields?)\s+of\s+(?:the\s+)?(right|left|both)"
     r"\s+(?:lungs?|hemithora(?:x|ces)|sides?)\b"
@@ -169,11 +172,11 @@ def parse_presence(text: str) -> bool | None:
     said = parse_yes_no(text)
     if said is not None:
         return said == "yes"
-    words = _normal(text)
-    if _NO.search(words):
-        return False
-    if _YES.search(words):
-        return True
+    for clause in re.split(r"[,.;:!?\n]", _normal(text)):  # the first clause that says either
+        if _NO.search(clause):
+            return False
+        if _YES.search(clause):
+            return True
     return None
 
 
@@ -193,6 +196,9 @@ def find_locations(text: str) -> list[str]:
         side, zones = match.groups()[-1], _zones(match.groups()[:-1])
         sides = ("right", "left") if side == "both" else (side,)
         found += [(match.start(), location_words(s, z)) for s in sides for z in zones]
+    for match in _BILATERALLY.finditer(words):
+        zones = _zones(match.groups())
+        found += [(match.start(), location_words(s, z)) for s in ("right", "left") for z in zones]
     ordered = [phrase for _, phrase in sorted(found, key=lambda x: x[0])]
     assert all(p.split()[1] in ZONES and p.split()[0] in SIDES for p in ordered)
     return list(dict.fromkeys(ordered))

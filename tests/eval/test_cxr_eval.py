@@ -91,6 +91,7 @@ def test_presence_reads_yes_and_no_in_free_text() -> None:
         "No evidence of pleural effusion.": False,
         "The effusion is not seen.": False,
         "Normal chest radiograph.": False,
+        "There is a nodule, not a mass.": True,  # the first clause that says either
         "Pleural effusion.": None,  # names the finding, says neither
         "": None,
     }
@@ -132,6 +133,10 @@ def test_locations_and_reports() -> None:
     ]
     assert find_locations("The lower zone of the left lung.") == ["left lower zone"]
     assert find_locations("Central middle zone.") == ["central middle zone"]
+    assert find_locations("Opacities in the lower zones bilaterally.") == [
+        "right lower zone",
+        "left lower zone",
+    ]
     assert find_locations("The right lower lobe.") == []
     report = parse_report(
         "Pleural effusion in the left lower zone. Pleural effusion in the right lower zone. "
