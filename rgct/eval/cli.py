@@ -199,6 +199,15 @@ def run(args: argparse.Namespace) -> int:
         layout = detect_layout(args.data)
         if layout in ("vindr-cxr", "chestxray14"):
             return _run_cxr(args, layout)
+        if _has_cxr_lines(args.predictions):
+            log.error(
+                "%s holds chest-radiograph lines but --data %s is a %s folder (CT): give the "
+                "VinDr-CXR or ChestX-ray14 folder they come from, or no --data",
+                args.predictions,
+                args.data,
+                layout,
+            )
+            return 2
         if layout != "radgenome":
             return _run_source(args, layout)
     elif _has_cxr_lines(args.predictions):

@@ -342,6 +342,11 @@ def test_boxes_of_one_image_are_distinct_lines_and_modalities_are_not_mixed(
     mixed = _write(tmp_path / "mixed.jsonl", [*boxes[:3], ct])
     assert _evaluate(tmp_path, "x", "--predictions", str(mixed))[0] == 2
     assert "score each modality on its own" in caplog.text
+    ct_folder = tmp_path / "ct"
+    ct_folder.mkdir()
+    code, _ = _evaluate(tmp_path, "c", "--predictions", str(_write(tmp_path / "b2.jsonl", boxes)),
+                        "--data", str(ct_folder))  # fmt: skip
+    assert code == 2 and "is a radgenome folder (CT)" in caplog.text
     empty = _write(tmp_path / "empty.jsonl", [])
     for root in cxr_phantoms.values():
         code, m = _evaluate(tmp_path, "e", "--predictions", str(empty), "--data", str(root))
