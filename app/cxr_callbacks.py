@@ -45,11 +45,8 @@ def wire_cxr(ui: CxrUI, app: CxrDemoApp) -> None:
         values = list(session.box) if session.box is not None else [None] * 4
         return dict(zip(ui.box_inputs, values))
 
-    @g
-    def on_film(session, path, request: gr.Request):
-        if not path:
-            return {}
-        session, message = app.load_film(app.session(session, request_key(request)), path)
+    def loaded(session: CxrSession, message: str) -> dict:
+        """Every output after a new film: its view, and nothing left of the last one."""
         return {
             **shown(session),
             **box_fields(session),
@@ -59,6 +56,16 @@ def wire_cxr(ui: CxrUI, app: CxrDemoApp) -> None:
             ui.latency: "",
             status: message,
         }
+
+    @g
+    def on_film(session, path, request: gr.Request):
+        if not path:
+            return {}
+        return loaded(*app.load_film(app.session(session, request_key(request)), path))
+
+    @g
+    def on_example(session, name, request: gr.Request):
+        return loaded(*app.load_film_example(app.session(session, request_key(request)), name))
 
     @g
     def on_click(session, evt: gr.SelectData):
@@ -141,12 +148,9 @@ def wire_cxr(ui: CxrUI, app: CxrDemoApp) -> None:
     private = {"api_visibility": "private"}
     film = [state, ui.image, ui.warnings, status]
     with_box = [*film, *ui.box_inputs, ui.box_out]
-    ui.film_file.upload(
-        on_film,
-        [state, ui.film_file],
-        [*with_box, ui.fr_html, ui.chatbot, ui.latency],
-        **private,
-    )
+    everything = [*with_box, ui.fr_html, ui.chatbot, ui.latency]
+    ui.film_file.upload(on_film, [state, ui.film_file], everything, **private)
+    ui.example_btn.click(on_example, [state, ui.example_dd], everything, **private)
     ui.image.select(on_click, [state], with_box, **private)
     ui.box_btn.click(on_box, [state, *ui.box_inputs], with_box, **private)
     ui.clear_box_btn.click(on_clear_box, [state], with_box, **private)

@@ -225,8 +225,31 @@ def box_place(box: tuple[float, ...], shape: tuple[int, int]) -> str:
     return location_words(*box_location(box, shape))
 
 
+def list_film_examples(examples_dir: Path | None) -> list[str]:
+    """File names of the bundled example films (DICOM or PNG) in ``examples_dir``."""
+    if examples_dir is None or not Path(examples_dir).is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in Path(examples_dir).iterdir()
+        if p.is_file() and p.name.lower().endswith(FILM_SUFFIXES)
+    )
+
+
 class CxrDemoApp(DemoApp):
-    """The radiograph mode's handlers (see the module notes); the CT handlers are not used."""
+    """The radiograph mode's handlers (see the module notes); the CT handlers are not used.
+
+    Args:
+        predictor: a radiograph Predictor (``modality == "cxr"``).
+        examples_dir: folder of bundled example films (:func:`list_film_examples`).
+        **options: :class:`~app.handlers.DemoApp`'s (upload roots and size, scratch root,
+            ``max_scans`` films, rate limit, model name).
+    """
+
+    def __init__(self, predictor: Any, *, examples_dir: Path | None = None, **options: Any):
+        super().__init__(predictor, examples_dir=None, **options)
+        self.examples_dir = Path(examples_dir) if examples_dir is not None else None
+        self.examples = list_film_examples(self.examples_dir)
 
     def session(self, session: Session | None, key: str | None = None) -> CxrSession:
         if not isinstance(session, CxrSession):
@@ -250,8 +273,11 @@ class CxrDemoApp(DemoApp):
     # --- the film and the box --------------------------------------------------------------------
     def load_film(self, session: Session | None, path: str | Path | None) -> tuple[CxrSession, str]:
         """Load an uploaded radiograph (everything of the previous one cleared)."""
+        return self._load(session, self._checked(path, "a chest radiograph"))
+
+    def _load(self, session: Session | None, path: Path) -> tuple[CxrSession, str]:
         session = self.session(session)
-        film, warnings = load_film_file(self._checked(path, "a chest radiograph"))
+        film, warnings = load_film_file(path)
         session.clear_outputs()
         session.film = film
         session.scan_warnings = warnings
@@ -263,6 +289,16 @@ class CxrDemoApp(DemoApp):
             f"Loaded **{film.name}**, {w} x {h} pixels{mm}. Draw a box (click two corners) or "
             "type one, write the report, or ask a question."
         )
+
+    def load_film_example(
+        self, session: Session | None, name: str | None
+    ) -> tuple[CxrSession, str]:
+        """Load a bundled example film by name (never by path)."""
+        if not name:
+            raise InputError("Pick an example first.")
+        if name not in self.examples:
+            raise InputError(f"Unknown example {name!r}.")
+        return self._load(session, self.examples_dir / name)
 
     def set_box(self, session: CxrSession, box: tuple[Any, Any, Any, Any]) -> str:
         """Use (x_min, y_min, x_max, y_max) film pixels as the box.

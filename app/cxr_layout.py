@@ -21,7 +21,8 @@ from rgct.constants import CXR_PROMPTS
 
 INSTRUCTIONS = """
 # rgct: region-grounded chest radiograph findings
-**1. Film**: upload a frontal chest radiograph (DICOM `.dcm`/`.dicom` or `.png`).
+**1. Film**: pick an example phantom film, or upload a frontal chest radiograph (DICOM
+`.dcm`/`.dicom` or `.png`).
 **2. Box**: click two opposite corners on the film, or type the box in pixels (x to the right,
 y down, from the top-left corner). **3. Text**: ask what is in the box, write the findings
 report (**click a sentence** to see its side and zone on the film), or ask free questions about
@@ -40,6 +41,8 @@ class CxrUI:
     """The components of the radiograph page (see :func:`build_cxr_layout`)."""
 
     state: gr.State
+    example_dd: gr.Dropdown
+    example_btn: gr.Button
     film_file: gr.File
     x_min: gr.Number
     y_min: gr.Number
@@ -87,13 +90,24 @@ def build_cxr_layout(app: CxrDemoApp) -> CxrUI:
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=280):
             gr.Markdown("### 1. Film")
-            film_file = gr.File(
-                label="Chest radiograph: DICOM .dcm / .dicom or .png",
-                # CT types are accepted so that a CT upload is told apart, not silently refused
-                file_types=[*FILM_SUFFIXES, *CT_SUFFIXES],
-                type="filepath",
-                elem_id="rgct-film-file",
-            )
+            with gr.Tab("Examples"):
+                example_dd = gr.Dropdown(
+                    app.examples,
+                    value=app.examples[0] if app.examples else None,
+                    label="Example phantom film",
+                    elem_id="rgct-example",
+                )
+                example_btn = gr.Button(
+                    "Load example", variant="primary", elem_id="rgct-load-example"
+                )
+            with gr.Tab("Upload"):
+                film_file = gr.File(
+                    label="Chest radiograph: DICOM .dcm / .dicom or .png",
+                    # CT types are accepted so that a CT upload is told apart, not refused unsaid
+                    file_types=[*FILM_SUFFIXES, *CT_SUFFIXES],
+                    type="filepath",
+                    elem_id="rgct-film-file",
+                )
             gr.Markdown("### 2. Box (pixels)")
             with gr.Row():
                 x_min = gr.Number(label="x_min", precision=0, elem_id="rgct-x-min")

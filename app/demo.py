@@ -33,6 +33,9 @@ MODALITIES = ("ct", "cxr")
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 """The bundled example phantoms (one folder each: a volume and ``seg_<volume>/`` masks)."""
 
+CXR_EXAMPLES_DIR = Path(__file__).parent / "examples_cxr"
+"""The bundled example films of the radiograph mode (phantom DICOM and PNG radiographs)."""
+
 CSS = """
 .rgct-report { font-size: 0.95rem; line-height: 1.4; }
 .rgct-source { font-size: 0.8rem; opacity: 0.75; margin-bottom: 4px; }
@@ -76,7 +79,8 @@ def build_demo(
 
     Args:
         predictor: an ``rgct.inference.Predictor`` (or anything with its interface).
-        examples_dir: bundled examples; default ``app/examples``.
+        examples_dir: bundled examples; default ``app/examples`` (a radiograph Predictor:
+            ``app/examples_cxr``).
         max_upload_mb: limit per uploaded file in MB (also pass it to :func:`launch`).
         concurrency_limit: events run at once across all users (``queue`` default limit).
         upload_roots: folders uploads may come from; default gradio's upload folder.
@@ -97,7 +101,9 @@ def build_demo(
     cxr = modality == "cxr"
     app = (CxrDemoApp if cxr else DemoApp)(
         predictor,
-        examples_dir=None if cxr else EXAMPLES_DIR if examples_dir is None else examples_dir,
+        examples_dir=(CXR_EXAMPLES_DIR if cxr else EXAMPLES_DIR)
+        if examples_dir is None
+        else examples_dir,
         max_upload_mb=max_upload_mb,
         upload_roots=upload_roots,
         tmp_root=tmp_root,

@@ -108,6 +108,11 @@ def test_a_cxr_predictor_gets_the_radiograph_page(predictor, tmp_path):
     public = {f.api_name for f in demo.fns.values() if f.api_visibility == "public"}
     assert public == {"cxr_ask", "cxr_report"}
     assert any(t[1] == "unload" for f in demo.fns.values() for t in f.targets)
+    assert demo.rgct_app.examples == [
+        "phantom_film_1.dicom",
+        "phantom_film_2.dicom",
+        "phantom_film_3.png",
+    ]
     ct = build_demo(FakePredictor(), tmp_root=tmp_path / "s2")  # no modality: the CT page
     assert type(ct.rgct_app) is DemoApp
     assert by_id(ct, "rgct-slice") is not None
@@ -375,3 +380,20 @@ def test_named_endpoints_answer_one_film_and_forget_it(predictor, uploads, tmp_p
         with pytest.raises(gr.Error, match=message):
             ask(*args)
     assert demo.rgct_app.live_scans() == 0  # every one-shot film is forgotten
+
+
+def test_bundled_example_films_load_by_name_only(predictor, tmp_path):
+    demo = build_demo(predictor, tmp_root=tmp_path / "s")
+    app = demo.rgct_app
+    for name in app.examples:
+        session, message = app.load_film_example(None, name)
+        assert session.film.shape == (128, 128) and f"Loaded **{name}**" in message
+        assert session.warnings() == []
+        # lungs dark, the spine bright, whatever the file stores (MONOCHROME1, VOI LUT, PNG)
+        array = session.film.radiograph.array
+        assert array[40:90, 20:40].mean() < array[40:90, 60:68].mean()
+    for bad in ("", "../test_app_cxr.py", "nope.png"):
+        with pytest.raises(InputError, match="Pick an example|Unknown example"):
+            app.load_film_example(None, bad)
+    out = ui_fn(demo, "on_example")(None, app.examples[1], None)
+    assert "Loaded **phantom_film_2.dicom**" in out[by_id(demo, "rgct-status")]

@@ -1,5 +1,5 @@
-"""Drive the radiograph page in headless Chromium with the fake radiograph predictor: upload a
-film, draw a box with two clicks, ask what is in it, write the report and click its sentence (the
+"""Drive the radiograph page in headless Chromium with the fake radiograph predictor: load an
+example film, upload a film, draw a box with two clicks, ask what is in it, write the report and click its sentence (the
 zone is shown), ask a question, and upload a CT (refused by name).
 
 Skipped as :mod:`test_app_browser` is (no ``/usr/bin/chromium`` or no ``playwright``); set
@@ -59,6 +59,10 @@ def test_the_radiograph_flow_in_a_browser(served, tmp_path):
             page = browser.new_page(viewport={"width": 1600, "height": 1100})
             page.goto(served.local_url, wait_until="domcontentloaded")
             status = page.locator("#rgct-status")
+            page.locator("#rgct-load-example").click()  # a bundled phantom film first
+            expect(status).to_contain_text("Loaded phantom_film_1.dicom", timeout=TIMEOUT)
+            _screenshot(page, tmp_path / "app_cxr_example.png")
+            page.get_by_role("tab", name="Upload").click()
             page.locator("#rgct-film-file input[type=file]").set_input_files(str(film))
             expect(status).to_contain_text("Loaded film.png", timeout=TIMEOUT)
             expect(page.locator("#rgct-viewer img")).to_be_visible(timeout=TIMEOUT)
