@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from app.cxr_handlers import CT_SUFFIXES, FILM_SUFFIXES, WHOLE_IMAGE, CxrDemoApp
+from app.cxr_handlers import WHOLE_IMAGE, CxrDemoApp
+from app.cxr_inputs import CT_SUFFIXES, FILM_SUFFIXES
 from app.cxr_results import EMPTY_REPORT
 from app.layout import chat_controls, generation_settings
 from app.results import SENTENCE_JS

@@ -133,14 +133,8 @@ def _run_cxr(args: argparse.Namespace, layout: str | None) -> int:
     """Radiograph lines; ``layout``: ``--data`` is a folder of that layout (references checked
     against its truth)."""
     from rgct.data.io import DataError
-    from rgct.eval.cxr import (
-        compare_cxr,
-        cxr_markdown,
-        cxr_rows,
-        load_cxr_truth,
-        score_cxr,
-        truth_check,
-    )
+    from rgct.eval.cxr import compare_cxr, cxr_markdown, cxr_rows, score_cxr
+    from rgct.eval.cxr_truth import load_cxr_truth, truth_check
     from rgct.files import write_json, write_text
 
     try:
