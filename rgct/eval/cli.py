@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, help="JSONL written by 'rgct generate'")
     parser.add_argument(
-        "--data", default=None, help="dataset folder; its ground_truth.jsonl enables grounding"
+        "--data",
+        default=None,
+        help="dataset folder; its ground_truth.jsonl enables grounding (a VinDr-CXR or "
+        "ChestX-ray14 folder: radiograph references are checked against its boxes and labels)",
     )
     parser.add_argument("--out", required=True, help="output folder for metrics.json/md and PNGs")
     parser.add_argument(
