@@ -75,7 +75,17 @@ MODEL_DIR = "model"
 _KEYS = {
     "synth": {"num_volumes", "seed", "shape", "valid_fraction", "workers", "layout"},
     "train": {"config", "data", "init", "overrides"},
-    "fit_classifier": {"from", "data", "split", "max_volumes", "epochs", "lr", "seed", "masks"},
+    "fit_classifier": {
+        "from",
+        "data",
+        "split",
+        "max_volumes",
+        "epochs",
+        "lr",
+        "weight_decay",
+        "seed",
+        "masks",
+    },
     "calibrate": {
         "from",
         "data",
@@ -405,7 +415,11 @@ class RecipeRunner:
 
         o = stage.options
         src, out, data = self._ref(o["from"]), self.model_dir(stage.id), self.data_dir(stage)
-        kwargs = {k: o[k] for k in ("split", "max_volumes", "epochs", "lr", "seed") if k in o}
+        kwargs = {
+            k: o[k]
+            for k in ("split", "max_volumes", "epochs", "lr", "weight_decay", "seed")
+            if k in o
+        }
         if "masks" in o:
             kwargs["masks"] = _mask_list(o["masks"])
         record = fit_classifier_checkpoint(src, data, out, device=self.device, **kwargs)

@@ -87,6 +87,7 @@ def fit_classifier_checkpoint(
     tasks: tuple[str, ...] = rc.FIT_TASKS,
     epochs: int = 200,
     lr: float = 1e-3,
+    weight_decay: float = 1e-2,
     seed: int = 0,
     device: str = "auto",
     masks: tuple[str, ...] | list[str] = MASK_SOURCES,
@@ -112,7 +113,9 @@ def fit_classifier_checkpoint(
     ]
     feats = rc.concat_features(parts)
     t1 = time.perf_counter()
-    history = rc.fit_region_classifier(model, feats, epochs=epochs, lr=lr, seed=seed)
+    history = rc.fit_region_classifier(
+        model, feats, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed
+    )
     t2 = time.perf_counter()
     record = {
         "from": str(src),
@@ -125,6 +128,7 @@ def fit_classifier_checkpoint(
         "volumes": len({v for v, _ in feats.keys}),
         "epochs": epochs,
         "lr": lr,
+        "weight_decay": weight_decay,
         "feature_seconds": round(t1 - t0, 1),
         "fit_seconds": round(t2 - t1, 1),
         "loss": [round(x, 5) for x in history],

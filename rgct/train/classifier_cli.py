@@ -36,6 +36,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     fit.add_argument("--epochs", type=int, default=200)
     fit.add_argument("--lr", type=float, default=1e-3)
+    fit.add_argument(
+        "--weight-decay", type=float, default=1e-2, help="AdamW weight decay of both heads"
+    )
     fit.add_argument("--seed", type=int, default=0)
     cal.add_argument("--split", default="valid")
     cal.add_argument("--skip-volumes", type=int, default=0, help="leave these for reporting")
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             tasks=tuple(t for t in args.tasks.split(",") if t),
             epochs=args.epochs,
             lr=args.lr,
+            weight_decay=args.weight_decay,
             seed=args.seed,
             device=args.device,
             masks=[m for m in args.masks.split(",") if m],

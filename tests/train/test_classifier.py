@@ -126,3 +126,25 @@ def test_fit_and_calibrate_on_two_mask_sources(tiny_checkpoint, phantom_root, tm
         fit_classifier_checkpoint(
             tiny_checkpoint, phantom_root, tmp_path / "y", masks=["predicted"]
         )
+
+
+def test_fit_passes_weight_decay_to_the_heads(tiny_checkpoint, phantom_root, tmp_path, monkeypatch):
+    from rgct.model import region_classifier as rc
+
+    seen = {}
+    original = rc.fit_region_classifier
+
+    def spy(model, feats, **kw):
+        seen.update(kw)
+        return original(model, feats, **kw)
+
+    monkeypatch.setattr(rc, "fit_region_classifier", spy)
+    record = fit_classifier_checkpoint(
+        tiny_checkpoint,
+        phantom_root,
+        tmp_path / "fitted",
+        tasks=("region_report",),
+        epochs=1,
+        weight_decay=0.25,
+    )
+    assert seen["weight_decay"] == 0.25 and record["weight_decay"] == 0.25
