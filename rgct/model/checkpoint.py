@@ -239,15 +239,27 @@ def load_checkpoint(
 
 def default_card(cfg: RGCTConfig, metrics: dict | None = None, command: str | None = None) -> str:
     """A Markdown model card: what it is, how it was made, what it scored."""
+    what = (
+        "Box-grounded chest-radiograph model (data.modality: cxr): a MONAI 2D encoder, region "
+        "tokens pooled under box masks"
+        if cfg.data.modality == "cxr"
+        else "Region-grounded chest-CT report model: a MONAI 3D encoder, region tokens pooled "
+        "under region masks"
+    )
+    inputs = (
+        f"- Input: radiographs (as displayed) resized to {list(cfg.data.input_shape)} (H, W)"
+        if cfg.data.modality == "cxr"
+        else f"- Input: volumes resized to {list(cfg.data.input_shape)} (D, H, W), HU window(s) "
+        f"{[list(w) for w in cfg.data.hu_windows]}"
+    )
     lines = [
         "# rgct checkpoint",
         "",
-        "Region-grounded chest-CT report model: a MONAI 3D encoder, region tokens pooled under "
-        "region masks, an MLP projector and a causal LLM with a LoRA adapter (peft).",
+        f"{what}, an MLP projector and a causal LLM with a LoRA adapter (peft).",
         "",
         f"- LLM: `{cfg.model.llm}`; encoder: `{cfg.model.encoder.name}` "
         f"(features {cfg.model.encoder.feature_size}, patch {list(cfg.model.encoder.patch_size)})",
-        f"- Input: volumes resized to {list(cfg.data.input_shape)} (D, H, W), HU window(s) {[list(w) for w in cfg.data.hu_windows]}",
+        inputs,
         f"- Visual tokens per prompt: {cfg.model.num_global_tokens} global + {cfg.model.num_region_tokens} region",
         "",
         "Load with `rgct.inference.Predictor.from_checkpoint(path)`.",
