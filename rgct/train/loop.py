@@ -332,12 +332,14 @@ def _build_source_data(cfg: RGCTConfig, world: int, total_samples: int) -> Train
     return TrainData(train_ds, loader, eval_loaders, None)
 
 
-def inherit_segmenter(cfg: RGCTConfig, folder: Path) -> None:
+def inherit_segmenter(cfg: RGCTConfig, folder: Path, resumed: Path | None = None) -> None:
     """The model keeps the segmenter of the first ``train.init`` checkpoint that has one (a
-    separate network: a model fine-tuned from one that finds its own regions still does)."""
-    for source in cfg.train.init:
-        if (Path(source.from_) / SEGMENTER_WEIGHTS).is_file():
-            copy_segmenter(source.from_, folder)
+    separate network: a model fine-tuned from one that finds its own regions still does); a
+    resumed run (whose ``train.init`` is spent) keeps the one its checkpoint carries."""
+    sources = [Path(s.from_) for s in cfg.train.init] + ([Path(resumed)] if resumed else [])
+    for source in sources:
+        if (source / SEGMENTER_WEIGHTS).is_file():
+            copy_segmenter(source, folder)
             return
 
 
@@ -394,6 +396,10 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
 
     step = 0
     resume_from = resolve_resume(tc.resume, out_dir)
+
+    def keep_segmenter(folder: Path) -> None:
+        inherit_segmenter(cfg, folder, resume_from)
+
     if resume_from is not None:
         step = load_training_checkpoint(raw, optimizer, scheduler, resume_from)
         logger.info("resumed from %s at step %d", resume_from, step)
@@ -472,7 +478,9 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
         if step % tc.save_every == 0 or step == tc.max_steps or stopping:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                save_training_checkpoint(raw, cfg, optimizer, scheduler, step, card=card)
+                save_training_checkpoint(
+                    raw, cfg, optimizer, scheduler, step, card=card, extra=keep_segmenter
+                )
             accelerator.wait_for_everyone()
         if stopping:
             break
@@ -486,7 +494,7 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
     if step >= tc.max_steps:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            save_checkpoint(raw, cfg, final, card=card, extra=lambda d: inherit_segmenter(cfg, d))
+            save_checkpoint(raw, cfg, final, card=card, extra=keep_segmenter)
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return final

@@ -9,6 +9,8 @@ temporary name and renamed, so a run killed mid-write leaves the previous checkp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import json
 import logging
 import random
@@ -72,8 +74,10 @@ def save_training_checkpoint(
     scheduler,
     step: int,
     card: str | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``checkpoints/step_<step>`` atomically and delete all but the last ``keep_last``."""
+    """Write ``checkpoints/step_<step>`` atomically and delete all but the last ``keep_last``
+    (``extra(folder)`` adds files to it, e.g. the inherited segmenter)."""
     target = checkpoint_dir(cfg.train.output_dir) / f"{CKPT_PREFIX}{step:07d}"
 
     def write_state(tmp: Path) -> None:
@@ -86,6 +90,8 @@ def save_training_checkpoint(
             torch_state["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(torch_state, sd / "torch_rng.pt")
         (sd / "state.json").write_text(json.dumps({"step": step, "rng": rng_state()}))
+        if extra is not None:
+            extra(tmp)
 
     save_checkpoint(model, cfg, target, card=card, extra=write_state)
     for old in list_checkpoints(cfg.train.output_dir)[: -cfg.train.keep_last]:

@@ -108,6 +108,20 @@ def test_train_init_loads_the_named_parts(tmp_path):
     second = train(cfg)
     # ... and so does the model trained from it: the segmenter is carried over unchanged
     assert (second / SEGMENTER_WEIGHTS).read_bytes() == (first / SEGMENTER_WEIGHTS).read_bytes()
+    # a stage stopped and resumed (its train.init spent) still ends with that segmenter
+    stopped = cfg_for(
+        tmp_path / "s2",
+        "train.eval_every=0",
+        "train.max_steps=1",
+        "train.save_every=1",
+        f"train.init=[{{from: {first}, parts: [encoder, pooler]}}]",
+    )
+    train(stopped)
+    resumed = cfg_for(
+        tmp_path / "s2", "train.eval_every=0", "train.max_steps=2", "train.resume=auto"
+    )
+    third = train(resumed)
+    assert (third / SEGMENTER_WEIGHTS).read_bytes() == (first / SEGMENTER_WEIGHTS).read_bytes()
     enc_a = {
         k: v
         for k, v in load_file(str(first / "vision.safetensors")).items()
