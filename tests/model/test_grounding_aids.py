@@ -453,3 +453,25 @@ def test_heldout_check_with_oracle_evidence(phantom_root, tmp_path):
     plain, plain_cfg = load_checkpoint(final, overrides=["model.evidence_prompt=false"])
     with pytest.raises(ValueError, match="evidence_prompt"):
         heldout_eval(plain, plain_cfg, phantom_root, tmp_path / "x", limit=1, oracle=True)
+    # the folder resumes only for the same model: another one's predictions are not scored
+    rows = (tmp_path / "ho/predictions_model.jsonl").read_text()
+    again = heldout_eval(model, cfg, phantom_root, tmp_path / "ho", limit=1, blind=False)
+    assert (tmp_path / "ho/predictions_model.jsonl").read_text() == rows
+    with torch.no_grad():
+        next(model.pooler.parameters()).add_(1.0)  # another model
+    seen = []
+    import rgct.generate.heldout as heldout_module
+
+    original = heldout_module.run_generation
+
+    def spy(*args, **kwargs):
+        out = args[5] if len(args) > 5 else kwargs["out"]
+        seen.append(Path(out).is_file())  # a file left from before would be resumed
+        return original(*args, **kwargs)
+
+    heldout_module.run_generation = spy
+    try:
+        heldout_eval(model, cfg, phantom_root, tmp_path / "ho", limit=1, blind=False)
+    finally:
+        heldout_module.run_generation = original
+    assert seen == [False] and again["volumes"] == 1
