@@ -138,14 +138,14 @@ def check_generation_inputs(data_root: str | Path, tasks: list[str], masks_sourc
     return layout
 
 
-def unit_box(ds: RGCTDataset, unit: Unit) -> list[int] | None:
-    """``[x_min, y_min, x_max, y_max]`` in image pixels of a ``cxr_box`` unit's box (from its
-    mask file: :func:`rgct.data.cxr.mask_box`), None for other units."""
-    if unit.task != "cxr_box":
+def sample_box(ds: RGCTDataset, i: int) -> list[int] | None:
+    """``[x_min, y_min, x_max, y_max]`` in image pixels of a ``cxr_box`` sample's box (from its
+    mask file: :func:`rgct.data.cxr.mask_box`), None for other samples."""
+    s = ds.samples[i]
+    if s.task != "cxr_box":
         return None
     from rgct.data.cxr_transforms import radiograph_shape, read_box_mask
 
-    s = ds.samples[unit.rows[0]]
     return list(mask_box(read_box_mask(s.mask_path, radiograph_shape(s.image_path))))
 
 
@@ -171,10 +171,13 @@ class Unit:
     reference: str
     rows: list[int] = field(default_factory=list)
     row_regions: list[str] = field(default_factory=list)
+    box: list[int] | None = None
+    """A ``cxr_box`` line's box in image pixels (one image asks the same question of each box)."""
 
 
-def unit_key(volume: str, task: str, region: str, question: str) -> str:
-    return f"{volume}|{task}|{region}|{question}"
+def unit_key(volume: str, task: str, region: str, question: str, box: list | None = None) -> str:
+    key = f"{volume}|{task}|{region}|{question}"
+    return key if box is None else key + "|" + ",".join(str(int(v)) for v in box)
 
 
 def plan_units(ds: RGCTDataset, tasks: list[str]) -> list[Unit]:
@@ -217,7 +220,8 @@ def plan_units(ds: RGCTDataset, tasks: list[str]) -> list[Unit]:
             continue
         for i in by_task.get(task, []):
             s = ds.samples[i]
-            key = unit_key(s.volume, task, s.region, s.prompt)
+            box = sample_box(ds, i)
+            key = unit_key(s.volume, task, s.region, s.prompt, box)
             if key in seen:  # the same question twice for one volume (e.g. two nodules in one
                 repeated += 1  # lobe): one output line answers it
                 continue
@@ -232,6 +236,7 @@ def plan_units(ds: RGCTDataset, tasks: list[str]) -> list[Unit]:
                     s.answer,
                     [i],
                     [s.region],
+                    box,
                 )
             )
     if repeated:
@@ -263,7 +268,10 @@ def read_done(paths: list[Path]) -> dict[str, dict]:
                 raise ValueError(
                     f"{path}:{n}: not valid JSON ({e}); remove the file to start over"
                 ) from e
-            done[unit_key(row["volume"], row["task"], row["region"], row["question"])] = row
+            key = unit_key(
+                row["volume"], row["task"], row["region"], row["question"], row.get("box")
+            )
+            done[key] = row
     return done
 
 
@@ -387,9 +395,8 @@ def generate_units(
             "reference": u.reference,
             "mask_source": DATASET if masks is None else masks.label,
         }
-        box = unit_box(ds, u)
-        if box is not None:
-            row["box"] = box
+        if u.box is not None:
+            row["box"] = u.box
         if u.task == "report":
             row["sentences"] = [
                 {"region": r, "text": s}

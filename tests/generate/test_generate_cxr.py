@@ -33,7 +33,7 @@ def read(path: Path) -> list[dict]:
 
 def truth_boxes(root: Path) -> dict[str, list[list[float]]]:
     rows = [json.loads(line) for line in (root / "ground_truth.jsonl").read_text().splitlines()]
-    return {r["volume"]: [f["box"] for f in r["cxr_findings"]] for r in rows}
+    return {r["volume"]: [f["box"] for f in r["cxr_findings"] if f.get("class_name")] for r in rows}
 
 
 @pytest.mark.parametrize("key", ["vindr", "nih"])
@@ -55,6 +55,10 @@ def test_generate_writes_standard_lines_with_boxes(cxr_model, cxr_phantoms, tmp_
             for b in boxes[r["volume"]]
         )
     assert all("box" not in r for r in rows if r["task"] != "cxr_box")
+    # every box of an image is its own line (the question is the same for each)
+    assert len(box_rows) == sum(
+        len(b) for v, b in boxes.items() if v in {r["volume"] for r in rows}
+    )
     # a rerun resumes: nothing generated twice
     merge_parts(run_generation(model, cfg, root, "valid", list(CXR_TASKS), out).parent / out.name)
     assert read(out) == rows
