@@ -171,23 +171,30 @@ def apply_init(model: RGCTModel, sources: list[InitSource]) -> None:
         logger.info("initialised %s from %s", ", ".join(src.parts), src.from_)
 
 
-def inherit_thresholds(cfg: RGCTConfig, pooler_trains: bool) -> str | None:
+def inherit_thresholds(
+    cfg: RGCTConfig, pooler_trains: bool, resumed: str | Path | None = None
+) -> str | None:
     """Carry the calibrated ``model.evidence_thresholds`` of the checkpoint the region
     classifier comes from, when this stage sets none and leaves that classifier as it is.
 
     Thresholds are a calibration of one classifier: a stage that loads a calibrated pooler
     (the last ``train.init`` entry naming ``pooler``) and does not train it keeps that
-    calibration; a stage that trains the pooler, or sets thresholds itself, keeps its own.
-    Updates ``cfg`` in place; returns the source folder, or None when nothing was carried.
+    calibration; a stage that trains the pooler, or sets thresholds itself, keeps its own. A
+    resumed stage (``resumed``: the step checkpoint it continues; its ``train.init`` is spent)
+    keeps what that checkpoint carried. Updates ``cfg`` in place; returns the source folder,
+    or None when nothing was carried.
     """
     if not cfg.model.evidence_prompt or cfg.model.evidence_thresholds is not None:
         return None
     if pooler_trains:
         return None
     sources = [s for s in cfg.train.init if "pooler" in s.parts]
-    if not sources:
+    if sources:
+        src = Path(sources[-1].from_)
+    elif resumed is not None:
+        src = Path(resumed)
+    else:
         return None
-    src = Path(sources[-1].from_)
     saved = load_saved_config(check_checkpoint(src) / CONFIG_FILE)
     if saved.model.evidence_thresholds is None:
         return None

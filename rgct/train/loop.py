@@ -365,7 +365,8 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
     out_dir = Path(tc.output_dir)
     set_seed(tc.seed)
     model = build_start_model(cfg)
-    inherit_thresholds(cfg, pooler_trains=model.trainable_groups()["pooler"])
+    resume_from = resolve_resume(tc.resume, out_dir)
+    inherit_thresholds(cfg, model.trainable_groups()["pooler"], resumed=resume_from)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "rgct_config.yaml")
@@ -395,7 +396,6 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
     raw.drafts = PhraseBank.from_targets(raw.tokenizer, training_targets(train_ds))
 
     step = 0
-    resume_from = resolve_resume(tc.resume, out_dir)
 
     def keep_segmenter(folder: Path) -> None:
         inherit_segmenter(cfg, folder, resume_from)

@@ -235,3 +235,20 @@ def test_cli_reports_bad_config(tmp_path):
         timeout=120,
     )
     assert proc.returncode != 0 and "unknown config key 'train.bogus'" in proc.stderr
+
+
+def test_resumed_stage_keeps_the_carried_thresholds(tmp_path):
+    from rgct.constants import CT_RATE_LABELS
+    from rgct.model.checkpoint import load_checkpoint
+
+    thresholds = [0.3] * len(CT_RATE_LABELS)
+    base = ("train.eval_every=0", "model.evidence_prompt=true")
+    first = train(cfg_for(tmp_path / "s0", *base, f"model.evidence_thresholds={thresholds}"))
+    frozen = (*base, "model.train_pooler=false", "train.save_every=1")
+    stopped = train(
+        cfg_for(tmp_path / "s1", *frozen, "train.max_steps=1", f"train.init=[{{from: {first}}}]")
+    )
+    assert load_checkpoint(stopped)[1].model.evidence_thresholds == thresholds
+    # resumed (its train.init spent): the thresholds come from the step checkpoint
+    resumed = train(cfg_for(tmp_path / "s1", *frozen, "train.max_steps=2", "train.resume=auto"))
+    assert load_checkpoint(resumed)[1].model.evidence_thresholds == thresholds
