@@ -57,6 +57,7 @@ def test_the_radiograph_flow_in_a_browser(served, tmp_path):
         )
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1100})
+            page.set_default_timeout(4 * TIMEOUT)  # clicks on a loaded machine (CI) wait longer
             page.goto(served.local_url, wait_until="domcontentloaded")
             status = page.locator("#rgct-status")
             page.locator("#rgct-load-example").click()  # a bundled phantom film first
