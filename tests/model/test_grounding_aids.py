@@ -205,6 +205,8 @@ def test_evidence_locations_in_training_and_generation_but_never_blind(seed, mon
         rc.evidence_prompts(["q"], labels[:1] > 0.5, [None, None])
     with pytest.raises(ConfigError, match="evidence_locations needs"):
         load_config([TINY_MODEL], ["model.evidence_locations=true"])
+    with pytest.raises(ConfigError, match="scan_locations needs"):
+        load_config([TINY_MODEL], ["model.evidence_prompt=true", "model.scan_locations=true"])
 
 
 @pytest.mark.parametrize("value", ["[0.5]", "[" + ",".join(["1.5"] * len(CT_RATE_LABELS)) + "]"])
