@@ -9,12 +9,11 @@ temporary name and renamed, so a run killed mid-write leaves the previous checkp
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import json
 import logging
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
