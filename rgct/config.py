@@ -149,6 +149,11 @@ class DataConfig:
     sources: list[DataSource] = field(default_factory=list)
     """Train on several datasets at once (``rgct.data.sources``): each entry's samples are drawn
     by its ``weight`` and tagged with its ``name``; empty: ``root`` alone."""
+    lesion_evidence: bool = False
+    """DeepLesion's lesion prompts start with the lesion evidence line, ``Lesion in this box:
+    lung, 16 x 12 mm.`` (:mod:`rgct.data.lesion_measure`): the region of the lesion's type and
+    its diameters from ``DL_info.csv`` in training; at generation the segmenter's region at the
+    box and the diameters measured from the pixels (:mod:`rgct.generate.lesion_evidence`)."""
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:

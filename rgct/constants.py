@@ -145,6 +145,10 @@ MODEL_PARTS = ("encoder", "pooler", "projector", "evidence", "dense")
 EVIDENCE_PREFIX = "Image findings in this region: "
 """Start of the detections line that ``model.evidence_prompt`` adds to every prompt."""
 
+LESION_EVIDENCE_PREFIX = "Lesion in this box:"
+"""Start of the lesion evidence line that ``data.lesion_evidence`` puts before DeepLesion's
+lesion prompts (:func:`rgct.data.lesion_measure.lesion_evidence_line`)."""
+
 # --- learned segmentation (rgct.model.segmenter) ------------------------------------------------
 LUNG_LOBES = (
     "right lung upper lobe",

@@ -8,7 +8,10 @@ RAD-ChestCT and DeepLesion layouts (``rgct synth``), then scored by the commands
   beside the same model's micro F1 on the RadGenome copy with the same masks (labels of the
   reference sentences): the mapping should lose nothing (target: within 0.05).
 - DeepLesion: lesion descriptions from each lesion's box: type accuracy (target >= 0.8) and
-  long-diameter error (target <= 3 mm).
+  long-diameter error (target <= 3 mm). The DeepLesion copy may hold more phantoms than the
+  others (``--lesion-volumes``: more held-out lesions). For a ``data.lesion_evidence`` model the
+  evidence lines it measured (written with each prediction) are scored too, as descriptions of
+  their own (row ``evidence``): what the measurement gives before the language model states it.
 
 Every step writes into ``--work`` and is skipped when its output is there (a killed run
 continues). ::
@@ -41,10 +44,11 @@ def rgct(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def synth(work: Path, seed: int, num_volumes: int, valid_fraction: float) -> dict[str, Path]:
-    """The held-out phantoms in each layout (written once)."""
+def synth(work: Path, seed: int, volumes: dict[str, int], valid_fraction: float) -> dict[str, Path]:
+    """The held-out phantoms in each layout (written once); ``volumes``: layout key -> count."""
     folders = {}
-    for key, layout in LAYOUTS.items():
+    for key, num_volumes in volumes.items():
+        layout = LAYOUTS[key]
         folder = work / f"{key}_{seed}"
         if not (folder / "ground_truth.jsonl").is_file():
             rgct(
@@ -87,6 +91,31 @@ def find(metrics: dict, *keys: str):
     return metrics
 
 
+def score_evidence(predictions: Path, data: Path) -> dict | None:
+    """The measured evidence lines of ``predictions`` scored as lesion descriptions (None when
+    the model wrote none: not a ``data.lesion_evidence`` model)."""
+    from rgct.data.deeplesion import load_deeplesion
+    from rgct.eval.sources import score_deeplesion
+
+    rows = [json.loads(line) for line in predictions.read_text().splitlines() if line.strip()]
+    if not any("lesion_evidence" in r for r in rows):
+        return None
+    return {"deeplesion": score_deeplesion(rows, load_deeplesion(data), text_key="lesion_evidence")}
+
+
+def lesion_row(tag: str, dl: dict) -> dict:
+    """The DeepLesion columns of a table row."""
+    return {
+        "input": tag,
+        "lesion_type_accuracy": find(dl, "deeplesion", "type_accuracy"),
+        "lesion_type_ci95": find(dl, "deeplesion", "type_accuracy_ci95"),
+        "long_diameter_mae_mm": find(dl, "deeplesion", "long_diameter_mae_mm"),
+        "long_diameter_ci95": find(dl, "deeplesion", "long_diameter_mae_mm_ci95"),
+        "lesions": find(dl, "deeplesion", "lesions"),
+        "lesions_without_size": find(dl, "deeplesion", "no_size"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="rgct/assets/demo_model")
@@ -95,7 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-volumes", type=int, default=50)
     p.add_argument("--valid-fraction", type=float, default=0.9)
     p.add_argument("--limit", type=int, default=40, help="volumes (lesions) scored per layout")
+    p.add_argument(
+        "--lesion-volumes",
+        type=int,
+        default=None,
+        help="phantom volumes of the DeepLesion copy (default --num-volumes)",
+    )
+    p.add_argument(
+        "--lesion-limit", type=int, default=None, help="lesions scored (default --limit)"
+    )
     p.add_argument("--out", default="bench/sources.json")
+    p.add_argument(
+        "--layouts",
+        default="radgenome,rad,dl",
+        help="layouts scored (comma list of radgenome, rad, dl); the others' cells stay empty",
+    )
     p.add_argument(
         "--blind",
         default="rad,radgenome,dl",
@@ -103,36 +146,47 @@ def main(argv: list[str] | None = None) -> int:
         "'' for none)",
     )
     args = p.parse_args(argv)
+    blind_keys = {k for k in args.blind.split(",") if k}
+    run_keys = {k for k in args.layouts.split(",") if k}
+    for name, keys in (("--blind", blind_keys), ("--layouts", run_keys)):
+        if keys - set(LAYOUTS):
+            p.error(f"{name}: unknown layout key(s) {sorted(keys - set(LAYOUTS))}")
     offline_env()
     os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    data = synth(work, args.seed, args.num_volumes, args.valid_fraction)
+    volumes = {k: args.num_volumes for k in LAYOUTS if k in run_keys}
+    if "dl" in volumes:
+        volumes["dl"] = args.lesion_volumes or args.num_volumes
+    limits = {k: args.limit for k in LAYOUTS}
+    limits["dl"] = args.lesion_limit or args.limit
+    data = synth(work, args.seed, volumes, args.valid_fraction)
     ckpt_name = Path(args.checkpoint).name
     result: dict = {
         "machine": machine_info(),
         "checkpoint": ckpt_name,
         "seed": args.seed,
         "limit": args.limit,
+        "volumes": volumes,
+        "lesion_limit": limits["dl"],
+        "layouts": sorted(run_keys),
         "targets": TARGETS,
     }
-    blind_keys = {k for k in args.blind.split(",") if k}
-    if blind_keys - set(LAYOUTS):
-        p.error(f"--blind: unknown layout key(s) {sorted(blind_keys - set(LAYOUTS))}")
     rows = []
     for blind in (False, True):
         tag = "blind" if blind else "model"
         scored = {}
         for key, masks, tasks in (
             ("radgenome", "dataset", "region_report"),
-            ("rad", str(data["rad"] / "masks" / "region_mask"), "region_report"),
+            ("rad", "masks/region_mask", "region_report"),  # the folder's own, as segmented
             ("dl", "dataset", "lesion"),
         ):
-            if blind and key not in blind_keys:
+            if key not in run_keys or (blind and key not in blind_keys):
                 scored[key] = {}
                 continue
+            masks = masks if masks == "dataset" else str(data[key] / masks)
             preds = work / f"{key}_{tag}.jsonl"
-            generate(args.checkpoint, data[key], preds, tasks, masks, args.limit, blind)
+            generate(args.checkpoint, data[key], preds, tasks, masks, limits[key], blind)
             scored[key] = evaluate(preds, data[key], work / f"{key}_{tag}")
         rg, rad, dl = scored["radgenome"], scored["rad"], scored["dl"]
         rg_f1 = find(rg, "overall", "clinical", "micro", "f1")  # region_report rows only
@@ -143,15 +197,15 @@ def main(argv: list[str] | None = None) -> int:
             "radchest_region_f1": rad_f1,
             "radchest_f1_gap": None if rg_f1 is None or rad_f1 is None else abs(rg_f1 - rad_f1),
             "radchest_f1_ci95": find(rad, "rad-chestct", "valid", "micro", "f1_ci95"),
-            "lesion_type_accuracy": find(dl, "deeplesion", "type_accuracy"),
-            "lesion_type_ci95": find(dl, "deeplesion", "type_accuracy_ci95"),
-            "long_diameter_mae_mm": find(dl, "deeplesion", "long_diameter_mae_mm"),
-            "long_diameter_ci95": find(dl, "deeplesion", "long_diameter_mae_mm_ci95"),
-            "lesions_without_size": find(dl, "deeplesion", "no_size"),
+            **lesion_row(tag, dl),
         }
         rows.append(row)
         result[tag] = {"row": row, "radgenome": rg.get("per_task"), "rad": rad, "dl": dl}
     model = rows[0]
+    evidence = score_evidence(work / "dl_model.jsonl", data["dl"]) if "dl" in run_keys else None
+    if evidence is not None:
+        result["evidence"] = {"row": lesion_row("evidence", evidence), "dl": evidence}
+        rows.append({k: result["evidence"]["row"].get(k) for k in rows[0]})
     result["pass"] = {
         "radchest_f1_gap": model["radchest_f1_gap"] is not None
         and model["radchest_f1_gap"] <= TARGETS["radchest_f1_gap"],

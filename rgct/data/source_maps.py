@@ -12,7 +12,9 @@ coarse type 1-8 (or -1 unknown). This module says what those mean in rgct's voca
   regions where the correspondence holds (a ``nodule`` is a "Lung nodule" only in the lung)
   and a region override (pleural findings carry lung locations in SARLE but belong to the
   pleura region). Abnormalities without a CT-RATE label keep their own name.
-- :data:`DEEPLESION_TYPES`: coarse lesion type -> (type name, words for the lesion, region).
+- :data:`DEEPLESION_TYPES`: coarse lesion type -> (type name, words for the lesion, region);
+  :data:`LESION_REGIONS` and :func:`lesion_region_label`: what a region found at a lesion's box
+  says of it.
 
 The chest-radiograph datasets (VinDr-CXR, ChestX-ray14) and the phantom findings' classes on a
 radiograph: :mod:`rgct.data.cxr_maps`.
@@ -292,6 +294,21 @@ DEEPLESION_TYPES: dict[int, LesionType] = {
 split) has no entry: such lesions get size and description tasks without a type."""
 
 UNKNOWN_LESION_TYPE = -1
+
+LESION_REGIONS: tuple[str, ...] = tuple(
+    dict.fromkeys(t.region for t in DEEPLESION_TYPES.values() if t.region in REGIONS)
+)
+"""The segmenter's regions a DeepLesion lesion type lies in: where the lesion evidence line
+(``data.lesion_evidence``) looks for the region holding a box (``others`` is no region of the
+segmenter)."""
+
+
+def lesion_region_label(region: str | None) -> str | None:
+    """The CT-RATE label of a lesion in ``region``: the one label of the lesion types of that
+    region (``'lung'`` -> ``'Lung nodule'``), None when they have none or disagree."""
+    labels = {t.ct_rate for t in DEEPLESION_TYPES.values() if t.region == region}
+    return labels.pop() if len(labels) == 1 else None
+
 
 PHANTOM_LESION_TYPES = {"nodule": 5, "lymphadenopathy": 3}
 """Phantom finding kind -> the DeepLesion type its lesion is written with (``rgct synth

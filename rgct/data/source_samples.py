@@ -14,6 +14,8 @@ the RadGenome CSV rows become, so the same transforms, batches and model serve t
   ``lesion`` ("Describe the lesion in this region." -> "A lung lesion of 15.6 x 12.0 mm."),
   ``lesion_size`` ("16x12 mm") and ``lesion_type`` ("lung.", known types only). Volumes and box
   masks are written once as NIfTI into a cache folder (:func:`rgct.data.deeplesion.materialise`).
+  With ``evidence`` (``data.lesion_evidence``, training) each prompt starts with the lesion's
+  evidence line from the truth: "Lesion in this box: lung, 16 x 12 mm. Describe the lesion ...".
 
 Example::
 
@@ -41,9 +43,16 @@ from rgct.constants import (
 )
 from rgct.data.deeplesion import DeepLesionIndex, Lesion, materialise
 from rgct.data.layout import pick_mask
+from rgct.data.lesion_measure import lesion_evidence_line
 from rgct.data.radchestct import RadChestIndex
 from rgct.data.sample_table import TEXT_FIELDS, SampleTable
-from rgct.data.source_maps import DEEPLESION_TYPES, RADCHEST_LABELS, MappedLabel, map_radchest_pair
+from rgct.data.source_maps import (
+    DEEPLESION_TYPES,
+    LESION_REGIONS,
+    RADCHEST_LABELS,
+    MappedLabel,
+    map_radchest_pair,
+)
 from rgct.data.source_report import check_layout_tasks
 
 logger = logging.getLogger(__name__)
@@ -183,12 +192,21 @@ def lesion_label_vector(lesion: Lesion) -> list[int]:
     return [int(kind is not None and label == kind.ct_rate) for label in CT_RATE_LABELS]
 
 
+def lesion_truth_line(lesion: Lesion) -> str:
+    """The lesion evidence line from ``DL_info.csv`` (training): the region of the lesion's type
+    (none for an unknown type or one outside the segmenter's regions) and its diameters."""
+    kind = DEEPLESION_TYPES.get(lesion.lesion_type)
+    region = kind.region if kind is not None and kind.region in LESION_REGIONS else None
+    return lesion_evidence_line(region, *lesion.diameters_mm)
+
+
 def deeplesion_samples(
     index: DeepLesionIndex,
     split: str,
     tasks: Iterable[str] = LESION_TASKS,
     cache_dir: str | Path | None = None,
     max_lesions: int | None = None,
+    evidence: bool = False,
 ) -> dict[str, SampleTable]:
     """Grounded lesion samples of one DeepLesion split (``Train_Val_Test``: train/valid/test).
 
@@ -196,6 +214,9 @@ def deeplesion_samples(
         cache_dir: where lesion volumes and box masks are written as NIfTI (default
             ``<root>/.rgct_cache/deeplesion``; the release itself is never written to).
         max_lesions: use the split's first N lesions.
+        evidence: prompts start with the lesion's evidence line from the truth
+            (:func:`lesion_truth_line`; ``data.lesion_evidence`` in training). Generation asks
+            the plain prompts and writes the measured line itself.
     """
     tasks = check_layout_tasks(list(tasks), "deeplesion", index.root)
     cache_dir = Path(cache_dir) if cache_dir else index.root / ".rgct_cache" / "deeplesion"
@@ -216,9 +237,10 @@ def deeplesion_samples(
             "lesion_size": lesion_size_text(lesion),
             "lesion_type": f"{kind.name}." if kind else None,
         }
+        line = lesion_truth_line(lesion) + " " if evidence else ""
         for task in tasks:
             if answers[task] is not None:
                 tables[task].add(
-                    task=task, prompt=LESION_PROMPTS[task], answer=answers[task], **common
+                    task=task, prompt=line + LESION_PROMPTS[task], answer=answers[task], **common
                 )
     return {t: tab.table() for t, tab in tables.items()}

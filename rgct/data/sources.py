@@ -45,9 +45,11 @@ def source_samples(
     tasks: dict[str, float],
     seed: int,
     max_volumes: int | None = None,
+    lesion_evidence: bool = False,
 ) -> dict[str, SampleTable]:
     """task -> samples of one RAD-ChestCT, DeepLesion, VinDr-CXR or ChestX-ray14 split (at most
-    ``max_volumes`` volumes, lesions for DeepLesion, images for radiographs)."""
+    ``max_volumes`` volumes, lesions for DeepLesion, images for radiographs); DeepLesion prompts
+    with their truth evidence line when ``lesion_evidence``."""
     if source.layout in CXR_LAYOUTS:
         from rgct.data.cxr_samples import layout_samples
 
@@ -71,7 +73,9 @@ def source_samples(
     index = load_deeplesion(source.root)
     for p in index.problems:
         logger.warning("%s", p.message)
-    return deeplesion_samples(index, split, tasks, max_lesions=max_volumes)
+    return deeplesion_samples(
+        index, split, tasks, max_lesions=max_volumes, evidence=lesion_evidence
+    )
 
 
 class SourceDataset(RGCTDataset):
@@ -117,7 +121,9 @@ class SourceDataset(RGCTDataset):
         self.seed = seed
         self._skipped = multiprocessing.Value("q", 0)
         self.problems = []
-        by_task = source_samples(source, split, tasks, seed, cfg.max_volumes)
+        by_task = source_samples(
+            source, split, tasks, seed, cfg.max_volumes, lesion_evidence=cfg.lesion_evidence
+        )
         self.missing_tasks = [t for t, table in by_task.items() if not len(table)]
         for task in self.missing_tasks:
             logger.warning(

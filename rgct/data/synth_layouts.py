@@ -13,8 +13,9 @@ usual fields plus ``radgenome_volume``, the name of the same phantom in the RadG
   them, on the ``.npz`` grid.
 - DeepLesion: each measured finding (:data:`~rgct.data.source_maps.PHANTOM_LESION_TYPES`) is a
   lesion row of ``DL_info.csv``: key slice at its centre, slice range +-15 mm, box and RECIST
-  diameters from its size; the series' slices as 16-bit PNGs (HU + 32768). Volumes without such
-  a finding have no series. Every phantom lesion has its type (the real release gives none in
+  diameters from its size (the long axis along the painted lesion's longer in-plane extent);
+  the series' slices as 16-bit PNGs (HU + 32768). Volumes without such a finding have no
+  series. Every phantom lesion has its type (the real release gives none in
   its training split).
 
 Example::
@@ -183,8 +184,13 @@ def _lesion_row(finding: dict, series: str, ph, plan: VolumePlan, patient: int) 
     long_mm, short_mm = _size_mm(finding)
     long_px, short_px = long_mm / dx, short_mm / dx
     px, py = width - 1 - cx + 0.5, height - 1 - cy + 0.5  # PNG pixel centre (both axes flipped)
-    x1, x2 = max(px - long_px / 2, 0.0), min(px + long_px / 2, float(width))
-    y1, y2 = max(py - short_px / 2, 0.0), min(py + short_px / 2, float(height))
+    # the long axis lies along the painted lesion's longer in-plane extent (rows or columns),
+    # so that the box and the RECIST end points surround the lesion drawn in the slices
+    _, ry, rx = finding["radius_vox"]
+    wide, tall = (short_px, long_px) if ry > rx else (long_px, short_px)
+    x1, x2 = max(px - wide / 2, 0.0), min(px + wide / 2, float(width))
+    y1, y2 = max(py - tall / 2, 0.0), min(py + tall / 2, float(height))
+    ends = [x1, py, x2, py, px, y1, px, y2] if wide >= tall else [px, y1, px, y2, x1, py, x2, py]
     kind = PHANTOM_LESION_TYPES[finding["kind"]]
 
     def nums(values, digits: int = 3) -> str:
@@ -196,7 +202,7 @@ def _lesion_row(finding: dict, series: str, ph, plan: VolumePlan, patient: int) 
         1 + "ab".index(plan.scan),
         1,
         key,
-        nums([x1, py, x2, py, px, y1, px, y2]),
+        nums(ends),
         nums([x1, y1, x2, y2]),
         nums([long_px, short_px]),
         nums([px / width, py / height, (key - 1) / max(depth - 1, 1)]),

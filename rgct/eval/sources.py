@@ -112,13 +112,17 @@ def _f1_interval(per_row: list[list[int]], volumes: list[str], replicates: int):
 
 
 def score_deeplesion(
-    rows: list[dict], index: DeepLesionIndex, replicates: int = DEFAULT_REPLICATES
+    rows: list[dict],
+    index: DeepLesionIndex,
+    replicates: int = DEFAULT_REPLICATES,
+    text_key: str = "prediction",
 ) -> dict:
     """Type accuracy and long-diameter error of lesion descriptions, with 95% bootstrap
     intervals over series (a series' lesions are drawn together).
 
     The first size a description states is its long diameter; a description without one counts
-    in ``no_size``, one without a type word as wrong.
+    in ``no_size``, one without a type word as wrong. ``text_key``: the field read as the
+    description (``lesion_evidence``: the evidence line the model measured, scored alone).
     """
     lesions = {les.name: les for les in index.lesions}
     rows, other = _of_task(rows, "lesion")
@@ -132,7 +136,7 @@ def score_deeplesion(
         if lesion is None:
             unmatched += 1
             continue
-        text = row.get("prediction") or ""
+        text = row.get(text_key) or ""
         series.append(lesion.series)
         if lesion.type_known:
             typed += 1

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     from rgct.data.io import DataError
+    from rgct.generate.lesion_evidence import build_lesion_evidence
     from rgct.generate.localize import build_localizer
     from rgct.generate.masks import build_mask_provider
     from rgct.generate.runner import (
@@ -118,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
         if layout == "deeplesion"
         else build_localizer(model, cfg, checkpoint, args.data, masks)
     )
+    lesions = (  # a data.lesion_evidence model measures each lesion box itself
+        build_lesion_evidence(cfg, checkpoint, accelerator.device)
+        if layout == "deeplesion"
+        else None
+    )
     if args.sample:
         gen = replace(gen, do_sample=True)
     run_generation(
@@ -135,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         gen=gen,
         masks=masks,
         localizer=localizer,
+        lesions=lesions,
     )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -41,6 +41,7 @@ from rgct.data.source_report import check_layout_tasks, detect_layout
 from rgct.data.sources import SourceDataset
 from rgct.data.truth import finding_locations, load_ground_truth
 from rgct.files import write_jsonl
+from rgct.generate.lesion_evidence import LesionEvidence, lesion_prompts
 from rgct.generate.localize import Localizer
 from rgct.generate.masks import DATASET, MaskProvider, MaskUnavailable
 from rgct.inference import autocast_for
@@ -301,6 +302,7 @@ def generate_units(
     masks: MaskProvider | None = None,
     localizer: Localizer | None = None,
     truth: dict[str, dict] | None = None,
+    lesions: LesionEvidence | None = None,
 ) -> list[dict]:
     """Generate the text of a group of units (one batched call) and build their output lines.
 
@@ -309,7 +311,9 @@ def generate_units(
     ``masks``: take region masks from a segmenter or a folder instead of the dataset; a unit
     whose mask is unavailable is left out (and logged). ``localizer``
     (``model.evidence_locations``): where each detected finding is; with ``oracle_evidence``
-    the truth's places instead; none for the blind baseline."""
+    the truth's places instead; none for the blind baseline. ``lesions``
+    (``data.lesion_evidence``): lesion rows get the evidence line the model measures at their
+    box (:mod:`rgct.generate.lesion_evidence`), written to each line as ``lesion_evidence``."""
     if masks is not None:
         kept = []
         for u in units:
@@ -346,7 +350,15 @@ def generate_units(
             m = masks.mask(s.volume, s.anatomy, s.region)
             if m is not None:
                 batch["mask"][row] = m
-    evidence = None
+    evidence, lesion_lines = None, []
+    if lesions is not None:
+        if oracle_evidence:
+            raise ValueError("oracle evidence is not defined with measured lesion evidence")
+        prompts, lesion_lines, detections = lesion_prompts(
+            lesions, [ds.samples[i] for i in flat], prompts, blind
+        )
+        if detections is not None and model.cfg.evidence_prompt:
+            evidence = detections.to(device)
     if oracle_evidence:
         if not bool(batch["has_labels"].all()):
             bad = next(ds.samples[i] for i, it in zip(flat, items) if not it["has_labels"])
@@ -397,6 +409,8 @@ def generate_units(
         }
         if u.box is not None:
             row["box"] = u.box
+        if lesion_lines:
+            row["lesion_evidence"] = lesion_lines[k - len(u.rows)]
         if u.task == "report":
             row["sentences"] = [
                 {"region": r, "text": s}
@@ -424,12 +438,13 @@ def run_generation(
     oracle_evidence: bool = False,
     masks: MaskProvider | None = None,
     localizer: Localizer | None = None,
+    lesions: LesionEvidence | None = None,
 ) -> Path:
     """Generate this process's share of the units into its part file; return the part path.
 
     ``data_root`` may be in any layout rgct reads (:func:`check_generation_inputs` says what each
     takes). ``blind`` zeroes the visual input; ``oracle_evidence`` puts true labels in the
-    detections line (see :func:`generate_units`).
+    detections line; ``lesions`` measures the lesion evidence line (see :func:`generate_units`).
 
     Raises:
         DataError: see :func:`check_generation_inputs`; the split has no samples of ``tasks``.
@@ -439,8 +454,18 @@ def run_generation(
     check_modality(cfg, layout, data_root)
     device = device or next(model.parameters()).device
     gen = gen or cfg.generation
-    data_cfg = replace(
-        cfg.data, root=str(data_root), unnamed_region_fraction=0.0, augment=False, max_volumes=limit
+    if cfg.data.lesion_evidence and lesions is None and layout == "deeplesion":
+        raise ValueError(
+            "this checkpoint was trained with data.lesion_evidence: its lesion prompts need the "
+            "measured evidence line (rgct.generate.lesion_evidence.build_lesion_evidence)"
+        )
+    data_cfg = replace(  # the dataset's own prompts carry no truth (lesion lines are measured)
+        cfg.data,
+        root=str(data_root),
+        unnamed_region_fraction=0.0,
+        augment=False,
+        max_volumes=limit,
+        lesion_evidence=False,
     )
     needed = sorted({t for t in tasks} | ({"region_report"} if "report" in tasks else set()))
     ds = build_generation_dataset(data_cfg, layout, split, needed)
@@ -458,7 +483,8 @@ def run_generation(
         open(part, "a") as f,
         tqdm(total=len(mine), desc=f"generate[{rank}]", disable=rank != 0) as bar,
     ):
-        if masks is not None or localizer is not None:  # each volume segmented once
+        if masks is not None or localizer is not None or lesions is not None:
+            # each volume segmented once
             mine.sort(key=lambda u: u.volume)
         for group in _batches(mine, gen.batch_size):
             rows = generate_units(
@@ -472,6 +498,7 @@ def run_generation(
                 masks=masks,
                 localizer=localizer,
                 truth=truth,
+                lesions=lesions,
             )
             for row in rows:
                 f.write(json.dumps(row) + "\n")

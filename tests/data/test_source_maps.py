@@ -8,8 +8,10 @@ from rgct.constants import CT_RATE_LABELS, OTHERS, REGIONS
 from rgct.data.phantom_text import FINDING_LABELS, FINDING_REGIONS
 from rgct.data.source_maps import (
     DEEPLESION_TYPES,
+    LESION_REGIONS,
     RADCHEST_LOCATIONS,
     HeaderError,
+    lesion_region_label,
     lesion_type_from_text,
     map_radchest_pair,
     parse_radchest_column,
@@ -71,3 +73,11 @@ def test_lesion_type_from_text() -> None:
     assert lesion_type_from_text("A lung lesion of 12 x 8 mm.") == 5
     assert lesion_type_from_text("A mediastinal lesion.") == 3
     assert lesion_type_from_text("Nothing to see.") is None
+
+
+def test_lesion_regions_and_their_labels() -> None:
+    assert set(LESION_REGIONS) == {"bone", "abdomen", "mediastinum", "lung"}  # no 'others'
+    assert lesion_region_label("lung") == "Lung nodule"
+    assert lesion_region_label("mediastinum") == "Lymphadenopathy"
+    assert lesion_region_label("abdomen") is None  # abdomen, liver, kidney: no CT-RATE label
+    assert lesion_region_label("pleura") is None and lesion_region_label(None) is None

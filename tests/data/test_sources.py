@@ -69,6 +69,27 @@ def test_deeplesion_tasks(roots, tmp_path: Path) -> None:
         assert named == [want]
 
 
+def test_deeplesion_prompts_with_the_truth_evidence_line(roots, tmp_path: Path) -> None:
+    """data.lesion_evidence: each lesion prompt starts with the region of its type and its
+    diameters from DL_info.csv (training); without it the prompts are plain."""
+    index = load_deeplesion(roots["deeplesion"])
+    split = index.lesions[0].split
+    lesions = {les.name: les for les in index.split(split)}
+    plain = deeplesion_samples(index, split, cache_dir=tmp_path)
+    tables = deeplesion_samples(index, split, cache_dir=tmp_path, evidence=True)
+    for task, table in tables.items():
+        for sample, bare in zip(table, plain[task]):
+            lesion = lesions[sample.volume]
+            region = "lung" if lesion.lesion_type == 5 else "mediastinum"
+            long_mm, short_mm = lesion.diameters_mm
+            line = f"Lesion in this box: {region}, {round(long_mm)} x {round(short_mm)} mm."
+            assert sample.prompt == f"{line} {bare.prompt}" and sample.answer == bare.answer
+    cfg = DataConfig(root=str(roots["radgenome"]), input_shape=SHAPE, lesion_evidence=True)
+    source = DataSource(str(roots["deeplesion"]), layout="deeplesion", tasks={"lesion": 1.0})
+    ds = SourceDataset(cfg, source, split, train=True)
+    assert all(s.prompt.startswith("Lesion in this box: ") for s in ds.samples)
+
+
 def test_each_source_loads_and_tags_its_items(roots) -> None:
     cfg = DataConfig(
         input_shape=(16, 32, 32),

@@ -11,7 +11,7 @@ from rgct.cli import main
 from rgct.data.deeplesion import load_deeplesion
 from rgct.data.radchestct import load_radchest
 from rgct.data.source_maps import map_radchest_pair
-from rgct.data.source_samples import lesion_sentence
+from rgct.data.source_samples import lesion_sentence, lesion_truth_line
 from rgct.eval.sources import score_deeplesion, score_radchest, sources_markdown
 
 
@@ -59,6 +59,19 @@ def test_deeplesion_scores(roots) -> None:
     mixed = score_deeplesion(rows[: len(rows) // 2] + wrong[len(rows) // 2 :], index)
     low, high = mixed["type_accuracy_ci95"]
     assert low < mixed["type_accuracy"] < high  # a real interval around a mixed score
+
+
+def test_deeplesion_evidence_lines_score_as_descriptions(roots) -> None:
+    """The measured evidence line ('Lesion in this box: lung, 16 x 12 mm.') read as a
+    description: its region names the type, its first size the long diameter."""
+    index = load_deeplesion(roots["dl"])
+    rows = [
+        {"volume": les.name, "prediction": "", "lesion_evidence": lesion_truth_line(les)}
+        for les in index.lesions
+    ]
+    lines = score_deeplesion(rows, index, text_key="lesion_evidence")
+    assert lines["type_accuracy"] == 1.0 and lines["long_diameter_mae_mm"] <= 0.5
+    assert score_deeplesion(rows, index)["no_size"] == len(rows)  # the predictions say nothing
 
 
 def test_evaluate_cli_on_a_deeplesion_folder(roots, tmp_path: Path) -> None:

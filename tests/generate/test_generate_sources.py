@@ -13,7 +13,7 @@ import pytest
 from segmenter_double import save_constant_segmenter
 
 from rgct.cli import main
-from rgct.constants import LESION_PROMPTS, LESION_TASKS, REGIONS, REPORT_PROMPTS
+from rgct.constants import CT_RATE_LABELS, LESION_PROMPTS, LESION_TASKS, REGIONS, REPORT_PROMPTS
 from rgct.data.deeplesion import load_deeplesion
 from rgct.data.io import DataError
 from rgct.data.radchestct import load_radchest
@@ -190,3 +190,93 @@ def test_each_layouts_default_tasks_are_tasks_it_holds():
     for layout, spec in LAYOUT_DEFAULT_TASKS.items():
         assert check_layout_tasks(expand_tasks(spec), layout, "DIR")
     assert expand_tasks("lesions") == list(LESION_TASKS)
+
+
+@pytest.fixture(scope="module")
+def lesion_evidence_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint saved as trained with data.lesion_evidence, with a segmenter whose
+    only lesion region is the mediastinum (the whole grid)."""
+    from rgct.config import load_saved_config, save_config
+    from rgct.data.source_maps import LESION_REGIONS
+    from rgct.model.checkpoint import CONFIG_FILE
+
+    ckpt = tmp_path_factory.mktemp("lesion_ckpt") / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    cfg = load_saved_config(ckpt / CONFIG_FILE)
+    cfg.data.lesion_evidence = True
+    save_config(cfg, ckpt / CONFIG_FILE)
+    return save_constant_segmenter(ckpt, [r for r in LESION_REGIONS if r != "mediastinum"])
+
+
+def test_lesion_evidence_is_measured_at_generation_never_read_from_the_truth(
+    roots, lesion_evidence_checkpoint, tmp_path, monkeypatch
+):
+    """Each lesion prompt starts with the segmenter's region at the box and the diameters
+    measured from its pixels; the detections line gets that region's lesion label; the blind
+    baseline's line says nothing was measured. A lesion-evidence checkpoint without the reader
+    is refused."""
+    from rgct.data.io import load_mask, load_volume
+    from rgct.data.lesion_measure import lesion_evidence_line, measure_lesion
+    from rgct.generate.lesion_evidence import BLIND_LINE, build_lesion_evidence
+
+    root = roots["dl"]
+    model, cfg = load_checkpoint(lesion_evidence_checkpoint)
+    cfg.generation.max_new_tokens = 4
+    assert cfg.data.lesion_evidence
+    lesions = build_lesion_evidence(cfg, lesion_evidence_checkpoint)
+    seen: list[tuple[list[str], object]] = []
+    generate = model.generate
+
+    def spy(image, mask, prompts, *args, **kwargs):
+        seen.append((list(prompts), kwargs.get("evidence")))
+        return generate(image, mask, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    monkeypatch.setattr(model.cfg, "evidence_prompt", True)
+    index = {les.name: les for les in load_deeplesion(root).split("train")}
+    out = tmp_path / "dl.jsonl"
+    run_generation(model, cfg, root, "train", ["lesion"], out, lesions=lesions)
+    rows = read(merge_parts(out))
+    assert len(rows) == len(index)
+    prompts = [p for batch, _ in seen for p in batch]
+    for row, prompt in zip(rows, prompts):
+        lesion = index[row["volume"]]
+        cache = root / ".rgct_cache" / "deeplesion"  # what the samples read
+        volume = load_volume(cache / "volumes" / f"{lesion.volume_name}.nii.gz")
+        box = load_mask(cache / "masks" / f"{lesion.name}.nii.gz", volume)
+        m = measure_lesion(volume.array, box, volume.spacing)
+        want = lesion_evidence_line(
+            "mediastinum", m.long_mm if m else None, m.short_mm if m else None
+        )
+        assert row["lesion_evidence"] == want
+        assert prompt == f"{want} {LESION_PROMPTS['lesion']}"
+        assert row["question"] == LESION_PROMPTS["lesion"]  # scored and keyed as before
+    for _, evidence in seen:  # the detections line: the mediastinum's lesion label
+        named = {CT_RATE_LABELS[j] for j in evidence.nonzero()[:, 1].tolist()}
+        assert named == {"Lymphadenopathy"} and bool(evidence.any(dim=1).all())
+
+    seen.clear()
+    blind = tmp_path / "blind.jsonl"
+    run_generation(model, cfg, root, "train", ["lesion"], blind, lesions=lesions, blind=True)
+    assert {r["lesion_evidence"] for r in read(merge_parts(blind))} == {BLIND_LINE}
+    assert all(p.startswith(BLIND_LINE) for batch, _ in seen for p in batch)
+    assert all(evidence is None for _, evidence in seen)
+    with pytest.raises(ValueError, match="data.lesion_evidence"):
+        run_generation(model, cfg, root, "train", ["lesion"], tmp_path / "x.jsonl")
+
+
+def test_lesion_evidence_cli_needs_the_checkpoints_segmenter(
+    roots, lesion_evidence_checkpoint, tmp_path
+):
+    from rgct.model.segmenter import WEIGHTS_FILE
+
+    out = tmp_path / "p.jsonl"
+    args = ["generate", "--checkpoint", str(lesion_evidence_checkpoint), "--data", str(roots["dl"])]
+    args += ["--split", "train", "--tasks", "lesion", "--limit", "2", "--device", "cpu"]
+    assert main([*args, "--out", str(out), "--max-new-tokens", "4"]) == 0
+    assert all(r["lesion_evidence"].startswith("Lesion in this box: ") for r in read(out))
+    bare = tmp_path / "bare"
+    shutil.copytree(lesion_evidence_checkpoint, bare)
+    (bare / WEIGHTS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="needs the checkpoint's segmenter"):
+        main(["generate", "--checkpoint", str(bare), *args[3:], "--out", str(tmp_path / "q")])
