@@ -103,6 +103,18 @@ def box_of(mask: np.ndarray) -> tuple[int, int, int, int, int]:
     return int(z[0]), int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
 
 
+def widen_box(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """bool (D, H, W): a box mask widened in-plane by ``pixels`` on each side (within the
+    image), on its own slice."""
+    z, y0, y1, x0, x1 = box_of(mask)
+    out = np.zeros(mask.shape, bool)
+    h, w = mask.shape[1:]
+    out[z, max(y0 - pixels, 0) : min(y1 + pixels, h), max(x0 - pixels, 0) : min(x1 + pixels, w)] = (
+        True
+    )
+    return out
+
+
 def measure_lesion(
     hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float]
 ) -> LesionMeasure | None:

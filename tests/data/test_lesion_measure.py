@@ -13,6 +13,7 @@ from rgct.data.lesion_measure import (
     box_of,
     lesion_evidence_line,
     measure_lesion,
+    widen_box,
 )
 
 SPACING = (5.0, 2.5, 2.5)  # (d, h, w) mm, as the phantoms
@@ -97,6 +98,13 @@ def test_bad_boxes_raise_with_their_shape() -> None:
     one = np.zeros(SHAPE, bool)
     one[3, 10:20, 12:15] = True
     assert box_of(one) == (3, 10, 20, 12, 15)
+
+
+def test_widen_box_stays_on_its_slice_and_in_the_image() -> None:
+    one = np.zeros(SHAPE, bool)
+    one[3, 1:4, 10:12] = True
+    wide = widen_box(one, 2)
+    assert box_of(wide) == (3, 0, 6, 8, 14) and wide.sum() == 6 * 6
 
 
 def test_evidence_line() -> None:
