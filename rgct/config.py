@@ -317,12 +317,20 @@ class ModelConfig:
     every region's findings (lung findings by lobe, pleural ones by side); without it only
     the lung and pleura regions' rows carry places."""
     evidence_thresholds: list[float] | None = None
-    """Per-label probability thresholds of those detections (one per CT-RATE label, in
-    ``CT_RATE_LABELS`` order); None: 0.5 each. ``scripts/calibrate_evidence.py`` fits them."""
+    """Per-label probability thresholds of those detections (one per label of
+    :attr:`label_names`, in that order); None: 0.5 each. ``rgct classifier calibrate`` fits
+    them."""
+    labels: list[str] | None = None
+    """The region classifier's label vocabulary, in logit order: None is the 18 CT-RATE labels
+    (``CT_RATE_LABELS``: every CT checkpoint). A radiograph model records its dataset's classes
+    here (``rgct train`` sets them from the folder: VinDr-CXR's local + global labels without
+    'No finding', or ChestX-ray14's 14), so a checkpoint knows what its classifier says."""
     region_stats: bool = False
-    """The region classifier also reads the region's HU histograms (value, local contrast,
-    local minimum) at full resolution under the exact mask (:mod:`rgct.model.region_stats`);
-    ``scripts/fit_region_classifier.py`` fits that head on cached features."""
+    """The region classifier also reads first-order statistics of the pixels under the exact
+    mask at full resolution: HU histograms (value, local contrast, local minimum) of a CT
+    region; a radiograph box's value / contrast / local-minimum histograms and its geometry
+    (area, centre, size) (:mod:`rgct.model.region_classifier`, :mod:`rgct.model.film_stats`).
+    ``rgct classifier fit`` fits that head on cached features."""
     lm_focal_gamma: float = 0.0
     """Focal weighting of the language loss, (1 - p_token)^gamma: template tokens the LLM
     already predicts count less, the image-dependent words (which finding, where) more. 0: plain
@@ -368,12 +376,21 @@ class ModelConfig:
             raise ConfigError(f"model.lm_focal_gamma must be >= 0, got {self.lm_focal_gamma}")
         if self.dense_loss_weight < 0:
             raise ConfigError(f"model.dense_loss_weight must be >= 0, got {self.dense_loss_weight}")
+        if self.labels is not None:
+            names = [str(x) for x in self.labels]
+            if not names or len(set(names)) != len(names):
+                raise ConfigError(
+                    f"model.labels must be distinct label names (or null for the CT-RATE "
+                    f"labels), got {self.labels}"
+                )
+            self.labels = names
         if self.evidence_thresholds is not None:
             th = [float(t) for t in self.evidence_thresholds]
-            if len(th) != len(CT_RATE_LABELS) or not all(0.0 < t < 1.0 for t in th):
+            n = len(self.label_names)
+            if len(th) != n or not all(0.0 < t < 1.0 for t in th):
                 raise ConfigError(
-                    f"model.evidence_thresholds must be {len(CT_RATE_LABELS)} probabilities in "
-                    f"(0, 1) (CT_RATE_LABELS order), got {self.evidence_thresholds}"
+                    f"model.evidence_thresholds must be {n} probabilities in (0, 1) (one per "
+                    f"label of model.labels, in order), got {self.evidence_thresholds}"
                 )
             self.evidence_thresholds = th
         if self.evidence_locations and not self.evidence_prompt:
@@ -382,6 +399,11 @@ class ModelConfig:
             raise ConfigError("model.scan_locations needs model.evidence_locations: true")
         if self.projector not in ("linear", "mlp"):
             raise ConfigError(f"model.projector must be 'linear' or 'mlp', got {self.projector!r}")
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The region classifier's labels in logit order (``labels``, else CT-RATE's 18)."""
+        return CT_RATE_LABELS if self.labels is None else tuple(self.labels)
 
 
 @dataclass
@@ -576,18 +598,23 @@ class RGCTConfig:
             )
         if modality == "cxr":
             ct_only = {
-                "model.region_stats": self.model.region_stats,
                 "model.dense_loss_weight": self.model.dense_loss_weight > 0,
-                "model.evidence_prompt": self.model.evidence_prompt,
+                "model.scan_locations": self.model.scan_locations,
                 "model.encoder_weights": self.model.encoder_weights is not None,
                 "model.encoder.name=swin": enc.name == "swin",
             }
             used = [k for k, on in ct_only.items() if on]
             if used:
                 raise ConfigError(
-                    f"data.modality=cxr: {used} serve 3D CT volumes only (CT-RATE labels, HU "
-                    "histograms, 3D pretrained encoders); turn them off for radiographs"
+                    f"data.modality=cxr: {used} serve 3D CT volumes only (phantom finding maps, "
+                    "lobes of whole-scan rows, 3D pretrained encoders); turn them off for "
+                    "radiographs"
                 )
+        elif self.model.labels is not None and tuple(self.model.labels) != CT_RATE_LABELS:
+            raise ConfigError(
+                "model.labels: a CT model's region classifier reads the 18 CT-RATE labels "
+                "(leave model.labels null)"
+            )
 
 
 # --- building from dicts ------------------------------------------------------------------------

@@ -39,7 +39,6 @@ import torch
 
 from rgct.config import GenerationConfig, RGCTConfig
 from rgct.constants import (
-    CT_RATE_LABELS,
     LUNG_LOBES,
     LUNG_SIDES,
     REGIONS,
@@ -50,6 +49,7 @@ from rgct.conversation import MaskNotFound, Resolution, take_turn
 from rgct.data.io import Volume, load_mask, load_volume
 from rgct.data.transforms import preprocess
 from rgct.model.checkpoint import load_checkpoint
+from rgct.model.lobe_head import has_lobe_head, load_lobe_head
 from rgct.model.region_classifier import region_probabilities
 from rgct.model.rgct_model import RGCTModel
 from rgct.model.segmenter import WEIGHTS_FILE as SEGMENTER_FILE
@@ -90,6 +90,7 @@ class Predictor:
         cfg: RGCTConfig,
         device: torch.device,
         segmenter: tuple[Any, dict] | None = None,
+        lobe_head: Any = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
@@ -97,6 +98,8 @@ class Predictor:
         self.regions: tuple[str, ...] = REGIONS
         self.segmenter = segmenter
         """(Segmenter, meta) when the checkpoint has one: masks-free inference and grounding."""
+        self.lobe_head = lobe_head
+        """The checkpoint's lobe head (:mod:`rgct.model.lobe_head`): which lobe holds a label."""
         self._segmentations: OrderedDict[tuple[int, str], Any] = OrderedDict()
         """The last few volumes' segmentations (a report, its details and the app's viewer ask
         for the same volume's masks several times)."""
@@ -117,7 +120,8 @@ class Predictor:
         seg = None
         if segmenter is not None or (seg_dir / SEGMENTER_FILE).is_file():
             seg = load_segmenter(seg_dir, device=dev)
-        return cls(model, cfg, dev, seg)
+        head = load_lobe_head(path, dev)[0] if has_lobe_head(path) else None
+        return cls(model, cfg, dev, seg, head)
 
     @property
     def modality(self) -> str:
@@ -311,7 +315,7 @@ class Predictor:
             image, masks = self.prepare(vol, lobes)
             with autocast_for(self.device):
                 lobe_probs = lobe_probabilities(
-                    self.model, image, {k: v[0] for k, v in masks.items()}
+                    self.model, image, {k: v[0] for k, v in masks.items()}, self.lobe_head
                 )
         return [place_labels(r, findings, lobe_probs, whole_scan=scan) for r in regions]
 
@@ -328,7 +332,7 @@ class Predictor:
         image, masks = self.prepare(volume, {"region": mask})
         with autocast_for(self.device):
             probs = region_probabilities(self.model, image, masks["region"])
-        return dict(zip(CT_RATE_LABELS, probs[0].tolist()))
+        return dict(zip(self.model.label_names, probs[0].tolist()))
 
     def region_report(
         self,

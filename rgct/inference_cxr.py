@@ -31,6 +31,7 @@ from rgct.constants import CXR_PROMPTS
 from rgct.data.cxr import DICOM_SUFFIXES, Radiograph, box_mask, box_problem, load_radiograph
 from rgct.data.cxr_samples import read_finding_sentence
 from rgct.data.cxr_transforms import preprocess_radiograph
+from rgct.generate.localize_cxr import ZoneLocalizer
 from rgct.text import split_sentences
 
 CT_SUFFIXES = (".nii", ".nii.gz", ".npz", ".zip")
@@ -129,20 +130,34 @@ def generate_rows(
     prompts: list[str],
     gen: GenerationConfig,
 ) -> list[str]:
-    """Text for each (mask, prompt) row on one film (None: the whole image); one encoder pass."""
+    """Text for each (mask, prompt) row on one film (None: the whole image); one encoder pass.
+    With ``model.evidence_prompt`` each prompt carries the classifier's detections under its
+    mask; with ``model.evidence_locations`` a whole-film row's also say where each is."""
     from rgct.inference import autocast_for
 
     arrays = {str(i): np.ones(film.shape, bool) if m is None else m for i, m in enumerate(masks)}
     image, prepared = preprocess_radiograph(film, arrays, predictor.cfg.data)
     image = image[None].to(predictor.device)  # (1, 1, H, W)
     mask = torch.stack([prepared[str(i)] for i in range(len(masks))]).to(predictor.device)
+    model = predictor.model
     with autocast_for(predictor.device):
-        grid = predictor.model.encode_image(image)  # (1, C, h, w)
+        grid = model.encode_image(image)  # (1, C, h, w)
         rows = grid.expand(len(prompts), *grid.shape[1:])
+        locations = None
+        if model.cfg.evidence_locations:  # where the whole film's findings are (zone localiser)
+            places = ZoneLocalizer(model).film_places(image)
+            locations = [places if m is None else None for m in masks]
         out: list[str] = []
         for i in range(0, len(prompts), gen.batch_size):
             part = slice(i, i + gen.batch_size)
-            out += predictor.model.generate_from_grid(rows[part], mask[part], prompts[part], gen)
+            out += model.generate_from_grid(
+                rows[part],
+                mask[part],
+                prompts[part],
+                gen,
+                image=image,
+                locations=None if locations is None else locations[part],
+            )
     return out
 
 

@@ -37,6 +37,9 @@ stage, whose checkpoint is ``WORK/<id>/model``; ``data`` names a synth stage, de
 - ``--reuse STAGE=DIR`` takes an existing folder as a stage's output (a checkpoint, or phantoms
   for a synth stage), e.g. to continue a model made before the recipe had its later stages.
 - ``fit_classifier`` / ``calibrate``: :mod:`rgct.train.classifier` (new checkpoint folders).
+- ``fit_lobes``: :mod:`rgct.train.lobe_head`, the ``from`` checkpoint plus a lobe head fitted on
+  the ``data`` phantoms' lobes (``split``, ``max_volumes``, ``masks``, ``hidden``, ``epochs``,
+  ``lr``, ``weight_decay``, ``seed``).
 - ``segmenter``: :func:`rgct.train.segmenter.fit_segmenter` on the dataset's own region, lobe
   and anatomy masks (``steps``, ``batch_size``, ``lr``, ``model``: network keyword arguments;
   ``calibrate``: a synth stage whose phantoms set the per-label finding thresholds);
@@ -66,9 +69,20 @@ from rgct.files import atomic_dir, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("synth", "train", "segmenter", "fit_classifier", "calibrate", "heldout", "export")
+KINDS = (
+    "synth",
+    "train",
+    "segmenter",
+    "fit_classifier",
+    "fit_lobes",
+    "calibrate",
+    "heldout",
+    "export",
+)
 DONE_FILE = "DONE.json"
-REUSABLE_KINDS = frozenset({"synth", "train", "fit_classifier", "calibrate", "segmenter", "export"})
+REUSABLE_KINDS = frozenset(
+    {"synth", "train", "fit_classifier", "fit_lobes", "calibrate", "segmenter", "export"}
+)
 """Stage kinds ``--reuse`` can stand in for: those whose output is one folder."""
 LOG_FILE = "recipe_log.jsonl"
 MODEL_DIR = "model"
@@ -85,6 +99,18 @@ _KEYS = {
         "weight_decay",
         "seed",
         "masks",
+    },
+    "fit_lobes": {
+        "from",
+        "data",
+        "split",
+        "max_volumes",
+        "masks",
+        "hidden",
+        "epochs",
+        "lr",
+        "weight_decay",
+        "seed",
     },
     "calibrate": {
         "from",
@@ -429,6 +455,21 @@ class RecipeRunner:
             k: record[k] for k in ("regions", "volumes", "feature_seconds", "fit_seconds")
         } | {"final_loss": record["loss"][-1]}
 
+    def _run_fit_lobes(self, stage: Stage) -> tuple[str, dict]:
+        from rgct.train.lobe_head import fit_lobe_head_checkpoint
+
+        o = stage.options
+        src, out, data = self._ref(o["from"]), self.model_dir(stage.id), self.data_dir(stage)
+        keys = ("split", "max_volumes", "hidden", "epochs", "lr", "weight_decay", "seed")
+        kwargs = {k: o[k] for k in keys if k in o}
+        if "masks" in o:
+            kwargs["masks"] = _mask_list(o["masks"])
+        record = fit_lobe_head_checkpoint(src, data, out, device=self.device, **kwargs)
+        flags = " ".join(f"--{k.replace('_', '-')} {_flag(v)}" for k, v in kwargs.items())
+        command = f"rgct classifier fit-lobes --checkpoint {src} --data {data} --out {out} {flags}"
+        keep = ("volumes", "lobes", "train_lobe_accuracy", "feature_seconds", "fit_seconds")
+        return command.strip(), {k: record[k] for k in keep}
+
     def _run_calibrate(self, stage: Stage) -> tuple[str, dict]:
         from rgct.train.classifier import calibrate_checkpoint
 
@@ -467,7 +508,9 @@ class RecipeRunner:
         )
         from rgct.generate.localize import build_localizer
 
-        localizer = build_localizer(model, cfg, src, data, masks)
+        # a radiograph model places findings with its own zone localiser (heldout_cxr)
+        cxr = cfg.data.modality == "cxr"
+        localizer = None if cxr else build_localizer(model, cfg, src, data, masks)
         result = heldout_eval(
             model,
             cfg,

@@ -148,7 +148,7 @@ def test_places_reach_the_detections_line_with_evidence_locations(case, monkeypa
     monkeypatch.setattr(
         rc,
         "evidence_prompts",
-        lambda pr, det, locs=None: seen.append(locs) or original(pr, det, locs),
+        lambda pr, det, locs=None, *a, **k: seen.append(locs) or original(pr, det, locs, *a, **k),
     )
     monkeypatch.setattr(p.cfg.model, "evidence_prompt", True)
     monkeypatch.setattr(p.cfg.model, "evidence_locations", True)

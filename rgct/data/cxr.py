@@ -188,6 +188,48 @@ def location_words(side: str, zone: str) -> str:
     return f"{side} {zone} zone"
 
 
+SIDES = ("right", "central", "left")
+PLACES = tuple(location_words(side, zone) for side in SIDES for zone in ZONES)
+"""The nine places a box can be named by, in :func:`zone_masks` order."""
+CENTRAL_BAND = 0.25
+"""The central zones span the film's midline +- this fraction of its width: the centre of any
+box :func:`box_location` calls central lies there (at least a quarter of its width on each
+side of the midline)."""
+
+
+def zone_masks(
+    shape: tuple[int, int], lung_rows: tuple[float, float] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """The nine places :func:`box_location` names, as masks of an (H, W) film.
+
+    Rows: ``upper`` from the top of the film to the first third of the lung band, ``middle``
+    the second third, ``lower`` the rest down to the bottom (so a box's centre row falls in
+    the zone it is named by); columns: ``right`` the image's left half (a PA film), ``left``
+    the right half, ``central`` the midline +- :data:`CENTRAL_BAND` of the width.
+
+    Returns:
+        (``["right upper zone", ...]`` side-major, bool (9, H, W)).
+    """
+    height, width = shape
+    top, bottom = lung_rows if lung_rows else (LUNG_BAND[0] * height, LUNG_BAND[1] * height)
+    third = (bottom - top) / 3.0
+    rows = [0.0, top + third, top + 2 * third, float(height)]
+    mid = width / 2.0
+    cols = {
+        "right": (0.0, mid),
+        "central": (mid - CENTRAL_BAND * width, mid + CENTRAL_BAND * width),
+        "left": (mid, float(width)),
+    }
+    masks = []
+    for side in SIDES:  # every pixel a part of the zone's span touches (neighbours share one)
+        c0, c1 = cols[side]
+        for z in range(len(ZONES)):
+            mask = np.zeros(shape, dtype=bool)
+            mask[int(np.floor(rows[z])) : int(np.ceil(rows[z + 1])), int(c0) : int(np.ceil(c1))] = 1
+            masks.append(mask)
+    return list(PLACES), np.stack(masks)
+
+
 def _voi_range(ds) -> tuple[float, float] | None:
     """Output range of the file's VOI (LUT sequence or window) after its modality LUT."""
     if "VOILUTSequence" in ds:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,37 @@ _CLASS_OF_WORDS = {
 """A class's words (lower case) -> its name; VinDr-CXR's spelling wins where both say them."""
 BOX_REGION = "box"
 """``region`` of the box-grounded samples."""
+
+
+BOXED = {"vindr-cxr": VINDR_LOCAL, "chestxray14": CXR14_LABELS}
+"""Layout -> the classes its boxes can have (VinDr-CXR's global labels have none)."""
+
+
+def placeable_labels(labels: Iterable[str]) -> tuple[str, ...]:
+    """The labels of a classifier vocabulary that a box can place (the layout whose
+    :data:`VOCABULARY` it is says which); a vocabulary of no layout places every label."""
+    labels = tuple(labels)
+    for layout, vocab in VOCABULARY.items():
+        if labels == tuple(vocab):
+            return tuple(lab for lab in labels if lab in BOXED[layout])
+    return labels
+
+
+def label_vector(classes: Iterable[str], layout: str) -> list[int]:
+    """0/1 per label of the layout's :data:`VOCABULARY`, in order (the region classifier's
+    targets; 'No finding' and classes outside the vocabulary set nothing)."""
+    present = set(classes)
+    return [int(lab in present) for lab in VOCABULARY[layout]]
+
+
+def film_places(boxes: list[Box], shape: tuple[int, int]) -> dict[str, str]:
+    """Class -> where its boxes are, as a ``cxr_location`` answer says it without the full stop
+    ("right lower zone and left lower zone"), for each boxed class of one film."""
+    where = box_locations(boxes, shape)
+    return {
+        lab: " and ".join(dict.fromkeys(w for b, w in zip(boxes, where) if b.class_name == lab))
+        for lab in dict.fromkeys(b.class_name for b in boxes)
+    }
 
 
 def _sentence(text: str) -> str:
@@ -139,11 +171,9 @@ def image_questions(
     for lab, answer in asked:
         prompt = CXR_PROMPTS["cxr_presence"].format(finding=class_words(lab))
         out.append(("cxr_presence", prompt, answer, None))
-    where = box_locations(boxes, shape)
-    for lab in dict.fromkeys(b.class_name for b in boxes):
-        places = dict.fromkeys(w for b, w in zip(boxes, where) if b.class_name == lab)
+    for lab, places in film_places(boxes, shape).items():
         prompt = CXR_PROMPTS["cxr_location"].format(finding=class_words(lab))
-        out.append(("cxr_location", prompt, " and ".join(places) + ".", None))
+        out.append(("cxr_location", prompt, places + ".", None))
     said = ", ".join(class_words(lab) for lab in present)
     out.append(
         ("cxr_labels", CXR_PROMPTS["cxr_labels"], _sentence(said) if said else "No finding.", None)
@@ -164,22 +194,28 @@ def _samples(
     tables = {t: TaskTable() for t in tasks}
     for name, path, (width, height), boxes, labels in images:
         shape = (height, width)
+        film_labels = label_vector([*labels, *(b.class_name for b in boxes)], layout)
         for task, prompt, answer, k in image_questions(boxes, labels, shape, layout, rng):
             if task not in tables:
                 continue
             grounded = dict(region=WHOLE_SCAN, anatomy=None, mask_path=None)
+            row_labels = film_labels
             if k is not None:
                 mask = save_box_mask(boxes[k], shape, cache / f"{Path(name).stem}_{k}.png")
                 grounded = dict(region=BOX_REGION, anatomy=boxes[k].class_name, mask_path=str(mask))
+                same = [b.class_name for b in boxes if b.coords == boxes[k].coords]
+                row_labels = label_vector(same, layout)
             tables[task].add(
                 task=task,
                 prompt=prompt,
                 answer=answer,
                 volume=name,
                 image_path=str(path),
+                labels=row_labels,
                 **grounded,
             )
-    return {t: tab.table() for t, tab in tables.items()}
+    width = len(VOCABULARY[layout])
+    return {t: SampleTable.from_columns(tab.cols, tab.labels, width) for t, tab in tables.items()}
 
 
 CXR_SPLIT_ALIASES = {"train": "train", "test": "test", "valid": "test", "validation": "test"}
@@ -198,6 +234,23 @@ def cxr_split(split: str) -> str:
         ) from None
 
 
+def _load_index(root: str | Path, layout: str, split: str, max_images: int | None):
+    """The layout's index of one split ('train' / 'test'), at most ``max_images`` images."""
+    if layout == "vindr-cxr":
+        from rgct.data.vindr import load_vindr
+
+        return load_vindr(root, split, max_images=max_images)
+    if layout == "chestxray14":
+        from rgct.data.chestxray14 import load_chestxray14
+
+        index = load_chestxray14(root)
+        if max_images is not None:
+            keep = {i.name for i in index.split(split)[:max_images]}
+            index.images = {k: v for k, v in index.images.items() if k in keep}
+        return index
+    raise ValueError(f"{root}: layout {layout!r} is not a radiograph layout")
+
+
 def layout_samples(
     root: str | Path,
     layout: str,
@@ -210,20 +263,55 @@ def layout_samples(
     """(task -> samples, problems) of one split of a VinDr-CXR or ChestX-ray14 folder
     (``split`` through :func:`cxr_split`; at most ``max_images`` images)."""
     split = cxr_split(split)
+    index = _load_index(root, layout, split, max_images)
     if layout == "vindr-cxr":
-        from rgct.data.vindr import load_vindr
-
-        index = load_vindr(root, split, max_images=max_images)
         return vindr_samples(index, tasks, seed=seed), index.problems
-    if layout == "chestxray14":
-        from rgct.data.chestxray14 import load_chestxray14
+    return chestxray14_samples(index, split, tasks, seed=seed), index.problems
 
-        index = load_chestxray14(root)
-        if max_images is not None:
-            keep = {i.name for i in index.split(split)[:max_images]}
-            index.images = {k: v for k, v in index.images.items() if k in keep}
-        return chestxray14_samples(index, split, tasks, seed=seed), index.problems
-    raise ValueError(f"{root}: layout {layout!r} is not a radiograph layout")
+
+@dataclass(frozen=True)
+class Film:
+    """One radiograph's truth: its file, (H, W), boxes and image-level labels."""
+
+    name: str
+    path: str
+    shape: tuple[int, int]
+    boxes: list[Box]
+    labels: list[str]
+
+    def label_vector(self, layout: str) -> list[int]:
+        """The film's labels (image labels and boxed classes) over the layout's vocabulary."""
+        return label_vector([*self.labels, *(b.class_name for b in self.boxes)], layout)
+
+
+def places_by_film(
+    root: str | Path, layout: str, splits: Iterable[str] = ("train", "test")
+) -> dict[str, dict[str, str]]:
+    """Image name -> {class: its places} (:func:`film_places`) over ``splits`` of a folder:
+    the truth a ``model.evidence_locations`` radiograph model is trained with."""
+    out: dict[str, dict[str, str]] = {}
+    for split in dict.fromkeys(cxr_split(s) for s in splits):
+        for name, film in load_films(root, layout, split).items():
+            out[name] = film_places(film.boxes, film.shape)
+    return out
+
+
+def load_films(
+    root: str | Path, layout: str, split: str, max_images: int | None = None
+) -> dict[str, Film]:
+    """Image name -> :class:`Film` of one split of a VinDr-CXR or ChestX-ray14 folder: what
+    the samples are made from, for the region classifier's zone rows and the places a
+    ``model.evidence_locations`` model is trained with."""
+    split = cxr_split(split)
+    index = _load_index(root, layout, split, max_images)
+    if layout == "vindr-cxr":
+        rows = [(i.image_id, i.path, i.size, i.boxes, i.labels) for i in index.images.values()]
+    else:
+        rows = [(i.name, i.path, i.size, i.boxes, i.labels) for i in index.split(split)]
+    return {
+        name: Film(name, str(path), (height, width), list(boxes), list(labels))
+        for name, path, (width, height), boxes, labels in rows
+    }
 
 
 def vindr_samples(

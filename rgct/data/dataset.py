@@ -4,7 +4,8 @@ Items are dicts::
 
     image      uint16 (C, D, H, W): round(x * 65535) for x in [0, 1] (C = HU windows)
     mask       uint8 (1, D, H, W) in {0, 1}; all ones for whole-scan samples
-    labels     float32 (18,) CT-RATE labels inside the region (zeros when unknown)
+    labels     float32 (L,) labels inside the region (zeros when unknown): the 18 CT-RATE
+               labels, or a radiograph dataset's classes (:mod:`rgct.data.cxr_samples`)
     has_labels bool
     findings   float32 (1, D, H, W) dense finding bitmask map (only with ``cfg.finding_maps``;
                see :mod:`rgct.data.finding_maps`)
@@ -45,7 +46,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from rgct.config import DataConfig
-from rgct.constants import CT_RATE_LABELS, TASKS
+from rgct.constants import TASKS
 from rgct.data.compact import compact_image, compact_mask, expand_image, expand_mask
 from rgct.data.finding_maps import paint_finding_map
 from rgct.data.geometry import uses_geometry
@@ -187,7 +188,7 @@ class RGCTDataset(Dataset):
             arrays["findings"] = self.finding_map(sample)
         if self.random is not None:
             arrays = self.augment(arrays, i)
-        labels = torch.zeros(len(CT_RATE_LABELS), dtype=torch.float32)
+        labels = torch.zeros(self.samples.labels.shape[1], dtype=torch.float32)
         if sample.labels is not None:
             labels = torch.tensor(sample.labels, dtype=torch.float32)
         item = {

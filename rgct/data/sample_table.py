@@ -39,7 +39,8 @@ class Sample:
         anatomy: the row's '/' anatomy path, or None.
         mask_path: the mask file, None for an all-ones mask.
         image_path: the volume's NIfTI file.
-        labels: 18 0/1 ints (CT_RATE_LABELS order) for findings inside ``region``, or None.
+        labels: 0/1 ints for findings inside ``region`` (the 18 CT-RATE labels in order; a
+            radiograph's: its dataset's classes), or None.
     """
 
     volume: str
@@ -93,7 +94,8 @@ class SampleTable(Sequence):
     Attributes:
         codes: field -> (N,) int32 codes into ``pools[field]`` (-1: None).
         pools: field -> :class:`StringPool` of that field's distinct values.
-        labels: (N, 18) int8 CT-RATE labels inside each sample's region (0 where unknown).
+        labels: (N, L) int8 labels inside each sample's region (0 where unknown); L = 18 CT-RATE
+            labels, or a radiograph dataset's classes.
         has_labels: (N,) bool, False where a sample's labels are unknown (None).
     """
 
@@ -112,17 +114,30 @@ class SampleTable(Sequence):
     # -- building ---------------------------------------------------------------------------------
     @classmethod
     def from_columns(
-        cls, columns: dict[str, Sequence[str | None]], labels: Sequence[Sequence[int] | None]
+        cls,
+        columns: dict[str, Sequence[str | None]],
+        labels: Sequence[Sequence[int] | None],
+        num_labels: int | None = None,
     ) -> SampleTable:
-        """Build from one list per :data:`TEXT_FIELDS` field and one label list (or None) per row."""
+        """Build from one list per :data:`TEXT_FIELDS` field and one label list (or None) per row.
+
+        ``num_labels``: width of the label matrix; default the rows' own length (every row the
+        same), else the 18 CT-RATE labels (a radiograph dataset's rows hold its classes)."""
         n = len(labels)
+        widths = {len(row) for row in labels if row is not None}
+        if len(widths) > 1 or (num_labels is not None and widths - {num_labels}):
+            raise ValueError(
+                f"label rows of different lengths {sorted(widths)}"
+                + (f" (expected {num_labels})" if num_labels is not None else "")
+            )
+        width = num_labels or (widths.pop() if widths else len(CT_RATE_LABELS))
         codes, pools = {}, {}
         for name in TEXT_FIELDS:
             values = columns[name]
             if len(values) != n:
                 raise ValueError(f"column {name!r} has {len(values)} values for {n} rows")
             codes[name], pools[name] = _encode(values)
-        matrix = np.zeros((n, len(CT_RATE_LABELS)), dtype=np.int8)
+        matrix = np.zeros((n, width), dtype=np.int8)
         has = np.zeros(n, dtype=bool)
         for i, row in enumerate(labels):
             if row is not None:
@@ -158,6 +173,9 @@ class SampleTable(Sequence):
                 )
                 parts.append(remap[t.codes[name]])  # code -1 (None) picks the trailing -1
             codes[name], pools[name] = np.concatenate(parts), StringPool(list(merged))
+        widths = sorted({t.labels.shape[1] for t in tables})
+        if len(widths) > 1:
+            raise ValueError(f"cannot join samples of different label vocabularies {widths}")
         labels = np.concatenate([t.labels for t in tables])
         has = np.concatenate([t.has_labels for t in tables])
         return cls(codes, pools, labels, has)

@@ -244,6 +244,19 @@ def radiograph_sources(cfg: DataConfig) -> DataConfig:
     return dataclasses.replace(cfg, sources=[source])
 
 
+def radiograph_layout(cfg: DataConfig) -> str:
+    """The layout of a radiograph model's data: its one ``data.sources`` entry, else its root's."""
+    return cfg.sources[0].layout if cfg.sources else check_root_modality(cfg)
+
+
+def radiograph_labels(cfg: DataConfig) -> tuple[str, ...]:
+    """The classes a radiograph folder's samples are labelled with (their order): what the
+    region classifier of a model trained on it reads (``model.labels``)."""
+    from rgct.data.cxr_samples import VOCABULARY
+
+    return tuple(VOCABULARY[radiograph_layout(cfg)])
+
+
 def per_source(values: list[float], sources: list[str]) -> dict[str, float]:
     """Mean of ``values`` per source tag (validation loss or a metric per source)."""
     out: dict[str, list[float]] = {}

@@ -114,11 +114,14 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or default_checkpoint()
     masks = build_mask_provider(args.masks, checkpoint, cfg, args.data, accelerator.device)
     # a lesion's box is its region: no lobes to place findings in
-    localizer = (
-        None
-        if layout == "deeplesion"
-        else build_localizer(model, cfg, checkpoint, args.data, masks)
-    )
+    if layout == "deeplesion":
+        localizer = None
+    elif cfg.data.modality == "cxr":  # zones of the film (rgct.generate.localize_cxr)
+        from rgct.generate.localize_cxr import build_zone_localizer
+
+        localizer = build_zone_localizer(model, cfg)
+    else:
+        localizer = build_localizer(model, cfg, checkpoint, args.data, masks)
     lesions = (  # a data.lesion_evidence model measures each lesion box itself
         build_lesion_evidence(cfg, checkpoint, accelerator.device)
         if layout == "deeplesion"

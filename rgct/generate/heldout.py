@@ -67,7 +67,25 @@ def model_identity(model: RGCTModel, cfg: RGCTConfig) -> str:
     return h.hexdigest()
 
 
-def _fresh_or_resumed(out_dir: Path, run: dict) -> None:
+def run_identity(
+    model: RGCTModel,
+    cfg: RGCTConfig,
+    data_root: str | Path,
+    split: str,
+    limit: int | None,
+    **setting,
+) -> dict:
+    """What a held-out folder's predictions are made by: the model, the data, and ``setting``."""
+    return {
+        "model": model_identity(model, cfg),
+        "data": str(Path(data_root).resolve()),
+        "split": split,
+        "limit": limit,
+        **setting,
+    }
+
+
+def fresh_or_resumed(out_dir: Path, run: dict) -> None:
     """Keep the folder's predictions only if they were made by the same run (a killed check
     resumes); predictions of another model or setting are removed, never scored again."""
     path = out_dir / RUN_FILE
@@ -139,16 +157,17 @@ def heldout_eval(
         "volumes": None,
         "mask_source": "dataset" if masks is None else masks.label,
     }
-    _fresh_or_resumed(
+    fresh_or_resumed(
         out_dir,
-        {
-            "model": model_identity(model, cfg),
-            "data": str(Path(data_root).resolve()),
-            "split": split,
-            "limit": limit,
-            "mask_source": result["mask_source"],
-            "localizer": localizer is not None,
-        },
+        run_identity(
+            model,
+            cfg,
+            data_root,
+            split,
+            limit,
+            mask_source=result["mask_source"],
+            localizer=localizer is not None,
+        ),
     )
     runs = [("model", False, False)] + ([("blind_baseline", True, False)] if blind else [])
     runs += [("oracle_evidence", False, True)] if oracle else []

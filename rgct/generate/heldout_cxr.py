@@ -73,16 +73,33 @@ def heldout_cxr(
     limit: int | None = None,
     blind: bool = True,
 ) -> dict:
-    """Generate + score (model and blind baseline); return and write ``heldout.json``."""
+    """Generate + score (model and blind baseline); return and write ``heldout.json``.
+
+    A ``model.evidence_locations`` model places its detections with its zone localiser
+    (:mod:`rgct.generate.localize_cxr`); the blind baseline gets no places. The folder resumes
+    only for the same model and settings (``run.json``)."""
+    from rgct.generate.heldout import fresh_or_resumed, run_identity
+    from rgct.generate.localize_cxr import build_zone_localizer
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layout = detect_layout(data_root)
+    fresh_or_resumed(out_dir, run_identity(model, cfg, data_root, split, limit, blind=blind))
+    localizer = build_zone_localizer(model, cfg)  # model.evidence_locations: zone places
     result: dict = {"modality": "cxr", "layout": layout, "split": split, "volumes": None}
     runs = [("model", False)] + ([("blind_baseline", True)] if blind else [])
     for name, zeroed in runs:
         preds = out_dir / f"predictions_{name}.jsonl"
         run_generation(
-            model, cfg, data_root, split, list(CXR_TASKS), preds, limit=limit, blind=zeroed
+            model,
+            cfg,
+            data_root,
+            split,
+            list(CXR_TASKS),
+            preds,
+            limit=limit,
+            blind=zeroed,
+            localizer=localizer,
         )
         merge_parts(preds)
         rows = load_predictions(preds)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rgct.model.film_stats import FilmRegionStats
 from rgct.model.region_classifier import (
     RegionIntensityStats,
     build_classifier_head,
@@ -48,7 +49,8 @@ class RegionPooler(nn.Module):
         num_global_tokens: a cube number (1, 8, 27, ...); a square (1, 4, 9, ...) in 2D.
         num_labels: classes of the auxiliary region classifier.
         region_stats: the HU window of the image's first channel, to add the intensity
-            histogram head (None: patch features only).
+            histogram head (None: patch features only); in 2D any window adds the film
+            statistics head (:class:`rgct.model.film_stats.FilmRegionStats`).
 
     Examples::
 
@@ -77,8 +79,6 @@ class RegionPooler(nn.Module):
             raise ValueError(f"num_global_tokens must be {kind} number, got {num_global_tokens}")
         if channels < 1 or num_labels < 1:
             raise ValueError(f"channels and num_labels must be >= 1, got {channels}, {num_labels}")
-        if region_stats is not None and spatial_dims != 3:
-            raise ValueError("region_stats (HU histograms) needs 3D CT volumes")
         self.spatial_dims = spatial_dims
         self.global_grid = (g,) * spatial_dims
         self.norm = nn.LayerNorm(channels)
@@ -89,8 +89,12 @@ class RegionPooler(nn.Module):
             self.add_region_stats(region_stats, num_labels)
 
     def add_region_stats(self, hu_window: tuple[float, float], num_labels: int = 18) -> None:
-        """Add the intensity-histogram head (output layer at zero: logits unchanged)."""
-        self.stats = RegionIntensityStats(hu_window)
+        """Add the intensity-histogram head (output layer at zero: logits unchanged): HU
+        histograms of a CT region (``hu_window``: the first channel's window), or a
+        radiograph box's value histograms and geometry (2D: the window is not used)."""
+        self.stats = (
+            RegionIntensityStats(hu_window) if self.spatial_dims == 3 else FilmRegionStats()
+        )
         self.stats_head = build_stats_head(self.stats.num_features, num_labels)
         self.stats_head.train(self.training)
 

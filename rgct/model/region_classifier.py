@@ -165,6 +165,10 @@ class RegionIntensityStats(nn.Module):
         }
         return {k: out[k].flatten(1) for k in FILTERS}
 
+    def edges(self, name: str) -> torch.Tensor:
+        """The interior bin edges of filter ``name``."""
+        return self.contrast_edges if name.startswith("contrast") else self.value_edges
+
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Features (B, num_features) of each mask's region in ``image``.
 
@@ -177,38 +181,47 @@ class RegionIntensityStats(nn.Module):
                 f"region stats need a (B,C,D,H,W) image and a (B,1,D,H,W) mask of the same "
                 f"size, got {tuple(image.shape)} and {tuple(mask.shape)}"
             )
-        b = mask.shape[0]
-        if image.shape[0] not in (1, b):
-            raise ValueError(f"{image.shape[0]} images for {b} masks")
-        weight = (mask[:, 0] > 0.5).flatten(1).float()  # (B, N)
-        n = weight.sum(1, keepdim=True)
-        if (n <= 0).any():
-            raise ValueError("a region mask is empty: it covers no voxel of the volume")
-        if image.shape[0] == 1:
-            counts = self._counts(image, weight)
-        else:  # the filters once per distinct volume
-            uniq, inverse = unique_images(image)
-            counts = torch.zeros(b, sum(self.bins.values()), device=weight.device)
-            for u in range(uniq.shape[0]):
-                rows = (inverse == u).nonzero().flatten()
-                counts[rows] = self._counts(uniq[u : u + 1], weight[rows])
-        feats, start = [], 0
-        for name in FILTERS:
-            c = counts[:, start : start + self.bins[name]]
-            feats += [torch.sqrt(c / n), torch.log1p(c) / 5.0]
-            start += self.bins[name]
-        feats.append(torch.log(n) / 10.0)
-        return torch.cat(feats, dim=1)
+        return masked_histograms(self, image, mask)
 
-    def _counts(self, image: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Histogram counts (B, sum of bins) of one image (1, C, D, H, W) under B masks."""
-        out = []
-        for name, values in self.filtered(image).items():
-            edges = self.contrast_edges if name.startswith("contrast") else self.value_edges
-            idx = torch.bucketize(values, edges).expand(weight.shape[0], -1)
-            counts = torch.zeros(weight.shape[0], self.bins[name], device=weight.device)
-            out.append(counts.scatter_add_(1, idx, weight))
-        return torch.cat(out, dim=1)
+
+def masked_histograms(stats: nn.Module, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The histogram features (B, 2 * bins + 1) of each mask's region of ``image`` (B or 1
+    images, B masks): per filter of ``stats`` (``stats.bins``: filter -> bins, in feature order;
+    ``stats.filtered(image)``: filter -> (1, N) values; ``stats.edges(filter)``), sqrt(fraction
+    of the region) and log1p(count) / 5 of every bin, then log(region size) / 10. Shared by the
+    CT histograms and the radiograph's (:class:`rgct.model.film_stats.FilmRegionStats`)."""
+    b = mask.shape[0]
+    if image.shape[0] not in (1, b):
+        raise ValueError(f"{image.shape[0]} images for {b} masks")
+    weight = (mask[:, 0] > 0.5).flatten(1).float()  # (B, N)
+    n = weight.sum(1, keepdim=True)
+    if (n <= 0).any():
+        raise ValueError("a region mask is empty: it covers no voxel (pixel) of the image")
+    if image.shape[0] == 1:
+        counts = _histogram_counts(stats, image, weight)
+    else:  # the filters once per distinct image
+        uniq, inverse = unique_images(image)
+        counts = torch.zeros(b, sum(stats.bins.values()), device=weight.device)
+        for u in range(uniq.shape[0]):
+            rows = (inverse == u).nonzero().flatten()
+            counts[rows] = _histogram_counts(stats, uniq[u : u + 1], weight[rows])
+    feats, start = [], 0
+    for bins in stats.bins.values():
+        c = counts[:, start : start + bins]
+        feats += [torch.sqrt(c / n), torch.log1p(c) / 5.0]
+        start += bins
+    feats.append(torch.log(n) / 10.0)
+    return torch.cat(feats, dim=1)
+
+
+def _histogram_counts(stats: nn.Module, image: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Histogram counts (B, sum of bins) of one image (1, C, ...) under B masks (B, N)."""
+    out = []
+    for name, values in stats.filtered(image).items():
+        idx = torch.bucketize(values, stats.edges(name)).expand(weight.shape[0], -1)
+        counts = torch.zeros(weight.shape[0], stats.bins[name], device=weight.device)
+        out.append(counts.scatter_add_(1, idx, weight))
+    return torch.cat(out, dim=1)
 
 
 # --- the heads -----------------------------------------------------------------------------------
@@ -242,7 +255,7 @@ def add_region_stats(model: RGCTModel) -> None:
     logits are unchanged until the head is trained. No-op if it has one."""
     pooler = model.pooler
     if pooler.stats is None:
-        pooler.add_region_stats(model.hu_window, len(CT_RATE_LABELS))
+        pooler.add_region_stats(model.hu_window, model.num_labels)
         pooler.to(next(pooler.classifier.parameters()).device)
         pooler.stats_head.requires_grad_(model.trainable_groups()["pooler"])
     model.cfg.region_stats = True
@@ -275,24 +288,45 @@ def region_probabilities(
 
 def detections(logits: torch.Tensor, thresholds: list[float] | None) -> torch.Tensor:
     """(B, L) logits -> (B, L) bool detections at per-label ``thresholds`` (None: 0.5 each)."""
-    th = thresholds or [0.5] * len(CT_RATE_LABELS)
+    th = thresholds or [0.5] * logits.shape[1]
+    if len(th) != logits.shape[1]:
+        raise ValueError(f"{len(th)} thresholds for {logits.shape[1]} labels")
     return torch.sigmoid(logits.float()) >= torch.tensor(th, device=logits.device)
 
 
+def label_words(labels: tuple[str, ...] | list[str], modality: str = "ct") -> tuple[str, ...]:
+    """How the detections line writes each label: a CT-RATE label in lower case ("lung
+    nodule"), a radiograph class as its words (``rgct.data.cxr_maps.class_words``: "nodule or
+    mass", "COPD")."""
+    if modality == "cxr":
+        from rgct.data.cxr_maps import class_words
+
+        return tuple(class_words(label) for label in labels)
+    return tuple(label.lower() for label in labels)
+
+
 def evidence_line(
-    present: list[bool] | torch.Tensor, locations: dict[str, str] | None = None
+    present: list[bool] | torch.Tensor,
+    locations: dict[str, str] | None = None,
+    labels: tuple[str, ...] = CT_RATE_LABELS,
+    words: tuple[str, ...] | None = None,
 ) -> str:
     """The detections line for one row of (L,) bools ("Image findings in this region: ...").
 
     ``locations`` (``model.evidence_locations``): label -> where it is ("right lung upper
     lobe", "left"), written after the label it belongs to: "lung nodule (right lung upper lobe)".
+    ``labels``: the classifier's vocabulary (CT-RATE's by default); ``words``: how each is
+    written (default :func:`label_words` of a CT model).
     """
     row = present.tolist() if isinstance(present, torch.Tensor) else list(present)
+    if len(row) != len(labels):
+        raise ValueError(f"{len(row)} detections for {len(labels)} labels")
+    words = words or label_words(labels)
     names = []
-    for label, on in zip(CT_RATE_LABELS, row):
+    for label, word, on in zip(labels, words, row):
         if on:
             where = (locations or {}).get(label)
-            names.append(f"{label.lower()} ({where})" if where else label.lower())
+            names.append(f"{word} ({where})" if where else word)
     return f"{EVIDENCE_PREFIX}{', '.join(names) or 'none'}."
 
 
@@ -300,16 +334,20 @@ def evidence_prompts(
     prompts: list[str],
     present: torch.Tensor,
     locations: list[dict[str, str] | None] | None = None,
+    labels: tuple[str, ...] = CT_RATE_LABELS,
+    words: tuple[str, ...] | None = None,
 ) -> list[str]:
     """Prefix each prompt with its detections line; ``present`` (B, L) bool; ``locations``
-    one label -> place dict (or None) per row."""
+    one label -> place dict (or None) per row; ``labels`` / ``words`` as
+    :func:`evidence_line`."""
     if len(prompts) != present.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {present.shape[0]} detection rows")
     if locations is not None and len(locations) != len(prompts):
         raise ValueError(f"{len(locations)} location rows for {len(prompts)} prompts")
     rows = locations if locations is not None else [None] * len(prompts)
+    words = words or label_words(labels)
     return [
-        f"{evidence_line(row, where)}\n{prompt}"
+        f"{evidence_line(row, where, labels, words)}\n{prompt}"
         for prompt, row, where in zip(prompts, present, rows)
     ]
 
@@ -330,7 +368,7 @@ class RegionFeatures:
     stats: torch.Tensor | None
     """(N, F) intensity statistics (``model.region_stats``), else None."""
     labels: np.ndarray
-    """(N, 18) bool ground truth."""
+    """(N, L) bool ground truth (L: the model's labels)."""
     keys: list[tuple[str, str]]
     """(volume, region) of each row."""
 
@@ -357,6 +395,12 @@ def collect_region_features(
     :class:`rgct.generate.masks.MaskProvider`): a (1, D, H, W) mask on the model grid, None for
     the whole scan; a region it raises ``LookupError`` for (no such mask) is left out.
     """
+    if cfg.data.modality == "cxr":  # a radiograph's regions: the film, its boxes, its zones
+        from rgct.model.film_regions import collect_film_features
+
+        if mask_for is not None:
+            raise ValueError("a radiograph's regions come from its folder's boxes and zones")
+        return collect_film_features(model, cfg, data_root, split, skip_volumes, max_volumes)
     # data never imports model; the reverse is fine
     from rgct.data.compact import expand_batch
     from rgct.data.dataset import RGCTDataset, collate
@@ -446,7 +490,7 @@ def concat_features(parts: list[RegionFeatures]) -> RegionFeatures:
 
 @torch.no_grad()
 def feature_probabilities(model: RGCTModel, feats: RegionFeatures) -> np.ndarray:
-    """The region classifier's (N, 18) probabilities for cached features."""
+    """The region classifier's (N, L) probabilities for cached features."""
     pooler = model.pooler
     device = next(pooler.classifier.parameters()).device
     stats = None if feats.stats is None else feats.stats.to(device)
@@ -464,15 +508,25 @@ def collect_region_probabilities(
     mask_for: Callable[[Any], torch.Tensor | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Classifier probabilities and true labels for every (volume, region) of a split
-    (``mask_for``: masks from another source, as in :func:`collect_region_features`).
+    (``mask_for``: masks from another source, as in :func:`collect_region_features`); of a
+    radiograph split, every film and box (:mod:`rgct.model.film_regions`).
 
     Returns:
-        ``(probs (N, 18), labels (N, 18) bool, [(volume, region)] * N)``; the encoder runs
+        ``(probs (N, L), labels (N, L) bool, [(volume, region)] * N)``; the encoder runs
         once per volume.
     """
-    feats = collect_region_features(
-        model, cfg, data_root, split, skip_volumes, max_volumes, mask_for=mask_for
-    )
+    if cfg.data.modality == "cxr":  # detections are read on the film and its boxes
+        from rgct.model.film_regions import DETECTION_ROWS, collect_film_features
+
+        if mask_for is not None:
+            raise ValueError("a radiograph's regions come from its folder's boxes")
+        feats = collect_film_features(
+            model, cfg, data_root, split, skip_volumes, max_volumes, rows=DETECTION_ROWS
+        )
+    else:
+        feats = collect_region_features(
+            model, cfg, data_root, split, skip_volumes, max_volumes, mask_for=mask_for
+        )
     return feature_probabilities(model, feats), feats.labels, feats.keys
 
 
@@ -482,7 +536,10 @@ def _f1(pred: np.ndarray, gold: np.ndarray) -> tuple[float, int, int, int]:
 
 
 def fit_thresholds(
-    probs: np.ndarray, labels: np.ndarray, rounds: int = 3
+    probs: np.ndarray,
+    labels: np.ndarray,
+    rounds: int = 3,
+    names: tuple[str, ...] = CT_RATE_LABELS,
 ) -> tuple[list[float], dict]:
     """Thresholds that maximise the micro F1 over all (region, label) decisions.
 
@@ -492,15 +549,16 @@ def fit_thresholds(
     buys a few true positives with many false ones, and the micro optimum then keeps it quiet.
     Labels never positive keep 0.5.
 
+    ``names``: the labels of the columns (the model's ``label_names``; CT-RATE's by default).
+
     Returns:
-        ``(thresholds (18,), report)`` where ``report`` has per-label ``positives``,
+        ``(thresholds (L,), report)`` where ``report`` has per-label ``positives``,
         ``f1_at_0.5``, ``threshold``, ``f1`` and the micro ``f1`` over all labels at 0.5 and
         at the fitted thresholds.
     """
-    if probs.shape != labels.shape or probs.ndim != 2 or probs.shape[1] != len(CT_RATE_LABELS):
+    if probs.shape != labels.shape or probs.ndim != 2 or probs.shape[1] != len(names):
         raise ValueError(
-            f"probs and labels must both be (N, {len(CT_RATE_LABELS)}), "
-            f"got {probs.shape} and {labels.shape}"
+            f"probs and labels must both be (N, {len(names)}), got {probs.shape} and {labels.shape}"
         )
     th = np.full(probs.shape[1], 0.5)
     counted = [j for j in range(probs.shape[1]) if labels[:, j].any()]
@@ -521,7 +579,7 @@ def fit_thresholds(
             )
             th[j], current[j] = float(THRESHOLD_GRID[best]), table[j][best]
     per_label = {
-        CT_RATE_LABELS[j]: {
+        names[j]: {
             "positives": int(labels[:, j].sum()),
             "f1_at_0.5": _f1(probs[:, j] >= 0.5, labels[:, j])[0],
             "threshold": float(th[j]),

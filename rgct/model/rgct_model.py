@@ -24,7 +24,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rgct.config import GenerationConfig, ModelConfig
 from rgct.constants import (
-    CT_RATE_LABELS,
     HU_WINDOW,
     IGNORE_INDEX,
     MODEL_PARTS,
@@ -112,18 +111,22 @@ class RGCTModel(nn.Module):
         self.encoder = build_encoder(cfg.encoder, self.input_shape, self.in_channels)
         channels = self.encoder.out_channels
         hidden = llm.get_input_embeddings().embedding_dim
+        self.label_names = cfg.label_names
+        """The region classifier's labels, in logit order (``model.labels``)."""
+        self.label_words = rc.label_words(self.label_names, self.modality)
+        """How the detections line writes each label."""
         self.pooler = RegionPooler(
             channels,
             cfg.num_global_tokens,
-            num_labels=len(CT_RATE_LABELS),
+            num_labels=self.num_labels,
             region_stats=self.hu_window if cfg.region_stats else None,
             spatial_dims=len(self.input_shape),
         )
         self.projector = build_projector(cfg.projector, channels, hidden)
-        self.evidence = nn.Linear(len(CT_RATE_LABELS), hidden)
+        self.evidence = nn.Linear(self.num_labels, hidden)
         # Dense per-patch finding head: only with a dense loss (phantom positions).
         self.dense = (
-            nn.Conv3d(channels, len(CT_RATE_LABELS), kernel_size=1)
+            nn.Conv3d(channels, self.num_labels, kernel_size=1)
             if cfg.dense_loss_weight > 0
             else None
         )
@@ -162,6 +165,11 @@ class RGCTModel(nn.Module):
             self.dense.requires_grad_(groups["pooler"])
         for pname, p in self.llm.named_parameters():
             p.requires_grad_(groups["lora"] and "lora_" in pname)
+
+    @property
+    def num_labels(self) -> int:
+        """Labels of the region classifier (18 CT-RATE labels; a radiograph dataset's classes)."""
+        return len(self.cfg.label_names)
 
     @property
     def num_visual_tokens(self) -> tuple[int, int]:
@@ -269,7 +277,7 @@ class RGCTModel(nn.Module):
         locations: list[dict[str, str] | None] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Training tokens. With ``model.evidence_prompt`` the prompts carry the region's
-        true labels (B, 18) as the detections line (the classifier's at generation time); with
+        true labels (B, L) as the detections line (the classifier's at generation time); with
         ``model.evidence_locations`` also where each is (``locations``: label -> place, one
         dict per row, from the ground truth; the localiser's at generation time)."""
         if self.cfg.evidence_prompt:
@@ -280,7 +288,9 @@ class RGCTModel(nn.Module):
                     "(ground_truth.jsonl); some samples have none"
                 )
             where = locations if self.cfg.evidence_locations else None
-            prompts = rc.evidence_prompts(prompts, labels > 0.5, where)
+            prompts = rc.evidence_prompts(
+                prompts, labels > 0.5, where, self.label_names, self.label_words
+            )
         g, r = self.num_visual_tokens
         return encode_for_training(
             self.tokenizer, prompts, answers, g, r, self.cfg.max_answer_tokens
@@ -362,7 +372,7 @@ class RGCTModel(nn.Module):
         if findings is None:
             raise ValueError("the dense objective needs the finding maps (data.finding_maps)")
         dense = self.dense_loss(self.encoder(image), findings)
-        logits = torch.zeros(len(image), len(CT_RATE_LABELS), device=image.device)
+        logits = torch.zeros(len(image), self.num_labels, device=image.device)
         return self._losses(dense, None, None, dense, logits)
 
     def vision_losses(
@@ -457,7 +467,9 @@ class RGCTModel(nn.Module):
                     _, logits = self.visual_tokens(torch.zeros_like(grid), mask, zero_image)
                 evidence = rc.detections(logits, self.cfg.evidence_thresholds)
             where = None if blind or not self.cfg.evidence_locations else locations
-            prompts = rc.evidence_prompts(prompts, evidence.bool(), where)
+            prompts = rc.evidence_prompts(
+                prompts, evidence.bool(), where, self.label_names, self.label_words
+            )
         g, r = self.num_visual_tokens
         enc = encode_for_generation(self.tokenizer, prompts, g, r)
         device = grid.device

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from rgct.constants import CT_RATE_LABELS
 from rgct.files import write_json
 from rgct.model import region_classifier as rc
 from rgct.model.checkpoint import CARD_FILE, load_checkpoint, save_checkpoint
@@ -183,7 +182,7 @@ def calibrate_checkpoint(
     ]
     probs = np.concatenate([p for p, _, _ in fitted])
     labels = np.concatenate([y for _, y, _ in fitted])
-    thresholds, report = rc.fit_thresholds(probs, labels)
+    thresholds, report = rc.fit_thresholds(probs, labels, names=model.label_names)
     report.update(
         {
             "checkpoint": str(src),
@@ -209,7 +208,7 @@ def calibrate_checkpoint(
         p = np.concatenate([p for p, _ in scored.values()])
         y = np.concatenate([y for _, y in scored.values()])
         report["report_volumes"] = report_volumes
-        report["report_at_0.5"] = rc.detection_scores(p, y, [0.5] * len(CT_RATE_LABELS))
+        report["report_at_0.5"] = rc.detection_scores(p, y, [0.5] * model.num_labels)
         report["report_fitted"] = rc.detection_scores(p, y, thresholds)
         if len(readers) > 1:
             report["report_fitted_per_mask_source"] = {

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from rgct.config import RGCTConfig, save_config
-from rgct.constants import METRICS_FILE
+from rgct.constants import METRICS_FILE, WHOLE_SCAN
 from rgct.data.compact import expand_batch
 from rgct.data.layout import strip_suffix
 from rgct.data.truth import finding_locations, load_ground_truth
@@ -91,8 +91,9 @@ def to_model_inputs(
 ) -> dict:
     """Collated batch -> keyword arguments of RGCTModel.forward (tokenised unless 'aux').
 
-    ``truth`` (volume -> ground-truth record) gives each row's finding locations for
-    ``model.evidence_locations``."""
+    ``truth`` (volume -> ground-truth record; a radiograph's: film -> {class: places}) gives
+    each row's finding locations for ``model.evidence_locations`` (a radiograph's whole-film
+    rows only: a box row is asked what the box holds)."""
     expanded = expand_batch({"image": batch["image"], "mask": batch["mask"]}, device)
     inputs = {
         **expanded,
@@ -104,7 +105,12 @@ def to_model_inputs(
     inputs["objective"] = objective
     if objective == "lm":
         locations = None
-        if truth is not None:
+        if truth is not None and model.modality == "cxr":  # truth: film -> {class: places}
+            locations = [
+                truth.get(v) if r == WHOLE_SCAN else None
+                for v, r in zip(batch["volume"], batch["region"])
+            ]
+        elif truth is not None:
             locations = [
                 finding_locations(
                     truth.get(strip_suffix(v)), r, whole_scan=model.cfg.scan_locations
@@ -235,6 +241,23 @@ def log_window(step: int, window: list, seen: int, elapsed: float, tc, scheduler
     }
 
 
+def resolve_radiograph_labels(cfg: RGCTConfig) -> None:
+    """A radiograph model's classifier reads its folder's classes: ``model.labels`` is set
+    from the folder when null (recorded in the config and checkpoint), and must equal them
+    when given."""
+    from rgct.data.sources import radiograph_labels
+
+    classes = list(radiograph_labels(cfg.data))
+    if cfg.model.labels is None:
+        cfg.model.labels = classes
+        logger.info("model.labels: the %d classes of %s", len(classes), cfg.data.root)
+    elif list(cfg.model.labels) != classes:
+        raise ValueError(
+            f"model.labels {cfg.model.labels} are not the classes of {cfg.data.root} "
+            f"({classes}): leave model.labels null to take the folder's"
+        )
+
+
 def build_start_model(cfg: RGCTConfig) -> RGCTModel:
     """A fresh model with its ``train.init`` weights loaded (warns on a risky combination)."""
     model = build_model(cfg)
@@ -360,6 +383,8 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
         command: the command line, recorded in the model card.
     """
     check_before_work(cfg)
+    if cfg.data.modality == "cxr":
+        resolve_radiograph_labels(cfg)
     tc = cfg.train
     accelerator = make_accelerator(cfg)
     out_dir = Path(tc.output_dir)
@@ -371,7 +396,13 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "rgct_config.yaml")
     truth = None
-    if cfg.model.evidence_locations:
+    if cfg.model.evidence_locations and cfg.data.modality == "cxr":
+        from rgct.data.cxr_samples import places_by_film
+        from rgct.data.sources import radiograph_layout
+
+        splits = (cfg.data.train_split, cfg.data.eval_split)
+        truth = places_by_film(cfg.data.root, radiograph_layout(cfg.data), splits)
+    elif cfg.model.evidence_locations:
         truth = load_ground_truth(cfg.data.root)
         if truth is None:
             raise ValueError(

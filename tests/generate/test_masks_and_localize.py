@@ -143,7 +143,9 @@ def test_oracle_locations_come_from_the_truth(setup, tmp_path, monkeypatch):
     seen = []
     original = rc.evidence_prompts
     monkeypatch.setattr(
-        rc, "evidence_prompts", lambda p, d, locs=None: seen.append(locs) or original(p, d, locs)
+        rc,
+        "evidence_prompts",
+        lambda p, d, locs=None, *a, **k: seen.append(locs) or original(p, d, locs, *a, **k),
     )
     try:
         out = tmp_path / "o.jsonl"

@@ -118,7 +118,7 @@ def test_ct_model_refuses_a_radiograph_tensor(rgct_cache):
         (["model.num_global_tokens=8"], "a square"),
         (["data.tasks={presence: 1.0}"], "are CT tasks"),
         (["data.extra_hu_windows=[[-1000,-500]]"], "CT volume options"),
-        (["model.region_stats=true"], "3D CT volumes only"),
+        (["model.dense_loss_weight=1.0"], "3D CT volumes only"),
         (["model.encoder.name=swin"], "3D CT volumes only"),
         (["data.modality=mri"], "data.modality must be one of"),
     ],

@@ -163,9 +163,9 @@ def test_evidence_line_from_labels_in_training_and_from_the_classifier_in_genera
     seen = []
     original = rc.evidence_prompts
 
-    def spy(prompts, det, locations=None):
+    def spy(prompts, det, *rest, **kw):
         seen.append(det.clone())
-        return original(prompts, det, locations)
+        return original(prompts, det, *rest, **kw)
 
     monkeypatch.setattr(rc, "evidence_prompts", spy)
     d, h, w = model.input_shape
@@ -193,7 +193,9 @@ def test_evidence_locations_in_training_and_generation_but_never_blind(seed, mon
     monkeypatch.setattr(
         rc,
         "evidence_prompts",
-        lambda prompts, det, locs=None: seen.append(locs) or original(prompts, det, locs),
+        lambda prompts, det, locs=None, *a, **k: (
+            seen.append(locs) or original(prompts, det, locs, *a, **k)
+        ),
     )
     d, h, w = model.input_shape
     image, mask = torch.rand(2, 1, d, h, w), torch.ones(2, 1, d, h, w)
@@ -415,7 +417,9 @@ def test_generation_takes_given_evidence_instead_of_the_classifier(seed, monkeyp
     monkeypatch.setattr(
         rc,
         "evidence_prompts",
-        lambda prompts, det, loc=None: seen.append(det.clone()) or original(prompts, det, loc),
+        lambda prompts, det, loc=None, *a, **k: (
+            seen.append(det.clone()) or original(prompts, det, loc, *a, **k)
+        ),
     )
     d, h, w = model.input_shape
     image, mask = torch.rand(2, 1, d, h, w), torch.ones(2, 1, d, h, w)

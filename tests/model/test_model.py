@@ -246,10 +246,11 @@ def test_every_model_preset_builds(preset, rgct_cache):
     cfg = load_config([REPO / "configs" / "model" / preset])
     model = build_model(cfg)
     shape = tuple(cfg.data.input_shape)  # (D, H, W); (H, W) for radiograph presets
-    grid = model.encode_image(torch.zeros(1, 1, *shape))
+    image = torch.zeros(1, 1, *shape)
+    grid = model.encode_image(image)
     assert grid.shape[1] == model.encoder.out_channels
     mask = torch.ones(1, 1, *shape)
-    visual, logits = model.visual_tokens(grid, mask)
+    visual, logits = model.visual_tokens(grid, mask, image)  # the image: model.region_stats
     assert visual.shape == (
         1,
         sum(model.num_visual_tokens),
