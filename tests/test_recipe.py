@@ -83,6 +83,8 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     p = Predictor.from_checkpoint(export, device="cpu")
     assert p.cfg.model.evidence_thresholds and p.segmenter is not None
     assert p.cfg.model.evidence_locations
+    assert p.lobe_head is not None  # the fit_lobes stage's head travels to the export
+    assert "rgct classifier fit-lobes" in card
     # stage3_locations loads the calibrated classifier and leaves it as it is: its thresholds too
     calibrated = Predictor.from_checkpoint(work / "calibrate" / "model", device="cpu")
     assert p.cfg.model.evidence_thresholds == calibrated.cfg.model.evidence_thresholds

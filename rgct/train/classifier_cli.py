@@ -4,6 +4,7 @@
     rgct classifier calibrate --checkpoint runs/stage3/model --data DIR --out runs/cal/model \
         --skip-volumes 50 --report-volumes 50
     rgct classifier fit ... --masks dataset,predicted   # also learn the segmenter's masks
+    rgct classifier fit-lobes --checkpoint runs/grounded/model --data DIR --out runs/lobes/model
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     fit = sub.add_parser("fit", help="add the histogram head and fit both heads (new folder)")
     cal = sub.add_parser("calibrate", help="fit per-label detection thresholds (new folder)")
-    for p in (fit, cal):
+    lobes = sub.add_parser(
+        "fit-lobes",
+        help="fit the lobe head (which lobe holds each label; rgct.model.lobe_head) (new folder)",
+    )
+    for p in (fit, cal, lobes):
         p.add_argument("--checkpoint", required=True, help="source checkpoint folder (unchanged)")
         p.add_argument("--data", required=True, help="dataset with ground_truth.jsonl")
         p.add_argument("--out", required=True, help="new checkpoint folder")
@@ -40,6 +45,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--weight-decay", type=float, default=1e-2, help="AdamW weight decay of both heads"
     )
     fit.add_argument("--seed", type=int, default=0)
+    lobes.add_argument("--split", default="train")
+    lobes.add_argument("--epochs", type=int, default=400)
+    lobes.add_argument("--lr", type=float, default=3e-3)
+    lobes.add_argument("--weight-decay", type=float, default=0.05)
+    lobes.add_argument("--hidden", type=int, default=64, help="width of the hidden layer")
+    lobes.add_argument("--seed", type=int, default=0)
     cal.add_argument("--split", default="valid")
     cal.add_argument("--skip-volumes", type=int, default=0, help="leave these for reporting")
     cal.add_argument("--report-volumes", type=int, default=0, help="score on the first N")
@@ -52,7 +63,25 @@ def run(args: argparse.Namespace) -> int:
         fit_classifier_checkpoint,
     )
 
-    if args.action == "fit":
+    if args.action == "fit-lobes":
+        from rgct.train.lobe_head import fit_lobe_head_checkpoint
+
+        record = fit_lobe_head_checkpoint(
+            args.checkpoint,
+            args.data,
+            args.out,
+            split=args.split,
+            max_volumes=args.max_volumes,
+            masks=[m for m in args.masks.split(",") if m],
+            hidden=args.hidden,
+            epochs=args.epochs,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            seed=args.seed,
+            device=args.device,
+        )
+        print(json.dumps(record, indent=1))
+    elif args.action == "fit":
         record = fit_classifier_checkpoint(
             args.checkpoint,
             args.data,
