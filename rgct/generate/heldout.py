@@ -166,7 +166,7 @@ def heldout_eval(
             split,
             limit,
             mask_source=result["mask_source"],
-            localizer=localizer is not None,
+            localizer=None if localizer is None else localizer.identity(),
         ),
     )
     runs = [("model", False, False)] + ([("blind_baseline", True, False)] if blind else [])

@@ -20,6 +20,7 @@ or a side ("left"). Never used for the blind baseline (it would carry image info
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,19 @@ class Localizer:
         self.lobe_head = lobe_head
         self._volume: str | None = None
         self._lobe_probs: dict[str, np.ndarray] = {}
+
+    def identity(self) -> str:
+        """A digest of what decides the places: the segmenter's and the lobe head's weights
+        (a held-out folder resumes only predictions placed by the same ones)."""
+        h = hashlib.sha256()
+        parts = [("segmenter", self.masks.segmenter[0])]
+        if self.lobe_head is not None:
+            parts.append(("lobe_head", self.lobe_head))
+        for prefix, module in parts:
+            for name, tensor in sorted(module.state_dict().items()):
+                h.update(f"{prefix}.{name}".encode())
+                h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def _lobe_probabilities(self, volume: str, image: torch.Tensor) -> dict[str, np.ndarray]:
         """lobe -> (L,) classifier probabilities under that predicted lobe."""

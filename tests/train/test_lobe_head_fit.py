@@ -113,6 +113,9 @@ def test_the_localiser_places_a_label_where_the_lobe_head_finds_it(tiny_checkpoi
         probs = lobe_probabilities(model, image[None], masks, head)
         assert list(probs) == lobes and probs[lobes[k]][NODULE] > 0.99
         provider.findings = []  # no segmenter component: the head decides
+        same = Localizer(model, provider, head).identity()
+        assert same == Localizer(model, provider, _FavourOneLobe(k)).identity()
+        assert same != Localizer(model, provider).identity()  # held-out folders tell them apart
         assert (
             Localizer(model, provider, head).locations(volume, "lung", image)["Lung nodule"]
             == lobes[k]
