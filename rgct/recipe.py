@@ -121,7 +121,17 @@ _KEYS = {
         "report_volumes",
         "masks",
     },
-    "heldout": {"from", "data", "split", "limit", "oracle", "batch_size", "masks", "blind"},
+    "heldout": {
+        "from",
+        "data",
+        "split",
+        "limit",
+        "oracle",
+        "batch_size",
+        "masks",
+        "blind",
+        "tasks",
+    },
     "segmenter": {
         "data",
         "steps",
@@ -522,8 +532,10 @@ class RecipeRunner:
             masks=masks,
             localizer=localizer,
             blind=bool(o.get("blind", True)),
+            tasks=list(o["tasks"]) if "tasks" in o else None,
         )
         flags = f" --limit {o['limit']}" if "limit" in o else ""
+        flags += f" --tasks {','.join(o['tasks'])}" if "tasks" in o else ""
         flags += "" if o.get("blind", True) else " --no-blind"
         flags += " --oracle" if o.get("oracle") else ""
         flags += f" --masks {o['masks']}" if "masks" in o else ""

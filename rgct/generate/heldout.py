@@ -120,6 +120,7 @@ def heldout_eval(
     masks=None,
     localizer=None,
     blind: bool = True,
+    tasks: list[str] | None = None,
 ) -> dict:
     """Generate + score (model and blind baseline); return and write ``heldout.json``.
 
@@ -133,7 +134,8 @@ def heldout_eval(
     ``localizer`` places findings for ``model.evidence_locations`` models.
 
     A chest-radiograph checkpoint (``data.modality: cxr``) is checked on its radiograph tasks
-    by :func:`rgct.generate.heldout_cxr.heldout_cxr` (no oracle, the folder's own boxes)."""
+    by :func:`rgct.generate.heldout_cxr.heldout_cxr` (no oracle, the folder's own boxes;
+    ``tasks``: some of the radiograph tasks, default all)."""
     if cfg.data.modality == "cxr":
         if oracle or masks is not None or localizer is not None:
             raise ValueError(
@@ -142,7 +144,9 @@ def heldout_eval(
             )
         from rgct.generate.heldout_cxr import heldout_cxr
 
-        return heldout_cxr(model, cfg, data_root, out_dir, split, limit, blind)
+        return heldout_cxr(model, cfg, data_root, out_dir, split, limit, blind, tasks)
+    if tasks is not None:
+        raise ValueError("a CT checkpoint's held-out check runs its fixed task set (no tasks)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gt = load_ground_truth(data_root)

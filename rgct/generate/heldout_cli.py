@@ -21,6 +21,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for predictions and heldout.json")
     parser.add_argument("--device", default="auto")
     parser.add_argument(
+        "--tasks",
+        default=None,
+        help="radiograph checkpoints: comma-separated radiograph tasks (default all)",
+    )
+    parser.add_argument(
         "--masks", default="dataset", help="dataset | predicted (the checkpoint's segmenter) | DIR"
     )
     parser.add_argument("--batch-size", type=int, default=None, help="generation batch size")
@@ -66,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         masks=masks,
         localizer=localizer,
         blind=not args.no_blind,
+        tasks=args.tasks.split(",") if args.tasks else None,
     )
     print(card_section(result))
     return 0

@@ -72,21 +72,36 @@ def heldout_cxr(
     split: str = "test",
     limit: int | None = None,
     blind: bool = True,
+    tasks: list[str] | None = None,
 ) -> dict:
     """Generate + score (model and blind baseline); return and write ``heldout.json``.
 
     A ``model.evidence_locations`` model places its detections with its zone localiser
     (:mod:`rgct.generate.localize_cxr`); the blind baseline gets no places. The folder resumes
-    only for the same model and settings (``run.json``)."""
+    only for the same model and settings (``run.json``). ``tasks``: some of
+    :data:`rgct.constants.CXR_TASKS` (default all; the issue #18 targets need presence, box and
+    location)."""
     from rgct.generate.heldout import fresh_or_resumed, run_identity
     from rgct.generate.localize_cxr import build_zone_localizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layout = detect_layout(data_root)
-    fresh_or_resumed(out_dir, run_identity(model, cfg, data_root, split, limit, blind=blind))
+    tasks = list(CXR_TASKS) if tasks is None else list(tasks)
+    unknown = [t for t in tasks if t not in CXR_TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"held-out radiograph tasks must be some of {CXR_TASKS}, got {tasks}")
+    fresh_or_resumed(
+        out_dir, run_identity(model, cfg, data_root, split, limit, blind=blind, tasks=tasks)
+    )
     localizer = build_zone_localizer(model, cfg)  # model.evidence_locations: zone places
-    result: dict = {"modality": "cxr", "layout": layout, "split": split, "volumes": None}
+    result: dict = {
+        "modality": "cxr",
+        "layout": layout,
+        "split": split,
+        "tasks": tasks,
+        "volumes": None,
+    }
     runs = [("model", False)] + ([("blind_baseline", True)] if blind else [])
     for name, zeroed in runs:
         preds = out_dir / f"predictions_{name}.jsonl"
@@ -95,7 +110,7 @@ def heldout_cxr(
             cfg,
             data_root,
             split,
-            list(CXR_TASKS),
+            tasks,
             preds,
             limit=limit,
             blind=zeroed,

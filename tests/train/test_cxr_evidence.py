@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import CXR_TINY_MODEL, REPO, cxr_tiny_overrides
 
@@ -102,10 +103,15 @@ def test_radiograph_detect_then_describe_chain(cxr_phantoms, tmp_path):
     assert all(set(p.split(" and ")) <= set(PLACES) for p in places.values())
 
     # held out against the blind baseline, resumable only for the same model
-    result = heldout_eval(model, cfg, root, tmp_path / "ho", split="test")
-    assert result["volumes"] >= 1 and "blind_baseline" in result
+    tasks = ["cxr_presence", "cxr_box", "cxr_location"]
+    result = heldout_eval(model, cfg, root, tmp_path / "ho", split="test", tasks=tasks)
+    assert result["volumes"] >= 1 and "blind_baseline" in result and result["tasks"] == tasks
     run = json.loads((tmp_path / "ho" / "run.json").read_text())
-    assert run["split"] == "test" and run["blind"] is True
+    assert run["split"] == "test" and run["blind"] is True and run["tasks"] == tasks
+    lines = (tmp_path / "ho" / "predictions_model.jsonl").read_text().splitlines()
+    assert {json.loads(line)["task"] for line in lines} <= set(tasks)
+    with pytest.raises(ValueError, match="some of"):
+        heldout_eval(model, cfg, root, tmp_path / "ho2", split="test", tasks=["report"])
 
     # the Predictor serves it: detections (and places) in every prompt
     p = Predictor.from_checkpoint(described)
