@@ -47,14 +47,21 @@ def main() -> None:
     p.add_argument("--fit-split", default="train")
     p.add_argument("--score-split", default="test")
     p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--max-films", type=int, default=None, help="fit on the first N films")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO)
     base, cfg = load_checkpoint(args.checkpoint)
     rc.add_region_stats(base)
-    fit = collect_film_features(base, cfg, args.data, args.fit_split)
+    fit = collect_film_features(base, cfg, args.data, args.fit_split, 0, args.max_films)
     held = collect_film_features(base, cfg, args.data, args.score_split)
-    result = {"checkpoint": args.checkpoint, "data": args.data, "epochs": args.epochs}
+    result = {
+        "checkpoint": args.checkpoint,
+        "data": args.data,
+        "epochs": args.epochs,
+        "fit_films": len({film for film, _ in fit.keys}),
+        "scored_films": len({film for film, _ in held.keys}),
+    }
     for name, stats in (("patch_features", False), ("with_film_stats", True)):
         model = copy.deepcopy(base)
         if not stats:

@@ -23,7 +23,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from rgct.config import RGCTConfig, save_config
+from rgct.config import RGCTConfig, load_saved_config, save_config
 from rgct.constants import METRICS_FILE, WHOLE_SCAN
 from rgct.data.compact import expand_batch
 from rgct.data.layout import strip_suffix
@@ -358,9 +358,17 @@ def _build_source_data(cfg: RGCTConfig, world: int, total_samples: int) -> Train
 def inherit_segmenter(cfg: RGCTConfig, folder: Path, resumed: Path | None = None) -> None:
     """The model keeps the segmenter of the first ``train.init`` checkpoint that has one (a
     separate network: a model fine-tuned from one that finds its own regions still does); a
-    resumed run (whose ``train.init`` is spent) keeps the one its checkpoint carries."""
+    resumed run (whose ``train.init`` is spent) keeps the one its checkpoint carries. Only a
+    checkpoint of the model's own modality passes it on (a radiograph model that starts its
+    LoRA from a CT checkpoint gets no CT segmenter)."""
+    from rgct.model.checkpoint import CONFIG_FILE
+
     sources = [Path(s.from_) for s in cfg.train.init] + ([Path(resumed)] if resumed else [])
     for source in sources:
+        if not (source / CONFIG_FILE).is_file():
+            continue
+        if load_saved_config(source / CONFIG_FILE).data.modality != cfg.data.modality:
+            continue
         if (source / SEGMENTER_WEIGHTS).is_file():
             copy_segmenter(source, folder)
             return

@@ -118,3 +118,24 @@ def test_radiograph_detect_then_describe_chain(cxr_phantoms, tmp_path):
     film = next((root / "test").glob("*.dicom"))
     assert isinstance(p.cxr_ask(film, "What is in the given box?", box=(5, 5, 30, 30)), str)
     assert "sentences" in p.cxr_report(film)
+
+
+def test_a_radiograph_model_takes_no_ct_segmenter(tmp_path):
+    from rgct.config import save_config
+    from rgct.train.loop import inherit_segmenter
+
+    ct_source = tmp_path / "ct"
+    ct_source.mkdir()
+    save_config(
+        load_config([REPO / "configs" / "model" / "tiny.yaml"]), ct_source / "rgct_config.yaml"
+    )
+    (ct_source / "segmenter.json").write_text('{"kind": "test"}')
+    (ct_source / "segmenter.safetensors").write_bytes(b"weights")
+    init = [f"train.init=[{{from: {ct_source}, parts: [lora]}}]"]
+    cxr = load_config([CXR_TINY_MODEL, EVIDENCE], init)
+    inherit_segmenter(cxr, tmp_path / "cxr_model")
+    assert not (tmp_path / "cxr_model" / "segmenter.safetensors").exists()
+    ct = load_config([REPO / "configs" / "model" / "tiny.yaml"], init)
+    (tmp_path / "ct_model").mkdir()
+    inherit_segmenter(ct, tmp_path / "ct_model")
+    assert (tmp_path / "ct_model" / "segmenter.safetensors").read_bytes() == b"weights"
