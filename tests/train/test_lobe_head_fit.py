@@ -120,3 +120,14 @@ def test_the_localiser_places_a_label_where_the_lobe_head_finds_it(tiny_checkpoi
             Localizer(model, provider, head).locations(volume, "lung", image)["Lung nodule"]
             == lobes[k]
         )
+
+
+def test_fit_lobes_command(tiny_checkpoint, phantom_root, tmp_path, capsys):
+    from rgct.cli import main
+
+    out = tmp_path / "cli_lobes"
+    args = ["classifier", "fit-lobes", "--checkpoint", str(tiny_checkpoint)]
+    args += ["--data", str(phantom_root), "--out", str(out), "--epochs", "2", "--hidden", "4"]
+    assert main([*args, "--max-volumes", "2", "--device", "cpu"]) == 0
+    assert has_lobe_head(out) and load_lobe_head(out)[0].hidden == 4
+    assert '"volumes": 2' in capsys.readouterr().out
