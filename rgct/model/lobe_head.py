@@ -28,7 +28,6 @@ Example::
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -161,12 +160,3 @@ def load_lobe_head(path: str | Path, device: str | torch.device = "cpu") -> tupl
     except RuntimeError as e:
         raise ValueError(f"{folder / WEIGHTS_FILE}: weights do not fit its config: {e}") from e
     return head.to(device).eval(), dict(spec.get("meta") or {})
-
-
-def copy_lobe_head(src: str | Path, dst: str | Path) -> bool:
-    """Copy a checkpoint's lobe head files into ``dst`` (False when ``src`` has none)."""
-    if not has_lobe_head(src):
-        return False
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        shutil.copy2(Path(src) / name, Path(dst) / name)
-    return True

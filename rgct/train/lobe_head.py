@@ -31,6 +31,7 @@ from rgct.data.truth import load_ground_truth
 from rgct.files import atomic_dir
 from rgct.model.checkpoint import CONFIG_FILE, check_checkpoint
 from rgct.model.lobe_head import DEFAULT_HIDDEN, LobeHead, save_lobe_head
+from rgct.train.classifier import _distinct
 
 logger = logging.getLogger(__name__)
 
@@ -188,11 +189,7 @@ def fit_lobe_head_checkpoint(
     (also in ``OUT/lobe_head.json``)."""
     from rgct.inference import pick_device
 
-    src, out = Path(checkpoint), Path(out)
-    if out.resolve() == src.resolve():
-        raise ValueError(f"the output folder must differ from the source checkpoint {src}")
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src}: no such checkpoint folder")
+    src, out = _distinct(checkpoint, out)
     dev = pick_device(device)
     cfg = load_saved_config(check_checkpoint(src) / CONFIG_FILE)
     torch.manual_seed(seed)
