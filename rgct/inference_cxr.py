@@ -31,7 +31,7 @@ from rgct.constants import CXR_PROMPTS
 from rgct.data.cxr import DICOM_SUFFIXES, Radiograph, box_mask, box_problem, load_radiograph
 from rgct.data.cxr_samples import read_finding_sentence
 from rgct.data.cxr_transforms import preprocess_radiograph
-from rgct.generate.localize_cxr import ZoneLocalizer
+from rgct.generate.localize_cxr import ZoneLocalizer, is_film_segmenter
 from rgct.text import split_sentences
 
 CT_SUFFIXES = (".nii", ".nii.gz", ".npz", ".zip")
@@ -143,10 +143,12 @@ def generate_rows(
     with autocast_for(predictor.device):
         grid = model.encode_image(image)  # (1, C, h, w)
         rows = grid.expand(len(prompts), *grid.shape[1:])
-        locations = None
+        locations = detected = None
         if model.cfg.evidence_locations:  # where the whole film's findings are (zone localiser)
-            places = ZoneLocalizer(model).film_places(image)
-            locations = [places if m is None else None for m in masks]
+            found = film_localizer(predictor).film(image)
+            locations = [found["places"] if m is None else None for m in masks]
+            if found["detected"] is not None:  # the film segmenter's whole-film detections
+                detected = [found["detected"] if m is None else None for m in masks]
         out: list[str] = []
         for i in range(0, len(prompts), gen.batch_size):
             part = slice(i, i + gen.batch_size)
@@ -157,8 +159,41 @@ def generate_rows(
                 gen,
                 image=image,
                 locations=None if locations is None else locations[part],
+                detected=None if detected is None else detected[part],
             )
     return out
+
+
+def film_localizer(predictor: Any) -> ZoneLocalizer:
+    """The predictor's zone localiser: with its checkpoint's film segmenter when it has one."""
+    seg = predictor.segmenter
+    return ZoneLocalizer(
+        predictor.model, seg if seg is not None and is_film_segmenter(seg[0]) else None
+    )
+
+
+def finding_boxes(predictor: Any, film: Radiograph) -> dict[str, list[dict]]:
+    """The film segmenter's boxes of each class it finds, in the film's pixels:
+    ``{class: [{"box": (x_min, y_min, x_max, y_max), "score", "place"}]}`` (empty without a
+    film segmenter)."""
+    localizer = film_localizer(predictor)
+    if localizer.segmenter is None:
+        return {}
+    image, _ = preprocess_radiograph(film, None, predictor.cfg.data)
+    boxes = localizer.film(image[None].to(predictor.device))["boxes"] or {}
+    h, w = predictor.cfg.data.input_shape
+    sy, sx = film.shape[0] / h, film.shape[1] / w
+    return {
+        label: [
+            {
+                "box": (d["box"][0] * sx, d["box"][1] * sy, d["box"][2] * sx, d["box"][3] * sy),
+                "score": round(d["score"], 4),
+                "place": d["place"],
+            }
+            for d in found
+        ]
+        for label, found in boxes.items()
+    }
 
 
 def ask(
@@ -178,11 +213,22 @@ def ask(
 
 
 def report(predictor: Any, image: Any, generation: GenerationConfig | dict | None = None) -> dict:
-    """The findings report: ``{"text", "sentences": [{"text", "label", "side", "zone"}]}``;
-    ``label`` is the class a sentence names (VinDr-CXR or ChestX-ray14 spelling) and ``side`` /
-    ``zone`` where it says it is (None when the sentence says no place, or names no class)."""
+    """The findings report: ``{"text", "sentences": [{"text", "label", "side", "zone",
+    "boxes"}]}``; ``label`` is the class a sentence names (VinDr-CXR or ChestX-ray14
+    spelling), ``side`` / ``zone`` where it says it is (None when the sentence says no place,
+    or names no class) and ``boxes`` the film segmenter's boxes of that class in the film's
+    pixels (:func:`finding_boxes`; those in the place the sentence names when any are, [] when
+    the checkpoint has no film segmenter or it found none)."""
     film = load_film(image)
     gen = generation_config(predictor.cfg, generation)
     text = generate_rows(predictor, film, [None], [CXR_PROMPTS["cxr_report"]], gen)[0]
-    sentences = [{"text": s, **read_finding_sentence(s)} for s in split_sentences(text)]
+    found = finding_boxes(predictor, film)
+    sentences = []
+    for s in split_sentences(text):
+        said = read_finding_sentence(s)
+        mine = found.get(said.get("label") or "", [])
+        if said.get("side") and said.get("zone"):
+            place = f"{said['side']} {said['zone']} zone"
+            mine = [d for d in mine if d["place"] == place] or mine
+        sentences.append({"text": s, **said, "boxes": [list(d["box"]) for d in mine]})
     return {"text": text, "sentences": sentences}

@@ -41,9 +41,11 @@ stage, whose checkpoint is ``WORK/<id>/model``; ``data`` names a synth stage, de
   the ``data`` phantoms' lobes (``split``, ``max_volumes``, ``masks``, ``hidden``, ``epochs``,
   ``lr``, ``weight_decay``, ``seed``).
 - ``segmenter``: :func:`rgct.train.segmenter.fit_segmenter` on the dataset's own region, lobe
-  and anatomy masks (``steps``, ``batch_size``, ``lr``, ``model``: network keyword arguments;
-  ``calibrate``: a synth stage whose phantoms set the per-label finding thresholds);
-  resumable inside the stage.
+  and anatomy masks (``steps``, ``batch_size``, ``lr``, ``finding_pos_weight``, ``model``:
+  network keyword arguments; ``calibrate``: a synth stage whose phantoms set the per-label
+  finding thresholds); on a radiograph synth (``input_shape: [H, W]``) the film segmenter of
+  the boxes, calibrated on the ``calibrate`` stage's test split
+  (:func:`rgct.generate.localize_cxr.calibrate_film_segmenter`); resumable inside the stage.
 - ``heldout``: :func:`rgct.generate.heldout.heldout_eval` (``limit``, ``oracle``, ``masks``:
   ``dataset`` or ``predicted``).
 - ``export``: the ``from`` checkpoint plus a model card written from the log; ``segmenter``
@@ -141,6 +143,7 @@ _KEYS = {
         "seed",
         "model",
         "input_shape",
+        "finding_pos_weight",
         "calibrate",
     },
     "export": {"from", "heldout", "calibration", "segmenter"},
@@ -518,9 +521,7 @@ class RecipeRunner:
         )
         from rgct.generate.localize import build_localizer
 
-        # a radiograph model places findings with its own zone localiser (heldout_cxr)
-        cxr = cfg.data.modality == "cxr"
-        localizer = None if cxr else build_localizer(model, cfg, src, data, masks)
+        localizer = build_localizer(model, cfg, src, data, masks)
         result = heldout_eval(
             model,
             cfg,
@@ -546,7 +547,15 @@ class RecipeRunner:
 
         o = stage.options
         data, out = self.data_dir(stage), self.model_dir(stage.id)
-        keys = ("steps", "batch_size", "lr", "max_volumes", "seed", "input_shape")
+        keys = (
+            "steps",
+            "batch_size",
+            "lr",
+            "max_volumes",
+            "seed",
+            "input_shape",
+            "finding_pos_weight",
+        )
         kwargs = {k: o[k] for k in keys if k in o}
         cfg = SegmenterTrainConfig(
             data_root=str(data), out_dir=str(out), model=dict(o.get("model") or {}), **kwargs
@@ -555,7 +564,13 @@ class RecipeRunner:
         cfg.out_dir = str(run_dir)
         fit_segmenter(cfg)
         metrics = _last_metrics(run_dir)
-        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
+        flags = " ".join(
+            f"--shape {' '.join(str(int(s)) for s in v)}"
+            if k == "input_shape"
+            else f"--{k.replace('_', '-')} {v}"
+            for k, v in kwargs.items()
+        )
+        flags += "".join(f" --set {k}={_flag(v)}" for k, v in (o.get("model") or {}).items())
         command = f"python scripts/train_segmenter.py --data {data} --out {run_dir} {flags}"
         if "calibrate" in o:  # per-label finding thresholds on phantoms of their own
             from rgct.data.records import find_volumes
@@ -564,18 +579,28 @@ class RecipeRunner:
 
             cal = self.stage_dir(str(o["calibrate"]))
             model, meta = load_segmenter(run_dir)
-            splits = tuple(sp for sp in ("train", "valid") if find_volumes(cal, sp))
-            found = calibrate_findings(model, meta, cal, splits)
-            meta = {
-                **meta,
-                "finding_thresholds": found["finding_thresholds"],
-                "finding_min_voxels": found["finding_min_voxels"],
-                "finding_calibration": {"volumes": found["volumes"], "scores": found["scores"]},
-            }
+            if cfg.films:  # per-class box thresholds on the calibration films
+                from rgct.generate.localize_cxr import calibrate_film_segmenter
+
+                found = calibrate_film_segmenter(model, meta, cal, "test")
+                meta = {
+                    **meta,
+                    "finding_thresholds": found["finding_thresholds"],
+                    "finding_calibration": {"films": found["films"], "scores": found["scores"]},
+                }
+            else:
+                splits = tuple(sp for sp in ("train", "valid") if find_volumes(cal, sp))
+                found = calibrate_findings(model, meta, cal, splits)
+                meta = {
+                    **meta,
+                    "finding_thresholds": found["finding_thresholds"],
+                    "finding_min_voxels": found["finding_min_voxels"],
+                    "finding_calibration": {"volumes": found["volumes"], "scores": found["scores"]},
+                }
             save_segmenter(out, model, meta)
             command += (
                 f"\npython scripts/calibrate_segmenter.py --checkpoint {run_dir} --data {cal} "
-                f"--out {out}"
+                f"--out {out}" + (" --splits test" if cfg.films else "")
             )
         return command.strip(), {"steps": cfg.steps, **metrics}
 

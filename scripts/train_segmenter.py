@@ -3,6 +3,7 @@
 Usage::
 
     python scripts/train_segmenter.py --data data/phantoms --out runs/segmenter --steps 400
+    python scripts/train_segmenter.py --data data/phantoms_vindr --out runs/film_seg --shape 128 128
     python scripts/train_segmenter.py --data data/phantoms --out runs/seg_refine \
         --set refine_channels=8 --set channels=16,32,64,128,256
 """
@@ -47,7 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         "--prepare-workers", type=int, default=0, help="fill the cache with N processes first"
     )
     p.add_argument("--max-seconds", type=float, default=None, help="stop (and save) after this")
-    p.add_argument("--shape", type=int, nargs=3, default=(64, 128, 128), metavar=("D", "H", "W"))
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs="+",
+        default=(64, 128, 128),
+        help="model grid: D H W for CT volumes, H W for radiographs (a VinDr-CXR or "
+        "ChestX-ray14 folder)",
+    )
     p.add_argument(
         "--set",
         action="append",

@@ -116,11 +116,7 @@ def run(args: argparse.Namespace) -> int:
     # a lesion's box is its region: no lobes to place findings in
     if layout == "deeplesion":
         localizer = None
-    elif cfg.data.modality == "cxr":  # zones of the film (rgct.generate.localize_cxr)
-        from rgct.generate.localize_cxr import build_zone_localizer
-
-        localizer = build_zone_localizer(model, cfg)
-    else:
+    else:  # a radiograph's: its film's zones (rgct.generate.localize_cxr)
         localizer = build_localizer(model, cfg, checkpoint, args.data, masks)
     lesions = (  # a data.lesion_evidence model measures each lesion box itself
         build_lesion_evidence(cfg, checkpoint, accelerator.device)

@@ -135,16 +135,19 @@ def heldout_eval(
 
     A chest-radiograph checkpoint (``data.modality: cxr``) is checked on its radiograph tasks
     by :func:`rgct.generate.heldout_cxr.heldout_cxr` (no oracle, the folder's own boxes;
-    ``tasks``: some of the radiograph tasks, default all)."""
+    ``localizer``: its zone localiser; ``tasks``: some of the radiograph tasks, default
+    all)."""
     if cfg.data.modality == "cxr":
-        if oracle or masks is not None or localizer is not None:
+        if oracle or masks is not None:
             raise ValueError(
                 "a radiograph checkpoint is checked on the folder's own boxes: no oracle "
-                "evidence, predicted masks or localiser"
+                "evidence or predicted masks"
             )
         from rgct.generate.heldout_cxr import heldout_cxr
 
-        return heldout_cxr(model, cfg, data_root, out_dir, split, limit, blind, tasks)
+        return heldout_cxr(
+            model, cfg, data_root, out_dir, split, limit, blind, tasks, localizer=localizer
+        )
     if tasks is not None:
         raise ValueError("a CT checkpoint's held-out check runs its fixed task set (no tasks)")
     out_dir = Path(out_dir)

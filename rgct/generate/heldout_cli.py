@@ -57,9 +57,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from rgct.generate.localize import build_localizer
 
-    # a radiograph model places findings with its own zone localiser (heldout_cxr)
-    cxr = cfg.data.modality == "cxr"
-    localizer = None if cxr else build_localizer(model, cfg, args.checkpoint, args.data, masks)
+    localizer = build_localizer(model, cfg, args.checkpoint, args.data, masks)
     result = heldout_eval(
         model,
         cfg,

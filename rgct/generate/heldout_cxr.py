@@ -19,6 +19,7 @@ from rgct.data.source_report import detect_layout
 from rgct.eval.cxr import HEADLINE, score_cxr
 from rgct.eval.predictions import load_predictions
 from rgct.files import write_json
+from rgct.generate.localize_cxr import ZoneLocalizer, build_zone_localizer
 from rgct.generate.runner import merge_parts, run_generation
 from rgct.model.rgct_model import RGCTModel
 
@@ -73,16 +74,17 @@ def heldout_cxr(
     limit: int | None = None,
     blind: bool = True,
     tasks: list[str] | None = None,
+    localizer: ZoneLocalizer | None = None,
 ) -> dict:
     """Generate + score (model and blind baseline); return and write ``heldout.json``.
 
     A ``model.evidence_locations`` model places its detections with its zone localiser
-    (:mod:`rgct.generate.localize_cxr`); the blind baseline gets no places. The folder resumes
-    only for the same model and settings (``run.json``). ``tasks``: some of
+    (:mod:`rgct.generate.localize_cxr`: ``localizer``, e.g. with the checkpoint's film
+    segmenter; by default the classifier's zones); the blind baseline gets no places. The
+    folder resumes only for the same model, localiser and settings (``run.json``). ``tasks``: some of
     :data:`rgct.constants.CXR_TASKS` (default all; the issue #18 targets need presence, box and
     location)."""
     from rgct.generate.heldout import fresh_or_resumed, run_identity
-    from rgct.generate.localize_cxr import build_zone_localizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,10 +93,21 @@ def heldout_cxr(
     unknown = [t for t in tasks if t not in CXR_TASKS]
     if unknown or not tasks:
         raise ValueError(f"held-out radiograph tasks must be some of {CXR_TASKS}, got {tasks}")
+    if localizer is None:
+        localizer = build_zone_localizer(model, cfg)  # model.evidence_locations: zone places
     fresh_or_resumed(
-        out_dir, run_identity(model, cfg, data_root, split, limit, blind=blind, tasks=tasks)
+        out_dir,
+        run_identity(
+            model,
+            cfg,
+            data_root,
+            split,
+            limit,
+            blind=blind,
+            tasks=tasks,
+            localizer=None if localizer is None else localizer.identity(),
+        ),
     )
-    localizer = build_zone_localizer(model, cfg)  # model.evidence_locations: zone places
     result: dict = {
         "modality": "cxr",
         "layout": layout,

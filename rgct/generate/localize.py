@@ -186,14 +186,20 @@ def build_localizer(
     checkpoint: str | Path,
     data_root: str | Path,
     masks: MaskProvider | None = None,
-) -> Localizer | None:
+) -> Localizer | Any | None:
     """The localiser a ``model.evidence_locations`` checkpoint needs (None for other models):
     it reuses a ``predicted`` mask provider, else loads the checkpoint's segmenter; and the
-    checkpoint's lobe head when it has one."""
+    checkpoint's lobe head when it has one. A radiograph checkpoint gets its zone localiser
+    (:func:`rgct.generate.localize_cxr.build_zone_localizer`, with its film segmenter when
+    it has one)."""
     from rgct.model.lobe_head import has_lobe_head, load_lobe_head
 
     if not cfg.model.evidence_locations:
         return None
+    if cfg.data.modality == "cxr":
+        from rgct.generate.localize_cxr import build_zone_localizer
+
+        return build_zone_localizer(model, cfg, checkpoint)
     device = next(model.parameters()).device
     if masks is None or masks.source != PREDICTED:
         masks = build_mask_provider(PREDICTED, checkpoint, cfg, data_root, device)

@@ -384,6 +384,12 @@ def generate_units(
                 localizer.locations(ds.samples[i].volume, ds.samples[i].region, image)
                 for i, image in zip(flat, batch["image"])
             ]
+    detected = None  # a radiograph's film segmenter decides what the whole film holds
+    if evidence is None and not blind and hasattr(localizer, "detected"):
+        detected = [
+            localizer.detected(ds.samples[i].volume, ds.samples[i].region, image)
+            for i, image in zip(flat, batch["image"])
+        ]
     with autocast_for(device):
         texts = model.generate(
             batch["image"],
@@ -393,6 +399,7 @@ def generate_units(
             blind=blind,
             evidence=evidence,
             locations=locations,
+            detected=detected,
         )
     out, k = [], 0
     for u in units:

@@ -82,6 +82,21 @@ def language_loss(
     return ce[keep].mean()
 
 
+def override_detections(
+    evidence: torch.Tensor, detected: list[dict[str, bool] | None], labels: tuple[str, ...]
+) -> torch.Tensor:
+    """(B, L) bool detections with each row's ``detected`` labels set as given (None: kept)."""
+    if len(detected) != evidence.shape[0]:
+        raise ValueError(f"{len(detected)} detection overrides for {evidence.shape[0]} rows")
+    out = evidence.clone()
+    for row, found in enumerate(detected):
+        for label, on in (found or {}).items():
+            if label not in labels:
+                raise ValueError(f"detection override of {label!r}: not one of the model's labels")
+            out[row, labels.index(label)] = bool(on)
+    return out
+
+
 class RGCTModel(nn.Module):
     """The composed region-grounded report model.
 
@@ -438,8 +453,13 @@ class RGCTModel(nn.Module):
         evidence: torch.Tensor | None = None,
         image: torch.Tensor | None = None,
         locations: list[dict[str, str] | None] | None = None,
+        detected: list[dict[str, bool] | None] | None = None,
     ) -> list[str]:
         """Batched generation (left padding, KV cache) for precomputed grids (B,C,d,h,w).
+
+        ``detected``: per row, label -> found, replacing the classifier's detection of those
+        labels (a radiograph's film segmenter, :mod:`rgct.generate.localize_cxr`); never
+        used for the blind baseline or with ``evidence`` given.
 
         ``locations`` (``model.evidence_locations``): label -> place per row, from a localiser
         (:mod:`rgct.generate.localize`) or the truth; never used for the blind baseline.
@@ -466,6 +486,8 @@ class RGCTModel(nn.Module):
                     zero_image = None if image is None else torch.zeros_like(image)
                     _, logits = self.visual_tokens(torch.zeros_like(grid), mask, zero_image)
                 evidence = rc.detections(logits, self.cfg.evidence_thresholds)
+                if detected is not None and not blind:
+                    evidence = override_detections(evidence, detected, self.label_names)
             where = None if blind or not self.cfg.evidence_locations else locations
             prompts = rc.evidence_prompts(
                 prompts, evidence.bool(), where, self.label_names, self.label_words
@@ -527,11 +549,12 @@ class RGCTModel(nn.Module):
         blind: bool = False,
         evidence: torch.Tensor | None = None,
         locations: list[dict[str, str] | None] | None = None,
+        detected: list[dict[str, bool] | None] | None = None,
     ) -> list[str]:
         """Text for each (image, mask, prompt) row. image (B,C,D,H,W), mask (B,1,D,H,W).
 
         Rows that repeat a volume share one encoder pass."""
         grid = self.encode_rows(image)
         return self.generate_from_grid(
-            grid, mask, prompts, gen, blind, evidence, image, locations=locations
+            grid, mask, prompts, gen, blind, evidence, image, locations=locations, detected=detected
         )

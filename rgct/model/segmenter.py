@@ -48,7 +48,9 @@ FORMAT_VERSION = 1
 
 
 class Segmenter(nn.Module):
-    """Multi-label 3D segmenter of the regions, lobes, anatomy and findings of a chest CT.
+    """Multi-label segmenter: the regions, lobes, anatomy and findings of a chest CT (3D), or
+    the finding boxes of a chest radiograph (``spatial_dims=2``: one channel per boxable class,
+    the film's own localiser, :mod:`rgct.generate.localize_cxr`).
 
     Args:
         in_channels: image channels (one per HU window of the preprocessing).
@@ -59,9 +61,11 @@ class Segmenter(nn.Module):
             internal size is rounded up to a multiple of ``2 ** (len(channels) - 1)``.
         refine_channels: width of the full-resolution refinement convolution (0 = none).
         dropout: dropout inside the UNet blocks.
+        spatial_dims: 3 (CT volumes) or 2 (radiographs).
 
     Shapes:
-        input (B, in_channels, D, H, W) preprocessed image in [0, 1];
+        input (B, in_channels, D, H, W) preprocessed image in [0, 1] ((B, in_channels, H, W)
+        with ``spatial_dims=2``);
         output (B, K, D, H, W) logits, K = ``len(classes)``.
 
     Examples::
@@ -81,6 +85,7 @@ class Segmenter(nn.Module):
         internal_scale: float = 0.5,
         refine_channels: int = 0,
         dropout: float = 0.0,
+        spatial_dims: int = 3,
     ) -> None:
         super().__init__()
         classes = tuple(str(c) for c in classes)
@@ -99,6 +104,9 @@ class Segmenter(nn.Module):
             raise ValueError(f"refine_channels must be >= 0, got {refine_channels}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        self.spatial_dims = int(spatial_dims)
         self.in_channels = int(in_channels)
         self.classes = classes
         self.channels = channels
@@ -109,7 +117,7 @@ class Segmenter(nn.Module):
         self.multiple = 2 ** (len(channels) - 1)
         k = len(classes)
         self.unet = UNet(
-            spatial_dims=3,
+            spatial_dims=self.spatial_dims,
             in_channels=self.in_channels,
             out_channels=k,
             channels=channels,
@@ -121,9 +129,15 @@ class Segmenter(nn.Module):
         if self.refine_channels:
             self.refine = nn.Sequential(
                 Convolution(
-                    3, k + self.in_channels, self.refine_channels, kernel_size=3, norm="instance"
+                    self.spatial_dims,
+                    k + self.in_channels,
+                    self.refine_channels,
+                    kernel_size=3,
+                    norm="instance",
                 ),
-                nn.Conv3d(self.refine_channels, k, kernel_size=1),
+                (nn.Conv3d if self.spatial_dims == 3 else nn.Conv2d)(
+                    self.refine_channels, k, kernel_size=1
+                ),
             )
 
     @property
@@ -141,25 +155,28 @@ class Segmenter(nn.Module):
             "internal_scale": self.internal_scale,
             "refine_channels": self.refine_channels,
             "dropout": self.dropout,
+            "spatial_dims": self.spatial_dims,
         }
 
-    def internal_size(self, size: Sequence[int]) -> tuple[int, int, int]:
-        """(D, H, W) the UNet runs at for an input of spatial ``size``."""
+    def internal_size(self, size: Sequence[int]) -> tuple[int, ...]:
+        """(D, H, W) (or (H, W)) the UNet runs at for an input of spatial ``size``."""
         m = self.multiple
         return tuple(max(m, math.ceil(int(s) * self.internal_scale / m) * m) for s in size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, D, H, W) image -> (B, K, D, H, W) logits."""
-        if x.ndim != 5 or x.shape[1] != self.in_channels:
+        """(B, C, D, H, W) image -> (B, K, D, H, W) logits ((B, C, H, W) in 2D)."""
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            dims = "D, H, W" if self.spatial_dims == 3 else "H, W"
             raise ValueError(
-                f"Segmenter expects (B, {self.in_channels}, D, H, W), got {tuple(x.shape)}"
+                f"Segmenter expects (B, {self.in_channels}, {dims}), got {tuple(x.shape)}"
             )
         size = tuple(int(s) for s in x.shape[2:])
         inner = self.internal_size(size)
-        low = x if inner == size else F.interpolate(x, size=inner, mode="trilinear")
+        mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
+        low = x if inner == size else F.interpolate(x, size=inner, mode=mode)
         logits = self.unet(low)  # (B, K, d, h, w)
         if inner != size:
-            logits = F.interpolate(logits, size=size, mode="trilinear", align_corners=False)
+            logits = F.interpolate(logits, size=size, mode=mode, align_corners=False)
         if self.refine is not None:
             logits = logits + self.refine(torch.cat([logits, x], dim=1))
         return logits
@@ -173,6 +190,7 @@ _SEGMENTER_KEYS = (
     "internal_scale",
     "refine_channels",
     "dropout",
+    "spatial_dims",
 )
 
 
@@ -264,6 +282,7 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tupl
 def data_meta(cfg: DataConfig) -> dict:
     """The preprocessing a segmenter checkpoint needs at inference (JSON-ready)."""
     return {
+        "modality": cfg.modality,
         "input_shape": [int(s) for s in cfg.input_shape],
         "hu_window": [float(v) for v in cfg.hu_window],
         "extra_hu_windows": [[float(a), float(b)] for a, b in cfg.extra_hu_windows],
@@ -274,6 +293,7 @@ def data_config_from_meta(meta: dict) -> DataConfig:
     """Inverse of :func:`data_meta` (a checkpoint without it gets the defaults)."""
     d = meta.get("data") or {}
     return DataConfig(
+        modality=d.get("modality", "ct"),
         input_shape=tuple(d.get("input_shape", (64, 128, 128))),
         hu_window=tuple(d.get("hu_window", HU_WINDOW)),
         extra_hu_windows=tuple(tuple(w) for w in d.get("extra_hu_windows", ())),

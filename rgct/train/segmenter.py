@@ -38,7 +38,9 @@ from monai.losses import DiceLoss
 
 from rgct.config import DataConfig
 from rgct.constants import HU_WINDOW, METRICS_FILE, SEGMENT_CLASSES, SEGMENT_FINDINGS
+from rgct.data.film_targets import FILM_LAYOUTS, FilmSegmentationDataset
 from rgct.data.seg_targets import SegmentationDataset, SegTargetCache, split_volumes
+from rgct.data.source_report import detect_layout
 from rgct.data.truth import load_ground_truth
 from rgct.files import atomic_dir, write_json, write_jsonl
 from rgct.jsonl import iter_jsonl
@@ -60,7 +62,9 @@ class SegmenterTrainConfig:
     """Settings of one segmenter training run (validated on creation)."""
 
     data_root: str
-    """Dataset folder in the RadGenome layout (phantoms add finding truth)."""
+    """Dataset folder in the RadGenome layout (phantoms add finding truth), or a VinDr-CXR /
+    ChestX-ray14 folder: a 2D segmenter of the boxable classes' boxes
+    (:mod:`rgct.data.film_targets`; ``input_shape`` (H, W))."""
     out_dir: str
     """Run folder: metrics, resumable checkpoint, final weights."""
     split: str = "train"
@@ -84,8 +88,8 @@ class SegmenterTrainConfig:
     """Train on the first this many volumes of the split (sorted by name)."""
     cache_dir: str | None = None
     """Cache of preprocessed images and targets (default ``<data_root>/.rgct_cache``)."""
-    input_shape: tuple[int, int, int] = (64, 128, 128)
-    """Model grid (D, H, W) in voxels."""
+    input_shape: tuple[int, ...] = (64, 128, 128)
+    """Model grid (D, H, W) in voxels; (H, W) pixels for a radiograph folder."""
     hu_window: tuple[float, float] = HU_WINDOW
     extra_hu_windows: tuple[tuple[float, float], ...] = ()
     """More HU windows, one input channel each."""
@@ -115,15 +119,23 @@ class SegmenterTrainConfig:
             raise ValueError("dice_weight and bce_weight must be >= 0 and not both 0")
         if self.finding_pos_weight <= 0:
             raise ValueError(f"finding_pos_weight must be > 0, got {self.finding_pos_weight}")
-        unknown = {"in_channels", "classes"} & set(self.model)
+        unknown = {"in_channels", "classes", "spatial_dims"} & set(self.model)
         if unknown:
             raise ValueError(f"model: {sorted(unknown)} follow from the data settings; drop them")
         self.input_shape = tuple(int(s) for s in self.input_shape)
+        if len(self.input_shape) not in (2, 3):
+            raise ValueError(f"input_shape must be (D, H, W) or (H, W), got {self.input_shape}")
+
+    @property
+    def films(self) -> bool:
+        """Radiographs (a 2D ``input_shape``) rather than CT volumes."""
+        return len(self.input_shape) == 2
 
     def data_config(self) -> DataConfig:
         """The preprocessing settings (shared with inference through the checkpoint meta)."""
         return DataConfig(
             root=self.data_root,
+            modality="cxr" if self.films else "ct",
             input_shape=self.input_shape,
             hu_window=tuple(self.hu_window),
             extra_hu_windows=tuple(tuple(w) for w in self.extra_hu_windows),
@@ -147,8 +159,8 @@ def segmentation_loss(
     """BCE over annotated channels + soft Dice over annotated channels holding foreground.
 
     Args:
-        logits: (B, K, D, H, W).
-        target: (B, K, D, H, W) {0, 1}.
+        logits: (B, K, D, H, W) (or (B, K, H, W)).
+        target: like ``logits``, {0, 1}.
         valid: (B, K) bool: the channel is annotated for that sample.
         pos_weight: (K,) BCE weight of foreground voxels per channel (None = 1).
 
@@ -157,9 +169,10 @@ def segmentation_loss(
     """
     logits, target = logits.float(), target.float()
     valid = valid.float()
-    pw = None if pos_weight is None else pos_weight.to(logits).view(1, -1, 1, 1, 1)
+    spatial = (1,) * (logits.ndim - 2)
+    pw = None if pos_weight is None else pos_weight.to(logits).view(1, -1, *spatial)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none", pos_weight=pw)
-    bce = bce.mean((2, 3, 4))
+    bce = bce.flatten(2).mean(-1)
     bce = (bce * valid).sum() / valid.sum().clamp(min=1.0)
     present = valid * (target.flatten(2).amax(-1) > 0).float()  # (B, K)
     dice = _DICE(logits, target).reshape(present.shape)
@@ -173,8 +186,8 @@ def augment_batch(
     """Random small affine (same for image and target) and intensity jitter; no flips.
 
     Args:
-        image: (B, C, D, H, W) in [0, 1].
-        target: (B, K, D, H, W) {0, 1} (float).
+        image: (B, C, D, H, W) in [0, 1], or a radiograph batch (B, C, H, W).
+        target: (B, K, D, H, W) {0, 1} (float), or (B, K, H, W).
         generator: CPU generator (the draws do not depend on the device).
 
     Returns:
@@ -185,6 +198,14 @@ def augment_batch(
     def u(*shape: int, scale: float) -> torch.Tensor:
         return (torch.rand(*shape, generator=generator) * 2 - 1) * scale
 
+    if image.ndim == 4:  # a radiograph: in-plane rotation, scale and shift
+        angle = u(b, scale=0.08)
+        scale2 = 1.0 + u(b, 2, scale=0.05)
+        cos, sin = angle.cos(), angle.sin()
+        rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], 1)
+        theta = torch.cat([rot * scale2[:, None, :], u(b, 2, 1, scale=0.06)], dim=2)  # (B, 2, 3)
+        gain, offset = 1.0 + u(b, 1, 1, 1, scale=0.05), u(b, 1, 1, 1, scale=0.03)
+        return _warp(image, target, theta, gain, offset, generator)
     angles = u(b, 3, scale=0.08)  # radians, about 4.5 degrees
     scale = 1.0 + u(b, 3, scale=0.05)
     shift = u(b, 3, scale=0.06)  # normalised coordinates (3 % of the size each way)
@@ -197,6 +218,19 @@ def augment_batch(
     theta = torch.cat([rz @ ry @ rx * scale[:, None, :], shift[:, :, None]], dim=2)  # (B, 3, 4)
     gain = 1.0 + u(b, 1, 1, 1, 1, scale=0.05)
     offset = u(b, 1, 1, 1, 1, scale=0.03)
+    return _warp(image, target, theta, gain, offset, generator)
+
+
+def _warp(
+    image: torch.Tensor,
+    target: torch.Tensor,
+    theta: torch.Tensor,
+    gain: torch.Tensor,
+    offset: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The affine ``theta`` on image (bilinear) and target (nearest), then gain, offset and a
+    little noise on the image."""
     noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     dev = image.device
     grid = F.affine_grid(theta.to(dev), list(image.shape), align_corners=False)
@@ -271,7 +305,17 @@ def _load_checkpoint(out: Path, model: Segmenter, optimizer, scheduler) -> int:
     return int(json.loads((ck / "state.json").read_text())["step"])
 
 
-def _training_data(cfg: SegmenterTrainConfig) -> SegmentationDataset:
+def _training_data(cfg: SegmenterTrainConfig) -> SegmentationDataset | FilmSegmentationDataset:
+    layout = detect_layout(cfg.data_root)
+    if (layout in FILM_LAYOUTS) != cfg.films:
+        raise ValueError(
+            f"{cfg.data_root} is a {layout} folder but input_shape is {list(cfg.input_shape)}: "
+            "radiographs take (H, W), CT volumes (D, H, W)"
+        )
+    if cfg.films:
+        return FilmSegmentationDataset(
+            cfg.data_root, cfg.split, cfg.data_config(), max_films=cfg.max_volumes
+        )
     names = split_volumes(cfg.data_root, cfg.split)
     if cfg.max_volumes is not None:
         names = names[: cfg.max_volumes]
@@ -319,8 +363,16 @@ def fit_segmenter(cfg: SegmenterTrainConfig) -> Path:
     data_cfg = cfg.data_config()
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    dataset = _training_data(cfg)
+    classes = dataset.classes if cfg.films else SEGMENT_CLASSES
+    findings = classes if cfg.films else SEGMENT_FINDINGS  # every film channel is a finding
     model = build_segmenter(
-        {"in_channels": data_cfg.in_channels, "classes": list(SEGMENT_CLASSES), **cfg.model}
+        {
+            "in_channels": data_cfg.in_channels,
+            "classes": list(classes),
+            "spatial_dims": len(cfg.input_shape),
+            **cfg.model,
+        }
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
@@ -333,7 +385,6 @@ def fit_segmenter(cfg: SegmenterTrainConfig) -> Path:
         if metrics.is_file():  # keep the rows logged up to the checkpoint
             rows = [r for _, r in iter_jsonl(metrics) if r.get("step", 0) <= step]
 
-    dataset = _training_data(cfg)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=_StepBatches(len(dataset), cfg.batch_size, cfg.seed, step, cfg.steps),
@@ -343,7 +394,7 @@ def fit_segmenter(cfg: SegmenterTrainConfig) -> Path:
         persistent_workers=False,
     )
     pos_weight = torch.tensor(
-        [cfg.finding_pos_weight if c in SEGMENT_FINDINGS else 1.0 for c in SEGMENT_CLASSES],
+        [cfg.finding_pos_weight if c in findings else 1.0 for c in classes],
         device=accelerator.device,
     )
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -118,3 +118,37 @@ def test_augmentation_keeps_left_and_right():
     assert low > 10 * max(float(high), 1.0)
     assert set(torch.unique(tgt2).tolist()) <= {0.0, 1.0}
     assert img2.min() >= 0.0 and img2.max() <= 1.0
+
+
+def test_a_radiograph_folder_trains_a_film_segmenter_of_its_boxes(cxr_phantoms, tmp_path, seed):
+    from rgct.data.cxr_samples import BOXED
+    from rgct.data.film_targets import FilmSegmentationDataset
+
+    root = cxr_phantoms["vindr"]
+    cfg = _cfg(root, tmp_path / "film", tmp_path / "c", input_shape=(32, 32), steps=4)
+    assert cfg.films and cfg.data_config().modality == "cxr"
+    fit_segmenter(cfg)
+    net, meta = load_segmenter(tmp_path / "film")
+    assert net.spatial_dims == 2 and net.classes == tuple(BOXED["vindr-cxr"])
+    assert meta["data"]["modality"] == "cxr" and meta["data"]["input_shape"] == [32, 32]
+    # the targets: each class's boxes, on the model grid
+    ds = FilmSegmentationDataset(root, "train", cfg.data_config())
+    item = next(ds[i] for i in range(len(ds)) if ds.films[ds.names[i]].boxes)
+    film = ds.films[item["volume"]]
+    k = net.classes.index(film.boxes[0].class_name)
+    assert item["image"].shape == (1, 32, 32) and item["target"].shape == (len(net.classes), 32, 32)
+    assert item["target"][k].any() and bool(item["valid"].all())
+    # a radiograph folder with a CT grid (and the reverse) is refused by name
+    with pytest.raises(ValueError, match="vindr-cxr folder"):
+        fit_segmenter(_cfg(root, tmp_path / "bad", tmp_path / "c"))
+
+
+def test_film_augmentation_moves_image_and_target_together(seed):
+    image = torch.zeros(2, 1, 32, 32)
+    image[:, :, 10:14, 4:8] = 1.0
+    target = (image > 0).float().expand(2, 3, 32, 32).clone()
+    a, t = augment_batch(image, target, torch.Generator().manual_seed(0))
+    assert a.shape == image.shape and t.shape == target.shape
+    inside = a[:, 0][t[:, 0] > 0.5]
+    assert inside.mean() > 0.8  # the box's pixels stay under the box's target
+    assert (t[:, :, :, 16:] == 0).all()  # never flipped to the other side
