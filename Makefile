@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: install demo app chromium wordnet test test-slow bench lint clean
+.PHONY: install demo app app-cxr chromium wordnet test test-slow bench lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,9 @@ demo: install
 
 app: install
 	$(BIN)/rgct demo --host 127.0.0.1 --port 7860
+
+app-cxr: install
+	$(BIN)/rgct demo --checkpoint rgct/assets/cxr_demo_model --host 127.0.0.1 --port 7860
 
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser test will be skipped"
