@@ -285,7 +285,7 @@ class RecipeRunner:
         """A stage id -> its checkpoint folder; anything else -> a folder beside the recipe."""
         if ref in self.recipe.ids:
             return self.model_dir(ref)
-        return (self.recipe.path.parent / ref).resolve()
+        return _near((self.recipe.path.parent / ref).resolve())
 
     def data_dir(self, stage: Stage) -> Path:
         ref = stage.options.get("data")
@@ -294,7 +294,7 @@ class RecipeRunner:
             return self.stage_dir(synths[0])
         if ref in self.recipe.ids:
             return self.stage_dir(ref)
-        return (self.recipe.path.parent / ref).resolve()
+        return _near((self.recipe.path.parent / ref).resolve())
 
     # -- running ------------------------------------------------------------------------------
     def reuse(self, stage_id: str, source: str | Path) -> None:
@@ -643,6 +643,15 @@ class RecipeRunner:
             self._keep_records(tmp)
         files = sorted(p.name for p in self.model_dir(stage.id).iterdir())
         return f"(copy of {self._portable(str(src))} with the model card)", {"files": len(files)}
+
+
+def _near(path: Path) -> Path:
+    """``path`` relative to the working folder when it lies inside it (what a stage records in
+    its checkpoint config then names no machine path), else as it is."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def _reused(log: list[dict]) -> list[str]:

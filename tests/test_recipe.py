@@ -177,3 +177,20 @@ def test_recipe_file_errors(tmp_path):
         load_recipe(_write(tmp_path, f"name: r\nmodel: {REPO / 'configs/model/tiny.yaml'}\n"))
     with pytest.raises(RecipeError, match="model preset"):
         load_recipe(_write(tmp_path, "name: r\nmodel: nowhere.yaml\nstages: []\n"))
+
+
+def test_folders_beside_the_recipe_are_named_from_the_working_folder(tmp_path, monkeypatch):
+    path = _write(
+        tmp_path,
+        f"name: r\nmodel: {REPO / 'configs/model/tiny.yaml'}\nstages:\n"
+        "- {id: synth, kind: synth}\n- {id: h, kind: heldout, from: synth, data: ../d}\n",
+    )
+    (tmp_path / "d").mkdir()
+    monkeypatch.chdir(tmp_path)
+    runner = RecipeRunner(load_recipe(path), tmp_path / "w")
+    stage = runner.recipe.stage("h")
+    # what a stage records (its checkpoint config's train.init) names no machine path
+    assert runner._ref("../shipped") == Path("shipped")
+    assert runner.data_dir(stage) == Path("d")
+    monkeypatch.chdir(REPO)
+    assert runner._ref("../shipped") == (tmp_path / "shipped").resolve()
