@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rgct.config import GenerationConfig, RGCTConfig
-from rgct.constants import CXR_PROMPTS
+from rgct.constants import CXR_PROMPTS, WHOLE_SCAN
 from rgct.data.cxr import DICOM_SUFFIXES, Radiograph, box_mask, box_problem, load_radiograph
 from rgct.data.cxr_samples import read_finding_sentence
 from rgct.data.cxr_transforms import preprocess_radiograph
@@ -145,10 +145,14 @@ def generate_rows(
         rows = grid.expand(len(prompts), *grid.shape[1:])
         locations = detected = None
         if model.cfg.evidence_locations:  # where the whole film's findings are (zone localiser)
-            found = film_localizer(predictor).film(image)
-            locations = [found["places"] if m is None else None for m in masks]
-            if found["detected"] is not None:  # the film segmenter's whole-film detections
-                detected = [found["detected"] if m is None else None for m in masks]
+            localizer = film_localizer(predictor)
+            places = localizer.locations("film", WHOLE_SCAN, image)
+            locations = [places if m is None else None for m in masks]
+            # the film segmenter's whole-film detections, and a "where is X?" question's X
+            detected = [
+                localizer.detected("film", WHOLE_SCAN if m is None else "box", image, prompt)
+                for m, prompt in zip(masks, prompts)
+            ]
         out: list[str] = []
         for i in range(0, len(prompts), gen.batch_size):
             part = slice(i, i + gen.batch_size)

@@ -141,6 +141,22 @@ def read_finding_sentence(sentence: str) -> dict[str, str | None]:
     return {"label": _CLASS_OF_WORDS.get(text.lower()), "side": side, "zone": zone}
 
 
+_WHERE = re.compile(
+    r"^\s*where\s+(?:is|are)\s+(?:the\s+|an?\s+)?(?P<what>.+?)"
+    r"(?:\s+(?:located|seen|found))?(?:\s+in\s+(?:this|the)\s+(?:chest\s+)?(?:radiograph|film|image))?"
+    r"\s*\??\s*$",
+    re.IGNORECASE,
+)
+
+
+def asked_location(question: str) -> str | None:
+    """The class a "where is X?" question asks about (``cxr_location``'s prompt, or a chat
+    question such as "Where is the pleural effusion located?"), None for any other question
+    or words that name no class."""
+    found = _WHERE.match(question)
+    return _CLASS_OF_WORDS.get(found["what"].strip().lower()) if found else None
+
+
 def save_box_mask(box: Box, shape: tuple[int, int], path: Path) -> Path:
     """Write the box's mask as a 0/255 PNG (once; kept if there)."""
     if not path.is_file():

@@ -38,7 +38,7 @@ import torch
 
 from rgct.constants import WHOLE_SCAN
 from rgct.data.cxr import box_location, location_words
-from rgct.data.cxr_samples import placeable_labels
+from rgct.data.cxr_samples import asked_location, placeable_labels
 from rgct.model.film_regions import zone_places, zone_probabilities
 
 FILM_THRESHOLD_GRID = tuple(np.round(np.arange(0.1, 0.96, 0.05), 2))
@@ -204,12 +204,21 @@ class ZoneLocalizer:
             return None
         return self._film_of(volume, image)["places"]
 
-    def detected(self, volume: str, region: str, image: torch.Tensor) -> dict[str, bool] | None:
-        """{boxable label: found} on a whole-film row of ``volume`` when a film segmenter
-        localises (these replace the classifier's detections of those labels); else None."""
-        if region != WHOLE_SCAN or self.segmenter is None:
+    def detected(
+        self, volume: str, region: str, image: torch.Tensor, prompt: str | None = None
+    ) -> dict[str, bool] | None:
+        """Label -> found, replacing the classifier's detections on a whole-film row of
+        ``volume`` (None: nothing to replace; box rows never): the film segmenter's boxable
+        labels when it localises, and the label a "where is X?" ``prompt`` asks about (the
+        question presupposes it, as in training, where X is always in the row's line: its
+        places are written whether or not the classifier found it)."""
+        if region != WHOLE_SCAN:
             return None
-        return self._film_of(volume, image)["detected"]
+        out = dict(self._film_of(volume, image)["detected"] or {}) if self.segmenter else {}
+        asked = asked_location(prompt) if prompt else None
+        if asked in self.placeable:
+            out[asked] = True
+        return out or None
 
 
 def build_zone_localizer(

@@ -384,11 +384,11 @@ def generate_units(
                 localizer.locations(ds.samples[i].volume, ds.samples[i].region, image)
                 for i, image in zip(flat, batch["image"])
             ]
-    detected = None  # a radiograph's film segmenter decides what the whole film holds
+    detected = None  # a radiograph's: the film segmenter's, and a "where is X?" row's X
     if evidence is None and not blind and hasattr(localizer, "detected"):
         detected = [
-            localizer.detected(ds.samples[i].volume, ds.samples[i].region, image)
-            for i, image in zip(flat, batch["image"])
+            localizer.detected(ds.samples[i].volume, ds.samples[i].region, image, prompt)
+            for i, image, prompt in zip(flat, batch["image"], prompts)
         ]
     with autocast_for(device):
         texts = model.generate(

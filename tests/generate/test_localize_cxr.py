@@ -127,3 +127,26 @@ def test_the_predictor_reports_the_boxes_of_its_film_segmenter(
     assert finding_boxes(p, film) == {}
     rep = with_seg.cxr_report(film_path)
     assert all(isinstance(s["boxes"], list) for s in rep["sentences"])
+
+
+def test_a_where_question_presupposes_its_finding():
+    from rgct.constants import CXR_PROMPTS
+    from rgct.data.cxr_samples import asked_location
+
+    where = CXR_PROMPTS["cxr_location"].format(finding="pleural effusion")
+    assert asked_location(where) == "Pleural effusion"
+    assert asked_location("Where is the nodule or mass located?") == "Nodule/Mass"
+    assert asked_location("Is there pleural effusion in this chest radiograph?") is None
+    assert asked_location("Where is the banana?") is None
+    from rgct.data.cxr_samples import VOCABULARY
+
+    class Vindr:
+        label_names = VOCABULARY["vindr-cxr"]
+
+    loc = lc.ZoneLocalizer(Vindr())  # no film segmenter: only the asked label is set
+    image = torch.rand(1, 32, 32)
+    assert loc.detected("f", WHOLE_SCAN, image, where) == {"Pleural effusion": True}
+    assert loc.detected("f", "box", image, where) is None
+    assert loc.detected("f", WHOLE_SCAN, image, "Is there COPD?") is None
+    # COPD is a VinDr-CXR global label, no box class: never placed, never forced in
+    assert loc.detected("f", WHOLE_SCAN, image, "Where is the COPD?") is None
