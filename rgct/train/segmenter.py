@@ -331,12 +331,15 @@ def _warm(args: tuple[SegmentationDataset, int]) -> None:
 
 
 def prepare_cache(cfg: SegmenterTrainConfig, workers: int = 1) -> int:
-    """Fill the image and target cache of the training volumes with ``workers`` processes.
+    """Fill the image and target cache of the training volumes with ``workers`` processes
+    (films have no disk cache: the training process reads them into memory itself).
 
     Returns:
-        the number of volumes.
+        the number of volumes (films).
     """
     dataset = _training_data(cfg)
+    if cfg.films:
+        return len(dataset)
     jobs = [(dataset, i) for i in range(len(dataset))]
     if workers <= 1:
         for job in jobs:

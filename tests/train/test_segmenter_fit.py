@@ -14,6 +14,7 @@ from rgct.train.segmenter import (
     SegmenterTrainConfig,
     augment_batch,
     fit_segmenter,
+    prepare_cache,
     segmentation_loss,
 )
 
@@ -127,6 +128,9 @@ def test_a_radiograph_folder_trains_a_film_segmenter_of_its_boxes(cxr_phantoms, 
     root = cxr_phantoms["vindr"]
     cfg = _cfg(root, tmp_path / "film", tmp_path / "c", input_shape=(32, 32), steps=4)
     assert cfg.films and cfg.data_config().modality == "cxr"
+    assert prepare_cache(cfg, workers=2) == len(
+        FilmSegmentationDataset(root, "train", cfg.data_config())
+    )
     fit_segmenter(cfg)
     net, meta = load_segmenter(tmp_path / "film")
     assert net.spatial_dims == 2 and net.classes == tuple(BOXED["vindr-cxr"])
