@@ -6,7 +6,7 @@ The radiograph counterpart of :class:`rgct.generate.localize.Localizer` (the sam
 ("pleural effusion (right lower zone)"). In training the places come from the boxes
 (:func:`rgct.data.cxr_samples.places_by_film`); at generation from this localiser. Only
 whole-film rows get places (a box row asks what the box holds), only labels a box can have
-are placed, and the blind baseline gets none. Two sources, the better one used:
+are placed, and the blind baseline gets none. Two sources:
 
 - with a **film segmenter** in the checkpoint (``segmenter.safetensors`` with
   ``spatial_dims: 2``, trained on the boxes by :func:`rgct.train.segmenter.fit_segmenter`):
@@ -20,7 +20,7 @@ are placed, and the blind baseline gets none. Two sources, the better one used:
 
 Example::
 
-    localizer = build_zone_localizer(model, cfg, segmenter)  # None unless evidence_locations
+    localizer = build_zone_localizer(model, cfg, checkpoint)  # None unless evidence_locations
     localizer.locations(film_name, "whole scan", image)  # {'Pleural effusion': 'right lower zone', ...}
     film_boxes(probs, classes, thresholds)["Nodule/Mass"]  # [{"box": (x0, y0, x1, y1), ...}]
 """

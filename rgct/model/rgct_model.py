@@ -458,8 +458,9 @@ class RGCTModel(nn.Module):
         """Batched generation (left padding, KV cache) for precomputed grids (B,C,d,h,w).
 
         ``detected``: per row, label -> found, replacing the classifier's detection of those
-        labels (a radiograph's film segmenter, :mod:`rgct.generate.localize_cxr`); never
-        used for the blind baseline or with ``evidence`` given.
+        labels (a radiograph's zone localiser, :mod:`rgct.generate.localize_cxr`: its film
+        segmenter's detections, a "where is X?" row's X); never used for the blind baseline or
+        with ``evidence`` given.
 
         ``locations`` (``model.evidence_locations``): label -> place per row, from a localiser
         (:mod:`rgct.generate.localize`) or the truth; never used for the blind baseline.
