@@ -114,3 +114,36 @@ class FilmSegmentationDataset(torch.utils.data.Dataset):
                 "volume": film.name,
             }
         return self._items[i]
+
+
+def box_visibility(dataset: FilmSegmentationDataset) -> dict[str, dict]:
+    """How much each boxed finding shows on its film: per class, the z-score of its box's mean
+    displayed value against the same box's mean on every other film of ``dataset`` (the
+    population's anatomy, most films without that finding there). A finding a reader can see
+    moves its box by several standard deviations; one the anatomy hides by a fraction of one.
+
+    Returns:
+        ``{class: {"boxes", "mean_z", "share_above_2"}}`` (classes with a box only).
+    """
+    if len(dataset) < 3:
+        raise DataError(f"box visibility needs at least 3 films, got {len(dataset)}")
+    images = np.stack([dataset[i]["image"][0].numpy() for i in range(len(dataset))])
+    size = images.shape[1:]
+    scores: dict[str, list[float]] = {}
+    for i, name in enumerate(dataset.names):
+        film = dataset.films[name]
+        sy, sx = size[0] / film.shape[0], size[1] / film.shape[1]
+        for box in film.boxes:
+            coords = (box.x_min * sx, box.y_min * sy, box.x_max * sx, box.y_max * sy)
+            means = images[:, box_mask(coords, size)].mean(1)
+            others = np.delete(means, i)
+            z = (means[i] - others.mean()) / max(float(others.std()), 1e-6)
+            scores.setdefault(box.class_name, []).append(float(z))
+    return {
+        c: {
+            "boxes": len(z),
+            "mean_z": round(float(np.mean(z)), 3),
+            "share_above_2": round(float(np.mean(np.abs(z) > 2)), 3),
+        }
+        for c, z in sorted(scores.items())
+    }
