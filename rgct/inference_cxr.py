@@ -29,9 +29,9 @@ import torch
 from rgct.config import GenerationConfig, RGCTConfig
 from rgct.constants import CXR_PROMPTS, WHOLE_SCAN
 from rgct.data.cxr import DICOM_SUFFIXES, Radiograph, box_mask, box_problem, load_radiograph
-from rgct.data.cxr_samples import read_finding_sentence
+from rgct.data.cxr_samples import BOX_REGION, read_finding_sentence
 from rgct.data.cxr_transforms import preprocess_radiograph
-from rgct.generate.localize_cxr import ZoneLocalizer, is_film_segmenter
+from rgct.generate.localize_cxr import ZoneLocalizer, is_film_segmenter, presupposes_finding
 from rgct.text import split_sentences
 
 CT_SUFFIXES = (".nii", ".nii.gz", ".npz", ".zip")
@@ -153,6 +153,10 @@ def generate_rows(
                 localizer.detected("film", WHOLE_SCAN if m is None else "box", image, prompt)
                 for m, prompt in zip(masks, prompts)
             ]
+        presupposed = [  # a box question: the box holds something
+            presupposes_finding(WHOLE_SCAN if m is None else BOX_REGION, prompt)
+            for m, prompt in zip(masks, prompts)
+        ]
         out: list[str] = []
         for i in range(0, len(prompts), gen.batch_size):
             part = slice(i, i + gen.batch_size)
@@ -164,6 +168,7 @@ def generate_rows(
                 image=image,
                 locations=None if locations is None else locations[part],
                 detected=None if detected is None else detected[part],
+                presupposed=presupposed[part],
             )
     return out
 

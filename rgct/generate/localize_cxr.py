@@ -36,9 +36,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from rgct.constants import WHOLE_SCAN
+from rgct.constants import CXR_PROMPTS, WHOLE_SCAN
 from rgct.data.cxr import box_location, location_words
-from rgct.data.cxr_samples import asked_location, placeable_labels
+from rgct.data.cxr_samples import BOX_REGION, asked_location, placeable_labels
 from rgct.model.film_regions import zone_places, zone_probabilities
 
 FILM_THRESHOLD_GRID = tuple(np.round(np.arange(0.1, 0.96, 0.05), 2))
@@ -127,6 +127,12 @@ def boxes_places(boxes: list[dict]) -> str:
     return " and ".join(dict.fromkeys(d["place"] for d in boxes))
 
 
+def presupposes_finding(region: str, prompt: str) -> bool:
+    """Whether a radiograph row's question presupposes a finding in its region: "What is in
+    the given box?" on a box row (a reader drew the box around something)."""
+    return region == BOX_REGION and prompt.strip() == CXR_PROMPTS["cxr_box"]
+
+
 class ZoneLocalizer:
     """Places (and, with a film segmenter, whole-film detections) of a radiograph model's
     labels; the last film's answer is kept (generation groups the rows of one film).
@@ -203,6 +209,10 @@ class ZoneLocalizer:
         if region != WHOLE_SCAN:
             return None
         return self._film_of(volume, image)["places"]
+
+    def presupposes(self, region: str, prompt: str) -> bool:
+        """:func:`presupposes_finding` (generation asks the localiser of a radiograph model)."""
+        return presupposes_finding(region, prompt)
 
     def detected(
         self, volume: str, region: str, image: torch.Tensor, prompt: str | None = None

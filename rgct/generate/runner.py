@@ -390,6 +390,11 @@ def generate_units(
             localizer.detected(ds.samples[i].volume, ds.samples[i].region, image, prompt)
             for i, image, prompt in zip(flat, batch["image"], prompts)
         ]
+    presupposed = None  # a radiograph's box question: the box holds something
+    if evidence is None and hasattr(localizer, "presupposes"):
+        presupposed = [
+            localizer.presupposes(ds.samples[i].region, p) for i, p in zip(flat, prompts)
+        ]
     with autocast_for(device):
         texts = model.generate(
             batch["image"],
@@ -400,6 +405,7 @@ def generate_units(
             evidence=evidence,
             locations=locations,
             detected=detected,
+            presupposed=presupposed,
         )
     out, k = [], 0
     for u in units:

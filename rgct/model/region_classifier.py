@@ -294,6 +294,23 @@ def detections(logits: torch.Tensor, thresholds: list[float] | None) -> torch.Te
     return torch.sigmoid(logits.float()) >= torch.tensor(th, device=logits.device)
 
 
+def at_least_one(
+    present: torch.Tensor, logits: torch.Tensor, rows: list[bool] | torch.Tensor
+) -> torch.Tensor:
+    """(B, L) detections where each flagged row that detects nothing gets its most probable
+    label (a question that presupposes a finding, e.g. "What is in the given box?": in training
+    its line always names the truth)."""
+    flag = torch.as_tensor(list(rows) if not isinstance(rows, torch.Tensor) else rows)
+    if flag.shape != (present.shape[0],):
+        raise ValueError(f"{tuple(flag.shape)} row flags for {present.shape[0]} rows")
+    out = present.clone()
+    empty = flag.to(present.device).bool() & ~present.any(1)
+    if bool(empty.any()):
+        top = logits.float().argmax(1)
+        out[empty, top[empty]] = True
+    return out
+
+
 def label_words(labels: tuple[str, ...] | list[str], modality: str = "ct") -> tuple[str, ...]:
     """How the detections line writes each label: a CT-RATE label in lower case ("lung
     nodule"), a radiograph class as its words (``rgct.data.cxr_maps.class_words``: "nodule or

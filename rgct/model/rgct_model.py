@@ -454,8 +454,14 @@ class RGCTModel(nn.Module):
         image: torch.Tensor | None = None,
         locations: list[dict[str, str] | None] | None = None,
         detected: list[dict[str, bool] | None] | None = None,
+        presupposed: list[bool] | None = None,
     ) -> list[str]:
         """Batched generation (left padding, KV cache) for precomputed grids (B,C,d,h,w).
+
+        ``presupposed``: per row, whether its question presupposes a finding (a radiograph's
+        "What is in the given box?"): such a row whose classifier detects nothing gets its
+        most probable label in the line (:func:`rgct.model.region_classifier.at_least_one`;
+        the blind baseline too, from its own zeroed input).
 
         ``detected``: per row, label -> found, replacing the classifier's detection of those
         labels (a radiograph's zone localiser, :mod:`rgct.generate.localize_cxr`: its film
@@ -487,6 +493,8 @@ class RGCTModel(nn.Module):
                     zero_image = None if image is None else torch.zeros_like(image)
                     _, logits = self.visual_tokens(torch.zeros_like(grid), mask, zero_image)
                 evidence = rc.detections(logits, self.cfg.evidence_thresholds)
+                if presupposed is not None:
+                    evidence = rc.at_least_one(evidence, logits, presupposed)
                 if detected is not None and not blind:
                     evidence = override_detections(evidence, detected, self.label_names)
             where = None if blind or not self.cfg.evidence_locations else locations
@@ -551,11 +559,21 @@ class RGCTModel(nn.Module):
         evidence: torch.Tensor | None = None,
         locations: list[dict[str, str] | None] | None = None,
         detected: list[dict[str, bool] | None] | None = None,
+        presupposed: list[bool] | None = None,
     ) -> list[str]:
         """Text for each (image, mask, prompt) row. image (B,C,D,H,W), mask (B,1,D,H,W).
 
         Rows that repeat a volume share one encoder pass."""
         grid = self.encode_rows(image)
         return self.generate_from_grid(
-            grid, mask, prompts, gen, blind, evidence, image, locations=locations, detected=detected
+            grid,
+            mask,
+            prompts,
+            gen,
+            blind,
+            evidence,
+            image,
+            locations=locations,
+            detected=detected,
+            presupposed=presupposed,
         )

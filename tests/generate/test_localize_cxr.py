@@ -150,3 +150,20 @@ def test_a_where_question_presupposes_its_finding():
     assert loc.detected("f", WHOLE_SCAN, image, "Is there COPD?") is None
     # COPD is a VinDr-CXR global label, no box class: never placed, never forced in
     assert loc.detected("f", WHOLE_SCAN, image, "Where is the COPD?") is None
+
+
+def test_a_box_question_presupposes_a_finding_in_the_box():
+    from rgct.constants import CXR_PROMPTS
+    from rgct.model.region_classifier import at_least_one
+
+    assert lc.presupposes_finding("box", CXR_PROMPTS["cxr_box"])
+    assert not lc.presupposes_finding(WHOLE_SCAN, CXR_PROMPTS["cxr_box"])
+    assert not lc.presupposes_finding("box", "Is there a nodule in the box?")
+    present = torch.tensor([[False, False, False], [False, True, False], [False, False, False]])
+    logits = torch.tensor([[0.1, -2.0, 0.3], [3.0, 1.0, 0.0], [0.0, 5.0, 0.0]])
+    out = at_least_one(present, logits, [True, True, False])
+    # an empty flagged row takes its most probable label; a row with a detection and an
+    # unflagged row stay as they were
+    assert out.tolist() == [[False, False, True], [False, True, False], [False, False, False]]
+    with pytest.raises(ValueError, match="row flags"):
+        at_least_one(present, logits, [True])
