@@ -39,6 +39,7 @@ import torch
 from rgct.constants import CXR_PROMPTS, WHOLE_SCAN
 from rgct.data.cxr import box_location, location_words
 from rgct.data.cxr_samples import BOX_REGION, asked_location, placeable_labels
+from rgct.model import region_classifier as rc
 from rgct.model.film_regions import zone_places, zone_probabilities
 
 FILM_THRESHOLD_GRID = tuple(np.round(np.arange(0.1, 0.96, 0.05), 2))
@@ -258,8 +259,8 @@ def load_film_segmenter(folder: str | Path, device: Any = "cpu") -> tuple[Any, d
 
 
 def _film_maps(segmenter: Any, meta: dict, root: str | Path, split: str, max_films: int | None):
-    """(dataset, [(film, probs (K, H, W))]) of a radiograph split, the segmenter's classes'
-    maps at its own input size."""
+    """[(film, probs (K, H, W))] of a radiograph split, the segmenter's classes' maps at its
+    own input size."""
     from rgct.data.film_targets import FilmSegmentationDataset
     from rgct.model.segmenter import data_config_from_meta
 
@@ -268,7 +269,7 @@ def _film_maps(segmenter: Any, meta: dict, root: str | Path, split: str, max_fil
     out = []
     for i in range(len(ds)):
         out.append((ds.films[ds.names[i]], film_probabilities(segmenter, ds[i]["image"])))
-    return ds, out
+    return out
 
 
 def _truth_places(film: Any, classes: tuple[str, ...]) -> dict[str, set[str]]:
@@ -298,27 +299,22 @@ def calibrate_film_segmenter(
         ``{"finding_thresholds": {class: t}, "scores": {class: {"f1", "true"}}, "films": N}``.
     """
     classes = tuple(segmenter.classes)
-    _, maps = _film_maps(segmenter, meta, root, split, max_films)
+    maps = _film_maps(segmenter, meta, root, split, max_films)
+    peaks = np.array([[float(p.max()) for p in probs] for _, probs in maps]).reshape(
+        -1, len(classes)
+    )
+    truth = np.array([[c in _truth_places(film, classes) for c in classes] for film, _ in maps])
+    truth = truth.reshape(-1, len(classes))
     grid = sorted(thresholds, reverse=True)
-    counts = {c: {t: [0, 0, 0] for t in grid} for c in classes}  # tp, fp, fn
-    for film, probs in maps:
-        truth = _truth_places(film, classes)
-        for k, c in enumerate(classes):
-            peak = float(probs[k].max())
-            for t in grid:
-                said, want = bool(peak >= t), c in truth
-                counts[c][t][0 if said and want else 1 if said else 2] += said or want
     found: dict = {"finding_thresholds": {}, "scores": {}, "films": len(maps)}
-    for c in classes:
+    for k, c in enumerate(classes):
         best_t, best_f1 = grid[0], -1.0
         for t in grid:  # highest first: a tie keeps the higher threshold
-            tp, fp, fn = counts[c][t]
-            f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+            f1 = rc.detection_scores(peaks[:, k : k + 1], truth[:, k : k + 1], [t])["f1"]
             if f1 > best_f1:
                 best_t, best_f1 = t, f1
-        tp, fp, fn = counts[c][best_t]
         found["finding_thresholds"][c] = float(best_t)
-        found["scores"][c] = {"f1": round(best_f1, 4), "true": tp + fn}
+        found["scores"][c] = {"f1": round(best_f1, 4), "true": int(truth[:, k].sum())}
     return found
 
 
@@ -340,19 +336,17 @@ def score_film_segmenter(
 
     classes = tuple(segmenter.classes)
     thresholds = thresholds if thresholds is not None else meta.get("finding_thresholds") or {}
-    _, maps = _film_maps(segmenter, meta, root, split, max_films)
-    tp = fp = fn = tn = places_right = places_total = boxes_found = boxes_total = 0
+    maps = _film_maps(segmenter, meta, root, split, max_films)
+    said_rows, want_rows = [], []
+    places_right = places_total = boxes_found = boxes_total = 0
     for film, probs in maps:
         truth = _truth_places(film, classes)
         found = film_boxes(probs, classes, thresholds)
+        said_rows.append([c in found for c in classes])
+        want_rows.append([c in truth for c in classes])
         for k, c in enumerate(classes):
-            said, want = c in found, c in truth
-            tp += said and want
-            fp += said and not want
-            fn += want and not said
-            tn += not said and not want
-            if want:
-                where = boxes_places(found[c]) if said else peak_place(probs[k])
+            if c in truth:
+                where = boxes_places(found[c]) if c in found else peak_place(probs[k])
                 places_right += set(where.split(" and ")) == truth[c]
                 places_total += 1
         sy, sx = probs.shape[1] / film.shape[0], probs.shape[2] / film.shape[1]
@@ -368,16 +362,15 @@ def score_film_segmenter(
                 and scaled.y_min <= (d["box"][1] + d["box"][3]) / 2 <= scaled.y_max
                 for d in found.get(box.class_name, [])
             )
+    said = np.array(said_rows, dtype=float).reshape(-1, len(classes))
+    want = np.array(want_rows, dtype=bool).reshape(-1, len(classes))
+    detection = rc.detection_scores(said, want, [0.5] * len(classes))
+    tn = int(want.size - detection["tp"] - detection["fp"] - detection["fn"])
     return {
         "films": len(maps),
         "detection": {
-            "accuracy": (tp + tn) / max(tp + fp + fn + tn, 1),
-            "precision": tp / max(tp + fp, 1),
-            "recall": tp / max(tp + fn, 1),
-            "f1": 2 * tp / max(2 * tp + fp + fn, 1),
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
+            "accuracy": (detection["tp"] + tn) / max(want.size, 1),
+            **detection,
             "tn": tn,
         },
         "places": {
