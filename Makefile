@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python scripts/bench_model.py --out bench/model.json
 	$(BIN)/python scripts/bench_generate.py --out bench/generate.json
 	$(BIN)/python scripts/bench_train.py --out bench/train.json
+	$(BIN)/python scripts/bench_step.py --out bench/step.json
 	$(BIN)/python scripts/bench_eval.py --out bench/eval.json
 	$(BIN)/python scripts/bench_segment.py --out bench/segment.json
 	$(BIN)/python scripts/bench_app.py --out bench/app.json

@@ -211,10 +211,6 @@ class ZoneLocalizer:
             return None
         return self._film_of(volume, image)["places"]
 
-    def presupposes(self, region: str, prompt: str) -> bool:
-        """:func:`presupposes_finding` (generation asks the localiser of a radiograph model)."""
-        return presupposes_finding(region, prompt)
-
     def detected(
         self, volume: str, region: str, image: torch.Tensor, prompt: str | None = None
     ) -> dict[str, bool] | None:

@@ -390,11 +390,11 @@ def generate_units(
             localizer.detected(ds.samples[i].volume, ds.samples[i].region, image, prompt)
             for i, image, prompt in zip(flat, batch["image"], prompts)
         ]
-    presupposed = None  # a radiograph's box question: the box holds something
-    if evidence is None and hasattr(localizer, "presupposes"):
-        presupposed = [
-            localizer.presupposes(ds.samples[i].region, p) for i, p in zip(flat, prompts)
-        ]
+    presupposed = None  # a radiograph's box question: the box holds something (as the Predictor)
+    if evidence is None and model.modality == "cxr":
+        from rgct.generate.localize_cxr import presupposes_finding
+
+        presupposed = [presupposes_finding(ds.samples[i].region, p) for i, p in zip(flat, prompts)]
     with autocast_for(device):
         texts = model.generate(
             batch["image"],

@@ -98,7 +98,7 @@ class FilmRegionStats(nn.Module):
         return 2 * sum(self.bins.values()) + 1 + len(GEOMETRY)
 
     def filtered(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(1, C, H, W) film in [0, 1] -> {filter: (1, H*W)} of its first channel."""
+        """(U, C, H, W) films in [0, 1] -> {filter: (U, H*W)} of their first channel."""
         x = image[:, :1].float()
         out = {
             "value": x,

@@ -111,15 +111,29 @@ def _box_min(x: torch.Tensor, k: tuple[int, int, int]) -> torch.Tensor:
 def unique_images(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of ``image`` (B, ...) without repeats: ``(unique (U, ...), inverse (B,))`` with
     ``unique[inverse] == image``. Batches that ask several questions of one volume repeat it;
-    the encoder and the filters then run once per volume."""
-    keep: list[int] = []
-    inverse = []
-    for i in range(image.shape[0]):
-        same = next((k for k, j in enumerate(keep) if torch.equal(image[i], image[j])), None)
-        if same is None:
-            keep.append(i)
-            same = len(keep) - 1
-        inverse.append(same)
+    the encoder and the filters then run once per volume.
+
+    Two host syncs whatever B (a GPU step is not stalled once per pair of rows): per-row
+    fingerprints (sum, sum of squares, max) propose repeats, one elementwise comparison of every
+    proposed pair confirms them; a row whose proposal is not confirmed stays its own."""
+    b = image.shape[0]
+    if b <= 1:
+        return image, torch.zeros(b, dtype=torch.long, device=image.device)
+    flat = image.reshape(b, -1)
+    with torch.no_grad():
+        prints = torch.stack([flat.sum(1), flat.square().sum(1), flat.amax(1)], 1).tolist()
+    first: dict[tuple[float, ...], int] = {}
+    proposed = [first.setdefault(tuple(fp), i) for i, fp in enumerate(prints)]
+    pairs = [(i, j) for i, j in enumerate(proposed) if j != i]
+    same: list[bool] = []
+    if pairs:
+        rows, reps = (torch.tensor(x, device=image.device) for x in zip(*pairs))
+        with torch.no_grad():
+            same = (flat[rows] == flat[reps]).all(1).tolist()
+    confirmed = {i: j for (i, j), ok in zip(pairs, same) if ok}
+    keep = [i for i in range(b) if i not in confirmed]
+    slot = {i: k for k, i in enumerate(keep)}
+    inverse = [slot[confirmed.get(i, i)] for i in range(b)]
     return image[keep], torch.tensor(inverse, device=image.device)
 
 
@@ -197,14 +211,7 @@ def masked_histograms(stats: nn.Module, image: torch.Tensor, mask: torch.Tensor)
     n = weight.sum(1, keepdim=True)
     if (n <= 0).any():
         raise ValueError("a region mask is empty: it covers no voxel (pixel) of the image")
-    if image.shape[0] == 1:
-        counts = _histogram_counts(stats, image, weight)
-    else:  # the filters once per distinct image
-        uniq, inverse = unique_images(image)
-        counts = torch.zeros(b, sum(stats.bins.values()), device=weight.device)
-        for u in range(uniq.shape[0]):
-            rows = (inverse == u).nonzero().flatten()
-            counts[rows] = _histogram_counts(stats, uniq[u : u + 1], weight[rows])
+    counts = _histogram_counts(stats, image, weight)
     feats, start = [], 0
     for bins in stats.bins.values():
         c = counts[:, start : start + bins]
@@ -215,10 +222,16 @@ def masked_histograms(stats: nn.Module, image: torch.Tensor, mask: torch.Tensor)
 
 
 def _histogram_counts(stats: nn.Module, image: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Histogram counts (B, sum of bins) of one image (1, C, ...) under B masks (B, N)."""
+    """Histogram counts (B, sum of bins) of B masks (B, N) over 1 or B images (., C, ...): the
+    filters run once per distinct image, all of them in one batch."""
+    if image.shape[0] == 1:
+        uniq, inverse = image, None
+    else:
+        uniq, inverse = unique_images(image)
     out = []
-    for name, values in stats.filtered(image).items():
-        idx = torch.bucketize(values, stats.edges(name)).expand(weight.shape[0], -1)
+    for name, values in stats.filtered(uniq).items():
+        idx = torch.bucketize(values, stats.edges(name))  # (U, N)
+        idx = idx.expand(weight.shape[0], -1) if inverse is None else idx[inverse]
         counts = torch.zeros(weight.shape[0], stats.bins[name], device=weight.device)
         out.append(counts.scatter_add_(1, idx, weight))
     return torch.cat(out, dim=1)

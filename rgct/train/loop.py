@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -45,6 +46,11 @@ from rgct.train.state import (
 logger = logging.getLogger(__name__)
 
 FINAL_DIR = "model"
+LOSS_KEYS = ("loss", "lm_loss", "aux_loss", "dense_loss")
+PHASES = {
+    name: f"rgct.step.{name}" for name in ("data", "inputs", "forward", "backward", "optimizer")
+}
+"""The profiler labels of one micro-step's phases (``scripts/bench_step.py`` reads them)."""
 
 
 def check_before_work(cfg: RGCTConfig) -> None:
@@ -223,9 +229,10 @@ class TrainData:
 
 
 def log_window(step: int, window: list, seen: int, elapsed: float, tc, scheduler, train_ds) -> dict:
-    """One metrics row: the mean losses of the micro-batches since the last row, learning rate,
-    throughput and the number of bad samples skipped so far."""
-    loss, lm, aux, dense = (sum(c) / len(window) for c in zip(*window))
+    """One metrics row: the mean losses of the micro-batches since the last row (``window``:
+    one (4,) tensor of :data:`LOSS_KEYS` per micro-batch, read to the host here, once per row),
+    learning rate, throughput and the number of bad samples skipped so far."""
+    loss, lm, aux, dense = torch.stack(window).mean(0).tolist()
     if not all(math.isfinite(v) for v in (loss, lm, aux, dense)):
         raise FloatingPointError(f"loss became {loss} at step {step}")
     return {
@@ -459,8 +466,11 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
     )
     model.train()
     t0, seen, window = time.time(), 0, []
-    for batch in active:
-        if step >= tc.max_steps:
+    batches = iter(active)
+    while step < tc.max_steps:
+        with record_function(PHASES["data"]):
+            batch = next(batches, None)
+        if batch is None:
             break
         if pending_rng is not None:
             restore_rng(pending_rng)
@@ -468,14 +478,19 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
         if not batch:  # every item of this batch was a skipped bad sample
             continue
         with accelerator.accumulate(model):
-            out = model(**to_model_inputs(raw, batch, accelerator.device, tc.objective, truth))
-            accelerator.backward(out["loss"])
-            if accelerator.sync_gradients and tc.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-            optimizer.step()
-            if accelerator.sync_gradients:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            with record_function(PHASES["inputs"]):
+                inputs = to_model_inputs(raw, batch, accelerator.device, tc.objective, truth)
+            with record_function(PHASES["forward"]):
+                out = model(**inputs)
+            with record_function(PHASES["backward"]):
+                accelerator.backward(out["loss"])
+            with record_function(PHASES["optimizer"]):
+                if accelerator.sync_gradients and tc.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
         trace.write(
             " ".join(
                 f"{v}:{t}:{r}" for v, t, r in zip(batch["volume"], batch["task"], batch["region"])
@@ -483,7 +498,8 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
             + "\n"
         )
         seen += len(batch["prompt"]) * world
-        window.append([out[k].item() for k in ("loss", "lm_loss", "aux_loss", "dense_loss")])
+        # the losses stay on the device until a metrics row is written: no host sync per step
+        window.append(torch.stack([out[k].detach().float() for k in LOSS_KEYS]))
         if not accelerator.sync_gradients:
             continue
         step += 1

@@ -114,3 +114,28 @@ def test_heldout_scores_model_and_blind_baseline(cxr_model, cxr_phantoms, tmp_pa
     assert "| cxr_presence accuracy |" in card and "issue #18 target" in card
     with pytest.raises(ValueError, match="no oracle"):
         heldout_eval(model, cfg, cxr_phantoms["vindr"], tmp_path / "o", split="test", oracle=True)
+
+
+def test_a_box_question_presupposes_a_finding_without_a_localiser(
+    cxr_model, cxr_phantoms, tmp_path, monkeypatch
+):
+    """``rgct generate`` flags box questions as the Predictor does, whether or not the model
+    has a zone localiser (``model.evidence_locations``); whole-film questions are not flagged."""
+    from rgct.model.rgct_model import RGCTModel
+
+    model, cfg = cxr_model
+    assert not cfg.model.evidence_locations  # no localiser is built for this model
+    seen: list[tuple[str, bool]] = []
+    real = RGCTModel.generate
+
+    def spy(self, image, mask, prompts, gen, **kw):
+        flags = kw.get("presupposed") or [False] * len(prompts)
+        seen.extend(zip(prompts, flags))
+        return real(self, image, mask, prompts, gen, **kw)
+
+    monkeypatch.setattr(RGCTModel, "generate", spy)
+    out = tmp_path / "preds.jsonl"
+    run_generation(model, cfg, cxr_phantoms["vindr"], "valid", ["cxr_box", "cxr_presence"], out)
+    flagged = {p for p, f in seen if f}
+    assert flagged and all("box" in p.lower() for p in flagged)
+    assert any(not f for _, f in seen)

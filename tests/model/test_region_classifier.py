@@ -96,6 +96,17 @@ def test_one_image_many_masks_matches_one_by_one_and_bad_input_is_named():
         RegionIntensityStats((200.0, -1000.0))
 
 
+def test_unique_images_never_merges_rows_that_only_share_a_fingerprint():
+    """A permutation has the same sum, sum of squares and maximum: proposed, not confirmed."""
+    a = torch.arange(24, dtype=torch.float32).reshape(1, 1, 2, 3, 4)
+    b = a.flip(-1)
+    batch = torch.cat([a, b, b, a, b])
+    uniq, inverse = unique_images(batch)
+    assert torch.equal(uniq[inverse], batch)
+    assert inverse[0] == inverse[3] and inverse[0] != inverse[1]
+    assert unique_images(a)[0].shape[0] == 1 and unique_images(batch[:0])[0].shape[0] == 0
+
+
 def test_stats_head_starts_at_zero_and_needs_the_image():
     torch.manual_seed(0)
     plain = RegionPooler(16, num_global_tokens=1, num_labels=len(CT_RATE_LABELS))

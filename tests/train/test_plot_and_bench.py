@@ -173,3 +173,15 @@ def test_bench_train_quick(tmp_path):
     for r in rows:
         assert r["step_time_s"] > 0 and r["samples_per_s"] > 0 and r["peak_rss_tree_mb"] > 0
     assert res["peak_rss_children_max_mb"] > 0
+
+
+def test_bench_step_quick(tmp_path):
+    res = run_quick("bench_step.py", tmp_path / "step.json")
+    assert res["quick"] and res["device"] == "cpu" and res["steps_measured"] >= 1
+    phases = res["phase_ms"]
+    assert set(phases) == {"data", "inputs", "forward", "backward", "optimizer", "other"}
+    assert phases["forward"] > 0 and phases["backward"] > 0 and res["step_ms"] > 0
+    assert res["ops_per_step"] > 100 and res["flops_per_step"] > 0 and 0 < res["mfu"] < 1
+    assert res["tokens_per_s"] > res["samples_per_s"] > 0
+    # the loop keeps its losses on the device between metrics rows: no sync outside the phases
+    assert res["host_syncs_by_phase"].get("other", 0) == 0
