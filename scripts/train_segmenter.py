@@ -6,6 +6,8 @@ Usage::
     python scripts/train_segmenter.py --data data/phantoms_vindr --out runs/film_seg --shape 128 128
     python scripts/train_segmenter.py --data data/phantoms --out runs/seg_refine \
         --set refine_channels=8 --set channels=16,32,64,128,256
+    python scripts/train_segmenter.py --data data/phantoms --out runs/seg_rim \
+        --init rgct/assets/demo_model --train-parts refine --bright-weight 20 --steps 150
 """
 
 from __future__ import annotations
@@ -43,6 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--finding-pos-weight", type=float, default=1.0, help="BCE weight of finding voxels"
+    )
+    p.add_argument("--init", help="segmenter folder to fine-tune (its network)")
+    p.add_argument(
+        "--train-parts",
+        default="unet,refine",
+        help="comma list of the submodules that learn: unet, refine",
+    )
+    p.add_argument(
+        "--bright-weight",
+        type=float,
+        default=1.0,
+        help="BCE weight of voxels >= 130 HU (bone rims, calcium)",
     )
     p.add_argument(
         "--prepare-workers", type=int, default=0, help="fill the cache with N processes first"
@@ -90,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         finding_pos_weight=args.finding_pos_weight,
         input_shape=tuple(args.shape),
         model=model,
+        init=args.init,
+        train_parts=tuple(x for x in args.train_parts.split(",") if x),
+        bright_weight=args.bright_weight,
     )
     if args.prepare_workers:
         prepare_cache(cfg, args.prepare_workers)

@@ -55,6 +55,10 @@ from rgct.model.segmenter import (
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
+TRAIN_PARTS = ("unet", "refine")
+"""The segmenter's submodules a run can train (``SegmenterTrainConfig.train_parts``)."""
+BRIGHT_HU = 130.0
+"""Calcium-bright: the HU from which ``bright_weight`` weighs a voxel (Agatston's 130)."""
 
 
 @dataclass
@@ -108,6 +112,14 @@ class SegmenterTrainConfig:
     checkpoint allows resuming to ``steps``); None = no limit."""
     model: dict[str, Any] = field(default_factory=dict)
     """Segmenter keyword arguments (``channels``, ``internal_scale``, ``refine_channels`` ...)."""
+    init: str | None = None
+    """A segmenter folder to start from (its network; ``model`` must then be empty): a
+    fine-tuning run. Its meta's finding thresholds are not carried over (calibrate again)."""
+    train_parts: tuple[str, ...] = ("unet", "refine")
+    """The submodules that learn (``refine`` alone: the full-resolution head, on a frozen UNet)."""
+    bright_weight: float = 1.0
+    """Loss weight (BCE, every channel) of voxels brighter than :data:`BRIGHT_HU` in the input:
+    the bone rims and calcium the region classifier reads as calcification."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "save_every", "log_every"):
@@ -119,6 +131,13 @@ class SegmenterTrainConfig:
             raise ValueError("dice_weight and bce_weight must be >= 0 and not both 0")
         if self.finding_pos_weight <= 0:
             raise ValueError(f"finding_pos_weight must be > 0, got {self.finding_pos_weight}")
+        if self.bright_weight <= 0:
+            raise ValueError(f"bright_weight must be > 0, got {self.bright_weight}")
+        self.train_parts = tuple(self.train_parts)
+        if not self.train_parts or set(self.train_parts) - set(TRAIN_PARTS):
+            raise ValueError(f"train_parts must be some of {TRAIN_PARTS}, got {self.train_parts}")
+        if self.init is not None and self.model:
+            raise ValueError("init takes the network of its segmenter folder: drop model settings")
         unknown = {"in_channels", "classes", "spatial_dims"} & set(self.model)
         if unknown:
             raise ValueError(f"model: {sorted(unknown)} follow from the data settings; drop them")
@@ -155,6 +174,7 @@ def segmentation_loss(
     dice_weight: float = 1.0,
     bce_weight: float = 1.0,
     pos_weight: torch.Tensor | None = None,
+    voxel_weight: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """BCE over annotated channels + soft Dice over annotated channels holding foreground.
 
@@ -163,6 +183,8 @@ def segmentation_loss(
         target: like ``logits``, {0, 1}.
         valid: (B, K) bool: the channel is annotated for that sample.
         pos_weight: (K,) BCE weight of foreground voxels per channel (None = 1).
+        voxel_weight: (B, 1, D, H, W) BCE weight per voxel, all channels (None = 1); the BCE
+            is then the weighted mean.
 
     Returns:
         ``{"loss", "bce", "dice"}`` scalars (a term with no channel to score is 0).
@@ -172,7 +194,11 @@ def segmentation_loss(
     spatial = (1,) * (logits.ndim - 2)
     pw = None if pos_weight is None else pos_weight.to(logits).view(1, -1, *spatial)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none", pos_weight=pw)
-    bce = bce.flatten(2).mean(-1)
+    if voxel_weight is None:
+        bce = bce.flatten(2).mean(-1)
+    else:
+        w = voxel_weight.to(bce).flatten(2)  # (B, 1, N)
+        bce = (bce.flatten(2) * w).sum(-1) / w.sum(-1).clamp(min=1e-6)
     bce = (bce * valid).sum() / valid.sum().clamp(min=1.0)
     present = valid * (target.flatten(2).amax(-1) > 0).float()  # (B, K)
     dice = _DICE(logits, target).reshape(present.shape)
@@ -351,6 +377,35 @@ def prepare_cache(cfg: SegmenterTrainConfig, workers: int = 1) -> int:
     return len(dataset)
 
 
+def _init_network(cfg: SegmenterTrainConfig, data_cfg: DataConfig, classes) -> Segmenter:
+    """The network of ``cfg.init``, checked against this run's data settings and classes."""
+    model, meta = load_segmenter(cfg.init)
+    theirs = (meta.get("data") or {}).get("input_shape")
+    if list(model.classes) != list(classes) or model.in_channels != data_cfg.in_channels:
+        raise ValueError(
+            f"init {cfg.init}: a segmenter of {len(model.classes)} classes and "
+            f"{model.in_channels} input channels; this run needs {len(classes)} and "
+            f"{data_cfg.in_channels}"
+        )
+    if theirs is not None and tuple(theirs) != tuple(cfg.input_shape):
+        raise ValueError(f"init {cfg.init}: trained at input_shape {theirs}, not {cfg.input_shape}")
+    return model.train()
+
+
+def _trainable(model: Segmenter, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """Freeze every submodule not in ``parts``; the parameters that learn."""
+    for name in TRAIN_PARTS:
+        module = getattr(model, name)
+        if module is not None:
+            module.requires_grad_(name in parts)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(
+            f"train_parts {list(parts)}: nothing to train (the network has no refine head)"
+        )
+    return trainable
+
+
 def fit_segmenter(cfg: SegmenterTrainConfig) -> Path:
     """Train (or resume) a segmenter; returns ``out_dir`` holding ``segmenter.safetensors``.
 
@@ -369,15 +424,19 @@ def fit_segmenter(cfg: SegmenterTrainConfig) -> Path:
     dataset = _training_data(cfg)
     classes = dataset.classes if cfg.films else SEGMENT_CLASSES
     findings = classes if cfg.films else SEGMENT_FINDINGS  # every film channel is a finding
-    model = build_segmenter(
-        {
-            "in_channels": data_cfg.in_channels,
-            "classes": list(classes),
-            "spatial_dims": len(cfg.input_shape),
-            **cfg.model,
-        }
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.init is not None:
+        model = _init_network(cfg, data_cfg, classes)
+    else:
+        model = build_segmenter(
+            {
+                "in_channels": data_cfg.in_channels,
+                "classes": list(classes),
+                "spatial_dims": len(cfg.input_shape),
+                **cfg.model,
+            }
+        )
+    trainable = _trainable(model, cfg.train_parts)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     step = 0
     metrics = out / METRICS_FILE
@@ -418,12 +477,17 @@ def fit_segmenter(cfg: SegmenterTrainConfig) -> Path:
             image, target = augment_batch(image, target, gen)
         with accelerator.autocast():
             logits = model(image)
+        weight = None
+        if cfg.bright_weight != 1.0:
+            lo, hi = data_cfg.hu_window
+            bright = image[:, :1] >= (BRIGHT_HU - lo) / (hi - lo)
+            weight = 1.0 + (cfg.bright_weight - 1.0) * bright.float()
         losses = segmentation_loss(
-            logits, target, valid, cfg.dice_weight, cfg.bce_weight, pos_weight
+            logits, target, valid, cfg.dice_weight, cfg.bce_weight, pos_weight, weight
         )
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        accelerator.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
         step += 1

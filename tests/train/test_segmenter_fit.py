@@ -108,6 +108,66 @@ def test_pos_weight_raises_the_cost_of_missed_foreground():
     assert float(weighted["bce"]) > 10 * float(plain)
 
 
+def test_voxel_weight_makes_the_bce_a_weighted_mean():
+    logits = torch.zeros(1, 1, 2, 2, 2)
+    logits[0, 0, 0, 0, 0] = -6.0  # one confidently wrong voxel
+    target = torch.ones(1, 1, 2, 2, 2)
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    plain = float(segmentation_loss(logits, target, valid)["bce"])
+    weight = torch.ones(1, 1, 2, 2, 2)
+    weight[0, 0, 0, 0, 0] = 20.0
+    heavy = float(segmentation_loss(logits, target, valid, voxel_weight=weight)["bce"])
+    per_voxel = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target, reduction="none"
+    ).flatten()
+    expected = float((per_voxel * weight.flatten()).sum() / weight.sum())
+    assert heavy == pytest.approx(expected) and heavy > 2 * plain
+
+
+def test_fine_tuning_the_refine_head_keeps_the_unet(phantom_root, tmp_path, seed):
+    cache = tmp_path / "cache"
+    model = {"channels": (4, 8), "internal_scale": 0.5, "refine_channels": 4}
+    start = fit_segmenter(_cfg(phantom_root, tmp_path / "start", cache, steps=2, model=model))
+    tuned = fit_segmenter(
+        _cfg(
+            phantom_root,
+            tmp_path / "tuned",
+            cache,
+            steps=3,
+            model={},
+            init=str(start),
+            train_parts=("refine",),
+            bright_weight=20.0,
+        )
+    )
+    a, b = (
+        load_file(str(start / "segmenter.safetensors")),
+        load_file(str(tuned / "segmenter.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    for key in a:
+        same = torch.equal(a[key], b[key])
+        assert same == key.startswith("unet."), key
+    assert load_segmenter(tuned)[1]["train"]["init"] == str(start)
+    with pytest.raises(ValueError, match="drop model settings"):
+        _cfg(phantom_root, tmp_path / "x", cache, init=str(start))
+    with pytest.raises(ValueError, match="no refine head"):
+        fit_segmenter(_cfg(phantom_root, tmp_path / "y", cache, steps=1, train_parts=("refine",)))
+    with pytest.raises(ValueError, match="train_parts"):
+        _cfg(phantom_root, tmp_path / "z", cache, train_parts=("encoder",))
+    with pytest.raises(ValueError, match="input_shape"):
+        fit_segmenter(
+            _cfg(
+                phantom_root,
+                tmp_path / "w",
+                cache,
+                model={},
+                init=str(start),
+                input_shape=(16, 32, 64),
+            )
+        )
+
+
 def test_augmentation_keeps_left_and_right():
     image = torch.zeros(2, 1, 8, 16, 32)
     image[..., :8] = 1.0  # low x only
