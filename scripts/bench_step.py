@@ -4,17 +4,18 @@ Runs the real training loop (:func:`rgct.train.loop.train`, one process) for ``-
 under ``torch.profiler`` and reads the loop's phase labels (:data:`rgct.train.loop.PHASES`:
 data, inputs, forward, backward, optimizer) after the ``--warmup`` first steps. Per step it
 reports the milliseconds of each phase and of the rest (logging, trace), the operators the
-step dispatches (each one a kernel launch or more on a GPU), the host syncs (:data:`SYNCS`:
-each one waits for the GPU queue to drain; on a CPU they are counted, not felt), the FLOPs the profiler counts (matmuls and convolutions), samples/s and
-tokens/s, and the model FLOPs utilisation against ``--peak-tflops`` (on CPU: the measured fp32
-matmul rate of this machine). On CUDA it also records the GPU busy fraction (kernel time /
-wall time) and writes ``bench/gpu.json`` by default; on CPU ``bench/step.json``.
+step dispatches (nested ones included: each costs host time, and those that compute launch a
+kernel on a GPU), the host syncs (:data:`SYNCS`: each one waits for the GPU queue to drain; on
+a CPU they are counted, not felt), the FLOPs the profiler counts (matmuls and convolutions),
+samples/s and tokens/s, and the model FLOPs utilisation against ``--peak-tflops`` (on CPU: the
+measured fp32 matmul rate of this machine). On CUDA it also records the GPU busy fraction
+(kernel time / wall time) and writes ``bench/gpu.json`` by default; on CPU ``bench/step.json``.
 
 Per-step Python work is what bounds a GPU run whose kernels are small: on the CPU its cost
 shows as the ops and syncs counts (device-independent) and as the tiny preset's step time.
 
     python scripts/bench_step.py                                   # tiny preset, batch 16
-    python scripts/bench_step.py --preset smollm2 --steps 4 --warmup 1
+    python scripts/bench_step.py --preset smollm2 --steps 3 --warmup 1 --out bench/step_smollm2.json
     python scripts/bench_step.py --preset smollm2 --device cuda     # on a GPU: bench/gpu.json
     python scripts/bench_step.py --quick --out step.json
 """
