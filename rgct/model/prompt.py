@@ -45,7 +45,8 @@ def format_prompt(
 
     The template is rendered once per (tokenizer, placeholder counts) and the text put in its
     slot (the same string as rendering each prompt; a template that alters its content is
-    rendered per prompt)."""
+    rendered per prompt). A tokenizer's ``chat_template`` is read at its first use: set it
+    before formatting."""
     parts = _template(tokenizer, num_global, num_region)
     if parts is None:
         return _render(tokenizer, text, num_global, num_region)
