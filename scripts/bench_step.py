@@ -23,6 +23,7 @@ shows as the ops and syncs counts (device-independent) and as the tiny preset's 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import statistics
 import sys
@@ -189,7 +190,6 @@ def main() -> int:
             f"data.num_workers={args.workers}",
             f"train.batch_size={args.batch}",
             "train.grad_accum=1",
-            f"train.max_steps={total}",
             "train.warmup_steps=1",
             "train.eval_every=0",
             "train.sample_every=0",
@@ -201,11 +201,10 @@ def main() -> int:
         if args.preset == "tiny":
             overrides.append(f"data.input_shape={list(SYNTH_SHAPE)}")
         cfg = load_config([PRESETS[args.preset], Path(args.train_config)], overrides)
-        if args.warmup:  # fills the transform cache; first-call costs stay out of the profile
-            warm = load_config([PRESETS[args.preset], Path(args.train_config)], overrides)
-            warm.train.max_steps = args.warmup
-            warm.train.output_dir = str(Path(tmp) / "warm")
-            train(warm)
+        warm = copy.deepcopy(cfg)  # fills the transform cache; first-call costs stay out
+        warm.train.max_steps = args.warmup
+        warm.train.output_dir = str(Path(tmp) / "warm")
+        train(warm)
         activities = [torch.profiler.ProfilerActivity.CPU]
         if args.device == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)

@@ -115,7 +115,7 @@ class SegmenterTrainConfig:
     init: str | None = None
     """A segmenter folder to start from (its network; ``model`` must then be empty): a
     fine-tuning run. Its meta's finding thresholds are not carried over (calibrate again)."""
-    train_parts: tuple[str, ...] = ("unet", "refine")
+    train_parts: tuple[str, ...] = TRAIN_PARTS
     """The submodules that learn (``refine`` alone: the full-resolution head, on a frozen UNet)."""
     bright_weight: float = 1.0
     """Loss weight (BCE, every channel) of voxels brighter than :data:`BRIGHT_HU` in the input:
@@ -380,15 +380,16 @@ def prepare_cache(cfg: SegmenterTrainConfig, workers: int = 1) -> int:
 def _init_network(cfg: SegmenterTrainConfig, data_cfg: DataConfig, classes) -> Segmenter:
     """The network of ``cfg.init``, checked against this run's data settings and classes."""
     model, meta = load_segmenter(cfg.init)
-    theirs = (meta.get("data") or {}).get("input_shape")
     if list(model.classes) != list(classes) or model.in_channels != data_cfg.in_channels:
         raise ValueError(
             f"init {cfg.init}: a segmenter of {len(model.classes)} classes and "
             f"{model.in_channels} input channels; this run needs {len(classes)} and "
             f"{data_cfg.in_channels}"
         )
-    if theirs is not None and tuple(theirs) != tuple(cfg.input_shape):
-        raise ValueError(f"init {cfg.init}: trained at input_shape {theirs}, not {cfg.input_shape}")
+    theirs, mine = meta.get("data") or {}, data_meta(data_cfg)
+    differ = {k: (theirs[k], mine[k]) for k in theirs if k in mine and theirs[k] != mine[k]}
+    if differ:
+        raise ValueError(f"init {cfg.init}: other preprocessing (trained, this run): {differ}")
     return model.train()
 
 
