@@ -19,7 +19,7 @@ from rgct.data.source_report import detect_layout
 from rgct.eval.cxr import HEADLINE, score_cxr
 from rgct.eval.predictions import load_predictions
 from rgct.files import write_json
-from rgct.generate.localize_cxr import ZoneLocalizer, build_zone_localizer
+from rgct.generate.localize_cxr import PRESUPPOSED, ZoneLocalizer, build_zone_localizer
 from rgct.generate.runner import merge_parts, run_generation
 from rgct.model.rgct_model import RGCTModel
 
@@ -106,6 +106,7 @@ def heldout_cxr(
             blind=blind,
             tasks=tasks,
             localizer=None if localizer is None else localizer.identity(),
+            presupposed=PRESUPPOSED,
         ),
     )
     result: dict = {

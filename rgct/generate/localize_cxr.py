@@ -128,6 +128,12 @@ def boxes_places(boxes: list[dict]) -> str:
     return " and ".join(dict.fromkeys(d["place"] for d in boxes))
 
 
+PRESUPPOSED = "exactly one: the detection furthest above its threshold, else the most probable"
+"""How a row that presupposes a finding names it (:func:`rgct.model.region_classifier.
+exactly_one`; part of a radiograph held-out run's identity: predictions made by another rule
+are never resumed)."""
+
+
 def presupposes_finding(region: str, prompt: str) -> bool:
     """Whether a radiograph row's question presupposes a finding in its region: "What is in
     the given box?" on a box row (a reader drew the box around something)."""

@@ -307,21 +307,33 @@ def detections(logits: torch.Tensor, thresholds: list[float] | None) -> torch.Te
     return torch.sigmoid(logits.float()) >= torch.tensor(th, device=logits.device)
 
 
-def at_least_one(
-    present: torch.Tensor, logits: torch.Tensor, rows: list[bool] | torch.Tensor
+def exactly_one(
+    present: torch.Tensor,
+    logits: torch.Tensor,
+    rows: list[bool] | torch.Tensor,
+    thresholds: list[float] | None = None,
 ) -> torch.Tensor:
-    """(B, L) detections where each flagged row that detects nothing gets its most probable
-    label (a question that presupposes a finding, e.g. "What is in the given box?": in training
-    its line always names the truth)."""
+    """(B, L) detections where each flagged row names exactly one label: of its detections the
+    one furthest above its threshold (logit minus the threshold's logit), and when it detects
+    nothing its most probable label. A question that presupposes one finding asks for it
+    ("What is in the given box?": a reader's box outlines one finding of one class, and in
+    training its line names exactly that class). ``thresholds``: per-label probabilities the
+    detections were made at (None: 0.5 each, as :func:`detections`)."""
     flag = torch.as_tensor(list(rows) if not isinstance(rows, torch.Tensor) else rows)
     if flag.shape != (present.shape[0],):
         raise ValueError(f"{tuple(flag.shape)} row flags for {present.shape[0]} rows")
-    out = present.clone()
-    empty = flag.to(present.device).bool() & ~present.any(1)
-    if bool(empty.any()):
-        top = logits.float().argmax(1)
-        out[empty, top[empty]] = True
-    return out
+    flag = flag.to(present.device).bool()
+    if not bool(flag.any()):
+        return present.clone()
+    th = torch.tensor(thresholds or [0.5] * logits.shape[1], device=logits.device)
+    if th.shape != (logits.shape[1],):
+        raise ValueError(f"{th.shape[0]} thresholds for {logits.shape[1]} labels")
+    margin = logits.float() - torch.logit(th.clamp(1e-6, 1 - 1e-6))
+    found = present.bool().any(1, keepdim=True)
+    pick = torch.where(found, margin.masked_fill(~present.bool(), float("-inf")), logits.float())
+    one = torch.zeros_like(present, dtype=torch.bool)
+    one[torch.arange(len(one), device=one.device), pick.argmax(1)] = True
+    return torch.where(flag[:, None], one, present.bool())
 
 
 def label_words(labels: tuple[str, ...] | list[str], modality: str = "ct") -> tuple[str, ...]:

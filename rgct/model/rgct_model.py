@@ -458,10 +458,11 @@ class RGCTModel(nn.Module):
     ) -> list[str]:
         """Batched generation (left padding, KV cache) for precomputed grids (B,C,d,h,w).
 
-        ``presupposed``: per row, whether its question presupposes a finding (a radiograph's
-        "What is in the given box?"): such a row whose classifier detects nothing gets its
-        most probable label in the line (:func:`rgct.model.region_classifier.at_least_one`;
-        the blind baseline too, from its own zeroed input).
+        ``presupposed``: per row, whether its question presupposes one finding (a radiograph's
+        "What is in the given box?"): such a row's line names exactly one label, its detection
+        furthest above threshold or, detecting nothing, its most probable label
+        (:func:`rgct.model.region_classifier.exactly_one`; the blind baseline too, from its own
+        zeroed input).
 
         ``detected``: per row, label -> found, replacing the classifier's detection of those
         labels (a radiograph's zone localiser, :mod:`rgct.generate.localize_cxr`: its film
@@ -494,7 +495,9 @@ class RGCTModel(nn.Module):
                     _, logits = self.visual_tokens(torch.zeros_like(grid), mask, zero_image)
                 evidence = rc.detections(logits, self.cfg.evidence_thresholds)
                 if presupposed is not None:
-                    evidence = rc.at_least_one(evidence, logits, presupposed)
+                    evidence = rc.exactly_one(
+                        evidence, logits, presupposed, self.cfg.evidence_thresholds
+                    )
                 if detected is not None and not blind:
                     evidence = override_detections(evidence, detected, self.label_names)
             where = None if blind or not self.cfg.evidence_locations else locations

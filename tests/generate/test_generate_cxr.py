@@ -14,6 +14,7 @@ from rgct.cli import main
 from rgct.constants import CXR_TASKS
 from rgct.data.io import DataError
 from rgct.generate.heldout import card_section, heldout_eval
+from rgct.generate.localize_cxr import PRESUPPOSED
 from rgct.generate.runner import merge_parts, run_generation
 from rgct.model.checkpoint import load_checkpoint
 
@@ -110,6 +111,8 @@ def test_heldout_scores_model_and_blind_baseline(cxr_model, cxr_phantoms, tmp_pa
     blind = read(tmp_path / "predictions_blind_baseline.jsonl")
     assert len(blind) == len(read(tmp_path / "predictions_model.jsonl"))
     assert json.loads((tmp_path / "heldout.json").read_text())["model"] == result["model"]
+    # the rule naming a presupposed finding is part of the run: another rule never resumes it
+    assert json.loads((tmp_path / "run.json").read_text())["presupposed"] == PRESUPPOSED
     card = card_section(result)
     assert "| cxr_presence accuracy |" in card and "issue #18 target" in card
     with pytest.raises(ValueError, match="no oracle"):

@@ -154,16 +154,28 @@ def test_a_where_question_presupposes_its_finding():
 
 def test_a_box_question_presupposes_a_finding_in_the_box():
     from rgct.constants import CXR_PROMPTS
-    from rgct.model.region_classifier import at_least_one
+    from rgct.model.region_classifier import exactly_one
 
     assert lc.presupposes_finding("box", CXR_PROMPTS["cxr_box"])
     assert not lc.presupposes_finding(WHOLE_SCAN, CXR_PROMPTS["cxr_box"])
     assert not lc.presupposes_finding("box", "Is there a nodule in the box?")
-    present = torch.tensor([[False, False, False], [False, True, False], [False, False, False]])
-    logits = torch.tensor([[0.1, -2.0, 0.3], [3.0, 1.0, 0.0], [0.0, 5.0, 0.0]])
-    out = at_least_one(present, logits, [True, True, False])
-    # an empty flagged row takes its most probable label; a row with a detection and an
-    # unflagged row stay as they were
-    assert out.tolist() == [[False, False, True], [False, True, False], [False, False, False]]
+    present = torch.tensor(
+        [[False, False, False], [False, True, False], [False, False, False], [True, True, False]]
+    )
+    logits = torch.tensor([[0.1, -2.0, 0.3], [3.0, 1.0, 0.0], [0.0, 5.0, 0.0], [2.5, 1.0, 0.0]])
+    thresholds = [0.9, 0.5, 0.5]  # logits 2.20, 0, 0
+    out = exactly_one(present, logits, [True, True, False, True], thresholds)
+    # an empty flagged row takes its most probable label; a flagged row keeps its one
+    # detection even when an undetected label is more probable; an unflagged row stays as it
+    # was; of two detections the one further above its threshold wins (1.0 > 2.5 - 2.20)
+    assert out.tolist() == [
+        [False, False, True],
+        [False, True, False],
+        [False, False, False],
+        [False, True, False],
+    ]
+    assert exactly_one(present, logits, [False] * 4).tolist() == present.tolist()
     with pytest.raises(ValueError, match="row flags"):
-        at_least_one(present, logits, [True])
+        exactly_one(present, logits, [True])
+    with pytest.raises(ValueError, match="thresholds"):
+        exactly_one(present, logits, [True] * 4, [0.5])
