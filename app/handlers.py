@@ -64,6 +64,16 @@ def _masks_optional(fn: Any) -> bool:
     return p is not None and p.default is None
 
 
+def _source_kwargs(fn: Any, source: str | None) -> dict:
+    """``{"mask_source": source}`` for a Predictor method that takes it (the segmenter's masks
+    are then classified by its own head where the checkpoint has one), else nothing."""
+    try:
+        takes = "mask_source" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return {"mask_source": source} if takes and source else {}
+
+
 class DemoApp:
     """The shared half of the demo: one Predictor, policies, and the handlers.
 
@@ -477,7 +487,9 @@ class DemoApp:
         region = self._region_arg(session.selected)
         # the grounded variant (sentences, findings, truncation) where the Predictor has one
         fn = getattr(self.predictor, "region_report_details", None) or self.predictor.region_report
-        raw = ask_model(fn, scan.volume, session.mask, region, **gen)
+        raw = ask_model(
+            fn, scan.volume, session.mask, region, **_source_kwargs(fn, session.mask_source), **gen
+        )
         result = results.normalise_report(raw, region or session.selected, session.mask_source)
         if session.focus and session.focus[0] == "region":
             session.focus = None
@@ -500,7 +512,14 @@ class DemoApp:
             )
         self._limit(session)
         t0 = time.perf_counter()
-        raw = ask_model(self.predictor.report, scan.volume, masks or None, **gen)
+        one = sources[0] if masks and len(sources) == 1 else None  # one source for them all
+        raw = ask_model(
+            self.predictor.report,
+            scan.volume,
+            masks or None,
+            **_source_kwargs(self.predictor.report, one),
+            **gen,
+        )
         report = results.normalise_report(raw, None, "+".join(sources) if masks else None)
         if session.focus and session.focus[0] == "report":
             session.focus = None

@@ -34,6 +34,9 @@ from rgct.constants import (
 from rgct.files import write_text
 
 OBJECTIVES = ("lm", "aux", "dense")
+SOURCE_HEAD_NAMES = ("predicted",)
+"""Mask sources a checkpoint can hold a region classifier head of their own for
+(``model.source_heads``)."""
 
 
 class ConfigError(ValueError):
@@ -320,6 +323,13 @@ class ModelConfig:
     """Per-label probability thresholds of those detections (one per label of
     :attr:`label_names`, in that order); None: 0.5 each. ``rgct classifier calibrate`` fits
     them."""
+    source_heads: dict[str, list[float] | None] = field(default_factory=dict)
+    """Region classifier heads fitted on one mask source's regions, by source name, with their
+    calibrated thresholds (None: 0.5 each until ``rgct classifier calibrate --head``): the one
+    source is ``predicted`` (the checkpoint's own segmenter's masks, whose edges differ from
+    the dataset's). When that source gives a row's mask, its head and thresholds detect; every
+    other source (the dataset's masks, a folder) uses the main head and
+    ``evidence_thresholds``. ``rgct classifier fit --head predicted`` adds one."""
     labels: list[str] | None = None
     """The region classifier's label vocabulary, in logit order: None is the 18 CT-RATE labels
     (``CT_RATE_LABELS``: every CT checkpoint). A radiograph model records its dataset's classes
@@ -393,6 +403,18 @@ class ModelConfig:
                     f"label of model.labels, in order), got {self.evidence_thresholds}"
                 )
             self.evidence_thresholds = th
+        for name, th in dict(self.source_heads).items():
+            if name not in SOURCE_HEAD_NAMES:
+                raise ConfigError(
+                    f"model.source_heads: unknown mask source {name!r}; known: "
+                    f"{list(SOURCE_HEAD_NAMES)}"
+                )
+            n = len(self.label_names)
+            if th is not None and (len(th) != n or not all(0.0 < t < 1.0 for t in th)):
+                raise ConfigError(
+                    f"model.source_heads.{name} must be null or {n} probabilities in (0, 1) "
+                    f"(one per label, in order), got {th}"
+                )
         if self.evidence_locations and not self.evidence_prompt:
             raise ConfigError("model.evidence_locations needs model.evidence_prompt: true")
         if self.scan_locations and not self.evidence_locations:

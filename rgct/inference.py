@@ -48,6 +48,7 @@ from rgct.constants import (
 from rgct.conversation import MaskNotFound, Resolution, take_turn
 from rgct.data.io import Volume, load_mask, load_volume
 from rgct.data.transforms import preprocess
+from rgct.generate.masks import PREDICTED
 from rgct.model.checkpoint import load_checkpoint
 from rgct.model.lobe_head import has_lobe_head, load_lobe_head
 from rgct.model.region_classifier import region_probabilities
@@ -208,9 +209,12 @@ class Predictor:
         prompts: list[str],
         gen: GenerationConfig,
         locations: list[dict[str, str] | None] | None = None,
+        mask_source: str | None = None,
     ) -> list[str]:
         """One encoder pass for the volume, then batched generation over (mask, prompt) rows
-        (``locations``: label -> place per row, for ``model.evidence_locations``)."""
+        (``locations``: label -> place per row, for ``model.evidence_locations``;
+        ``mask_source``: where the masks came from, ``predicted`` detects with the segmenter's
+        own classifier head where the checkpoint has one, ``model.source_heads``)."""
         with autocast_for(self.device):
             grids = self.model.encode_rows(image.expand(len(prompts), *image.shape[1:]))
             out: list[str] = []
@@ -219,7 +223,13 @@ class Predictor:
                 m = torch.cat(masks[chunk])
                 where = None if locations is None else locations[chunk]
                 out += self.model.generate_from_grid(
-                    grids[chunk], m, prompts[chunk], gen, image=image, locations=where
+                    grids[chunk],
+                    m,
+                    prompts[chunk],
+                    gen,
+                    image=image,
+                    locations=where,
+                    mask_source=mask_source,
                 )
         return out
 
@@ -297,7 +307,7 @@ class Predictor:
             self.segmentation(vol)  # raises the no-segmenter message
         chosen = {r: seg.masks[r] for r in wanted if r in seg.masks and seg.masks[r].any()}
         warnings = [w for w in seg.warnings if w.split(":")[0] in wanted]
-        return chosen, "predicted", warnings, seg
+        return chosen, PREDICTED, warnings, seg
 
     def _places(
         self, vol: Volume, regions: list[str], findings: list[dict], seg: Any
@@ -325,13 +335,17 @@ class Predictor:
 
     # -- public API ------------------------------------------------------------------------------
     @torch.no_grad()
-    def detect(self, volume: Any, mask: Any = None) -> dict[str, float]:
+    def detect(
+        self, volume: Any, mask: Any = None, mask_source: str | None = None
+    ) -> dict[str, float]:
         """The region classifier's probability of each CT-RATE label inside ``mask`` (whole scan
         if None). With ``model.evidence_prompt`` the labels at or above
-        ``model.evidence_thresholds`` are what the language model is told it sees."""
+        ``model.evidence_thresholds`` are what the language model is told it sees
+        (``mask_source`` ``predicted``: the segmenter's head and thresholds where the
+        checkpoint has them, ``model.source_heads``)."""
         image, masks = self.prepare(volume, {"region": mask})
         with autocast_for(self.device):
-            probs = region_probabilities(self.model, image, masks["region"])
+            probs = region_probabilities(self.model, image, masks["region"], mask_source)
         return dict(zip(self.model.label_names, probs[0].tolist()))
 
     def region_report(
@@ -342,9 +356,11 @@ class Predictor:
         *,
         max_new_tokens: int | None = None,
         num_beams: int | None = None,
+        mask_source: str | None = None,
     ) -> str:
         """Findings for one region. ``region=None`` lets the mask alone say where to look;
-        ``mask=None`` takes the segmenter's mask of ``region``."""
+        ``mask=None`` takes the segmenter's mask of ``region`` (``mask_source``: where a given
+        mask came from; ``predicted`` is read as the segmenter's)."""
         vol = self.load(volume)
         if mask is None and not region:
             raise ValueError("region_report needs a mask, or a region name to predict it")
@@ -355,7 +371,7 @@ class Predictor:
             if mask is None:
                 if region not in found:
                     raise ValueError("; ".join(warnings) or f"{region}: no mask predicted")
-                mask = found[region]
+                mask, mask_source = found[region], PREDICTED
         prompt = (
             REPORT_PROMPTS["region_report"].format(region=region)
             if region
@@ -371,6 +387,7 @@ class Predictor:
             [prompt],
             self._gen(max_new_tokens=max_new_tokens, num_beams=num_beams),
             places,
+            mask_source,
         )[0]
 
     def report(
@@ -405,7 +422,7 @@ class Predictor:
             gen = replace(gen, batch_size=max(gen.batch_size, len(order)))
         findings = seg.findings if seg is not None else []
         places = self._places(vol, order, findings, seg)
-        texts = self._run(image, [prepared[r] for r in order], prompts, gen, places)
+        texts = self._run(image, [prepared[r] for r in order], prompts, gen, places, source)
         sentences = [
             _ground(r, s, findings) for r, t in zip(order, texts) for s in split_sentences(t)
         ]
@@ -449,6 +466,7 @@ class Predictor:
             region,
             max_new_tokens=gen.max_new_tokens,
             num_beams=gen.num_beams,
+            mask_source=source,
         )
         name = region or "region"
         findings = [
@@ -477,8 +495,10 @@ class Predictor:
         *,
         max_new_tokens: int | None = None,
         num_beams: int | None = None,
+        mask_source: str | None = None,
     ) -> str:
-        """Answer a question about the volume (optionally about the masked region)."""
+        """Answer a question about the volume (optionally about the masked region;
+        ``mask_source`` as :meth:`region_report`'s)."""
         if not question or not question.strip():
             raise ValueError("the question is empty")
         image, masks = self.prepare(volume, {WHOLE_SCAN: mask})
@@ -491,7 +511,8 @@ class Predictor:
             vol = self.load(volume)  # a whole-scan question: where each finding is, per region
             seg = self.segmentation(vol)
             places = self._places(vol, [WHOLE_SCAN], seg.findings, seg)
-        return self._run(image, [masks[WHOLE_SCAN]], [question.strip()], gen, places)[0]
+        source = None if mask is None else mask_source
+        return self._run(image, [masks[WHOLE_SCAN]], [question.strip()], gen, places, source)[0]
 
     def chat(
         self,
@@ -548,7 +569,7 @@ class Predictor:
                 return union, sources[LUNG_SIDES[name][0]]
             found = predicted().get(name)
             if found is not None and found.any():
-                return found, "predicted"
+                return found, PREDICTED
             have = sorted({*given, *(n for n, m in predicted().items() if m.any())})
             raise MaskNotFound(
                 f"There is no {name} mask for this scan, so I cannot answer about it "
@@ -568,7 +589,12 @@ class Predictor:
                 default = min(default, 32)  # a short answer, as :meth:`answer`
             gen = self._gen(max_new_tokens=max_new_tokens or default, num_beams=num_beams)
             text = self.answer(
-                vol, res.question, m, max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams
+                vol,
+                res.question,
+                m,
+                max_new_tokens=gen.max_new_tokens,
+                num_beams=gen.num_beams,
+                mask_source=source,
             )
             cut = self._truncated(text, gen)
             warnings = [f"answer cut at the {gen.max_new_tokens}-token limit"] if cut else []

@@ -101,6 +101,7 @@ _KEYS = {
         "weight_decay",
         "seed",
         "masks",
+        "head",
     },
     "fit_lobes": {
         "from",
@@ -122,6 +123,7 @@ _KEYS = {
         "max_volumes",
         "report_volumes",
         "masks",
+        "head",
     },
     "heldout": {
         "from",
@@ -456,7 +458,7 @@ class RecipeRunner:
         src, out, data = self._ref(o["from"]), self.model_dir(stage.id), self.data_dir(stage)
         kwargs = {
             k: o[k]
-            for k in ("split", "max_volumes", "epochs", "lr", "weight_decay", "seed")
+            for k in ("split", "max_volumes", "epochs", "lr", "weight_decay", "seed", "head")
             if k in o
         }
         if "masks" in o:
@@ -489,7 +491,9 @@ class RecipeRunner:
         o = stage.options
         src, out, data = self._ref(o["from"]), self.model_dir(stage.id), self.data_dir(stage)
         kwargs = {
-            k: o[k] for k in ("split", "skip_volumes", "max_volumes", "report_volumes") if k in o
+            k: o[k]
+            for k in ("split", "skip_volumes", "max_volumes", "report_volumes", "head")
+            if k in o
         }
         if "masks" in o:
             kwargs["masks"] = _mask_list(o["masks"])

@@ -83,13 +83,13 @@ def test_finding_sentences_carry_the_localised_finding(case, monkeypatch):
         "box_voxel": [2, 3, 4, 4, 5, 6],
         "mask": np.zeros((2, 2, 2), bool),
     }
-    monkeypatch.setattr(
-        p,
-        "_run",
-        lambda image, masks, prompts, gen, places=None: [
-            "A solid nodule of 6 mm is seen in the right lung upper lobe." for _ in prompts
-        ],
-    )
+    sources = []  # where the masks came from, as the language model's caller is told
+
+    def run(image, masks, prompts, gen, places=None, mask_source=None):
+        sources.append(mask_source)
+        return ["A solid nodule of 6 mm is seen in the right lung upper lobe." for _ in prompts]
+
+    monkeypatch.setattr(p, "_run", run)
     from rgct.generate.segment import Segmentation
 
     real = p.segmentation(scan)
@@ -106,6 +106,11 @@ def test_finding_sentences_carry_the_localised_finding(case, monkeypatch):
     assert heart["finding"] is None  # a nodule is a lung finding
     assert out["findings"][0]["mask"].shape == (2, 2, 2)
     assert truth["volume"]
+    # the segmenter's masks are read as such (its own classifier head where there is one)
+    assert sources == ["predicted"] and out["mask_source"] == "predicted"
+    p.report(scan, {"lung": real.masks["lung"]}, mask_source="uploaded")
+    p.region_report_details(scan, region="lung")
+    assert sources[1:] == ["uploaded", "predicted"]
 
 
 def test_check_scan_flags_a_small_field_of_view(case):
@@ -176,7 +181,7 @@ def heard(case, monkeypatch):
     }
     asked: list[tuple[str, torch.Tensor]] = []
 
-    def run(image, masks, prompts, gen, places=None):
+    def run(image, masks, prompts, gen, places=None, mask_source=None):
         asked.extend(zip(prompts, masks))
         return [replies.get(q, "No abnormality.") for q in prompts]
 

@@ -406,6 +406,7 @@ def generate_units(
             locations=locations,
             detected=detected,
             presupposed=presupposed,
+            mask_source=None if masks is None else masks.label,
         )
     out, k = [], 0
     for u in units:

@@ -122,6 +122,8 @@ def load_vision_weights(
                     model.in_channels,
                     ", ".join(inflated),
                 )
+        if part == "pooler":
+            sub = _known_source_heads(sub, model, directory)
         if part == "pooler" and any(k.startswith("stats_head.") for k in sub) != (
             model.pooler.stats_head is not None
         ):
@@ -136,6 +138,23 @@ def load_vision_weights(
             raise ValueError(
                 f"{directory}: the {part} weights do not fit this model ({e}){hint}"
             ) from e
+
+
+def _known_source_heads(sub: dict, model: RGCTModel, directory: str | Path) -> dict:
+    """A pooler state without the mask-source heads (``model.source_heads``) that ``model``
+    does not hold: a stage that loads a pooler for another use starts from its main head."""
+    have = set(model.pooler.source_heads)
+    dropped = sorted({k.split(".")[1] for k in sub if k.startswith("source_heads.")} - have)
+    if dropped:
+        logger.info(
+            "%s: classifier head(s) of mask source %s not loaded (this model's "
+            "model.source_heads lacks them)",
+            directory,
+            ", ".join(dropped),
+        )
+    return {
+        k: v for k, v in sub.items() if not k.startswith("source_heads.") or k.split(".")[1] in have
+    }
 
 
 def load_parts(

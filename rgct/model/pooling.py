@@ -17,6 +17,8 @@ The classifier's heads are built, fitted, thresholded and read through
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,6 +89,16 @@ class RegionPooler(nn.Module):
         self.stats_head: nn.Module | None = None
         if region_stats is not None:
             self.add_region_stats(region_stats, num_labels)
+        self.source_heads = nn.ModuleDict()
+
+    def add_source_head(self, name: str) -> None:
+        """A classifier head of mask source ``name`` (``model.source_heads``): a copy of the
+        main head (and its statistics head), so that it classifies as the main one until
+        fitted on that source's regions. Replaces one of that name."""
+        head = nn.ModuleDict({"classifier": copy.deepcopy(self.classifier)})
+        if self.stats_head is not None:
+            head["stats_head"] = copy.deepcopy(self.stats_head)
+        self.source_heads[name] = head
 
     def add_region_stats(self, hu_window: tuple[float, float], num_labels: int = 18) -> None:
         """Add the intensity-histogram head (output layer at zero: logits unchanged): HU
@@ -98,17 +110,33 @@ class RegionPooler(nn.Module):
         self.stats_head = build_stats_head(self.stats.num_features, num_labels)
         self.stats_head.train(self.training)
 
-    def classify(self, region: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
-        """Region tokens (B, 2, C) [+ intensity features (B, F)] -> logits (B, L)."""
-        logits = self.classifier(region.flatten(1))
-        if self.stats_head is not None:
+    def heads(self, source: str | None = None) -> tuple[nn.Module, nn.Module | None]:
+        """(classifier, statistics head) that classify regions of mask source ``source``: its
+        own head where the pooler holds one, else the main head."""
+        if source is not None and source in self.source_heads:
+            head = self.source_heads[source]
+            return head["classifier"], head["stats_head"] if "stats_head" in head else None
+        return self.classifier, self.stats_head
+
+    def classify(
+        self, region: torch.Tensor, stats: torch.Tensor | None = None, source: str | None = None
+    ) -> torch.Tensor:
+        """Region tokens (B, 2, C) [+ intensity features (B, F)] -> logits (B, L), by the head
+        of mask source ``source`` (:meth:`heads`)."""
+        classifier, stats_head = self.heads(source)
+        logits = classifier(region.flatten(1))
+        if stats_head is not None:
             if stats is None:
                 raise ValueError("this region classifier reads intensity statistics: pass them")
-            logits = logits + self.stats_head(stats)
+            logits = logits + stats_head(stats)
         return logits
 
     def forward(
-        self, features: torch.Tensor, mask: torch.Tensor, image: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        mask: torch.Tensor,
+        image: torch.Tensor | None = None,
+        source: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pool features under the mask.
 
@@ -116,6 +144,8 @@ class RegionPooler(nn.Module):
             features: (B, C, d, h, w) patch features (2D: (B, C, h, w)).
             mask: (B, 1, D, H, W) region mask in {0, 1} at input resolution (2D: (B, 1, H, W)).
             image: (B or 1, C_in, D, H, W) model input; needed with ``region_stats``.
+            source: where the mask came from; a source with a head of its own
+                (:meth:`add_source_head`) is classified by it.
 
         Returns:
             global_tokens (B, G, C), region_tokens (B, 2, C) [mean, max], logits (B, L).
@@ -128,7 +158,7 @@ class RegionPooler(nn.Module):
                     "model.region_stats: the region classifier needs the image as well"
                 )
             stats = self.stats(image, mask)
-        return glob, region, self.classify(region, stats)
+        return glob, region, self.classify(region, stats, source)
 
     def pool(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global tokens (B, G, C) and region tokens (B, 2, C), both normalised."""

@@ -280,22 +280,27 @@ def has_region_stats(model: RGCTModel) -> bool:
 
 
 def region_logits(
-    model: RGCTModel, grid: torch.Tensor, mask: torch.Tensor, image: torch.Tensor | None = None
+    model: RGCTModel,
+    grid: torch.Tensor,
+    mask: torch.Tensor,
+    image: torch.Tensor | None = None,
+    head: str | None = None,
 ) -> torch.Tensor:
     """Classifier logits (B, L) for grids (B, C, d, h, w) under masks (B, 1, D, H, W).
 
-    ``image`` (B or 1, C_in, D, H, W): the model input (needed with ``model.region_stats``)."""
-    return model.pooler(grid, mask, image)[2]
+    ``image`` (B or 1, C_in, D, H, W): the model input (needed with ``model.region_stats``).
+    ``head``: the mask source whose head classifies (``model.source_heads``; None: the main)."""
+    return model.pooler(grid, mask, image, head)[2]
 
 
 @torch.no_grad()
 def region_probabilities(
-    model: RGCTModel, image: torch.Tensor, masks: torch.Tensor
+    model: RGCTModel, image: torch.Tensor, masks: torch.Tensor, head: str | None = None
 ) -> torch.Tensor:
     """(R, L) probabilities for one volume (1, C_in, D, H, W) under R masks (R, 1, D, H, W):
-    the encoder runs once."""
+    the encoder runs once (``head``: as :func:`region_logits`)."""
     rows = image.expand(masks.shape[0], *image.shape[1:])
-    logits = region_logits(model, model.encode_rows(rows), masks, image)
+    logits = region_logits(model, model.encode_rows(rows), masks, image, head)
     return torch.sigmoid(logits.float())
 
 
@@ -531,12 +536,17 @@ def concat_features(parts: list[RegionFeatures]) -> RegionFeatures:
 
 
 @torch.no_grad()
-def feature_probabilities(model: RGCTModel, feats: RegionFeatures) -> np.ndarray:
-    """The region classifier's (N, L) probabilities for cached features."""
+def feature_probabilities(
+    model: RGCTModel, feats: RegionFeatures, head: str | None = None
+) -> np.ndarray:
+    """The region classifier's (N, L) probabilities for cached features (``head``: the mask
+    source whose head classifies; None: the main head)."""
     pooler = model.pooler
     device = next(pooler.classifier.parameters()).device
     stats = None if feats.stats is None else feats.stats.to(device)
-    logits = pooler.classify(feats.region.to(device), stats if pooler.stats is not None else None)
+    logits = pooler.classify(
+        feats.region.to(device), stats if pooler.stats is not None else None, head
+    )
     return torch.sigmoid(logits.float()).cpu().numpy()
 
 
@@ -548,9 +558,11 @@ def collect_region_probabilities(
     skip_volumes: int = 0,
     max_volumes: int | None = None,
     mask_for: Callable[[Any], torch.Tensor | None] | None = None,
+    head: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Classifier probabilities and true labels for every (volume, region) of a split
-    (``mask_for``: masks from another source, as in :func:`collect_region_features`); of a
+    (``mask_for``: masks from another source, as in :func:`collect_region_features`; ``head``:
+    the mask source whose classifier head reads them, None: the main head); of a
     radiograph split, every film and box (:mod:`rgct.model.film_regions`).
 
     Returns:
@@ -569,7 +581,7 @@ def collect_region_probabilities(
         feats = collect_region_features(
             model, cfg, data_root, split, skip_volumes, max_volumes, mask_for=mask_for
         )
-    return feature_probabilities(model, feats), feats.labels, feats.keys
+    return feature_probabilities(model, feats, head), feats.labels, feats.keys
 
 
 def _f1(pred: np.ndarray, gold: np.ndarray) -> tuple[float, int, int, int]:
@@ -659,9 +671,11 @@ def fit_region_classifier(
     weight_decay: float = 1e-2,
     batch_size: int = 256,
     seed: int = 0,
+    head: str | None = None,
 ) -> list[float]:
     """Train ``pooler.classifier`` (and ``pooler.stats_head`` if present) on ``feats`` with the
-    per-label BCE of the auxiliary loss; every other weight stays as it is.
+    per-label BCE of the auxiliary loss; every other weight stays as it is. ``head``: train
+    that mask source's head instead (``model.source_heads``; the pooler must hold it).
 
     Returns:
         The mean training loss of each epoch.
@@ -685,7 +699,13 @@ def fit_region_classifier(
         raise ValueError(
             f"inconsistent features: {n} keys, region {tuple(feats.region.shape)}, labels {feats.labels.shape}"
         )
-    heads = [pooler.classifier] + ([pooler.stats_head] if pooler.stats_head is not None else [])
+    if head is not None and head not in pooler.source_heads:
+        raise ValueError(
+            f"the region classifier has no head for mask source {head!r} "
+            f"(it has: {sorted(pooler.source_heads) or 'none'}); add it first (add_source_head)"
+        )
+    classifier, stats_head = pooler.heads(head)
+    heads = [classifier] + ([stats_head] if stats_head is not None else [])
     params = [p for h in heads for p in h.parameters()]
     flags = [p.requires_grad for p in params]
     device = params[0].device
@@ -705,7 +725,7 @@ def fit_region_classifier(
             total = 0.0
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                logits = pooler.classify(region[idx], None if stats is None else stats[idx])
+                logits = pooler.classify(region[idx], None if stats is None else stats[idx], head)
                 loss = F.binary_cross_entropy_with_logits(logits.float(), target[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -137,6 +137,8 @@ class RGCTModel(nn.Module):
             region_stats=self.hu_window if cfg.region_stats else None,
             spatial_dims=len(self.input_shape),
         )
+        for source in cfg.source_heads:  # e.g. the segmenter's masks: rc.fit --head predicted
+            self.pooler.add_source_head(source)
         self.projector = build_projector(cfg.projector, channels, hidden)
         self.evidence = nn.Linear(self.num_labels, hidden)
         # Dense per-patch finding head: only with a dense loss (phantom positions).
@@ -224,12 +226,19 @@ class RGCTModel(nn.Module):
         return self.encode_image(uniq)[inverse]
 
     def visual_tokens(
-        self, grid: torch.Tensor, mask: torch.Tensor, image: torch.Tensor | None = None
+        self,
+        grid: torch.Tensor,
+        mask: torch.Tensor,
+        image: torch.Tensor | None = None,
+        mask_source: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Grid (B,C,d,h,w) + mask (B,1,D,H,W) -> visual embeddings (B,V,Hd), aux logits (B,L).
 
-        ``image`` (B or 1, C_in, D, H, W): the model input, for ``model.region_stats``."""
-        glob, region, logits = self.pooler(grid, mask, image)  # logits: the region classifier
+        ``image`` (B or 1, C_in, D, H, W): the model input, for ``model.region_stats``.
+        ``mask_source``: where the masks came from (``model.source_heads``: a source with a
+        classifier head of its own is classified by it)."""
+        # logits: the region classifier's
+        glob, region, logits = self.pooler(grid, mask, image, mask_source)
         n_region = self.cfg.num_region_tokens
         tokens = [self.projector(glob), self.projector(region[:, : min(n_region, 2)])]
         if n_region == 3:
@@ -441,6 +450,13 @@ class RGCTModel(nn.Module):
         losses["dense_loss"] = vision["dense_loss"]
         return losses
 
+    def evidence_thresholds(self, mask_source: str | None = None) -> list[float] | None:
+        """The detection thresholds of the head that classifies ``mask_source``'s regions
+        (``model.source_heads``, else ``model.evidence_thresholds``; None: 0.5 each)."""
+        if mask_source is not None and mask_source in self.cfg.source_heads:
+            return self.cfg.source_heads[mask_source]
+        return self.cfg.evidence_thresholds
+
     # -- generation ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate_from_grid(
@@ -455,8 +471,12 @@ class RGCTModel(nn.Module):
         locations: list[dict[str, str] | None] | None = None,
         detected: list[dict[str, bool] | None] | None = None,
         presupposed: list[bool] | None = None,
+        mask_source: str | None = None,
     ) -> list[str]:
         """Batched generation (left padding, KV cache) for precomputed grids (B,C,d,h,w).
+
+        ``mask_source``: where ``mask`` came from; a source with its own classifier head
+        (``model.source_heads``, e.g. ``predicted``) detects with that head and its thresholds.
 
         ``presupposed``: per row, whether its question presupposes one finding (a radiograph's
         "What is in the given box?"): such a row's line names exactly one label, its detection
@@ -480,7 +500,8 @@ class RGCTModel(nn.Module):
             raise ValueError(
                 f"{len(prompts)} prompts for {grid.shape[0]} grids and {mask.shape[0]} masks"
             )
-        visual, logits = self.visual_tokens(grid, mask, image)
+        visual, logits = self.visual_tokens(grid, mask, image, mask_source)
+        thresholds = self.evidence_thresholds(mask_source)
         if evidence is not None and (
             not self.cfg.evidence_prompt or tuple(evidence.shape) != tuple(logits.shape)
         ):
@@ -492,12 +513,12 @@ class RGCTModel(nn.Module):
             if evidence is None:
                 if blind:  # the blind baseline's classifier sees no image either
                     zero_image = None if image is None else torch.zeros_like(image)
-                    _, logits = self.visual_tokens(torch.zeros_like(grid), mask, zero_image)
-                evidence = rc.detections(logits, self.cfg.evidence_thresholds)
-                if presupposed is not None:
-                    evidence = rc.exactly_one(
-                        evidence, logits, presupposed, self.cfg.evidence_thresholds
+                    _, logits = self.visual_tokens(
+                        torch.zeros_like(grid), mask, zero_image, mask_source
                     )
+                evidence = rc.detections(logits, thresholds)
+                if presupposed is not None:
+                    evidence = rc.exactly_one(evidence, logits, presupposed, thresholds)
                 if detected is not None and not blind:
                     evidence = override_detections(evidence, detected, self.label_names)
             where = None if blind or not self.cfg.evidence_locations else locations
@@ -563,10 +584,12 @@ class RGCTModel(nn.Module):
         locations: list[dict[str, str] | None] | None = None,
         detected: list[dict[str, bool] | None] | None = None,
         presupposed: list[bool] | None = None,
+        mask_source: str | None = None,
     ) -> list[str]:
         """Text for each (image, mask, prompt) row. image (B,C,D,H,W), mask (B,1,D,H,W).
 
-        Rows that repeat a volume share one encoder pass."""
+        Rows that repeat a volume share one encoder pass; the other arguments are
+        :meth:`generate_from_grid`'s."""
         grid = self.encode_rows(image)
         return self.generate_from_grid(
             grid,
@@ -579,4 +602,5 @@ class RGCTModel(nn.Module):
             locations=locations,
             detected=detected,
             presupposed=presupposed,
+            mask_source=mask_source,
         )

@@ -90,19 +90,33 @@ def fit_classifier_checkpoint(
     seed: int = 0,
     device: str = "auto",
     masks: tuple[str, ...] | list[str] = MASK_SOURCES,
+    head: str | None = None,
 ) -> dict:
     """Fit the region classifier's heads (adding the histogram head) into a new checkpoint.
 
     ``masks``: the mask sources whose regions it learns from, e.g. ``("dataset",
     "predicted")`` so that it reads the segmenter's masks as well as the dataset's (the
-    heads continue from the checkpoint's weights). Returns the fitting record (also written
-    to ``OUT/region_head.json``)."""
+    heads continue from the checkpoint's weights). ``head``: fit a head of that mask source
+    instead (``model.source_heads``, e.g. ``predicted`` on the segmenter's masks), starting
+    as a copy of the main head, which stays as it is with its thresholds; the new head's
+    thresholds are 0.5 until ``calibrate_checkpoint(head=...)``. Returns the fitting record
+    (also written to ``OUT/region_head.json``)."""
+    from rgct.config import SOURCE_HEAD_NAMES
+
+    if head is not None and head not in SOURCE_HEAD_NAMES:
+        raise ValueError(
+            f"head {head!r}: a classifier head of its own exists for mask sources "
+            f"{list(SOURCE_HEAD_NAMES)} only"
+        )
     from rgct.inference import pick_device
 
     src, out = _distinct(checkpoint, out)
     dev = pick_device(device)
     model, cfg = load_checkpoint(src, device=dev)
     rc.add_region_stats(model)
+    if head is not None:
+        model.pooler.add_source_head(head)  # a copy of the main head: fitted below
+        cfg.model.source_heads = {**cfg.model.source_heads, head: None}
     t0 = time.perf_counter()
     parts = [
         rc.collect_region_features(
@@ -113,7 +127,7 @@ def fit_classifier_checkpoint(
     feats = rc.concat_features(parts)
     t1 = time.perf_counter()
     history = rc.fit_region_classifier(
-        model, feats, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed
+        model, feats, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed, head=head
     )
     t2 = time.perf_counter()
     record = {
@@ -122,6 +136,7 @@ def fit_classifier_checkpoint(
         "split": split,
         "tasks": list(tasks),
         "masks": list(masks),
+        "head": head or "main",
         "regions_per_mask_source": {m: len(p.keys) for m, p in zip(masks, parts)},
         "regions": len(feats.keys),
         "volumes": len({v for v, _ in feats.keys}),
@@ -154,8 +169,10 @@ def calibrate_checkpoint(
     report_volumes: int = 0,
     device: str = "auto",
     masks: tuple[str, ...] | list[str] = MASK_SOURCES,
+    head: str | None = None,
 ) -> dict:
-    """Fit per-label thresholds and write a new checkpoint with ``model.evidence_thresholds``.
+    """Fit per-label thresholds and write a new checkpoint with ``model.evidence_thresholds``
+    (``head``: those of that mask source's own head, ``model.source_heads``, instead).
 
     Calibrates on the volumes of ``split`` after the first ``skip_volumes`` (sorted by name:
     those a ``limit``-ed held-out check uses); ``report_volumes`` also scores the fitted
@@ -173,10 +190,16 @@ def calibrate_checkpoint(
         )
     dev = pick_device(device)
     model, cfg = load_checkpoint(src, device=dev)
+    if head is not None and head not in cfg.model.source_heads:
+        raise ValueError(
+            f"{src}: its region classifier has no head for mask source {head!r} (it has: "
+            f"{sorted(cfg.model.source_heads) or 'none'}); fit one first: rgct classifier fit "
+            f"--head {head}"
+        )
     readers = _mask_readers(masks, src, cfg, data, dev)
     fitted = [
         rc.collect_region_probabilities(
-            model, cfg, data, split, skip_volumes, max_volumes, mask_for=reader
+            model, cfg, data, split, skip_volumes, max_volumes, mask_for=reader, head=head
         )
         for _, reader in readers
     ]
@@ -190,6 +213,7 @@ def calibrate_checkpoint(
             "split": split,
             "skip_volumes": skip_volumes,
             "masks": list(masks),
+            "head": head or "main",
             "thresholds": thresholds,
         }
     )
@@ -201,7 +225,7 @@ def calibrate_checkpoint(
     if report_volumes:
         scored = {
             name: rc.collect_region_probabilities(
-                model, cfg, data, split, 0, report_volumes, mask_for=reader
+                model, cfg, data, split, 0, report_volumes, mask_for=reader, head=head
             )[:2]
             for name, reader in readers
         }
@@ -214,7 +238,10 @@ def calibrate_checkpoint(
             report["report_fitted_per_mask_source"] = {
                 name: rc.detection_scores(p, y, thresholds) for name, (p, y) in scored.items()
             }
-    cfg.model.evidence_thresholds = thresholds
+    if head is None:
+        cfg.model.evidence_thresholds = thresholds
+    else:
+        cfg.model.source_heads = {**cfg.model.source_heads, head: thresholds}
     save_checkpoint(
         model,
         cfg,

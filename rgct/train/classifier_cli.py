@@ -4,6 +4,8 @@
     rgct classifier calibrate --checkpoint runs/stage3/model --data DIR --out runs/cal/model \
         --skip-volumes 50 --report-volumes 50
     rgct classifier fit ... --masks dataset,predicted   # also learn the segmenter's masks
+    rgct classifier fit ... --masks predicted --head predicted   # a head for the segmenter's masks
+    rgct classifier calibrate ... --masks predicted --head predicted
     rgct classifier fit-lobes --checkpoint runs/grounded/model --data DIR --out runs/lobes/model
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from rgct.config import SOURCE_HEAD_NAMES
 from rgct.model.region_classifier import FIT_TASKS
 
 
@@ -34,6 +37,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
             default="dataset",
             help="mask sources, comma list: dataset, predicted (the checkpoint's segmenter) "
             "or a folder of seg_<volume>/ masks",
+        )
+    for p in (fit, cal):
+        p.add_argument(
+            "--head",
+            default=None,
+            choices=SOURCE_HEAD_NAMES,
+            help="fit / calibrate the classifier head of this mask source (model.source_heads: "
+            "used when that source gives the masks) instead of the main head",
         )
     fit.add_argument("--split", default="train")
     fit.add_argument(
@@ -95,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             masks=[m for m in args.masks.split(",") if m],
+            head=args.head,
         )
         print(json.dumps({k: v for k, v in record.items() if k != "loss"}, indent=1))
     else:
@@ -108,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             report_volumes=args.report_volumes,
             device=args.device,
             masks=[m for m in args.masks.split(",") if m],
+            head=args.head,
         )
         print(calibration_table(report))
     print(f"wrote {args.out}")

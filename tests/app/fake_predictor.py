@@ -101,6 +101,8 @@ class FakePredictor:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.calls: list[tuple[str, str | None]] = []
+        self.mask_sources: list[str | None] = []
+        """The ``mask_source`` each report call was given (where the app's masks came from)."""
         self.histories: list[list[tuple[str, str]]] = []
         self._lock = threading.Lock()
 
@@ -223,9 +225,11 @@ class FakePredictor:
         *,
         max_new_tokens: int | None = 64,
         num_beams: int | None = 1,
+        mask_source: str | None = None,
     ) -> dict:
         """``'<region>: <n> voxels in <D>x<H>x<W> (tokens=<t>, beams=<b>).'`` (+ findings)."""
         array = _array(volume)
+        self.mask_sources.append(mask_source)
         source = "uploaded"
         m = _mask(mask, array)
         if m is None:
@@ -264,9 +268,11 @@ class FakePredictor:
         *,
         max_new_tokens: int | None = 64,
         num_beams: int | None = 1,
+        mask_source: str | None = None,
     ) -> dict:
         """One sentence per region, in :data:`REGIONS` order, plus a sentence per finding."""
         array = _array(volume)
+        self.mask_sources.append(mask_source)
         source, warnings = "dataset", []
         if masks is None:
             seg = self.segment(volume)

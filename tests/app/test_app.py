@@ -287,6 +287,19 @@ def test_volume_upload_predicts_regions_and_checks_the_scan(app, files):
     assert "Only 12 slices" in warnings and "Field of view 16 mm" in warnings
 
 
+def test_reports_tell_the_predictor_where_the_masks_came_from(app, files, predictor):
+    """The segmenter's masks are read by their own classifier head: the app says which masks
+    it hands over (one source for all of a full report's masks, else none)."""
+    session, _ = app.load_volume(None, files["nii.gz"])
+    app.select(session, "lung")
+    app.region_report(session, **GEN)
+    app.full_report(session, **GEN)
+    session, _ = app.load_masks(session, files["mask:lung"])  # an uploaded lung beside them
+    app.region_report(session, **GEN)
+    app.full_report(session, **GEN)
+    assert predictor.mask_sources == ["predicted", "predicted", "uploaded", None]
+
+
 def test_box_tool_reads_rows_columns_and_starts_at_the_drawn_slice(app, files):
     session, _ = app.load_volume(None, files["nii.gz"], segment=False)
     d, h, w = SHAPE

@@ -178,6 +178,37 @@ def test_evidence_line_from_labels_in_training_and_from_the_classifier_in_genera
     assert not seen[-1].any()
 
 
+def test_the_segmenters_masks_are_read_by_their_own_head_and_thresholds(seed, monkeypatch):
+    """``model.source_heads``: rows whose masks the segmenter predicted (``mask_source``
+    ``predicted``) are detected by that head at its thresholds; any other source, by the main
+    head at ``evidence_thresholds``."""
+    cfg = load_config(
+        [TINY_MODEL],
+        ["model.evidence_prompt=true", f"model.source_heads={{predicted: {[0.98] * 18}}}"],
+    )
+    model = build_model(cfg).eval()
+    assert set(model.pooler.source_heads) == {"predicted"}
+    model.cfg.evidence_thresholds = [0.02] * len(CT_RATE_LABELS)
+    seen = []
+    original = rc.evidence_prompts
+
+    def spy(prompts, det, *rest, **kw):
+        seen.append(det.clone())
+        return original(prompts, det, *rest, **kw)
+
+    monkeypatch.setattr(rc, "evidence_prompts", spy)
+    d, h, w = model.input_shape
+    image, mask = torch.rand(1, 1, d, h, w), torch.ones(1, 1, d, h, w)
+    prompt = ["Describe the findings in the lung."]
+    for source, detected in ((None, True), ("folder:segs", True), ("predicted", False)):
+        model.generate(image, mask, prompt, mask_source=source)
+        assert bool(seen[-1].all()) is detected and bool(seen[-1].any()) is detected, source
+    with pytest.raises(ConfigError, match="unknown mask source 'dataset'"):
+        load_config([TINY_MODEL], ["model.source_heads={dataset: null}"])
+    with pytest.raises(ConfigError, match="source_heads.predicted must be null or 18"):
+        load_config([TINY_MODEL], ["model.source_heads={predicted: [0.5]}"])
+
+
 def test_evidence_locations_in_training_and_generation_but_never_blind(seed, monkeypatch):
     cfg = load_config([TINY_MODEL], ["model.evidence_prompt=true", "model.evidence_locations=true"])
     model = build_model(cfg)

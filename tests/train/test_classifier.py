@@ -148,3 +148,66 @@ def test_fit_passes_weight_decay_to_the_heads(tiny_checkpoint, phantom_root, tmp
         weight_decay=0.25,
     )
     assert seen["weight_decay"] == 0.25 and record["weight_decay"] == 0.25
+
+
+def test_a_head_of_the_segmenters_masks_leaves_the_main_head_and_thresholds(
+    tiny_checkpoint, phantom_root, tmp_path
+):
+    """``--head predicted``: a second head fitted (and calibrated) on another source's regions;
+    the main head and ``evidence_thresholds`` stay the source checkpoint's, and only rows whose
+    masks come from that source are classified by the new head."""
+    from rgct.model.builder import build_model
+    from rgct.model.checkpoint import load_parts
+
+    masks = _mask_folder(phantom_root, tmp_path / "seg", "train", keep=2, drop="heart")
+    main, main_cfg = load_checkpoint(tiny_checkpoint)
+    fitted = tmp_path / "fitted"
+    record = fit_classifier_checkpoint(
+        tiny_checkpoint,
+        phantom_root,
+        fitted,
+        tasks=("region_report",),
+        epochs=3,
+        lr=1e-2,
+        masks=[str(masks)],
+        head="predicted",
+    )
+    assert record["head"] == "predicted"
+    model, cfg = load_checkpoint(fitted)
+    assert cfg.model.source_heads == {"predicted": None}
+    assert cfg.model.evidence_thresholds == main_cfg.model.evidence_thresholds
+    main_state = main.pooler.classifier.state_dict()
+    for k, v in model.pooler.classifier.state_dict().items():
+        assert torch.equal(v, main_state[k]), k  # the main head is the source's
+    head = model.pooler.source_heads["predicted"]["classifier"].state_dict()
+    assert any(not torch.equal(head[k], main_state[k]) for k in head)  # the new one learned
+
+    calibrated = tmp_path / "calibrated"
+    report = calibrate_checkpoint(
+        fitted, phantom_root, calibrated, split="train", masks=[str(masks)], head="predicted"
+    )
+    model, cfg = load_checkpoint(calibrated)
+    assert report["head"] == "predicted"
+    assert cfg.model.source_heads["predicted"] == report["thresholds"]
+    assert cfg.model.evidence_thresholds == main_cfg.model.evidence_thresholds
+    assert model.evidence_thresholds("predicted") == report["thresholds"]
+    assert model.evidence_thresholds("folder:seg") == main_cfg.model.evidence_thresholds
+    grid = torch.randn(2, model.pooler.norm.normalized_shape[0], *([2] * 3))
+    mask = torch.ones(2, 1, *cfg.data.input_shape)
+    image = torch.randn(2, cfg.data.in_channels, *cfg.data.input_shape)
+    _, _, by_main = model.pooler(grid, mask, image)
+    _, _, by_other = model.pooler(grid, mask, image, "folder:seg")  # no head of its own
+    _, _, by_head = model.pooler(grid, mask, image, "predicted")
+    assert torch.equal(by_main, by_other) and not torch.allclose(by_main, by_head)
+
+    # a model without that head (another stage's init) loads the main head and leaves it out
+    cfg.model.source_heads = {}
+    plain = build_model(cfg)
+    load_parts(plain, calibrated, ["pooler"])
+    assert len(plain.pooler.source_heads) == 0
+    assert torch.equal(plain.pooler(grid, mask, image)[2], by_main)
+
+    with pytest.raises(ValueError, match="no head for mask source 'predicted'"):
+        calibrate_checkpoint(tiny_checkpoint, phantom_root, tmp_path / "x", head="predicted")
+    with pytest.raises(ValueError, match="mask sources \\['predicted'\\] only"):
+        fit_classifier_checkpoint(tiny_checkpoint, phantom_root, tmp_path / "y", head="dataset")
