@@ -138,6 +138,19 @@ def test_dense_part_round_trips_and_loads_into_a_model_without_it(seed, tmp_path
 
 
 # -- detect, then describe ----------------------------------------------------------------------
+def _spy_detections(monkeypatch) -> list[torch.Tensor]:
+    """The detections each generation writes into its prompts, as they are made."""
+    seen: list[torch.Tensor] = []
+    original = rc.evidence_prompts
+
+    def spy(prompts, det, *rest, **kw):
+        seen.append(det.clone())
+        return original(prompts, det, *rest, **kw)
+
+    monkeypatch.setattr(rc, "evidence_prompts", spy)
+    return seen
+
+
 def test_evidence_line_from_labels_in_training_and_from_the_classifier_in_generation(
     seed, monkeypatch
 ):
@@ -160,14 +173,7 @@ def test_evidence_line_from_labels_in_training_and_from_the_classifier_in_genera
         model.tokenize(["q"], ["a"], labels[:1], torch.zeros(1, dtype=torch.bool))
 
     # generation: the detections come from the classifier at the configured thresholds
-    seen = []
-    original = rc.evidence_prompts
-
-    def spy(prompts, det, *rest, **kw):
-        seen.append(det.clone())
-        return original(prompts, det, *rest, **kw)
-
-    monkeypatch.setattr(rc, "evidence_prompts", spy)
+    seen = _spy_detections(monkeypatch)
     d, h, w = model.input_shape
     image, mask = torch.rand(2, 1, d, h, w), torch.ones(2, 1, d, h, w)
     model.cfg.evidence_thresholds = [0.02] * len(CT_RATE_LABELS)  # everything counts
@@ -189,14 +195,7 @@ def test_the_segmenters_masks_are_read_by_their_own_head_and_thresholds(seed, mo
     model = build_model(cfg).eval()
     assert set(model.pooler.source_heads) == {"predicted"}
     model.cfg.evidence_thresholds = [0.02] * len(CT_RATE_LABELS)
-    seen = []
-    original = rc.evidence_prompts
-
-    def spy(prompts, det, *rest, **kw):
-        seen.append(det.clone())
-        return original(prompts, det, *rest, **kw)
-
-    monkeypatch.setattr(rc, "evidence_prompts", spy)
+    seen = _spy_detections(monkeypatch)
     d, h, w = model.input_shape
     image, mask = torch.rand(1, 1, d, h, w), torch.ones(1, 1, d, h, w)
     prompt = ["Describe the findings in the lung."]
