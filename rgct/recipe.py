@@ -611,7 +611,8 @@ class RecipeRunner:
     def _keep_records(self, folder: Path) -> None:
         """Into an exported model folder: each training stage's ``metrics.jsonl`` (as
         ``training/<stage>_metrics.jsonl``), and the card and training records of each reused
-        stage (``history/<stage>/``), so the folder tells how all of it was made."""
+        stage (``history/<stage>/``) with the history that folder kept itself, so the folder
+        tells how all of it was made."""
         log = self.log()
         for rec in log:
             metrics = self.stage_dir(rec["stage"]) / "metrics.jsonl"
@@ -620,6 +621,8 @@ class RecipeRunner:
                 shutil.copy2(metrics, folder / "training" / f"{rec['stage']}_metrics.jsonl")
         for sid in _reused(log):
             made = self.model_dir(sid)
+            if (made / "history").is_dir():  # what the reused folder kept of its own makers
+                shutil.copytree(made / "history", folder / "history", dirs_exist_ok=True)
             keep = folder / "history" / sid
             if (made / "README.md").is_file():
                 keep.mkdir(parents=True, exist_ok=True)

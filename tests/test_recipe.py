@@ -121,6 +121,15 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     kept = again / "grounded" / "model" / "history" / "bundle" / "README.md"
     assert kept.read_text() == (bundle / "README.md").read_text()
     assert (again / "grounded" / "model" / "training" / "stage3_locations_metrics.jsonl").is_file()
+    # continuing that folder in turn keeps both generations of history
+    third = RecipeRunner(load_recipe(recipe), tmp_path / "third")
+    third.reuse("grounded", again / "grounded" / "model")
+    kept = tmp_path / "kept"
+    third._keep_records(kept)
+    assert (kept / "history" / "bundle" / "README.md").read_text() == (
+        bundle / "README.md"
+    ).read_text()
+    assert (kept / "history" / "grounded" / "README.md").read_text() == card
 
 
 @pytest.mark.parametrize(
