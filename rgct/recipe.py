@@ -2,8 +2,8 @@
 
 A recipe YAML lists stages; each stage writes its own folder under ``--work`` and a done-marker
 (``DONE.json``), so a killed run resumes at the stage it was in (a training stage also resumes
-inside itself from its last checkpoint). ``--from ID`` re-runs from a stage, ``--until ID``
-stops after one. Every stage appends what it did (the equivalent command, its seconds and its
+inside itself from its last checkpoint). ``--from ID`` re-runs that stage and every later one
+(stages taken with ``--reuse`` stay as given), ``--until ID`` stops after one. Every stage appends what it did (the equivalent command, its seconds and its
 result) to ``WORK/recipe_log.jsonl``; the ``export`` stage writes the model card from that log.
 
     rgct recipe configs/recipes/quick.yaml --work runs/quick
@@ -340,21 +340,26 @@ class RecipeRunner:
         logger.info("stage %s: reused %s", stage_id, src)
 
     def run(self, start: str | None = None, until: str | None = None) -> list[str]:
-        """Run the stages (from ``start`` through ``until``); return the ids that ran."""
+        """Run the stages (from ``start`` through ``until``); return the ids that ran.
+
+        Without ``start`` a stage already done is skipped (a killed run resumes). With it,
+        ``start`` and every stage after it through ``until`` run again, since they are made
+        from what it makes; stages taken with ``--reuse`` stay as they were given."""
         ids = self.recipe.ids
         first = ids.index(self.recipe.stage(start).id) if start else 0
         last = ids.index(self.recipe.stage(until).id) if until else len(ids) - 1
         if last < first:
             raise RecipeError(f"--until {until!r} comes before --from {start!r}")
         self.work.mkdir(parents=True, exist_ok=True)
+        reused = set(_reused(self.log()))
         ran = []
         for stage in self.recipe.stages[first : last + 1]:
-            if self.is_done(stage.id) and not (start and stage.id == start):
-                logger.info(
-                    "stage %s: done already (%s), skipped", stage.id, self.stage_dir(stage.id)
-                )
+            again = start is not None and stage.id not in reused
+            if self.is_done(stage.id) and not again:
+                why = "reused" if stage.id in reused else "done already"
+                logger.info("stage %s: %s (%s), skipped", stage.id, why, self.stage_dir(stage.id))
                 continue
-            if start and stage.id == start:
+            if again:
                 (self.stage_dir(stage.id) / DONE_FILE).unlink(missing_ok=True)
             logger.info("stage %s (%s): running", stage.id, stage.kind)
             t0 = time.time()

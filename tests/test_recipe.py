@@ -130,6 +130,10 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
         bundle / "README.md"
     ).read_text()
     assert (kept / "history" / "grounded" / "README.md").read_text() == card
+    # --from re-runs that stage and the ones after it, never a stage taken with --reuse
+    rerun = RecipeRunner(load_recipe(recipe), again)
+    assert rerun.run("bundle", "grounded") == ["stage3_locations", "grounded"]
+    assert json.loads((again / LOG_FILE).read_text().splitlines()[0])["result"]["reused"]
 
 
 @pytest.mark.parametrize(
