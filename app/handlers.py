@@ -56,21 +56,23 @@ def ask_model(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise InputError(public_message(str(err))) from err
 
 
-def _masks_optional(fn: Any) -> bool:
+def _parameter(fn: Any, name: str) -> inspect.Parameter | None:
+    """``fn``'s parameter ``name``, or None (also when ``fn`` has no readable signature)."""
     try:
-        p = inspect.signature(fn).parameters.get("masks")
+        return inspect.signature(fn).parameters.get(name)
     except (TypeError, ValueError):
-        return False
+        return None
+
+
+def _masks_optional(fn: Any) -> bool:
+    p = _parameter(fn, "masks")
     return p is not None and p.default is None
 
 
 def _source_kwargs(fn: Any, source: str | None) -> dict:
     """``{"mask_source": source}`` for a Predictor method that takes it (the segmenter's masks
     are then classified by its own head where the checkpoint has one), else nothing."""
-    try:
-        takes = "mask_source" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        takes = False
+    takes = _parameter(fn, "mask_source") is not None
     return {"mask_source": source} if takes and source else {}
 
 

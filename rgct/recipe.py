@@ -3,8 +3,9 @@
 A recipe YAML lists stages; each stage writes its own folder under ``--work`` and a done-marker
 (``DONE.json``), so a killed run resumes at the stage it was in (a training stage also resumes
 inside itself from its last checkpoint). ``--from ID`` re-runs that stage and every later one
-(stages taken with ``--reuse`` stay as given), ``--until ID`` stops after one. Every stage appends what it did (the equivalent command, its seconds and its
-result) to ``WORK/recipe_log.jsonl``; the ``export`` stage writes the model card from that log.
+(stages taken with ``--reuse`` stay as given), ``--until ID`` stops after one. Every stage
+appends what it did (the equivalent command, its seconds and its result) to
+``WORK/recipe_log.jsonl``; the ``export`` stage writes the model card from that log.
 
     rgct recipe configs/recipes/quick.yaml --work runs/quick
     rgct recipe configs/recipes/demo.yaml --work runs/demo --from stage3_stats

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rgct.config import SOURCE_HEAD_NAMES
 from rgct.files import write_json
 from rgct.model import region_classifier as rc
 from rgct.model.checkpoint import CARD_FILE, load_checkpoint, save_checkpoint
@@ -101,8 +102,6 @@ def fit_classifier_checkpoint(
     as a copy of the main head, which stays as it is with its thresholds; the new head's
     thresholds are 0.5 until ``calibrate_checkpoint(head=...)``. Returns the fitting record
     (also written to ``OUT/region_head.json``)."""
-    from rgct.config import SOURCE_HEAD_NAMES
-
     if head is not None and head not in SOURCE_HEAD_NAMES:
         raise ValueError(
             f"head {head!r}: a classifier head of its own exists for mask sources "
