@@ -330,6 +330,12 @@ class ModelConfig:
     the dataset's). When that source gives a row's mask, its head and thresholds detect; every
     other source (the dataset's masks, a folder) uses the main head and
     ``evidence_thresholds``. ``rgct classifier fit --head predicted`` adds one."""
+    source_erosion: int = 0
+    """Voxels (pixels), on the model grid, by which a head of :attr:`source_heads` reads its
+    source's region masks eroded: the segmenter's masks disagree with the dataset's at their
+    edges, so that head learns from and reads the regions' cores (a region too thin to erode
+    keeps its mask). The language model's region tokens and the main head read the masks as
+    given. ``rgct classifier fit --head predicted --erode N`` sets it."""
     labels: list[str] | None = None
     """The region classifier's label vocabulary, in logit order: None is the 18 CT-RATE labels
     (``CT_RATE_LABELS``: every CT checkpoint). A radiograph model records its dataset's classes
@@ -403,6 +409,11 @@ class ModelConfig:
                     f"label of model.labels, in order), got {self.evidence_thresholds}"
                 )
             self.evidence_thresholds = th
+        if not isinstance(self.source_erosion, int) or not 0 <= self.source_erosion <= 8:
+            raise ConfigError(
+                f"model.source_erosion must be a whole number of voxels in [0, 8], got "
+                f"{self.source_erosion!r}"
+            )
         for name, th in dict(self.source_heads).items():
             if name not in SOURCE_HEAD_NAMES:
                 raise ConfigError(

@@ -103,6 +103,7 @@ _KEYS = {
         "seed",
         "masks",
         "head",
+        "erode",
     },
     "fit_lobes": {
         "from",
@@ -464,7 +465,16 @@ class RecipeRunner:
         src, out, data = self._ref(o["from"]), self.model_dir(stage.id), self.data_dir(stage)
         kwargs = {
             k: o[k]
-            for k in ("split", "max_volumes", "epochs", "lr", "weight_decay", "seed", "head")
+            for k in (
+                "split",
+                "max_volumes",
+                "epochs",
+                "lr",
+                "weight_decay",
+                "seed",
+                "head",
+                "erode",
+            )
             if k in o
         }
         if "masks" in o:

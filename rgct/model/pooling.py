@@ -37,6 +37,23 @@ def _adaptive_avg_pool(x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     return pool(x, grid)
 
 
+def erode_mask(mask: torch.Tensor, voxels: int) -> torch.Tensor:
+    """(B, 1, *spatial) binary masks eroded by ``voxels`` (a (2v+1)-cube, or square in 2D,
+    structuring element; the image border does not erode). A row that erosion would empty
+    keeps its mask: a region too thin to erode is still a region."""
+    if voxels < 0:
+        raise ValueError(f"erosion must be >= 0 voxels, got {voxels}")
+    if voxels == 0:
+        return mask
+    pool = F.max_pool3d if mask.ndim == 5 else F.max_pool2d
+    inside = mask.float() > 0.5
+    eroded = 1.0 - pool((~inside).float(), 2 * voxels + 1, stride=1, padding=voxels)
+    empty = eroded.flatten(1).sum(1) <= 0
+    if empty.any():
+        eroded[empty] = inside[empty].float()
+    return eroded.to(mask.dtype)
+
+
 def downsample_mask(mask: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     """(B, 1, D, H, W) binary mask -> (B, d*h*w) fraction of each patch covered by the mask
     (2D: (B, 1, H, W) -> (B, h*w))."""
@@ -53,6 +70,9 @@ class RegionPooler(nn.Module):
         region_stats: the HU window of the image's first channel, to add the intensity
             histogram head (None: patch features only); in 2D any window adds the film
             statistics head (:class:`rgct.model.film_stats.FilmRegionStats`).
+        source_erosion: voxels by which a mask-source head (:meth:`add_source_head`) reads
+            its region masks eroded (``model.source_erosion``); the main head and the
+            language model's region tokens read them as given.
 
     Examples::
 
@@ -71,8 +91,12 @@ class RegionPooler(nn.Module):
         num_labels: int = 18,
         region_stats: tuple[float, float] | None = None,
         spatial_dims: int = 3,
+        source_erosion: int = 0,
     ) -> None:
         super().__init__()
+        if source_erosion < 0:
+            raise ValueError(f"source_erosion must be >= 0 voxels, got {source_erosion}")
+        self.source_erosion = source_erosion
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         g = round(num_global_tokens ** (1 / spatial_dims))
@@ -118,6 +142,13 @@ class RegionPooler(nn.Module):
             return head["classifier"], head["stats_head"] if "stats_head" in head else None
         return self.classifier, self.stats_head
 
+    def source_mask(self, mask: torch.Tensor, source: str | None = None) -> torch.Tensor:
+        """The masks that the head of mask source ``source`` reads (:meth:`heads`): eroded by
+        ``source_erosion`` voxels where that source has a head of its own, else ``mask``."""
+        if source is not None and source in self.source_heads and self.source_erosion:
+            return erode_mask(mask, self.source_erosion)
+        return mask
+
     def classify(
         self, region: torch.Tensor, stats: torch.Tensor | None = None, source: str | None = None
     ) -> torch.Tensor:
@@ -145,20 +176,23 @@ class RegionPooler(nn.Module):
             mask: (B, 1, D, H, W) region mask in {0, 1} at input resolution (2D: (B, 1, H, W)).
             image: (B or 1, C_in, D, H, W) model input; needed with ``region_stats``.
             source: where the mask came from; a source with a head of its own
-                (:meth:`add_source_head`) is classified by it.
+                (:meth:`add_source_head`) is classified by it, under the mask eroded by
+                ``source_erosion`` (:meth:`source_mask`).
 
         Returns:
             global_tokens (B, G, C), region_tokens (B, 2, C) [mean, max], logits (B, L).
         """
         glob, region = self.pool(features, mask)
+        read = self.source_mask(mask, source)  # what the classifying head reads
+        seen = region if read is mask else self.pool(features, read)[1]
         stats = None
         if self.stats is not None:
             if image is None:
                 raise ValueError(
                     "model.region_stats: the region classifier needs the image as well"
                 )
-            stats = self.stats(image, mask)
-        return glob, region, self.classify(region, stats, source)
+            stats = self.stats(image, read)
+        return glob, region, self.classify(seen, stats, source)
 
     def pool(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global tokens (B, G, C) and region tokens (B, 2, C), both normalised."""

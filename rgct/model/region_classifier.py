@@ -430,6 +430,7 @@ def collect_region_features(
     max_volumes: int | None = None,
     tasks: tuple[str, ...] = ("region_report",),
     mask_for: Callable[[Any], torch.Tensor | None] | None = None,
+    head: str | None = None,
 ) -> RegionFeatures:
     """Run the encoder once per volume and pool every region of a split (no augmentation).
 
@@ -441,6 +442,8 @@ def collect_region_features(
     ``mask_for(sample)`` gives each region's mask from another source (e.g. the segmenter's,
     :class:`rgct.generate.masks.MaskProvider`): a (1, D, H, W) mask on the model grid, None for
     the whole scan; a region it raises ``LookupError`` for (no such mask) is left out.
+    ``head``: the features that mask source's head reads (its masks eroded by
+    ``model.source_erosion``, :meth:`RegionPooler.source_mask`); None: the main head's.
     """
     if cfg.data.modality == "cxr":  # a radiograph's regions: the film, its boxes, its zones
         from rgct.model.film_regions import collect_film_features
@@ -498,6 +501,7 @@ def collect_region_features(
                 masks[row] = 1.0 if m is None else m.to(device)
         image = batch["image"][:1]  # (1, C, D, H, W): every row is this volume
         grid = model.encode_rows(image.expand(len(rows), *image.shape[1:]))
+        masks = pooler.source_mask(masks, head)
         _, region = pooler.pool(grid, masks)
         regions.append(region.float().cpu())
         if pooler.stats is not None:  # the image's filters once, every region's histograms
@@ -579,7 +583,7 @@ def collect_region_probabilities(
         )
     else:
         feats = collect_region_features(
-            model, cfg, data_root, split, skip_volumes, max_volumes, mask_for=mask_for
+            model, cfg, data_root, split, skip_volumes, max_volumes, mask_for=mask_for, head=head
         )
     return feature_probabilities(model, feats, head), feats.labels, feats.keys
 

@@ -136,6 +136,7 @@ class RGCTModel(nn.Module):
             num_labels=self.num_labels,
             region_stats=self.hu_window if cfg.region_stats else None,
             spatial_dims=len(self.input_shape),
+            source_erosion=cfg.source_erosion,
         )
         for source in cfg.source_heads:  # e.g. the segmenter's masks: rc.fit --head predicted
             self.pooler.add_source_head(source)

@@ -92,6 +92,7 @@ def fit_classifier_checkpoint(
     device: str = "auto",
     masks: tuple[str, ...] | list[str] = MASK_SOURCES,
     head: str | None = None,
+    erode: int | None = None,
 ) -> dict:
     """Fit the region classifier's heads (adding the histogram head) into a new checkpoint.
 
@@ -100,13 +101,21 @@ def fit_classifier_checkpoint(
     heads continue from the checkpoint's weights). ``head``: fit a head of that mask source
     instead (``model.source_heads``, e.g. ``predicted`` on the segmenter's masks), starting
     as a copy of the main head, which stays as it is with its thresholds; the new head's
-    thresholds are 0.5 until ``calibrate_checkpoint(head=...)``. Returns the fitting record
-    (also written to ``OUT/region_head.json``)."""
+    thresholds are 0.5 until ``calibrate_checkpoint(head=...)``. ``erode``: with ``head``,
+    the voxels by which that head reads its masks eroded (``model.source_erosion``; None:
+    the checkpoint's). Returns the fitting record (also written to ``OUT/region_head.json``)."""
     if head is not None and head not in SOURCE_HEAD_NAMES:
         raise ValueError(
             f"head {head!r}: a classifier head of its own exists for mask sources "
             f"{list(SOURCE_HEAD_NAMES)} only"
         )
+    if erode is not None and head is None:
+        raise ValueError(
+            f"erode={erode}: the erosion applies to a mask source's own head; pass head= "
+            f"(one of {list(SOURCE_HEAD_NAMES)}) too"
+        )
+    if erode is not None and not (isinstance(erode, int) and 0 <= erode <= 8):
+        raise ValueError(f"erode must be a whole number of voxels in [0, 8], got {erode!r}")
     from rgct.inference import pick_device
 
     src, out = _distinct(checkpoint, out)
@@ -116,10 +125,13 @@ def fit_classifier_checkpoint(
     if head is not None:
         model.pooler.add_source_head(head)  # a copy of the main head: fitted below
         cfg.model.source_heads = {**cfg.model.source_heads, head: None}
+    if erode is not None:
+        cfg.model.source_erosion = erode
+        model.pooler.source_erosion = erode
     t0 = time.perf_counter()
     parts = [
         rc.collect_region_features(
-            model, cfg, data, split, 0, max_volumes, tuple(tasks), mask_for=reader
+            model, cfg, data, split, 0, max_volumes, tuple(tasks), mask_for=reader, head=head
         )
         for _, reader in _mask_readers(masks, src, cfg, data, dev)
     ]
@@ -136,6 +148,7 @@ def fit_classifier_checkpoint(
         "tasks": list(tasks),
         "masks": list(masks),
         "head": head or "main",
+        "erosion": cfg.model.source_erosion if head is not None else 0,
         "regions_per_mask_source": {m: len(p.keys) for m, p in zip(masks, parts)},
         "regions": len(feats.keys),
         "volumes": len({v for v, _ in feats.keys}),

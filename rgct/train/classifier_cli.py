@@ -5,6 +5,7 @@
         --skip-volumes 50 --report-volumes 50
     rgct classifier fit ... --masks dataset,predicted   # also learn the segmenter's masks
     rgct classifier fit ... --masks predicted --head predicted   # a head for the segmenter's masks
+    rgct classifier fit ... --masks predicted --head predicted --erode 1   # reading their cores
     rgct classifier calibrate ... --masks predicted --head predicted
     rgct classifier fit-lobes --checkpoint runs/grounded/model --data DIR --out runs/lobes/model
 """
@@ -56,6 +57,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--weight-decay", type=float, default=1e-2, help="AdamW weight decay of both heads"
     )
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--erode",
+        type=int,
+        default=None,
+        help="with --head: that head reads its masks eroded by N voxels of the model grid "
+        "(model.source_erosion; default: the checkpoint's)",
+    )
     lobes.add_argument("--split", default="train")
     lobes.add_argument("--epochs", type=int, default=400)
     lobes.add_argument("--lr", type=float, default=3e-3)
@@ -107,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             masks=[m for m in args.masks.split(",") if m],
             head=args.head,
+            erode=args.erode,
         )
         print(json.dumps({k: v for k, v in record.items() if k != "loss"}, indent=1))
     else:

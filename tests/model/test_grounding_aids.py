@@ -206,6 +206,11 @@ def test_the_segmenters_masks_are_read_by_their_own_head_and_thresholds(seed, mo
         load_config([TINY_MODEL], ["model.source_heads={dataset: null}"])
     with pytest.raises(ConfigError, match="source_heads.predicted must be null or 18"):
         load_config([TINY_MODEL], ["model.source_heads={predicted: [0.5]}"])
+    for bad in ("-1", "9", "0.5"):
+        with pytest.raises(ConfigError, match="model.source_erosion"):
+            load_config([TINY_MODEL], [f"model.source_erosion={bad}"])
+    eroding = load_config([TINY_MODEL], ["model.source_erosion=1"])
+    assert build_model(eroding).pooler.source_erosion == 1
 
 
 def test_evidence_locations_in_training_and_generation_but_never_blind(seed, monkeypatch):

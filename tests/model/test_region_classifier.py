@@ -15,7 +15,7 @@ from rgct.config import load_config
 from rgct.constants import CT_RATE_LABELS
 from rgct.model.builder import build_model
 from rgct.model.checkpoint import load_checkpoint, load_parts, save_checkpoint
-from rgct.model.pooling import RegionPooler
+from rgct.model.pooling import RegionPooler, erode_mask
 from rgct.model.region_classifier import (
     FILTERS,
     VALUE_EDGES_HU,
@@ -120,6 +120,52 @@ def test_stats_head_starts_at_zero_and_needs_the_image():
         plain(feats, mask)
     with pytest.raises(ValueError, match="pass them"):
         plain.classify(torch.randn(2, 2, 16))
+
+
+def test_erode_mask_takes_one_voxel_off_every_face_and_keeps_thin_regions():
+    cube = torch.zeros(2, 1, 7, 7, 7)
+    cube[0, :, 1:6, 1:6, 1:6] = 1
+    cube[1, :, 3, 3, 3] = 1  # one voxel: erosion would empty it, so it stays
+    eroded = erode_mask(cube, 1)
+    assert eroded[0].sum() == 27 and eroded[0, 0, 2:5, 2:5, 2:5].all()
+    assert torch.equal(eroded[1], cube[1])
+    assert torch.equal(erode_mask(cube, 0), cube)
+    whole = torch.ones(1, 1, 4, 4, 4)  # the image border does not erode
+    assert torch.equal(erode_mask(whole, 2), whole)
+    film = torch.zeros(1, 1, 8, 8)
+    film[..., 2:7, 1:6] = 1
+    assert erode_mask(film, 1).sum() == 9  # 2D: a square element
+    with pytest.raises(ValueError, match=">= 0 voxels"):
+        erode_mask(cube, -1)
+
+
+def test_a_source_head_reads_the_eroded_mask_and_the_tokens_read_it_as_given():
+    """``source_erosion``: the mask source's own head classifies the region's core; the main
+    head and the language model's region tokens read the mask as given."""
+    torch.manual_seed(0)
+    pool = RegionPooler(16, num_global_tokens=1, num_labels=len(CT_RATE_LABELS), source_erosion=1)
+    pool.add_region_stats(WINDOW, len(CT_RATE_LABELS))
+    pool.add_source_head("predicted")
+    torch.nn.init.normal_(pool.source_heads["predicted"]["stats_head"][-1].weight)
+    pool.eval()  # no dropout
+    feats, image = torch.randn(1, 16, 4, 8, 8), torch.rand(1, 1, 8, 16, 16)
+    mask = torch.zeros(1, 1, 8, 16, 16)
+    mask[..., 1:7, 2:14, 2:14] = 1
+    core = erode_mask(mask, 1)
+    glob, region, by_head = pool(feats, mask, image, "predicted")
+    _, as_given = pool.pool(feats, mask)
+    _, inside = pool.pool(feats, core)
+    assert torch.equal(region, as_given)  # the tokens: the mask as given
+    expected = pool.classify(inside, pool.stats(image, core), "predicted")
+    assert torch.allclose(by_head, expected, atol=1e-6)
+    assert not torch.allclose(
+        by_head, pool.classify(as_given, pool.stats(image, mask), "predicted")
+    )
+    _, _, by_main = pool(feats, mask, image)  # the main head: as given
+    assert torch.allclose(by_main, pool.classify(as_given, pool.stats(image, mask)))
+    assert torch.equal(pool.source_mask(mask, "folder:x"), mask)  # no head of its own
+    with pytest.raises(ValueError, match="source_erosion must be >= 0"):
+        RegionPooler(16, source_erosion=-1)
 
 
 @pytest.fixture(scope="module")

@@ -171,10 +171,12 @@ def test_a_head_of_the_segmenters_masks_leaves_the_main_head_and_thresholds(
         lr=1e-2,
         masks=[str(masks)],
         head="predicted",
+        erode=1,
     )
-    assert record["head"] == "predicted"
+    assert record["head"] == "predicted" and record["erosion"] == 1
     model, cfg = load_checkpoint(fitted)
     assert cfg.model.source_heads == {"predicted": None}
+    assert cfg.model.source_erosion == 1 and model.pooler.source_erosion == 1
     assert cfg.model.evidence_thresholds == main_cfg.model.evidence_thresholds
     main_state = main.pooler.classifier.state_dict()
     for k, v in model.pooler.classifier.state_dict().items():
@@ -211,3 +213,9 @@ def test_a_head_of_the_segmenters_masks_leaves_the_main_head_and_thresholds(
         calibrate_checkpoint(tiny_checkpoint, phantom_root, tmp_path / "x", head="predicted")
     with pytest.raises(ValueError, match="mask sources \\['predicted'\\] only"):
         fit_classifier_checkpoint(tiny_checkpoint, phantom_root, tmp_path / "y", head="dataset")
+    with pytest.raises(ValueError, match="applies to a mask source's own head"):
+        fit_classifier_checkpoint(tiny_checkpoint, phantom_root, tmp_path / "z", erode=1)
+    with pytest.raises(ValueError, match="erode must be a whole number"):
+        fit_classifier_checkpoint(
+            tiny_checkpoint, phantom_root, tmp_path / "z", head="predicted", erode=-2
+        )
