@@ -288,7 +288,9 @@ def _print_summary(metrics: dict) -> None:
         gci = g.get("ci95") or {}
         print(
             f"grounding: finding F1 {f(g['finding']['f1'], gci.get('finding_f1'))}  "
-            f"lobe acc {f(g['lobe_accuracy'])}  size MAE {f(g['size_mae_mm'])} mm"
+            f"lobe acc {f(g['lobe_accuracy'], gci.get('lobe_accuracy'))} (n {g['lobe_n']})  "
+            f"side acc {f(g['side_accuracy'], gci.get('side_accuracy'))} (n {g['side_n']})  "
+            f"size MAE {f(g['size_mae_mm'])} mm"
         )
     if metrics.get("invalid_lines"):
         print(f"skipped {len(metrics['invalid_lines'])} invalid line(s) (see metrics.json)")

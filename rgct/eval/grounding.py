@@ -106,7 +106,8 @@ def grounding_with_counts(
         (scores, counts): scores ``{"finding": {precision, recall, f1, tp, fp, fn},
         "lobe_accuracy", "lobe_n", "side_accuracy", "side_n", "size_mae_mm", "size_n",
         "num_asked_regions", "num_volumes"}`` (accuracies None when nothing could be scored);
-        counts: volume -> its finding (tp, fp, fn), for intervals over volumes.
+        counts: volume -> its (finding tp, fp, fn, lobe hits, lobe n, side hits, side n), for
+        intervals over volumes.
     """
     lab = labeler or default_labeler()
     gt = {volume_key(k): v for k, v in ground_truth.items()}
@@ -141,6 +142,7 @@ def grounding_with_counts(
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
     lobe_hits, side_hits, size_err = [], [], []
+    placed: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # lobe hit/n, side hit/n
     for key in pred_set & gt_set:
         sentences = predicted[key]
         named_lobes = {lobe for s in sentences for lobe in s.lobes}
@@ -150,8 +152,12 @@ def grounding_with_counts(
             lobe = _gt_lobe(f)
             if lobe:
                 lobe_hits.append(lobe in named_lobes)
+                placed[key[0]][0] += lobe_hits[-1]
+                placed[key[0]][1] += 1
             if f.get("side"):
                 side_hits.append(str(f["side"]).lower() in named_sides)
+                placed[key[0]][2] += side_hits[-1]
+                placed[key[0]][3] += 1
             true_size = _gt_size(f)
             if true_size is not None and sizes:
                 size_err.append(min(abs(s - true_size) for s in sizes))
@@ -164,7 +170,7 @@ def grounding_with_counts(
         )
     }
     counts = {
-        vol: (by_volume["tp"][vol], by_volume["fp"][vol], by_volume["fn"][vol])
+        vol: (by_volume["tp"][vol], by_volume["fp"][vol], by_volume["fn"][vol], *placed[vol])
         for vol in sorted({v for v, _ in asked})
     }
     scores = {

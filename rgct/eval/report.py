@@ -98,7 +98,7 @@ COCO_DESCRIPTION = (
 VQA_HEADLINE = {
     "presence": ("accuracy",),
     "abnormality": ("normalized", "item_f1"),
-    "location": ("normalized", "item_f1"),
+    "location": ("exact", "normalized", "item_f1"),
     "disorders": ("normalized", "item_f1"),
     "size": ("mae_mm",),
 }
@@ -369,8 +369,10 @@ def evaluate_predictions(
 
 
 def _grounding_ci(
-    vol_counts: dict[str, tuple[int, int, int]], replicates: int, seed: int
+    vol_counts: dict[str, tuple[int, ...]], replicates: int, seed: int
 ) -> dict[str, list[float] | None] | None:
+    """95% intervals over volumes of the finding scores and of the lobe / side accuracies
+    (``vol_counts``: volume -> (tp, fp, fn, lobe hits, lobe n, side hits, side n))."""
     if not replicates or not vol_counts:
         return None
     boot = VolumeBootstrap(list(vol_counts), replicates, seed)
@@ -380,7 +382,15 @@ def _grounding_ci(
         p = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         r = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
         f = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
-    return {"finding_precision": boot.ci(p), "finding_recall": boot.ci(r), "finding_f1": boot.ci(f)}
+        lobe = summed[:, 3] / summed[:, 4]  # NaN where a replicate drew no placed finding
+        side = summed[:, 5] / summed[:, 6]
+    return {
+        "finding_precision": boot.ci(p),
+        "finding_recall": boot.ci(r),
+        "finding_f1": boot.ci(f),
+        "lobe_accuracy": boot.ci(lobe),
+        "side_accuracy": boot.ci(side),
+    }
 
 
 # --- paired comparison ------------------------------------------------------------------------

@@ -50,6 +50,32 @@ def summarize(metrics: dict) -> dict:
     }
 
 
+INTERVAL_KEYS = {
+    "finding_f1": ("grounding", "finding_f1"),
+    "lobe_accuracy": ("grounding", "lobe_accuracy"),
+    "side_accuracy": ("grounding", "side_accuracy"),
+    "presence_accuracy": ("presence", "accuracy"),
+    "location_exact": ("location", "exact"),
+}
+"""Summary numbers with a 95 % interval over volumes in ``heldout.json`` and the card."""
+
+
+def intervals(metrics: dict) -> dict:
+    """Summary key -> [low, high] 95 % bootstrap interval over volumes (``rgct.eval.bootstrap``)
+    for :data:`INTERVAL_KEYS`, and the counts the accuracies rest on (``lobe_n``, ``side_n``)."""
+    g = metrics.get("grounding") or {}
+    vqa = metrics.get("vqa") or {}
+    out: dict = {}
+    for key, (block, name) in INTERVAL_KEYS.items():
+        ci = (g if block == "grounding" else vqa.get(block) or {}).get("ci95") or {}
+        if ci.get(name) is not None:
+            out[key] = ci[name]
+    for n in ("lobe_n", "side_n"):
+        if g.get(n) is not None:
+            out[n] = g[n]
+    return out
+
+
 RUN_FILE = "run.json"
 """What a held-out folder's predictions were made by (the folder resumes only for the same)."""
 
@@ -197,6 +223,7 @@ def heldout_eval(
         rows = load_predictions(preds)
         metrics = evaluate_predictions(rows, ground_truth=gt, bertscore=False, meteor=False)
         result[name] = summarize(metrics)
+        result.setdefault("ci95", {})[name] = intervals(metrics)
         result["volumes"] = len({r["volume"] for r in rows})
         logger.info("%s: %s", name, result[name])
     m = result["model"]["finding_f1"]
@@ -217,7 +244,9 @@ def card_section(result: dict) -> str:
         f"Held-out split `{result['split']}`: {result['volumes']} phantom volumes never seen in training, "
         f"region masks: {result.get('mask_source', 'dataset')}. "
         "The blind baseline is the same model with its visual tokens replaced by zeros (with "
-        "evidence prompts its region classifier also sees a zero grid and a zero image).",
+        "evidence prompts its region classifier also sees a zero grid and a zero image). "
+        "Brackets: 95 % bootstrap intervals over volumes; lobe and side accuracies also give "
+        "the findings they rest on (correct/scored).",
         "",
         "| metric | model | blind baseline |",
         "|---|---|---|",
@@ -226,9 +255,23 @@ def card_section(result: dict) -> str:
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
+    def cell(run: str, k: str) -> str:
+        v = (result.get(run) or {}).get(k)
+        ci = (result.get("ci95") or {}).get(run) or {}
+        text = fmt(v)
+        n = (
+            ci.get(k.replace("_accuracy", "_n"))
+            if k in ("lobe_accuracy", "side_accuracy")
+            else None
+        )
+        if v is not None and n:
+            text += f" ({round(v * n)}/{n})"
+        if v is not None and ci.get(k):
+            text += f" [{ci[k][0]:.2f}, {ci[k][1]:.2f}]"
+        return text
+
     for k in keys:
-        a, b = result["model"][k], (result.get("blind_baseline") or {}).get(k)
-        lines.append(f"| {k} | {fmt(a)} | {fmt(b)} |")
+        lines.append(f"| {k} | {cell('model', k)} | {cell('blind_baseline', k)} |")
     gain = result.get("finding_f1_gain_over_blind")
     lines += [
         "",

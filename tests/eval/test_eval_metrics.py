@@ -202,3 +202,37 @@ def test_grounding_scores():
     }
     assert g["lobe_accuracy"] == 1.0 and g["size_mae_mm"] == 0.0
     assert g["num_asked_regions"] == 10
+
+
+def test_lobe_and_side_accuracies_get_intervals_over_volumes():
+    """Placed findings are counted per volume, so the lobe / side accuracies get a bootstrap
+    interval over volumes as finding F1 does, and the held-out card shows them with counts."""
+    from rgct.eval.report import evaluate_predictions
+    from rgct.generate.heldout import card_section, intervals, summarize
+
+    one = _gt()["valid_1_a_1"]
+    truth = {f"valid_{i}_a_1": {**one, "volume": f"valid_{i}_a_1"} for i in (1, 2)}
+    preds = [
+        {
+            "volume": f"valid_{i}_a_1",
+            "task": "region_report",
+            "region": "lung",
+            "prediction": f"A 5 mm nodule is observed in the {lobe}.",
+            "reference": "A 5 mm nodule is observed in the right lung upper lobe.",
+        }
+        for i, lobe in ((1, "right lung upper lobe"), (2, "left lung upper lobe"))
+    ]
+    metrics = evaluate_predictions(
+        preds, ground_truth=truth, bertscore=False, meteor=False, bootstrap=200
+    )
+    g = metrics["grounding"]
+    assert g["lobe_accuracy"] == 0.5 and g["lobe_n"] == 2 and g["side_accuracy"] == 0.5
+    assert g["ci95"]["lobe_accuracy"] == [0.0, 1.0]  # two volumes: all right, all wrong
+    assert g["ci95"]["finding_f1"] == [1.0, 1.0]  # both volumes found their nodule
+    ci = intervals(metrics)
+    assert ci["lobe_accuracy"] == [0.0, 1.0] and ci["lobe_n"] == 2 and ci["side_n"] == 2
+    card = card_section(
+        {"split": "valid", "volumes": 2, "model": summarize(metrics), "ci95": {"model": ci}}
+    )
+    assert "| lobe_accuracy | 0.500 (1/2) [0.00, 1.00] | - |" in card
+    assert "| finding_f1 | 1.000 [1.00, 1.00] | - |" in card
