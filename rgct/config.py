@@ -37,6 +37,8 @@ OBJECTIVES = ("lm", "aux", "dense")
 SOURCE_HEAD_NAMES = ("predicted",)
 """Mask sources a checkpoint can hold a region classifier head of their own for
 (``model.source_heads``)."""
+MAX_SOURCE_EROSION = 8
+"""The most voxels ``model.source_erosion`` (``rgct classifier fit --erode``) takes."""
 
 
 class ConfigError(ValueError):
@@ -409,10 +411,12 @@ class ModelConfig:
                     f"label of model.labels, in order), got {self.evidence_thresholds}"
                 )
             self.evidence_thresholds = th
-        if not isinstance(self.source_erosion, int) or not 0 <= self.source_erosion <= 8:
+        if not isinstance(self.source_erosion, int) or not (
+            0 <= self.source_erosion <= MAX_SOURCE_EROSION
+        ):
             raise ConfigError(
-                f"model.source_erosion must be a whole number of voxels in [0, 8], got "
-                f"{self.source_erosion!r}"
+                f"model.source_erosion must be a whole number of voxels in "
+                f"[0, {MAX_SOURCE_EROSION}], got {self.source_erosion!r}"
             )
         for name, th in dict(self.source_heads).items():
             if name not in SOURCE_HEAD_NAMES:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rgct.config import SOURCE_HEAD_NAMES
+from rgct.config import MAX_SOURCE_EROSION, SOURCE_HEAD_NAMES
 from rgct.files import write_json
 from rgct.model import region_classifier as rc
 from rgct.model.checkpoint import CARD_FILE, load_checkpoint, save_checkpoint
@@ -114,8 +114,10 @@ def fit_classifier_checkpoint(
             f"erode={erode}: the erosion applies to a mask source's own head; pass head= "
             f"(one of {list(SOURCE_HEAD_NAMES)}) too"
         )
-    if erode is not None and not (isinstance(erode, int) and 0 <= erode <= 8):
-        raise ValueError(f"erode must be a whole number of voxels in [0, 8], got {erode!r}")
+    if erode is not None and not (isinstance(erode, int) and 0 <= erode <= MAX_SOURCE_EROSION):
+        raise ValueError(
+            f"erode must be a whole number of voxels in [0, {MAX_SOURCE_EROSION}], got {erode!r}"
+        )
     from rgct.inference import pick_device
 
     src, out = _distinct(checkpoint, out)
