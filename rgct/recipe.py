@@ -89,44 +89,26 @@ REUSABLE_KINDS = frozenset(
 """Stage kinds ``--reuse`` can stand in for: those whose output is one folder."""
 LOG_FILE = "recipe_log.jsonl"
 MODEL_DIR = "model"
+_FIT_CLASSIFIER_FLAGS = (
+    "split",
+    "max_volumes",
+    "epochs",
+    "lr",
+    "weight_decay",
+    "seed",
+    "head",
+    "erode",
+)
+"""Options of a ``fit_classifier`` stage passed on as they are (in the command's flag order);
+``from``, ``data`` and ``masks`` are resolved first. Likewise for the two below."""
+_FIT_LOBES_FLAGS = ("split", "max_volumes", "hidden", "epochs", "lr", "weight_decay", "seed")
+_CALIBRATE_FLAGS = ("split", "skip_volumes", "max_volumes", "report_volumes", "head")
 _KEYS = {
     "synth": {"num_volumes", "seed", "shape", "valid_fraction", "workers", "layout"},
     "train": {"config", "data", "init", "overrides"},
-    "fit_classifier": {
-        "from",
-        "data",
-        "split",
-        "max_volumes",
-        "epochs",
-        "lr",
-        "weight_decay",
-        "seed",
-        "masks",
-        "head",
-        "erode",
-    },
-    "fit_lobes": {
-        "from",
-        "data",
-        "split",
-        "max_volumes",
-        "masks",
-        "hidden",
-        "epochs",
-        "lr",
-        "weight_decay",
-        "seed",
-    },
-    "calibrate": {
-        "from",
-        "data",
-        "split",
-        "skip_volumes",
-        "max_volumes",
-        "report_volumes",
-        "masks",
-        "head",
-    },
+    "fit_classifier": {"from", "data", "masks", *_FIT_CLASSIFIER_FLAGS},
+    "fit_lobes": {"from", "data", "masks", *_FIT_LOBES_FLAGS},
+    "calibrate": {"from", "data", "masks", *_CALIBRATE_FLAGS},
     "heldout": {
         "from",
         "data",
@@ -463,20 +445,7 @@ class RecipeRunner:
 
         o = stage.options
         src, out, data = self._ref(o["from"]), self.model_dir(stage.id), self.data_dir(stage)
-        kwargs = {
-            k: o[k]
-            for k in (
-                "split",
-                "max_volumes",
-                "epochs",
-                "lr",
-                "weight_decay",
-                "seed",
-                "head",
-                "erode",
-            )
-            if k in o
-        }
+        kwargs = {k: o[k] for k in _FIT_CLASSIFIER_FLAGS if k in o}
         if "masks" in o:
             kwargs["masks"] = _mask_list(o["masks"])
         record = fit_classifier_checkpoint(src, data, out, device=self.device, **kwargs)
@@ -491,8 +460,7 @@ class RecipeRunner:
 
         o = stage.options
         src, out, data = self._ref(o["from"]), self.model_dir(stage.id), self.data_dir(stage)
-        keys = ("split", "max_volumes", "hidden", "epochs", "lr", "weight_decay", "seed")
-        kwargs = {k: o[k] for k in keys if k in o}
+        kwargs = {k: o[k] for k in _FIT_LOBES_FLAGS if k in o}
         if "masks" in o:
             kwargs["masks"] = _mask_list(o["masks"])
         record = fit_lobe_head_checkpoint(src, data, out, device=self.device, **kwargs)
@@ -506,11 +474,7 @@ class RecipeRunner:
 
         o = stage.options
         src, out, data = self._ref(o["from"]), self.model_dir(stage.id), self.data_dir(stage)
-        kwargs = {
-            k: o[k]
-            for k in ("split", "skip_volumes", "max_volumes", "report_volumes", "head")
-            if k in o
-        }
+        kwargs = {k: o[k] for k in _CALIBRATE_FLAGS if k in o}
         if "masks" in o:
             kwargs["masks"] = _mask_list(o["masks"])
         report = calibrate_checkpoint(src, data, out, device=self.device, **kwargs)

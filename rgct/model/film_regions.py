@@ -172,7 +172,7 @@ def collect_film_features(
             row_truth += list(zone_labels)
             row_keys += [(name, z) for z in zone_names]
         grid = model.encode_image(image)  # (1, C, h, w): once per film
-        _, region = pooler.pool(grid.expand(len(masks), *grid.shape[1:]), masks)
+        region = pooler.region_tokens(grid.expand(len(masks), *grid.shape[1:]), masks)
         regions.append(region.float().cpu())
         if pooler.stats is not None:
             stats.append(pooler.stats(image, masks).float().cpu())

@@ -184,7 +184,7 @@ class RegionPooler(nn.Module):
         """
         glob, region = self.pool(features, mask)
         read = self.source_mask(mask, source)  # what the classifying head reads
-        seen = region if read is mask else self.pool(features, read)[1]
+        seen = region if read is mask else self.region_tokens(features, read)
         stats = None
         if self.stats is not None:
             if image is None:
@@ -196,6 +196,13 @@ class RegionPooler(nn.Module):
 
     def pool(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global tokens (B, G, C) and region tokens (B, 2, C), both normalised."""
+        region = self.region_tokens(features, mask)
+        glob = _adaptive_avg_pool(features, self.global_grid).flatten(2).transpose(1, 2)  # (B,G,C)
+        return self.norm(glob), region
+
+    def region_tokens(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Region tokens (B, 2, C) [masked mean, masked max], normalised (:meth:`pool`
+        without the global tokens: what the region classifier reads)."""
         rank = 2 + self.spatial_dims
         if features.ndim != rank or mask.ndim != rank or features.shape[0] != mask.shape[0]:
             axes = "d,h,w" if self.spatial_dims == 3 else "h,w"
@@ -205,7 +212,6 @@ class RegionPooler(nn.Module):
                 f"{tuple(features.shape)} and {tuple(mask.shape)}"
             )
         grid = tuple(features.shape[2:])
-        glob = _adaptive_avg_pool(features, self.global_grid).flatten(2).transpose(1, 2)  # (B,G,C)
         flat = features.flatten(2)  # (B, C, N)
         weight = downsample_mask(mask, grid)  # (B, N)
         if (weight.sum(dim=1) <= 0).any():
@@ -213,5 +219,4 @@ class RegionPooler(nn.Module):
         mean = (flat * weight[:, None]).sum(-1) / weight.sum(-1, keepdim=True)  # (B, C)
         neg = torch.finfo(flat.dtype).min
         maxed = flat.masked_fill(weight[:, None] <= 0, neg).amax(-1)  # (B, C)
-        region = self.norm(torch.stack([mean, maxed], dim=1))  # (B, 2, C)
-        return self.norm(glob), region
+        return self.norm(torch.stack([mean, maxed], dim=1))  # (B, 2, C)

@@ -502,7 +502,7 @@ def collect_region_features(
         image = batch["image"][:1]  # (1, C, D, H, W): every row is this volume
         grid = model.encode_rows(image.expand(len(rows), *image.shape[1:]))
         masks = pooler.source_mask(masks, head)
-        _, region = pooler.pool(grid, masks)
+        region = pooler.region_tokens(grid, masks)
         regions.append(region.float().cpu())
         if pooler.stats is not None:  # the image's filters once, every region's histograms
             stats.append(pooler.stats(image, masks).float().cpu())
