@@ -174,6 +174,25 @@ UNPAINTED_LABELS = (
 )
 """CT-RATE labels the phantoms never paint (no voxel truth)."""
 
+PARENCHYMA_LABELS = frozenset(
+    {
+        "Emphysema",
+        "Atelectasis",
+        "Lung nodule",
+        "Lung opacity",
+        "Pulmonary fibrotic sequela",
+        "Mosaic attenuation pattern",
+        "Peribronchial thickening",
+        "Consolidation",
+        "Bronchiectasis",
+        "Interlobular septal thickening",
+    }
+)
+"""CT-RATE labels of the lung parenchyma: a segmenter component of one of them that lies in a
+lobe is a lung finding whatever region holds most of its voxels (the predicted lung leaves out
+dense voxels: a nodule against the pleura is mostly "pleura"), and on a whole-scan row only
+these are placed in a lobe without a segmenter component (a heart or mediastinal label has no
+lobe)."""
 SEGMENT_FINDINGS = tuple(label for label in CT_RATE_LABELS if label not in UNPAINTED_LABELS)
 """CT-RATE labels with a finding voxel-map channel (the 13 the phantoms paint), CT-RATE order."""
 

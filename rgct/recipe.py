@@ -47,6 +47,12 @@ stage, whose checkpoint is ``WORK/<id>/model``; ``data`` names a synth stage, de
   finding thresholds); on a radiograph synth (``input_shape: [H, W]``) the film segmenter of
   the boxes, calibrated on the ``calibrate`` stage's test split
   (:func:`rgct.generate.localize_cxr.calibrate_film_segmenter`); resumable inside the stage.
+- ``detector``: :func:`rgct.train.detector.fit_detector`: the ``from`` checkpoint's segmenter
+  gets a full-resolution detector for ``classes`` (default ``[Lung nodule]``), trained on crops
+  of the ``data`` phantoms (``steps``, ``crops``, ``width``, ``lr``, ``pos_weight``, ``seed``,
+  ``max_volumes``, ``split``) and calibrated on the ``calibrate`` synth stage
+  (``calibrate_volumes``); the stage's checkpoint is the ``from`` one with that segmenter;
+  resumable inside the stage.
 - ``heldout``: :func:`rgct.generate.heldout.heldout_eval` (``limit``, ``oracle``, ``masks``:
   ``dataset`` or ``predicted``).
 - ``export``: the ``from`` checkpoint plus a model card written from the log; ``segmenter``
@@ -76,6 +82,7 @@ KINDS = (
     "synth",
     "train",
     "segmenter",
+    "detector",
     "fit_classifier",
     "fit_lobes",
     "calibrate",
@@ -84,7 +91,16 @@ KINDS = (
 )
 DONE_FILE = "DONE.json"
 REUSABLE_KINDS = frozenset(
-    {"synth", "train", "fit_classifier", "fit_lobes", "calibrate", "segmenter", "export"}
+    {
+        "synth",
+        "train",
+        "fit_classifier",
+        "fit_lobes",
+        "calibrate",
+        "segmenter",
+        "detector",
+        "export",
+    }
 )
 """Stage kinds ``--reuse`` can stand in for: those whose output is one folder."""
 LOG_FILE = "recipe_log.jsonl"
@@ -103,6 +119,17 @@ _FIT_CLASSIFIER_FLAGS = (
 ``from``, ``data`` and ``masks`` are resolved first. Likewise for the two below."""
 _FIT_LOBES_FLAGS = ("split", "max_volumes", "hidden", "epochs", "lr", "weight_decay", "seed")
 _CALIBRATE_FLAGS = ("split", "skip_volumes", "max_volumes", "report_volumes", "head")
+_DETECTOR_FLAGS = (
+    "classes",
+    "split",
+    "steps",
+    "crops",
+    "width",
+    "lr",
+    "pos_weight",
+    "seed",
+    "max_volumes",
+)
 _KEYS = {
     "synth": {"num_volumes", "seed", "shape", "valid_fraction", "workers", "layout"},
     "train": {"config", "data", "init", "overrides"},
@@ -132,6 +159,7 @@ _KEYS = {
         "finding_pos_weight",
         "calibrate",
     },
+    "detector": {"from", "data", "calibrate", "calibrate_volumes", *_DETECTOR_FLAGS},
     "export": {"from", "heldout", "calibration", "segmenter"},
 }
 
@@ -587,6 +615,46 @@ class RecipeRunner:
                 f"--out {out}" + (" --splits test" if cfg.films else "")
             )
         return command.strip(), {"steps": cfg.steps, **metrics}
+
+    def _run_detector(self, stage: Stage) -> tuple[str, dict]:
+        from rgct.model.segmenter import CONFIG_FILE, WEIGHTS_FILE, copy_segmenter
+        from rgct.train.detector import DetectorTrainConfig, calibrate_detector, fit_detector
+
+        o = stage.options
+        src, data, out = self._ref(o["from"]), self.data_dir(stage), self.model_dir(stage.id)
+        if not (src / WEIGHTS_FILE).is_file():
+            raise RecipeError(
+                f"{self.recipe.path}: stage {stage.id!r}: {src} holds no segmenter "
+                f"({WEIGHTS_FILE}, {CONFIG_FILE}) for the detector to join"
+            )
+        kwargs = {k: o[k] for k in _DETECTOR_FLAGS if k in o}
+        if "classes" in kwargs:
+            kwargs["classes"] = tuple(_mask_list(kwargs["classes"]))
+        run_dir = self.stage_dir(stage.id) / "run"
+        cfg = DetectorTrainConfig(
+            data_root=str(data), init=str(src), out_dir=str(run_dir), **kwargs
+        )
+        fit_detector(cfg)
+        flags = " ".join(
+            f"--{k.replace('_', '-')} {shlex.quote(_flag(v))}" for k, v in o.items() if k in kwargs
+        )
+        command = (
+            f"python scripts/train_detector.py --init {src} --data {data} --out {run_dir} {flags}"
+        )
+        result = {"steps": cfg.steps, **_last_metrics(run_dir)}
+        if "calibrate" in o:
+            cal = self.stage_dir(str(o["calibrate"]))
+            limit = o.get("calibrate_volumes")
+            found = calibrate_detector(run_dir, cal, max_volumes=limit)
+            command += f" --calibrate {cal}" + (f" --calibrate-volumes {limit}" if limit else "")
+            for label, score in found["scores"].items():
+                if score:
+                    result[f"{label.lower().replace(' ', '_')}_f1"] = round(score["f1"], 4)
+        with atomic_dir(out) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            copy_segmenter(run_dir, tmp)
+        command += f"\n(the checkpoint: a copy of {src} with the segmenter of {run_dir})"
+        return command, result
 
     def _keep_records(self, folder: Path) -> None:
         """Into an exported model folder: each training stage's ``metrics.jsonl`` (as

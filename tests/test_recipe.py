@@ -76,6 +76,11 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     predicted = json.loads((export / "heldout_predicted.json").read_text())
     assert predicted["mask_source"] == "predicted" and "region masks: predicted" in card
     assert "blind_baseline" not in predicted and "--limit 1 --no-blind --masks predicted" in card
+    from rgct.model.segmenter import load_segmenter
+
+    segmenter, meta = load_segmenter(export)  # the detector stage's segmenter was exported
+    assert segmenter.focal_classes == ("Lung nodule",) and meta["detector"]["calibrated"]
+    assert "scripts/train_detector.py" in card
     from rgct.data.layout import volume_path
     from rgct.data.records import find_volumes
     from rgct.inference import Predictor
@@ -207,3 +212,25 @@ def test_folders_beside_the_recipe_are_named_from_the_working_folder(tmp_path, m
     assert runner.data_dir(stage) == Path("d")
     monkeypatch.chdir(REPO)
     assert runner._ref("../shipped") == (tmp_path / "shipped").resolve()
+
+
+def test_a_detector_stage_needs_a_checkpoint_with_a_segmenter(tmp_path):
+    path = _write(
+        tmp_path,
+        f"name: r\nmodel: {REPO / 'configs/model/tiny.yaml'}\nstages:\n"
+        "- {id: synth, kind: synth}\n- {id: cal, kind: calibrate, from: synth}\n"
+        "- {id: det, kind: detector, from: cal, steps: 1}\n",
+    )
+    runner = RecipeRunner(load_recipe(path), tmp_path / "work")
+    runner.model_dir("cal").mkdir(parents=True)  # a checkpoint folder without a segmenter
+    with pytest.raises(RecipeError, match="holds no segmenter"):
+        runner._run_detector(runner.recipe.stage("det"))
+    with pytest.raises(RecipeError, match="unknown key"):
+        load_recipe(
+            _write(
+                tmp_path,
+                f"name: r\nmodel: {REPO / 'configs/model/tiny.yaml'}\nstages:\n"
+                "- {id: synth, kind: synth}\n- {id: det, kind: detector, from: synth, "
+                "batch_size: 2}\n",
+            )
+        )

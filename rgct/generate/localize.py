@@ -5,6 +5,8 @@ on the volume's predicted lobes (:mod:`rgct.model.segmenter`):
 
 1. the segmenter's finding components (its finding channels, thresholded and split into
    connected components): a component's main lobe, or its side for a sided region (pleura);
+   nodules come from the segmenter's full-resolution detector when it has one
+   (:mod:`rgct.model.detector`: the half-resolution UNet never localised one);
 2. for a label with no component, per-lobe evidence under each predicted lobe mask: the lobe
    where the label is most probable. With the checkpoint's lobe head
    (:mod:`rgct.model.lobe_head`, ``lobe_head.safetensors``: trained on lobes, from the lobes'
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgct.constants import CT_RATE_LABELS, LUNG_LOBES, WHOLE_SCAN
+from rgct.constants import CT_RATE_LABELS, LUNG_LOBES, PARENCHYMA_LABELS, WHOLE_SCAN
 from rgct.generate.masks import PREDICTED, MaskProvider, build_mask_provider
 from rgct.model import region_classifier as rc
 
@@ -38,22 +40,11 @@ LOBE_REGIONS = ("lung",)
 """Regions whose findings are placed in a lobe."""
 SIDE_REGIONS = ("pleura",)
 """Regions whose findings are placed on a side."""
-PARENCHYMA_LABELS = frozenset(
-    {
-        "Emphysema",
-        "Atelectasis",
-        "Lung nodule",
-        "Lung opacity",
-        "Pulmonary fibrotic sequela",
-        "Mosaic attenuation pattern",
-        "Peribronchial thickening",
-        "Consolidation",
-        "Bronchiectasis",
-        "Interlobular septal thickening",
-    }
-)
-"""CT-RATE labels of the lung parenchyma: on a whole-scan row only these are placed in a lobe
-without a segmenter component (a heart or mediastinal label has no lobe)."""
+PLACEMENT_VERSION = 2
+"""Version of the rules that turn segmenter components into places (part of
+:meth:`Localizer.identity`): bump it when they change, so held-out folders do not resume
+predictions placed by the old rules. 2: a lung-parenchyma component in a lobe is a lung
+finding whatever region holds most of its voxels."""
 
 
 def component_phrase(finding: dict, region: str) -> str | None:
@@ -85,9 +76,11 @@ class Localizer:
         self._lobe_probs: dict[str, np.ndarray] = {}
 
     def identity(self) -> str:
-        """A digest of what decides the places: the segmenter's and the lobe head's weights
-        (a held-out folder resumes only predictions placed by the same ones)."""
+        """A digest of what decides the places: the placement rules' version and the
+        segmenter's and lobe head's weights (a held-out folder resumes only predictions placed
+        by the same ones)."""
         h = hashlib.sha256()
+        h.update(f"placement-{PLACEMENT_VERSION}".encode())
         parts = [("segmenter", self.masks.segmenter[0])]
         if self.lobe_head is not None:
             parts.append(("lobe_head", self.lobe_head))

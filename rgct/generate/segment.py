@@ -42,6 +42,9 @@ DEFAULT_FINDING_THRESHOLD = 0.5
 DEFAULT_MIN_VOXELS = 2
 THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """Finding thresholds :func:`calibrate_findings` tries."""
+DETECTOR_THRESHOLD_GRID = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+"""Thresholds tried for a focal detector's classes: trained with a positive weight (30 for
+nodules), its probabilities of a true cell sit high, and the useful thresholds lie above 0.9."""
 MIN_VOXEL_GRID = (2, 5, 10, 20, 40)
 """Smallest finding sizes (voxels) :func:`calibrate_findings` tries."""
 DISABLED_THRESHOLD = 1.01
@@ -282,8 +285,12 @@ def calibrate_findings(
     max_volumes: int | None = None,
     thresholds: tuple[float, ...] = THRESHOLD_GRID,
     min_voxels: tuple[int, ...] = MIN_VOXEL_GRID,
+    labels: tuple[str, ...] | None = None,
 ) -> dict:
     """Per finding label, the (threshold, smallest size) with the best detection F1.
+
+    ``labels`` limits it to those finding channels (e.g. a focal detector's classes, on a grid
+    of its own: :data:`DETECTOR_THRESHOLD_GRID`); None calibrates every finding channel.
 
     A detection is correct as in :func:`rgct.eval.segmentation.box_accuracy`; precision is
     correct / detected, recall is true findings hit / true findings; among equal F1 the
@@ -319,6 +326,8 @@ def calibrate_findings(
         logits = model(image[None].to(device))[0].float().cpu()
         probs = finding_probabilities(logits, model.classes, out_shape=volume.shape)
         found = true_findings(truth[name], load_true_masks(root, name, volume), volume)
+        if labels is not None:
+            probs = {k: v for k, v in probs.items() if k in labels}
         for label, prob in probs.items():
             mine = [f for f in found if f["label"] == label]
             c = counts.setdefault(label, {k: [0, 0, 0, 0] for k in keys})

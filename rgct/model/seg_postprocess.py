@@ -6,7 +6,8 @@ grid. A class predicted empty stays an all-False mask: callers report it ("lung:
 predicted"), they never replace it with a whole-volume mask.
 
 :func:`localize_findings` turns the finding channels into findings: one per connected
-component above threshold, with its label, region, lobe(s), side, probability, centre, voxel
+component above threshold, with its label, region (a lung-parenchyma label in a lobe is in the
+lung, :data:`rgct.constants.PARENCHYMA_LABELS`), lobe(s), side, probability, centre, voxel
 box, box in scanner millimetres and voxel mask.
 
 Example::
@@ -32,7 +33,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from rgct.constants import LUNG_LOBES, SEGMENT_CLASSES, SEGMENT_FINDINGS
+from rgct.constants import LUNG_LOBES, PARENCHYMA_LABELS, SEGMENT_CLASSES, SEGMENT_FINDINGS
 
 COMPONENTS: dict[str, int] = {
     **{lobe: 1 for lobe in LUNG_LOBES},
@@ -283,6 +284,10 @@ def _describe(
         if best > 0
         else []
     )
+    if lobes and label in PARENCHYMA_LABELS and "lung" in region_masks:
+        region = (
+            "lung"  # a nodule against the pleura is mostly "pleura" voxels, still a lung finding
+        )
     side = _side(lobes)
     if side is None and region in SIDED_REGIONS:
         side = _nearest_side(center, lobe_masks)

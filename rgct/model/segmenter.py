@@ -16,6 +16,7 @@ Example::
     net = Segmenter(in_channels=1)
     logits = net(torch.rand(1, 1, 64, 128, 128))     # (1, 30, 64, 128, 128)
     save_segmenter("runs/seg", net, {"steps": 100})
+    Segmenter(focal_classes=["Lung nodule"])         # + the full-resolution nodule detector
     net2, meta = load_segmenter("runs/seg")
 """
 
@@ -39,6 +40,7 @@ from torch import nn
 from rgct.config import DataConfig
 from rgct.constants import HU_WINDOW, SEGMENT_CLASSES
 from rgct.files import atomic_path, write_json
+from rgct.model.detector import FocalDetector
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ class Segmenter(nn.Module):
         refine_channels: width of the full-resolution refinement convolution (0 = none).
         dropout: dropout inside the UNet blocks.
         spatial_dims: 3 (CT volumes) or 2 (radiographs).
+        focal_classes: classes whose channel comes from a full-resolution
+            :class:`rgct.model.detector.FocalDetector` (its logits, upsampled to the input
+            grid, replace the UNet's for those classes; 3D only). Empty: no detector.
+        focal_width: the detector's feature width.
 
     Shapes:
         input (B, in_channels, D, H, W) preprocessed image in [0, 1] ((B, in_channels, H, W)
@@ -86,6 +92,8 @@ class Segmenter(nn.Module):
         refine_channels: int = 0,
         dropout: float = 0.0,
         spatial_dims: int = 3,
+        focal_classes: Sequence[str] = (),
+        focal_width: int = 16,
     ) -> None:
         super().__init__()
         classes = tuple(str(c) for c in classes)
@@ -106,7 +114,18 @@ class Segmenter(nn.Module):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        focal_classes = tuple(str(c) for c in focal_classes)
+        missing = [c for c in focal_classes if c not in classes]
+        if missing or len(set(focal_classes)) != len(focal_classes):
+            raise ValueError(
+                f"focal_classes {list(focal_classes)} must be distinct classes of the segmenter"
+                + (f"; not among its classes: {missing}" if missing else "")
+            )
+        if focal_classes and spatial_dims != 3:
+            raise ValueError("focal_classes (the full-resolution detector) need spatial_dims=3")
         self.spatial_dims = int(spatial_dims)
+        self.focal_classes = focal_classes
+        self.focal_width = int(focal_width)
         self.in_channels = int(in_channels)
         self.classes = classes
         self.channels = channels
@@ -139,6 +158,9 @@ class Segmenter(nn.Module):
                     self.refine_channels, k, kernel_size=1
                 ),
             )
+        self.focal: FocalDetector | None = None
+        if focal_classes:
+            self.focal = FocalDetector(self.in_channels, len(focal_classes), self.focal_width)
 
     @property
     def num_classes(self) -> int:
@@ -156,7 +178,14 @@ class Segmenter(nn.Module):
             "refine_channels": self.refine_channels,
             "dropout": self.dropout,
             "spatial_dims": self.spatial_dims,
+            "focal_classes": list(self.focal_classes),
+            "focal_width": self.focal_width,
         }
+
+    @property
+    def focal_index(self) -> list[int]:
+        """Channel index of each of :attr:`focal_classes`."""
+        return [self.classes.index(c) for c in self.focal_classes]
 
     def internal_size(self, size: Sequence[int]) -> tuple[int, ...]:
         """(D, H, W) (or (H, W)) the UNet runs at for an input of spatial ``size``."""
@@ -179,6 +208,10 @@ class Segmenter(nn.Module):
             logits = F.interpolate(logits, size=size, mode=mode, align_corners=False)
         if self.refine is not None:
             logits = logits + self.refine(torch.cat([logits, x], dim=1))
+        if self.focal is not None:
+            focal = F.interpolate(self.focal(x), size=size, mode=mode, align_corners=False)
+            index = torch.tensor(self.focal_index, device=logits.device)
+            logits = logits.index_copy(1, index, focal.to(logits.dtype))
         return logits
 
 
@@ -191,6 +224,8 @@ _SEGMENTER_KEYS = (
     "refine_channels",
     "dropout",
     "spatial_dims",
+    "focal_classes",
+    "focal_width",
 )
 
 

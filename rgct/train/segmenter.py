@@ -56,7 +56,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 TRAIN_PARTS = ("unet", "refine")
-"""The segmenter's submodules a run can train (``SegmenterTrainConfig.train_parts``)."""
+"""The segmenter's submodules a run can train (``SegmenterTrainConfig.train_parts``); its focal
+detector (:mod:`rgct.model.detector`) learns on crops in :mod:`rgct.train.detector` and stays
+frozen here (batch-norm statistics included)."""
 BRIGHT_HU = 130.0
 """Calcium-bright: the HU from which ``bright_weight`` weighs a voxel (Agatston's 130)."""
 
@@ -399,6 +401,8 @@ def _trainable(model: Segmenter, parts: tuple[str, ...]) -> list[torch.nn.Parame
         module = getattr(model, name)
         if module is not None:
             module.requires_grad_(name in parts)
+    if model.focal is not None:
+        model.focal.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(
@@ -468,6 +472,8 @@ def fit_segmenter(cfg: SegmenterTrainConfig) -> Path:
     }
     logger.info("training segmenter on %d volumes, steps %d..%d", len(dataset), step, cfg.steps)
     model.train()
+    if raw.focal is not None:
+        raw.focal.eval()
     t0, done, window = time.perf_counter(), 0, []
     for batch in loader:
         image = batch["image"].to(accelerator.device, non_blocking=True)

@@ -212,3 +212,22 @@ def test_finding_probabilities_keeps_only_finding_channels():
     probs = finding_probabilities(_logits(), out_shape=(4, 8, 8))
     assert list(probs) == list(SEGMENT_FINDINGS)
     assert probs["Lung nodule"].shape == (4, 8, 8) and probs["Lung nodule"].max() < 0.01
+
+
+def test_a_parenchymal_finding_in_a_lobe_is_a_lung_finding_whatever_region_holds_it():
+    """The predicted lung leaves out dense voxels: a nodule against the chest wall lies mostly
+    in the predicted pleura, and is still reported (and placed) as a lung finding."""
+    shape = (16, 32, 32)
+    lobes = _lobes(shape)
+    lung = np.logical_or.reduce(list(lobes.values()))
+    pleura = np.zeros(shape, bool)
+    pleura[10:13, 4:8, 3:5] = True  # most of the component below
+    prob = np.zeros(shape, np.float32)
+    prob[10:13, 4:8, 2:5] = 0.9
+    regions = {"lung": lung & ~pleura, "pleura": pleura}
+    lobe_masks = {k: v & ~pleura for k, v in lobes.items()}
+    found = localize_findings(
+        {"Lung nodule": prob, "Pleural effusion": prob}, lobe_masks, regions, (5.0, 1.5, 2.0)
+    )
+    where = {f["label"]: f["region"] for f in found}
+    assert where == {"Lung nodule": "lung", "Pleural effusion": "pleura"}

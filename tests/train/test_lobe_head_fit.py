@@ -116,6 +116,9 @@ def test_the_localiser_places_a_label_where_the_lobe_head_finds_it(tiny_checkpoi
         same = Localizer(model, provider, head).identity()
         assert same == Localizer(model, provider, _FavourOneLobe(k)).identity()
         assert same != Localizer(model, provider).identity()  # held-out folders tell them apart
+        with pytest.MonkeyPatch.context() as mp:  # and placement rules of another version
+            mp.setattr("rgct.generate.localize.PLACEMENT_VERSION", -1)
+            assert same != Localizer(model, provider, head).identity()
         assert (
             Localizer(model, provider, head).locations(volume, "lung", image)["Lung nodule"]
             == lobes[k]
