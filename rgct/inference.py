@@ -210,11 +210,13 @@ class Predictor:
         gen: GenerationConfig,
         locations: list[dict[str, str] | None] | None = None,
         mask_source: str | None = None,
+        detected: list[dict[str, bool] | None] | None = None,
     ) -> list[str]:
         """One encoder pass for the volume, then batched generation over (mask, prompt) rows
         (``locations``: label -> place per row, for ``model.evidence_locations``;
         ``mask_source``: where the masks came from, ``predicted`` detects with the segmenter's
-        own classifier head where the checkpoint has one, ``model.source_heads``)."""
+        own classifier head where the checkpoint has one, ``model.source_heads``;
+        ``detected``: per row, labels stated whatever the classifier says, :meth:`_detected`)."""
         with autocast_for(self.device):
             grids = self.model.encode_rows(image.expand(len(prompts), *image.shape[1:]))
             out: list[str] = []
@@ -229,6 +231,7 @@ class Predictor:
                     gen,
                     image=image,
                     locations=where,
+                    detected=None if detected is None else detected[chunk],
                     mask_source=mask_source,
                 )
         return out
@@ -329,6 +332,17 @@ class Predictor:
                 )
         return [place_labels(r, findings, lobe_probs, whole_scan=scan) for r in regions]
 
+    def _detected(self, regions: list[str], seg: Any) -> list[dict[str, bool] | None] | None:
+        """Per region, the labels the segmenter's focal detector found there, stated on the
+        detections line whatever the classifier says (as the held-out runner's localiser,
+        :func:`rgct.generate.localize.detected_labels`); None without a detector."""
+        classes = getattr(self.segmenter[0], "focal_classes", ()) if self.segmenter else ()
+        if not self.cfg.model.evidence_locations or seg is None or not classes:
+            return None
+        from rgct.generate.localize import detected_labels
+
+        return [detected_labels(r, seg.findings, classes) for r in regions]
+
     def _truncated(self, text: str, gen: GenerationConfig) -> bool:
         n = len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
         return n >= gen.max_new_tokens - 1
@@ -378,9 +392,10 @@ class Predictor:
             else REPORT_PROMPTS["region_report_unnamed"]
         )
         image, masks = self.prepare(vol, {"region": mask})
-        places = None
+        places = detected = None
         if region and seg is not None:
             places = self._places(vol, [region], seg.findings, seg)
+            detected = self._detected([region], seg)
         return self._run(
             image,
             [masks["region"]],
@@ -388,6 +403,7 @@ class Predictor:
             self._gen(max_new_tokens=max_new_tokens, num_beams=num_beams),
             places,
             mask_source,
+            detected,
         )[0]
 
     def report(
@@ -422,7 +438,10 @@ class Predictor:
             gen = replace(gen, batch_size=max(gen.batch_size, len(order)))
         findings = seg.findings if seg is not None else []
         places = self._places(vol, order, findings, seg)
-        texts = self._run(image, [prepared[r] for r in order], prompts, gen, places, source)
+        detected = self._detected(order, seg)
+        texts = self._run(
+            image, [prepared[r] for r in order], prompts, gen, places, source, detected
+        )
         sentences = [
             _ground(r, s, findings) for r, t in zip(order, texts) for s in split_sentences(t)
         ]
@@ -506,13 +525,18 @@ class Predictor:
             max_new_tokens=max_new_tokens or min(self.cfg.generation.max_new_tokens, 32),
             num_beams=num_beams,
         )
-        places = None
-        if mask is None and self.cfg.model.scan_locations and self.segmenter is not None:
+        places = detected = None
+        focal = self.segmenter is not None and getattr(self.segmenter[0], "focal_classes", ())
+        if mask is None and (self.cfg.model.scan_locations or focal) and self.segmenter:
             vol = self.load(volume)  # a whole-scan question: where each finding is, per region
             seg = self.segmentation(vol)
-            places = self._places(vol, [WHOLE_SCAN], seg.findings, seg)
+            if self.cfg.model.scan_locations:
+                places = self._places(vol, [WHOLE_SCAN], seg.findings, seg)
+            detected = self._detected([WHOLE_SCAN], seg)
         source = None if mask is None else mask_source
-        return self._run(image, [masks[WHOLE_SCAN]], [question.strip()], gen, places, source)[0]
+        return self._run(
+            image, [masks[WHOLE_SCAN]], [question.strip()], gen, places, source, detected
+        )[0]
 
     def chat(
         self,

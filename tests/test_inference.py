@@ -286,3 +286,31 @@ def test_a_chat_turn_is_the_single_shot_answer_of_its_resolved_question(case):
     heart = p.segment(scan)["masks"]["heart"]
     assert turn["resolved"] == "What are the abnormalities in the heart?"
     assert turn["answer"] == p.answer(scan, turn["resolved"], heart, max_new_tokens=4)
+
+
+def test_the_segmenter_s_detector_findings_reach_the_detections_line(case, monkeypatch):
+    """A segmenter with a focal detector: its components are stated on the rows of their
+    region (report, region report, whole-scan question), whatever the classifier says."""
+    p, scan, root, volume = case
+    seen = []
+
+    def run(image, masks, prompts, gen, locations=None, mask_source=None, detected=None):
+        seen.append(detected)
+        return ["x"] * len(prompts)
+
+    monkeypatch.setattr(p, "_run", run)
+    monkeypatch.setattr(p.cfg.model, "evidence_locations", True)
+    monkeypatch.setattr(p.segmenter[0], "focal_classes", ("Lung nodule",), raising=False)
+    seg = p.segmentation(p.load(scan))
+    planted = {"label": "Lung nodule", "region": "lung", "lobes": ["left lung upper lobe"]}
+    monkeypatch.setattr(seg, "findings", [*seg.findings, planted])
+    out = p.report(scan)
+    rows = dict(zip(out["regions"], seen[-1]))
+    assert rows["lung"] == {"Lung nodule": True} and rows["heart"] is None
+    p.region_report(scan, region="lung")
+    assert seen[-1] == [{"Lung nodule": True}]
+    p.answer(scan, "Is there a lung nodule?")
+    assert seen[-1] == [{"Lung nodule": True}]
+    monkeypatch.setattr(p.segmenter[0], "focal_classes", ())  # no detector: nothing stated
+    p.report(scan)
+    assert seen[-1] is None

@@ -176,3 +176,27 @@ def test_predicted_regions_never_overlap_predicted_bone(setup):
         if name != "bone":
             assert not (mask & out.masks["bone"]).any(), name
     assert out.masks["heart"].any()
+
+
+def test_the_detector_s_findings_are_stated_whatever_the_classifier_says(setup):
+    from rgct.generate.localize import detected_labels
+
+    findings = [
+        {"label": "Lung nodule", "region": "lung", "lobes": ["left lung lower lobe"]},
+        {"label": "Pleural effusion", "region": "pleura", "side": "left"},
+    ]
+    focal = ("Lung nodule",)
+    assert detected_labels("lung", findings, focal) == {"Lung nodule": True}
+    assert detected_labels("pleura", findings, focal) is None  # not a detector class there
+    assert detected_labels("heart", findings, focal) is None
+    assert detected_labels("whole scan", findings, focal) == {"Lung nodule": True}
+    assert detected_labels("lung", findings, ()) is None
+    model, cfg, root, volume = setup
+    provider = MaskProvider("predicted", cfg.data, root, truth_segmenter(root, volume, cfg))
+    loc = Localizer(model, provider)
+    image = torch.rand(cfg.data.in_channels, *cfg.data.input_shape)
+    assert loc.detected(volume, "lung", image) is None  # a segmenter without a detector
+    provider.segmenter[0].focal_classes = focal
+    provider.findings = findings
+    provider._load = lambda v: None  # keep the planted components
+    assert loc.detected(volume, "lung", image, "Describe the lung.") == {"Lung nodule": True}
