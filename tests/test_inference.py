@@ -85,7 +85,7 @@ def test_finding_sentences_carry_the_localised_finding(case, monkeypatch):
     }
     sources = []  # where the masks came from, as the language model's caller is told
 
-    def run(image, masks, prompts, gen, places=None, mask_source=None):
+    def run(image, masks, prompts, gen, places=None, mask_source=None, detected=None):
         sources.append(mask_source)
         return ["A solid nodule of 6 mm is seen in the right lung upper lobe." for _ in prompts]
 
@@ -181,7 +181,7 @@ def heard(case, monkeypatch):
     }
     asked: list[tuple[str, torch.Tensor]] = []
 
-    def run(image, masks, prompts, gen, places=None, mask_source=None):
+    def run(image, masks, prompts, gen, places=None, mask_source=None, detected=None):
         asked.extend(zip(prompts, masks))
         return [replies.get(q, "No abnormality.") for q in prompts]
 
