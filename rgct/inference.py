@@ -526,8 +526,9 @@ class Predictor:
             num_beams=num_beams,
         )
         places = detected = None
-        focal = self.segmenter is not None and getattr(self.segmenter[0], "focal_classes", ())
-        if mask is None and (self.cfg.model.scan_locations or focal) and self.segmenter:
+        focal = bool(self.segmenter and getattr(self.segmenter[0], "focal_classes", ()))
+        stated = focal and self.cfg.model.evidence_locations  # the detector's findings
+        if mask is None and (self.cfg.model.scan_locations or stated) and self.segmenter:
             vol = self.load(volume)  # a whole-scan question: where each finding is, per region
             seg = self.segmentation(vol)
             if self.cfg.model.scan_locations:

@@ -284,10 +284,9 @@ def _describe(
         if best > 0
         else []
     )
+    # a nodule against the chest wall is mostly "pleura" voxels: still a lung finding
     if lobes and label in PARENCHYMA_LABELS and "lung" in region_masks:
-        region = (
-            "lung"  # a nodule against the pleura is mostly "pleura" voxels, still a lung finding
-        )
+        region = "lung"
     side = _side(lobes)
     if side is None and region in SIDED_REGIONS:
         side = _nearest_side(center, lobe_masks)
