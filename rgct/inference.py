@@ -332,12 +332,19 @@ class Predictor:
                 )
         return [place_labels(r, findings, lobe_probs, whole_scan=scan) for r in regions]
 
+    def _stated_classes(self) -> tuple[str, ...]:
+        """The segmenter's focal detector classes whose findings this checkpoint states (none
+        without a detector or without ``model.evidence_locations``)."""
+        if self.segmenter is None or not self.cfg.model.evidence_locations:
+            return ()
+        return tuple(getattr(self.segmenter[0], "focal_classes", ()))
+
     def _detected(self, regions: list[str], seg: Any) -> list[dict[str, bool] | None] | None:
         """Per region, the labels the segmenter's focal detector found there, stated on the
         detections line whatever the classifier says (as the held-out runner's localiser,
         :func:`rgct.generate.localize.detected_labels`); None without a detector."""
-        classes = getattr(self.segmenter[0], "focal_classes", ()) if self.segmenter else ()
-        if not self.cfg.model.evidence_locations or seg is None or not classes:
+        classes = self._stated_classes()
+        if seg is None or not classes:
             return None
         from rgct.generate.localize import detected_labels
 
@@ -526,8 +533,7 @@ class Predictor:
             num_beams=num_beams,
         )
         places = detected = None
-        focal = bool(self.segmenter and getattr(self.segmenter[0], "focal_classes", ()))
-        stated = focal and self.cfg.model.evidence_locations  # the detector's findings
+        stated = self._stated_classes()  # the detector's findings, stated on the line
         if mask is None and (self.cfg.model.scan_locations or stated) and self.segmenter:
             vol = self.load(volume)  # a whole-scan question: where each finding is, per region
             seg = self.segmentation(vol)

@@ -36,7 +36,7 @@ import logging
 import math
 import multiprocessing as mp
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +107,6 @@ class DetectorTrainConfig:
     """Processes that read the volumes and build their targets before training."""
     stop_after: int | None = None
     """End this call after this many steps (the checkpoint of the last ``save_every`` stays)."""
-    extra: dict = field(default_factory=dict)
-    """Free-form notes kept in the checkpoint meta."""
 
     def __post_init__(self) -> None:
         self.classes = tuple(str(c) for c in self.classes)
