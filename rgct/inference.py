@@ -339,16 +339,22 @@ class Predictor:
             return ()
         return tuple(getattr(self.segmenter[0], "focal_classes", ()))
 
-    def _detected(self, regions: list[str], seg: Any) -> list[dict[str, bool] | None] | None:
-        """Per region, the labels the segmenter's focal detector found there, stated on the
-        detections line whatever the classifier says (as the held-out runner's localiser,
-        :func:`rgct.generate.localize.detected_labels`); None without a detector."""
-        classes = self._stated_classes()
-        if seg is None or not classes:
+    def _detected(
+        self, regions: list[str], seg: Any, question: str | None = None
+    ) -> list[dict[str, bool] | None] | None:
+        """Per region, the labels stated on the detections line whatever the classifier says
+        (as the held-out runner's localiser, :func:`rgct.generate.localize.detected_labels`):
+        the segmenter's focal detector's found there, and on a whole-scan row the label a
+        "where is X?" ``question`` asks about; None when no row states anything (or for a
+        checkpoint without ``model.evidence_locations``)."""
+        if not self.cfg.model.evidence_locations:
             return None
         from rgct.generate.localize import detected_labels
 
-        return [detected_labels(r, seg.findings, classes) for r in regions]
+        classes = self._stated_classes()
+        findings = seg.findings if seg is not None and classes else []
+        rows = [detected_labels(r, findings, classes, question=question) for r in regions]
+        return rows if any(rows) else None
 
     def _truncated(self, text: str, gen: GenerationConfig) -> bool:
         n = len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -533,13 +539,15 @@ class Predictor:
             num_beams=num_beams,
         )
         places = detected = None
-        stated = self._stated_classes()  # the detector's findings, stated on the line
-        if mask is None and (self.cfg.model.scan_locations or stated) and self.segmenter:
-            vol = self.load(volume)  # a whole-scan question: where each finding is, per region
-            seg = self.segmentation(vol)
-            if self.cfg.model.scan_locations:
-                places = self._places(vol, [WHOLE_SCAN], seg.findings, seg)
-            detected = self._detected([WHOLE_SCAN], seg)
+        if mask is None:  # a whole-scan question
+            seg = None
+            stated = self._stated_classes()  # the detector's findings, stated on the line
+            if (self.cfg.model.scan_locations or stated) and self.segmenter:
+                vol = self.load(volume)  # where each finding is, per region
+                seg = self.segmentation(vol)
+                if self.cfg.model.scan_locations:
+                    places = self._places(vol, [WHOLE_SCAN], seg.findings, seg)
+            detected = self._detected([WHOLE_SCAN], seg, question.strip())
         source = None if mask is None else mask_source
         return self._run(
             image, [masks[WHOLE_SCAN]], [question.strip()], gen, places, source, detected

@@ -1,4 +1,5 @@
-"""Sentence splitting shared by generation, evaluation and the app (one rule everywhere)."""
+"""Sentence splitting and question reading shared by generation, evaluation and the app (one
+rule everywhere)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,26 @@ def split_sentences(text: str | None) -> list[str]:
     ['A 4.6 mm nodule.', 'No effusion.']
     """
     return [s.strip() for s in _SENTENCE_SPLIT.split(text or "") if s and s.strip()]
+
+
+_WHERE = re.compile(
+    r"^\s*where\s+(?:is|are)\s+(?:the\s+|an?\s+)?(?P<what>.+?)"
+    r"(?:\s+(?:located|seen|found))?"
+    r"(?:\s+in\s+(?:this|the)\s+(?:chest\s+)?(?:radiograph|film|image|scan|ct))?"
+    r"\s*\??\s*$",
+    re.IGNORECASE,
+)
+
+
+def asked_subject(question: str | None) -> str | None:
+    """The words a "where is X?" question asks about (the location template's "Where is the
+    {abnormality} located in the image?", or a chat question such as "Where is the pleural
+    effusion?"), None for any other question.
+
+    >>> asked_subject("Where is the ground glass opacity located in the image?")
+    'ground glass opacity'
+    >>> asked_subject("Is there a nodule?") is None
+    True
+    """
+    found = _WHERE.match(question or "")
+    return found["what"].strip() if found else None

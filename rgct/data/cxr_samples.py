@@ -54,6 +54,7 @@ from rgct.data.source_report import check_layout_tasks
 from rgct.data.source_samples import TaskTable
 from rgct.data.vindr import VindrIndex
 from rgct.files import write_bytes
+from rgct.text import asked_subject
 
 NO_FINDINGS = (VINDR_NO_FINDING, CXR14_NO_FINDING)
 VOCABULARY = {
@@ -141,20 +142,12 @@ def read_finding_sentence(sentence: str) -> dict[str, str | None]:
     return {"label": _CLASS_OF_WORDS.get(text.lower()), "side": side, "zone": zone}
 
 
-_WHERE = re.compile(
-    r"^\s*where\s+(?:is|are)\s+(?:the\s+|an?\s+)?(?P<what>.+?)"
-    r"(?:\s+(?:located|seen|found))?(?:\s+in\s+(?:this|the)\s+(?:chest\s+)?(?:radiograph|film|image))?"
-    r"\s*\??\s*$",
-    re.IGNORECASE,
-)
-
-
 def asked_location(question: str) -> str | None:
     """The class a "where is X?" question asks about (``cxr_location``'s prompt, or a chat
     question such as "Where is the pleural effusion located?"), None for any other question
     or words that name no class."""
-    found = _WHERE.match(question)
-    return _CLASS_OF_WORDS.get(found["what"].strip().lower()) if found else None
+    what = asked_subject(question)
+    return _CLASS_OF_WORDS.get(what.lower()) if what else None
 
 
 def save_box_mask(box: Box, shape: tuple[int, int], path: Path) -> Path:

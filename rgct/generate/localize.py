@@ -31,8 +31,10 @@ import numpy as np
 import torch
 
 from rgct.constants import CT_RATE_LABELS, LUNG_LOBES, PARENCHYMA_LABELS, WHOLE_SCAN
+from rgct.eval.labeler import label_text
 from rgct.generate.masks import PREDICTED, MaskProvider, build_mask_provider
 from rgct.model import region_classifier as rc
+from rgct.text import asked_subject
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +42,13 @@ LOBE_REGIONS = ("lung",)
 """Regions whose findings are placed in a lobe."""
 SIDE_REGIONS = ("pleura",)
 """Regions whose findings are placed on a side."""
-PLACEMENT_VERSION = 3
+PLACEMENT_VERSION = 4
 """Version of the rules that turn segmenter components into places (part of
 :meth:`Localizer.identity`): bump it when they change, so held-out folders do not resume
 predictions placed by the old rules. 2: a lung-parenchyma component in a lobe is a lung
 finding whatever region holds most of its voxels; 3: the focal detector's components are
-stated as detections (:func:`detected_labels`)."""
+stated as detections (:func:`detected_labels`); 4: a whole-scan "where is X?" row states
+X (:func:`asked_label`)."""
 
 
 def component_phrase(finding: dict, region: str) -> str | None:
@@ -104,12 +107,10 @@ class Localizer:
     ) -> dict[str, bool] | None:
         """Labels the segmenter's focal detector found in ``region`` of ``volume``
         (:func:`detected_labels`): the runner states them on the row's detections line."""
-        del image, prompt  # the components are the segmenter's, computed once per volume
+        del image  # the components are the segmenter's, computed once per volume
         classes = getattr(self.masks.segmenter[0], "focal_classes", ())
-        if not classes:
-            return None
-        _, findings = self.masks.volume(volume)
-        return detected_labels(region, findings, classes)
+        findings = self.masks.volume(volume)[1] if classes else []
+        return detected_labels(region, findings, classes, question=prompt)
 
     def locations(self, volume: str, region: str, image: torch.Tensor) -> dict[str, str]:
         """CT-RATE label -> place for ``region`` of ``volume``; ``image`` (C, D, H, W) is the
@@ -124,22 +125,45 @@ class Localizer:
 
 
 def detected_labels(
-    region: str, findings: list[dict], detector_classes: tuple[str, ...] | list[str]
+    region: str,
+    findings: list[dict],
+    detector_classes: tuple[str, ...] | list[str],
+    question: str | None = None,
 ) -> dict[str, bool] | None:
-    """Labels the segmenter's focal detector found in ``region`` (label -> True), to be stated
-    whatever the region classifier says (None: nothing to add). A detector class is stated in
-    the region holding its component, and on a whole-scan row wherever it lies; labels without
-    a component keep the classifier's decision (the detector misses nodules under 10 mm that
-    the classifier may find). Development phantoms and the held-out ones showed why: nodules
-    against the chest wall lie outside the segmenter's lung, whose own classifier head then
-    misses them while the detector finds them (calibration: precision 0.93)."""
+    """Labels to be stated on a row's detections line whatever the region classifier says
+    (label -> True; None: nothing to add).
+
+    - The segmenter's focal detector's: a detector class is stated in the region holding its
+      component, and on a whole-scan row wherever it lies; labels without a component keep the
+      classifier's decision (the detector misses nodules under 10 mm that the classifier may
+      find). Development phantoms and the held-out ones showed why: nodules against the chest
+      wall lie outside the segmenter's lung, whose own classifier head then misses them while
+      the detector finds them (calibration: precision 0.93).
+    - On a whole-scan row, the label a "where is X?" ``question`` asks about
+      (:func:`asked_label`): the question presupposes X, as in training, where the row's line
+      names the truth, so X is stated with its place (``model.scan_locations``) whether or not
+      the classifier found it (the radiograph localiser's rule too)."""
     found = {
         str(f["label"]): True
         for f in findings
         if f.get("label") in detector_classes
         and (region == WHOLE_SCAN or f.get("region") == region)
     }
+    asked = asked_label(question) if region == WHOLE_SCAN else None
+    if asked is not None:
+        found[asked] = True
     return found or None
+
+
+def asked_label(question: str | None) -> str | None:
+    """The CT-RATE label a "where is X?" question asks about ("Where is the nodule located in
+    the image?" -> "Lung nodule"; the report labeler reads X), None for another question or
+    words naming no single label."""
+    what = asked_subject(question)
+    if not what:
+        return None
+    named = [label for label, on in label_text(what).items() if on == 1]
+    return named[0] if len(named) == 1 else None
 
 
 def lobe_probabilities(

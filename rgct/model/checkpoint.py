@@ -205,20 +205,57 @@ def inherit_thresholds(
     """
     if not cfg.model.evidence_prompt or cfg.model.evidence_thresholds is not None:
         return None
-    if pooler_trains:
-        return None
-    sources = [s for s in cfg.train.init if "pooler" in s.parts]
-    if sources:
-        src = Path(sources[-1].from_)
-    elif resumed is not None:
-        src = Path(resumed)
-    else:
+    src = _pooler_source(cfg, pooler_trains, resumed)
+    if src is None:
         return None
     saved = load_saved_config(check_checkpoint(src) / CONFIG_FILE)
     if saved.model.evidence_thresholds is None:
         return None
     cfg.model.evidence_thresholds = list(saved.model.evidence_thresholds)
     logger.info("model.evidence_thresholds carried from %s (its classifier, not retrained)", src)
+    return str(src)
+
+
+def _pooler_source(cfg: RGCTConfig, pooler_trains: bool, resumed: str | Path | None) -> Path | None:
+    """The checkpoint whose calibrated region classifier this stage keeps: the last
+    ``train.init`` entry naming ``pooler``, else the step checkpoint a resumed stage continues;
+    None when the stage trains the pooler (its calibration is then its own)."""
+    if pooler_trains:
+        return None
+    sources = [s for s in cfg.train.init if "pooler" in s.parts]
+    if sources:
+        return Path(sources[-1].from_)
+    return None if resumed is None else Path(resumed)
+
+
+def inherit_source_heads(cfg: RGCTConfig, resumed: str | Path | None = None) -> str | None:
+    """Carry the mask-source heads (``model.source_heads``: each head's calibrated thresholds,
+    and ``model.source_erosion``) of the checkpoint the region classifier comes from, when this
+    stage names none and leaves that classifier as it is (the rule of
+    :func:`inherit_thresholds`). Without it a stage that fine-tunes the language model of a
+    checkpoint with a head for the segmenter's masks would build a pooler without that head
+    and drop its weights. Called before the model is built (the heads are modules); updates
+    ``cfg`` in place; returns the source folder, or None when nothing was carried."""
+    if cfg.model.source_heads:
+        return None
+    m = cfg.model
+    pooler_trains = m.train_projector if m.train_pooler is None else m.train_pooler
+    src = _pooler_source(cfg, bool(pooler_trains), resumed)
+    if src is None:
+        return None
+    saved = load_saved_config(check_checkpoint(src) / CONFIG_FILE)
+    if not saved.model.source_heads:
+        return None
+    m.source_heads = {
+        k: (None if v is None else list(v)) for k, v in saved.model.source_heads.items()
+    }
+    m.source_erosion = saved.model.source_erosion
+    logger.info(
+        "model.source_heads %s (erosion %d) carried from %s (its classifier, not retrained)",
+        sorted(m.source_heads),
+        m.source_erosion,
+        src,
+    )
     return str(src)
 
 

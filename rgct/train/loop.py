@@ -30,7 +30,13 @@ from rgct.data.compact import expand_batch
 from rgct.data.layout import strip_suffix
 from rgct.data.truth import finding_locations, load_ground_truth
 from rgct.model.builder import build_model
-from rgct.model.checkpoint import apply_init, default_card, inherit_thresholds, save_checkpoint
+from rgct.model.checkpoint import (
+    apply_init,
+    default_card,
+    inherit_source_heads,
+    inherit_thresholds,
+    save_checkpoint,
+)
 from rgct.model.drafting import PhraseBank
 from rgct.model.rgct_model import RGCTModel
 from rgct.model.segmenter import WEIGHTS_FILE as SEGMENTER_WEIGHTS
@@ -404,8 +410,9 @@ def train(cfg: RGCTConfig, command: str | None = None) -> Path:
     accelerator = make_accelerator(cfg)
     out_dir = Path(tc.output_dir)
     set_seed(tc.seed)
-    model = build_start_model(cfg)
     resume_from = resolve_resume(tc.resume, out_dir)
+    inherit_source_heads(cfg, resumed=resume_from)
+    model = build_start_model(cfg)
     inherit_thresholds(cfg, model.trainable_groups()["pooler"], resumed=resume_from)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -200,3 +200,23 @@ def test_the_detector_s_findings_are_stated_whatever_the_classifier_says(setup):
     provider.findings = findings
     provider._load = lambda v: None  # keep the planted components
     assert loc.detected(volume, "lung", image, "Describe the lung.") == {"Lung nodule": True}
+    where = "Where is the pleural effusion located in the image?"
+    assert loc.detected(volume, "whole scan", image, where) == {
+        "Lung nodule": True,
+        "Pleural effusion": True,
+    }
+
+
+def test_a_where_question_states_the_label_it_asks_about():
+    from rgct.generate.localize import asked_label, detected_labels
+
+    assert asked_label("Where is the nodule located in the image?") == "Lung nodule"
+    assert asked_label("Where is the ground glass opacity located in the image?") == "Lung opacity"
+    assert asked_label("where is the pleural effusion?") == "Pleural effusion"
+    assert asked_label("Where is it?") is None  # names no label
+    assert asked_label("Can a nodule be identified in the lung?") is None  # not a where-question
+    assert asked_label(None) is None
+    where = "Where is the consolidation located in the image?"
+    assert detected_labels("whole scan", [], (), question=where) == {"Consolidation": True}
+    assert detected_labels("lung", [], (), question=where) is None  # whole-scan rows only
+    assert detected_labels("whole scan", [], (), question="What is in the scan?") is None

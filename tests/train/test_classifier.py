@@ -219,3 +219,63 @@ def test_a_head_of_the_segmenters_masks_leaves_the_main_head_and_thresholds(
         fit_classifier_checkpoint(
             tiny_checkpoint, phantom_root, tmp_path / "z", head="predicted", erode=-2
         )
+
+
+def test_a_language_stage_keeps_the_mask_source_head_it_starts_from(
+    tiny_checkpoint, phantom_root, tmp_path
+):
+    """A stage that loads a pooler with a head for the segmenter's masks and does not train it
+    (e.g. stage3_places after predicted_head) keeps that head, its thresholds and erosion
+    (:func:`rgct.model.checkpoint.inherit_source_heads`); without them the stage's model had no
+    such head and dropped its weights. A resumed stage keeps what its step checkpoint holds."""
+    from conftest import TINY_MODEL, TINY_TRAIN, tiny_overrides
+
+    from rgct.config import load_config
+    from rgct.train.loop import train
+
+    masks = _mask_folder(phantom_root, tmp_path / "seg", "train", keep=2, drop="heart")
+    fitted = tmp_path / "fitted"
+    fit_classifier_checkpoint(
+        tiny_checkpoint,
+        phantom_root,
+        fitted,
+        tasks=("region_report",),
+        epochs=2,
+        lr=1e-2,
+        masks=[str(masks)],
+        head="predicted",
+        erode=1,
+    )
+    calibrated = tmp_path / "calibrated"
+    report = calibrate_checkpoint(
+        fitted, phantom_root, calibrated, split="train", masks=[str(masks)], head="predicted"
+    )
+    source, _ = load_checkpoint(calibrated)
+
+    def stage(out: Path, *extra: str) -> Path:
+        cfg = load_config(
+            [TINY_MODEL, TINY_TRAIN],
+            tiny_overrides(phantom_root, out, "train.eval_every=0", "train.save_every=1", *extra),
+        )
+        return train(cfg)
+
+    frozen = ("model.region_stats=true", "model.train_pooler=false")
+    run = tmp_path / "lm"
+    done = stage(run, *frozen, "train.max_steps=1", f"train.init=[{{from: {calibrated}}}]")
+    model, cfg = load_checkpoint(done)
+    assert cfg.model.source_heads == {"predicted": report["thresholds"]}
+    assert cfg.model.source_erosion == 1
+    head = model.pooler.source_heads["predicted"].state_dict()
+    for k, v in source.pooler.source_heads["predicted"].state_dict().items():
+        assert torch.equal(head[k], v), k
+    resumed = stage(run, *frozen, "train.max_steps=2", "train.resume=auto")
+    assert load_checkpoint(resumed)[1].model.source_heads == {"predicted": report["thresholds"]}
+    # a stage that trains the pooler calibrates its own classifier: nothing is carried
+    trained = stage(
+        tmp_path / "own",
+        "model.region_stats=true",
+        "model.train_pooler=true",
+        "train.max_steps=1",
+        f"train.init=[{{from: {calibrated}}}]",
+    )
+    assert load_checkpoint(trained)[1].model.source_heads == {}
