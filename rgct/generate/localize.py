@@ -42,13 +42,14 @@ LOBE_REGIONS = ("lung",)
 """Regions whose findings are placed in a lobe."""
 SIDE_REGIONS = ("pleura",)
 """Regions whose findings are placed on a side."""
-PLACEMENT_VERSION = 4
+PLACEMENT_VERSION = 5
 """Version of the rules that turn segmenter components into places (part of
 :meth:`Localizer.identity`): bump it when they change, so held-out folders do not resume
 predictions placed by the old rules. 2: a lung-parenchyma component in a lobe is a lung
 finding whatever region holds most of its voxels; 3: the focal detector's components are
 stated as detections (:func:`detected_labels`); 4: a whole-scan "where is X?" row states
-X (:func:`asked_label`)."""
+X (:func:`asked_label`); 5: every component of a label is placed, not only the most probable
+one."""
 
 
 def component_phrase(finding: dict, region: str) -> str | None:
@@ -195,9 +196,11 @@ def place_labels(
     *,
     whole_scan: bool = False,
 ) -> dict[str, str]:
-    """CT-RATE label -> place in ``region``: the most probable segmenter component of the label
-    (:func:`component_phrase`), else the lobe where the classifier finds it most probable
-    (``lobe_probs``: lobe -> (L,) probabilities).
+    """CT-RATE label -> place in ``region``: the places of the label's segmenter components
+    (:func:`component_phrase`; several, most probable first, joined with " and " as the
+    training rows join the places of several findings: a bilateral effusion is "left and
+    right"), else the lobe where the classifier finds it most probable (``lobe_probs``: lobe ->
+    (L,) probabilities).
 
     ``whole_scan`` (``model.scan_locations``): the whole scan places every region's findings:
     pleural components by side, then lung components and, for parenchyma labels, the lobe
@@ -215,12 +218,15 @@ def place_labels(
         return out
     if region not in LOBE_REGIONS + SIDE_REGIONS:
         return {}
-    out: dict[str, str] = {}
+    phrases: dict[str, list[str]] = {}
     for f in sorted(findings, key=lambda f: -float(f.get("probability", 0))):
-        if f.get("region") == region and f.get("label") not in out:
+        if f.get("region") == region:
             phrase = component_phrase(f, region)
-            if phrase:
-                out[f["label"]] = phrase
+            if phrase and phrase not in phrases.setdefault(f["label"], []):
+                phrases[f["label"]].append(phrase)
+    # every component's place, most probable first, joined as training joins the places of
+    # several findings of one label (rgct.data.truth.finding_locations): "left and right"
+    out = {label: " and ".join(p) for label, p in phrases.items() if p}
     if region in LOBE_REGIONS and lobe_probs:
         names = list(lobe_probs)
         table = np.stack([lobe_probs[n] for n in names])  # (lobes, L)

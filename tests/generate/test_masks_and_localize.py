@@ -135,6 +135,39 @@ def test_whole_scan_places_pleura_by_side_and_only_parenchyma_labels_by_lobe():
     )
 
 
+def test_every_component_of_a_label_is_placed_most_probable_first():
+    """Several components of one label: each one's place, joined as training joins the truth's
+    places of several findings ("left and right": a bilateral effusion); one place once."""
+    from rgct.data.truth import finding_locations
+
+    def comp(label, region, p, lobes=(), side=None):
+        return {
+            "label": label,
+            "region": region,
+            "lobes": list(lobes),
+            "side": side,
+            "probability": p,
+        }
+
+    findings = [
+        comp("Pleural effusion", "pleura", 0.6, side="right"),
+        comp("Pleural effusion", "pleura", 0.9, side="left"),
+        comp("Pleural effusion", "pleura", 0.5, side="left"),  # a second left one: said once
+        comp("Lung nodule", "lung", 0.7, ["left lung lower lobe"]),
+        comp("Lung nodule", "lung", 0.95, ["right lung upper lobe", "right lung middle lobe"]),
+    ]
+    assert place_labels("pleura", findings) == {"Pleural effusion": "left and right"}
+    lung = place_labels("lung", findings)
+    assert lung == {"Lung nodule": "right lung upper lobe and left lung lower lobe"}
+    truth = {
+        "findings": [
+            {"label": "Pleural effusion", "region": "pleura", "side": "left"},
+            {"label": "Pleural effusion", "region": "pleura", "side": "right"},
+        ]
+    }
+    assert finding_locations(truth, "pleura") == place_labels("pleura", findings)
+
+
 def test_oracle_locations_come_from_the_truth(setup, tmp_path, monkeypatch):
     from rgct.model import region_classifier as rc
 
