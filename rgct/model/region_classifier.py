@@ -598,6 +598,7 @@ def fit_thresholds(
     labels: np.ndarray,
     rounds: int = 3,
     names: tuple[str, ...] = CT_RATE_LABELS,
+    stated: np.ndarray | None = None,
 ) -> tuple[list[float], dict]:
     """Thresholds that maximise the micro F1 over all (region, label) decisions.
 
@@ -608,6 +609,11 @@ def fit_thresholds(
     Labels never positive keep 0.5.
 
     ``names``: the labels of the columns (the model's ``label_names``; CT-RATE's by default).
+    ``stated``: (N, L) bool, labels a row states whatever the classifier says (the segmenter's
+    focal detector, :func:`rgct.generate.localize.detected_labels`): a row's decision is then
+    ``probs >= threshold or stated``, the one generation makes, so a label the detector finds
+    gets the classifier threshold that adds most to the detector (up to the grid's top: the
+    detector alone).
 
     Returns:
         ``(thresholds (L,), report)`` where ``report`` has per-label ``positives``,
@@ -618,11 +624,18 @@ def fit_thresholds(
         raise ValueError(
             f"probs and labels must both be (N, {len(names)}), got {probs.shape} and {labels.shape}"
         )
+    if stated is not None and stated.shape != probs.shape:
+        raise ValueError(f"stated must be {probs.shape} like probs, got {stated.shape}")
+    said = np.zeros(probs.shape, bool) if stated is None else stated.astype(bool)
+
+    def decide(j: int, t: float) -> np.ndarray:
+        return (probs[:, j] >= t) | said[:, j]
+
     th = np.full(probs.shape[1], 0.5)
     counted = [j for j in range(probs.shape[1]) if labels[:, j].any()]
     # per-label (tp, fp, fn) at every grid threshold, then ascent on the summed counts
-    table = {j: [_f1(probs[:, j] >= t, labels[:, j])[1:] for t in THRESHOLD_GRID] for j in counted}
-    current = {j: _f1(probs[:, j] >= 0.5, labels[:, j])[1:] for j in range(probs.shape[1])}
+    table = {j: [_f1(decide(j, t), labels[:, j])[1:] for t in THRESHOLD_GRID] for j in counted}
+    current = {j: _f1(decide(j, 0.5), labels[:, j])[1:] for j in range(probs.shape[1])}
     for _ in range(rounds):
         for j in counted:
             rest = np.sum([c for k, c in current.items() if k != j], axis=0)
@@ -639,24 +652,33 @@ def fit_thresholds(
     per_label = {
         names[j]: {
             "positives": int(labels[:, j].sum()),
-            "f1_at_0.5": _f1(probs[:, j] >= 0.5, labels[:, j])[0],
+            "f1_at_0.5": _f1(decide(j, 0.5), labels[:, j])[0],
             "threshold": float(th[j]),
-            "f1": _f1(probs[:, j] >= th[j], labels[:, j])[0],
+            "f1": _f1(decide(j, th[j]), labels[:, j])[0],
         }
         for j in counted
     }
     report = {
         "regions": int(len(probs)),
-        "micro_f1_at_0.5": _f1(probs >= 0.5, labels)[0],
-        "micro_f1": _f1(probs >= th, labels)[0],
+        "micro_f1_at_0.5": _f1((probs >= 0.5) | said, labels)[0],
+        "micro_f1": _f1((probs >= th) | said, labels)[0],
         "per_label": per_label,
     }
+    if stated is not None:
+        report["stated"] = {names[j]: int(said[:, j].sum()) for j in np.flatnonzero(said.any(0))}
     return [float(t) for t in th], report
 
 
-def detection_scores(probs: np.ndarray, labels: np.ndarray, thresholds: list[float]) -> dict:
-    """Micro precision / recall / F1 of the detections at ``thresholds`` (e.g. on held-out)."""
-    f1, tp, fp, fn = _f1(probs >= np.array(thresholds), labels)
+def detection_scores(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    thresholds: list[float],
+    stated: np.ndarray | None = None,
+) -> dict:
+    """Micro precision / recall / F1 of the detections at ``thresholds`` (e.g. on held-out);
+    ``stated`` as :func:`fit_thresholds`'s."""
+    found = probs >= np.array(thresholds)
+    f1, tp, fp, fn = _f1(found if stated is None else found | stated.astype(bool), labels)
     return {
         "precision": tp / max(tp + fp, 1),
         "recall": tp / max(tp + fn, 1),

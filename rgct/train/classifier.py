@@ -73,8 +73,82 @@ def _mask_readers(
         if provider is None:
             readers.append((str(name), None))
         else:
-            readers.append((str(name), lambda s, p=provider: p.mask(s.volume, s.anatomy, s.region)))
+            reader = lambda s, p=provider: p.mask(s.volume, s.anatomy, s.region)  # noqa: E731
+            reader.provider = provider  # the segmenter's findings, reused by DetectorStatements
+            readers.append((str(name), reader))
     return readers
+
+
+class DetectorStatements:
+    """The labels a checkpoint states on a region's detections line whatever its classifier
+    says (its segmenter's focal detector: :func:`rgct.generate.localize.detected_labels`), per
+    (volume, region) row, so the classifier's thresholds are calibrated for the decision
+    generation makes (``probs >= threshold or stated``). The segmenter runs once per volume."""
+
+    def __init__(self, provider, classes: tuple[str, ...], names: tuple[str, ...]) -> None:
+        self.provider, self.classes, self.names = provider, classes, names
+        self._found: dict[str, list[dict]] = {}  # volume -> its detector components
+
+    def note(self, volume: str, findings: list[dict]) -> None:
+        """Keep a volume's detector components (label and region: all a row needs)."""
+        self._found[volume] = [
+            {"label": f["label"], "region": f.get("region")}
+            for f in findings
+            if f.get("label") in self.classes
+        ]
+
+    def noting(self, reader: Callable | None) -> Callable | None:
+        """``reader`` noting the components of each volume it segments, when it reads this
+        provider's masks (the segmenter then runs once per volume, not twice)."""
+        if reader is None or getattr(reader, "provider", None) is not self.provider:
+            return reader
+
+        def read(sample):
+            mask = reader(sample)
+            if getattr(self.provider, "_volume", None) == sample.volume:  # segmented, not a
+                self.note(sample.volume, self.provider.findings)  # whole-scan row's None
+            return mask
+
+        return read
+
+    @classmethod
+    def of(
+        cls,
+        checkpoint: Path,
+        cfg,
+        data: str | Path,
+        device,
+        names: tuple[str, ...],
+        providers: list | None = None,
+    ) -> DetectorStatements | None:
+        """The checkpoint's statements, or None when it states none (no
+        ``model.evidence_locations``, no segmenter, or a segmenter without a detector).
+        ``providers``: mask providers already built; a ``predicted`` one among them is reused
+        (its segmentation of each volume is the one needed)."""
+        from rgct.generate.masks import PREDICTED, build_mask_provider
+        from rgct.model.segmenter import WEIGHTS_FILE
+
+        if not cfg.model.evidence_locations or not (Path(checkpoint) / WEIGHTS_FILE).is_file():
+            return None
+        provider = next((p for p in providers or [] if p and p.source == PREDICTED), None)
+        if provider is None:
+            provider = build_mask_provider(PREDICTED, checkpoint, cfg, data, device)
+        classes = tuple(getattr(provider.segmenter[0], "focal_classes", ()) or ())
+        return cls(provider, classes, names) if classes else None
+
+    def rows(self, keys: list[tuple[str, str]]) -> np.ndarray:
+        """(N, L) bool for ``keys`` ``(volume, region)`` (L: ``names``)."""
+        from rgct.generate.localize import detected_labels
+
+        out = np.zeros((len(keys), len(self.names)), bool)
+        for i, (volume, region) in enumerate(keys):
+            if volume not in self._found:
+                self.note(volume, self.provider.volume(volume)[1])
+            found = detected_labels(region, self._found[volume], self.classes) or {}
+            for label, on in found.items():
+                if on and label in self.names:
+                    out[i, self.names.index(label)] = True
+        return out
 
 
 def fit_classifier_checkpoint(
@@ -211,6 +285,10 @@ def calibrate_checkpoint(
             f"--head {head}"
         )
     readers = _mask_readers(masks, src, cfg, data, dev)
+    shared = [getattr(reader, "provider", None) for _, reader in readers]
+    statements = DetectorStatements.of(src, cfg, data, dev, model.label_names, shared)
+    if statements is not None:
+        readers = [(name, statements.noting(reader)) for name, reader in readers]
     fitted = [
         rc.collect_region_probabilities(
             model, cfg, data, split, skip_volumes, max_volumes, mask_for=reader, head=head
@@ -219,7 +297,10 @@ def calibrate_checkpoint(
     ]
     probs = np.concatenate([p for p, _, _ in fitted])
     labels = np.concatenate([y for _, y, _ in fitted])
-    thresholds, report = rc.fit_thresholds(probs, labels, names=model.label_names)
+    stated = None
+    if statements is not None:
+        stated = np.concatenate([statements.rows(keys) for _, _, keys in fitted])
+    thresholds, report = rc.fit_thresholds(probs, labels, names=model.label_names, stated=stated)
     report.update(
         {
             "checkpoint": str(src),
@@ -231,26 +312,32 @@ def calibrate_checkpoint(
             "thresholds": thresholds,
         }
     )
+    if statements is not None:
+        report["stated_by_detector"] = list(statements.classes)
     if len(readers) > 1:
         report["fitted_per_mask_source"] = {
-            name: rc.detection_scores(p, y, thresholds)
-            for (name, _), (p, y, _) in zip(readers, fitted)
+            name: rc.detection_scores(p, y, thresholds, statements and statements.rows(keys))
+            for (name, _), (p, y, keys) in zip(readers, fitted)
         }
     if report_volumes:
         scored = {
             name: rc.collect_region_probabilities(
                 model, cfg, data, split, 0, report_volumes, mask_for=reader, head=head
-            )[:2]
+            )
             for name, reader in readers
         }
-        p = np.concatenate([p for p, _ in scored.values()])
-        y = np.concatenate([y for _, y in scored.values()])
+        p = np.concatenate([p for p, _, _ in scored.values()])
+        y = np.concatenate([y for _, y, _ in scored.values()])
+        said = None
+        if statements is not None:
+            said = np.concatenate([statements.rows(k) for _, _, k in scored.values()])
         report["report_volumes"] = report_volumes
-        report["report_at_0.5"] = rc.detection_scores(p, y, [0.5] * model.num_labels)
-        report["report_fitted"] = rc.detection_scores(p, y, thresholds)
+        report["report_at_0.5"] = rc.detection_scores(p, y, [0.5] * model.num_labels, said)
+        report["report_fitted"] = rc.detection_scores(p, y, thresholds, said)
         if len(readers) > 1:
             report["report_fitted_per_mask_source"] = {
-                name: rc.detection_scores(p, y, thresholds) for name, (p, y) in scored.items()
+                name: rc.detection_scores(p, y, thresholds, statements and statements.rows(k))
+                for name, (p, y, k) in scored.items()
             }
     if head is None:
         cfg.model.evidence_thresholds = thresholds
