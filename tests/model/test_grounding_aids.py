@@ -269,6 +269,28 @@ def test_fit_thresholds_finds_the_separating_cut():
         fit_thresholds(probs[:, :3], labels[:, :3])
 
 
+def test_fit_thresholds_calibrates_what_the_detector_leaves_to_the_classifier():
+    """Rows whose label the detector states are found whatever the classifier says: the
+    threshold then only has to add the detector's misses without false finds."""
+    labels = np.zeros((4, len(CT_RATE_LABELS)), bool)
+    labels[:2, NODULE] = True
+    probs = np.zeros((4, len(CT_RATE_LABELS)))
+    probs[:, NODULE] = [0.9, 0.2, 0.6, 0.1]
+    stated = np.zeros_like(labels)
+    stated[1, NODULE] = True  # the detector finds the faint one
+    alone, _ = fit_thresholds(probs, labels)
+    assert alone[NODULE] <= 0.2  # the classifier alone must take the 0.6 false find too
+    th, report = fit_thresholds(probs, labels, stated=stated)
+    assert 0.6 < th[NODULE] <= 0.9
+    assert report["per_label"]["Lung nodule"]["f1"] == 1.0 and report["stated"] == {
+        "Lung nodule": 1
+    }
+    assert detection_scores(probs, labels, th, stated)["f1"] == 1.0
+    assert detection_scores(probs, labels, th)["fn"] == 1  # without the detector: a miss
+    with pytest.raises(ValueError, match="stated must be"):
+        fit_thresholds(probs, labels, stated=stated[:, :3])
+
+
 def test_calibrate_writes_a_new_checkpoint_with_thresholds(tiny_checkpoint, phantom_root, tmp_path):
     from rgct.cli import main
 

@@ -279,3 +279,46 @@ def test_a_language_stage_keeps_the_mask_source_head_it_starts_from(
         f"train.init=[{{from: {calibrated}}}]",
     )
     assert load_checkpoint(trained)[1].model.source_heads == {}
+
+
+def test_detector_statements_mark_the_rows_the_detector_states():
+    """Per (volume, region) row: the detector's components in that region (and on the whole
+    scan); a reader of the same provider notes them so the segmenter runs once per volume."""
+    from types import SimpleNamespace
+
+    from rgct.constants import CT_RATE_LABELS
+    from rgct.train.classifier import DetectorStatements
+
+    components = {
+        "a": [
+            {"label": "Lung nodule", "region": "lung"},
+            {"label": "Atelectasis", "region": "lung"},
+        ],
+        "b": [],
+    }
+    segmented = []
+
+    class Provider:
+        source, _volume, findings = "predicted", None, []
+
+        def volume(self, v):
+            segmented.append(v)
+            self._volume, self.findings = v, components[v]
+            return {}, self.findings
+
+    provider = Provider()
+    statements = DetectorStatements(provider, ("Lung nodule",), CT_RATE_LABELS)
+
+    def reader(sample):
+        provider.volume(sample.volume)
+        return "mask"
+
+    reader.provider = provider
+    read = statements.noting(reader)
+    assert read(SimpleNamespace(volume="a")) == "mask" and segmented == ["a"]
+    rows = statements.rows([("a", "lung"), ("a", "heart"), ("a", "whole scan"), ("b", "lung")])
+    nodule = CT_RATE_LABELS.index("Lung nodule")
+    assert rows[:, nodule].tolist() == [True, False, True, False]
+    assert rows.sum() == 2  # the atelectasis component is not a detector class
+    assert segmented == ["a", "b"]  # "a" was noted while read, "b" segmented for its row
+    assert statements.noting(None) is None  # the dataset's masks: nothing to note
