@@ -150,3 +150,35 @@ def test_bad_settings_and_data_are_refused(phantom_root, base_segmenter, tmp_pat
         fit_detector(_cfg(phantom_root, base_segmenter, tmp_path / "w", steps=2, width=6))
     with pytest.raises(DataError, match="region-mask folder"):
         fit_detector(_cfg(tmp_path / "nowhere", base_segmenter, tmp_path / "x"))
+
+
+def test_calibrating_a_checkpoint_with_a_detector_counts_what_it_states(
+    phantom_root, base_segmenter, tmp_path
+):
+    """``rgct classifier calibrate`` on a checkpoint whose segmenter has a detector fits the
+    thresholds of the decision generation makes (the detector's labels stated whatever the
+    classifier says); without a detector nothing is stated."""
+    from conftest import TINY_MODEL, TINY_TRAIN, tiny_overrides
+
+    from rgct.config import load_config
+    from rgct.train.classifier import calibrate_checkpoint
+    from rgct.train.loop import train
+
+    evidence = ("model.evidence_prompt=true", "model.evidence_locations=true")
+    cfg = load_config(
+        [TINY_MODEL, TINY_TRAIN],
+        tiny_overrides(phantom_root, tmp_path / "run", "train.max_steps=1", *evidence),
+    )
+    ckpt = train(cfg)
+    plain = calibrate_checkpoint(ckpt, phantom_root, tmp_path / "plain", split="train")
+    assert "stated_by_detector" not in plain
+    model, meta = with_detector(base_segmenter, ("Lung nodule",), 4)
+    from rgct.constants import CT_RATE_LABELS
+
+    quiet = dict.fromkeys(CT_RATE_LABELS, 1.01)  # only the detector's channel fires
+    meta["finding_thresholds"] = {**quiet, "Lung nodule": 0.0}
+    save_segmenter(ckpt, model, meta)
+    report = calibrate_checkpoint(ckpt, phantom_root, tmp_path / "cal", split="train")
+    assert report["stated_by_detector"] == ["Lung nodule"]
+    assert report["stated"] == {"Lung nodule": report["stated"]["Lung nodule"]}
+    assert report["stated"]["Lung nodule"] >= 1
