@@ -1,6 +1,6 @@
 """The shipped demo model gives the same region reports and detections as when it was made
-(golden values written right after it was rebuilt with places: stage ``stage3_locations``
-of configs/recipes/demo.yaml)."""
+(golden values written right after it was rebuilt with places on whole-scan rows: stages
+``stage3_places`` and ``places_calibrate`` of configs/recipes/demo.yaml)."""
 
 from __future__ import annotations
 
