@@ -92,7 +92,13 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
     assert "rgct classifier fit-lobes" in card
     # stage3_locations loads the calibrated classifier and leaves it as it is: its thresholds too
     calibrated = Predictor.from_checkpoint(work / "calibrate" / "model", device="cpu")
-    assert p.cfg.model.evidence_thresholds == calibrated.cfg.model.evidence_thresholds
+    located = Predictor.from_checkpoint(work / "stage3_locations" / "model", device="cpu")
+    assert located.cfg.model.evidence_thresholds == calibrated.cfg.model.evidence_thresholds
+    # stage3_places (scan places) after the detector, then thresholds fitted with its statements
+    assert p.cfg.model.scan_locations and p.segmenter[0].focal_classes == ("Lung nodule",)
+    assert json.loads((export / "calibration.json").read_text())["stated_by_detector"] == [
+        "Lung nodule"
+    ]
     scan = volume_path(work / "heldout_synth", find_volumes(work / "heldout_synth", "valid")[0])
     p.cfg.generation.max_new_tokens = 4
     try:  # a 2-step segmenter may find nothing: then the refusal names every region

@@ -239,12 +239,20 @@ def build_segmenter(config: dict[str, Any]) -> Segmenter:
 
 
 def copy_segmenter(src: str | Path, dst: str | Path, *, required: bool = True) -> None:
-    """Copy a folder's segmenter (weights and config) into another model folder; with
-    ``required=False`` a folder without one copies nothing."""
+    """Copy a folder's segmenter (weights and config) into another model folder, with the lobe
+    head that places findings on its lobes when the folder has one
+    (:mod:`rgct.model.lobe_head`: it reads the volume's intensities under the lobes, not the
+    encoder, so a stage that retrains the rest keeps it valid); with ``required=False`` a
+    folder without a segmenter copies nothing."""
+    from rgct.model import lobe_head
+
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         path = Path(src) / name
         if required or path.is_file():
             shutil.copy2(path, Path(dst) / name)
+    if (Path(src) / WEIGHTS_FILE).is_file() and lobe_head.has_lobe_head(src):
+        for name in (lobe_head.WEIGHTS_FILE, lobe_head.CONFIG_FILE):
+            shutil.copy2(Path(src) / name, Path(dst) / name)
 
 
 def save_segmenter(
