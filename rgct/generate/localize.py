@@ -131,8 +131,8 @@ def detected_labels(
     detector_classes: tuple[str, ...] | list[str],
     question: str | None = None,
 ) -> dict[str, bool] | None:
-    """Labels to be stated on a row's detections line whatever the region classifier says
-    (label -> True; None: nothing to add).
+    """Labels whose detection on a row's detections line is decided here whatever the region
+    classifier says (label -> stated or not; None: nothing to decide).
 
     - The segmenter's focal detector's: a detector class is stated in the region holding its
       component, and on a whole-scan row wherever it lies; labels without a component keep the
