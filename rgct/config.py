@@ -442,6 +442,12 @@ class ModelConfig:
         """The region classifier's labels in logit order (``labels``, else CT-RATE's 18)."""
         return CT_RATE_LABELS if self.labels is None else tuple(self.labels)
 
+    @property
+    def pooler_trains(self) -> bool:
+        """Whether the region pooler and its classifier train (``train_pooler``, else as
+        ``train_projector``)."""
+        return bool(self.train_projector if self.train_pooler is None else self.train_pooler)
+
 
 @dataclass
 class GenerationConfig:
@@ -589,12 +595,11 @@ class RGCTConfig:
             and self.model.encoder.freeze
         ):
             raise ConfigError("nothing would train: encoder frozen, projector and LoRA off")
-        pooler = (
-            self.model.train_projector
-            if self.model.train_pooler is None
-            else self.model.train_pooler
-        )
-        if self.train.objective == "aux" and self.model.encoder.freeze and not pooler:
+        if (
+            self.train.objective == "aux"
+            and self.model.encoder.freeze
+            and not self.model.pooler_trains
+        ):
             raise ConfigError(
                 "train.objective=aux with a frozen encoder trains the pooler: "
                 "model.train_projector (or model.train_pooler) must be true"

@@ -239,8 +239,7 @@ def inherit_source_heads(cfg: RGCTConfig, resumed: str | Path | None = None) -> 
     if cfg.model.source_heads:
         return None
     m = cfg.model
-    pooler_trains = m.train_projector if m.train_pooler is None else m.train_pooler
-    src = _pooler_source(cfg, bool(pooler_trains), resumed)
+    src = _pooler_source(cfg, m.pooler_trains, resumed)
     if src is None:
         return None
     saved = load_saved_config(check_checkpoint(src) / CONFIG_FILE)

@@ -162,9 +162,7 @@ class RGCTModel(nn.Module):
         """Which parts train, from the config: the single place this is decided."""
         return {
             "encoder": not self.cfg.encoder.freeze,
-            "pooler": (
-                self.cfg.train_projector if self.cfg.train_pooler is None else self.cfg.train_pooler
-            ),
+            "pooler": self.cfg.pooler_trains,
             "projector": self.cfg.train_projector,
             "evidence": self.cfg.train_projector,
             "lora": self.cfg.train_llm_lora,
