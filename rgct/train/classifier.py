@@ -105,8 +105,9 @@ class DetectorStatements:
 
         def read(sample):
             mask = reader(sample)
-            if getattr(self.provider, "_volume", None) == sample.volume:  # segmented, not a
-                self.note(sample.volume, self.provider.findings)  # whole-scan row's None
+            if sample.volume not in self._found:  # the read loaded it (or, for a whole-scan
+                # row, this does: rows() would need it anyway); the provider keeps the volume
+                self.note(sample.volume, self.provider.volume(sample.volume)[1])
             return mask
 
         return read

@@ -150,6 +150,25 @@ def test_fit_passes_weight_decay_to_the_heads(tiny_checkpoint, phantom_root, tmp
     assert seen["weight_decay"] == 0.25 and record["weight_decay"] == 0.25
 
 
+def _fit_predicted_head(checkpoint: Path, root: Path, tmp_path: Path) -> tuple[Path, Path, dict]:
+    """A ``predicted`` head fitted on a mask folder of two volumes without the heart, reading
+    the masks one voxel inside their edges: ``(mask folder, fitted checkpoint, record)``."""
+    masks = _mask_folder(root, tmp_path / "seg", "train", keep=2, drop="heart")
+    fitted = tmp_path / "fitted"
+    record = fit_classifier_checkpoint(
+        checkpoint,
+        root,
+        fitted,
+        tasks=("region_report",),
+        epochs=3,
+        lr=1e-2,
+        masks=[str(masks)],
+        head="predicted",
+        erode=1,
+    )
+    return masks, fitted, record
+
+
 def test_a_head_of_the_segmenters_masks_leaves_the_main_head_and_thresholds(
     tiny_checkpoint, phantom_root, tmp_path
 ):
@@ -159,20 +178,8 @@ def test_a_head_of_the_segmenters_masks_leaves_the_main_head_and_thresholds(
     from rgct.model.builder import build_model
     from rgct.model.checkpoint import load_parts
 
-    masks = _mask_folder(phantom_root, tmp_path / "seg", "train", keep=2, drop="heart")
     main, main_cfg = load_checkpoint(tiny_checkpoint)
-    fitted = tmp_path / "fitted"
-    record = fit_classifier_checkpoint(
-        tiny_checkpoint,
-        phantom_root,
-        fitted,
-        tasks=("region_report",),
-        epochs=3,
-        lr=1e-2,
-        masks=[str(masks)],
-        head="predicted",
-        erode=1,
-    )
+    masks, fitted, record = _fit_predicted_head(tiny_checkpoint, phantom_root, tmp_path)
     assert record["head"] == "predicted" and record["erosion"] == 1
     model, cfg = load_checkpoint(fitted)
     assert cfg.model.source_heads == {"predicted": None}
@@ -233,19 +240,7 @@ def test_a_language_stage_keeps_the_mask_source_head_it_starts_from(
     from rgct.config import load_config
     from rgct.train.loop import train
 
-    masks = _mask_folder(phantom_root, tmp_path / "seg", "train", keep=2, drop="heart")
-    fitted = tmp_path / "fitted"
-    fit_classifier_checkpoint(
-        tiny_checkpoint,
-        phantom_root,
-        fitted,
-        tasks=("region_report",),
-        epochs=2,
-        lr=1e-2,
-        masks=[str(masks)],
-        head="predicted",
-        erode=1,
-    )
+    masks, fitted, _ = _fit_predicted_head(tiny_checkpoint, phantom_root, tmp_path)
     calibrated = tmp_path / "calibrated"
     report = calibrate_checkpoint(
         fitted, phantom_root, calibrated, split="train", masks=[str(masks)], head="predicted"
@@ -301,8 +296,9 @@ def test_detector_statements_mark_the_rows_the_detector_states():
     class Provider:
         source, _volume, findings = "predicted", None, []
 
-        def volume(self, v):
-            segmented.append(v)
+        def volume(self, v):  # as MaskProvider: segments a volume once while it holds it
+            if v != self._volume:
+                segmented.append(v)
             self._volume, self.findings = v, components[v]
             return {}, self.findings
 
