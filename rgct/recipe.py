@@ -585,7 +585,6 @@ class RecipeRunner:
         flags += "".join(f" --set {k}={_flag(v)}" for k, v in (o.get("model") or {}).items())
         command = f"python scripts/train_segmenter.py --data {data} --out {run_dir} {flags}"
         if "calibrate" in o:  # per-label finding thresholds on phantoms of their own
-            from rgct.data.records import find_volumes
             from rgct.generate.segment import calibrate_findings
             from rgct.model.segmenter import load_segmenter, save_segmenter
 
@@ -601,8 +600,7 @@ class RecipeRunner:
                     "finding_calibration": {"films": found["films"], "scores": found["scores"]},
                 }
             else:
-                splits = tuple(sp for sp in ("train", "valid") if find_volumes(cal, sp))
-                found = calibrate_findings(model, meta, cal, splits)
+                found = calibrate_findings(model, meta, cal)  # the splits it has
                 meta = {
                     **meta,
                     "finding_thresholds": found["finding_thresholds"],

@@ -280,7 +280,7 @@ def calibrate_findings(
     model: Segmenter,
     meta: dict,
     root: str | Path,
-    splits: str | tuple[str, ...] = ("train", "valid"),
+    splits: str | tuple[str, ...] | None = None,
     *,
     max_volumes: int | None = None,
     thresholds: tuple[float, ...] = THRESHOLD_GRID,
@@ -289,8 +289,10 @@ def calibrate_findings(
 ) -> dict:
     """Per finding label, the (threshold, smallest size) with the best detection F1.
 
-    ``labels`` limits it to those finding channels (e.g. a focal detector's classes, on a grid
-    of its own: :data:`DETECTOR_THRESHOLD_GRID`); None calibrates every finding channel.
+    ``splits``: None takes those of ``train`` and ``valid`` the folder has (a calibration synth
+    may have one). ``labels`` limits it to those finding channels (e.g. a focal detector's
+    classes, on a grid of its own: :data:`DETECTOR_THRESHOLD_GRID`); None calibrates every
+    finding channel.
 
     A detection is correct as in :func:`rgct.eval.segmentation.box_accuracy`; precision is
     correct / detected, recall is true findings hit / true findings; among equal F1 the
@@ -308,6 +310,10 @@ def calibrate_findings(
     from rgct.data.truth import load_ground_truth
     from rgct.eval.segmentation import box_accuracy
 
+    if splits is None:
+        from rgct.data.records import find_volumes
+
+        splits = tuple(sp for sp in ("train", "valid") if find_volumes(root, sp))
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     names = [n for sp in splits for n in split_volumes(root, sp)][:max_volumes]
     truth = load_ground_truth(root)

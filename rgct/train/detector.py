@@ -392,14 +392,11 @@ def calibrate_detector(
     Returns:
         the calibration (thresholds, smallest sizes, scores, volumes).
     """
-    from rgct.data.records import find_volumes
     from rgct.generate.segment import DETECTOR_THRESHOLD_GRID, calibrate_findings
 
     model, meta = load_segmenter(folder, device)
     if not model.focal_classes:
         raise ValueError(f"{folder}: this segmenter has no detector to calibrate")
-    if splits is None:
-        splits = tuple(sp for sp in ("train", "valid") if find_volumes(data_root, sp))
     found = calibrate_findings(
         model,
         meta,
