@@ -7,7 +7,8 @@ over all sessions) and rate limit, and talks to the Predictor's radiograph inter
 - ``cxr_ask(image, question, box=None, generation=None) -> str``: "What is in the given box?"
   with the box, or a free question about the film (with the box when the user asks about it);
 - ``cxr_report(image, generation=None) -> {"text", "sentences": [{"text", "label", "side",
-  "zone"}]}``: the findings report, each sentence linked to its side and zone of the film.
+  "zone", "boxes"}]}``: the findings report, each sentence linked to its side and zone of the
+  film and (a model with a film detector) to the boxes where it found the finding.
 
 ``image`` is the loaded :class:`rgct.data.cxr.Radiograph`; ``box`` is (x_min, y_min, x_max,
 y_max) in film pixels; ``generation`` is ``{"max_new_tokens", "num_beams"}``. A box the
@@ -20,7 +21,9 @@ sees it.
 
 Zones on screen: a sentence's (side, zone) is drawn as the rectangle :func:`zone_rect`, the
 inverse of :func:`rgct.data.cxr.box_location` (halves of the film for right and left, its middle
-half for central; thirds of the lung band :data:`rgct.data.cxr.LUNG_BAND` for the zones).
+half for central; thirds of the lung band :data:`rgct.data.cxr.LUNG_BAND` for the zones), and
+the finding itself, where the model's detector boxed it, on top of it in a stronger tint
+(:data:`FOUND_FILL`): the zone says where the sentence puts it, the box what the model saw.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ from rgct.data.cxr import (
 )
 
 BOX_QUESTION = CXR_PROMPTS["cxr_box"]
+ZONE_FILL = 0.25
+"""Tint of the zone of the sentence in focus."""
+FOUND_FILL = 0.6
+"""Tint of the boxes where the model found that sentence's finding (over the zone's)."""
 WHOLE_IMAGE = "whole image"
 
 
@@ -214,13 +221,19 @@ class CxrDemoApp(DemoApp):
             return None
         film = session.film
         layers = []
-        focused = self.focused_place(session)
-        if focused is not None:
-            x0, y0, x1, y1 = zone_rect(*focused, film.shape)
+        sentence = self.focused_sentence(session)
+
+        def rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
             (c0, r0), (c1, r1) = film.to_display(x0, y0), film.to_display(x1, y1)
             mask = np.zeros(film.display.shape, dtype=bool)
             mask[int(r0) : int(np.ceil(r1)), int(c0) : int(np.ceil(c1))] = True
-            layers.append(viewer.Layer(mask, viewer.FINDING_COLOUR, 0.25))
+            return mask
+
+        if sentence is not None and sentence["place"] is not None:
+            zone = rect(*zone_rect(sentence["side"], sentence["zone"], film.shape))
+            layers.append(viewer.Layer(zone, viewer.FINDING_COLOUR, ZONE_FILL))
+        for found in (sentence or {}).get("boxes") or []:
+            layers.append(viewer.Layer(rect(*found), viewer.FINDING_COLOUR, FOUND_FILL))
         box = None
         if session.box is not None:
             x0, y0, x1, y1 = session.box
@@ -314,19 +327,22 @@ class CxrDemoApp(DemoApp):
             raise InputError("Write the report first, then click one of its sentences.")
         sentence = report["sentences"][index]
         session.focus = ("report", index)
+        found = len(sentence.get("boxes") or [])
+        where = (
+            f" ({found} box{'es' if found > 1 else ''} where the model found it)" if found else ""
+        )
         if sentence["place"] is None:
-            return session, f"'{sentence['text']}' names no side and zone of the film."
-        return session, f"**{sentence['place']}** highlighted: {sentence['text']}"
+            return session, f"'{sentence['text']}' names no side and zone of the film{where}."
+        return session, f"**{sentence['place']}** highlighted{where}: {sentence['text']}"
 
-    def focused_place(self, session: CxrSession) -> tuple[str, str] | None:
-        """(side, zone) of the sentence in focus, or None."""
+    def focused_sentence(self, session: CxrSession) -> dict | None:
+        """The report sentence in focus, or None."""
         if session.focus is None or session.report is None:
             return None
         sentences = session.report["sentences"]
         if not 0 <= session.focus[1] < len(sentences):
             return None
-        s = sentences[session.focus[1]]
-        return None if s["place"] is None else (s["side"], s["zone"])
+        return sentences[session.focus[1]]
 
 
 def _answer_text(raw: Any) -> str:

@@ -1,14 +1,17 @@
 """What the radiograph mode shows: the model's report made uniform, and its HTML (no gradio).
 
 A report (``Predictor.cxr_report``) becomes ``{"text", "sentences": [{"text", "label", "side",
-"zone", "place"}], "warnings", "truncated"}`` (:func:`normalise_cxr_report`); its sentences are
-shown as clickable lines, each led by its place on the film ("right lower zone"), so a click
-shows that zone (the page script :data:`app.results.SENTENCE_JS` sends the sentence's index).
+"zone", "place", "boxes"}], "warnings", "truncated"}`` (:func:`normalise_cxr_report`); its
+sentences are shown as clickable lines, each led by its place on the film ("right lower zone"),
+so a click shows that zone and the boxes where the model found the finding (the page script
+:data:`app.results.SENTENCE_JS` sends the sentence's index).
 """
 
 from __future__ import annotations
 
 import html
+import math
+from typing import Any
 
 from app import viewer
 from rgct.data.cxr import ZONES, location_words
@@ -23,8 +26,10 @@ EMPTY_REPORT = "<i>Write the findings report to see its sentences here.</i>"
 
 def normalise_cxr_report(raw: dict | str) -> dict:
     """The Predictor's report as ``{"text", "sentences": [{"text", "label", "side", "zone",
-    "place"}], "warnings", "truncated"}``; ``place`` is "right lower zone" or None (a sentence
-    without a side and zone, or with ones the app does not know: then a warning)."""
+    "place", "boxes"}], "warnings", "truncated"}``; ``place`` is "right lower zone" or None (a
+    sentence without a side and zone, or with ones the app does not know: then a warning);
+    ``boxes`` the [x0, y0, x1, y1] film-pixel boxes where the model found the sentence's finding
+    (a box that is not four finite numbers with area is left out with a warning)."""
     if isinstance(raw, str):
         raw = {"text": raw, "sentences": [{"text": s} for s in split_sentences(raw)]}
     report = {
@@ -38,15 +43,30 @@ def normalise_cxr_report(raw: dict | str) -> dict:
         place = location_words(side, zone) if side in SIDES and zone in ZONES else None
         if place is None and (side or zone):
             report["warnings"].append(f"Unknown place {side!r} {zone!r} of '{s.get('text', '')}'.")
+        boxes = []
+        for box in s.get("boxes") or []:
+            if _is_box(box):
+                boxes.append([float(v) for v in box])
+            else:
+                report["warnings"].append(f"Unreadable box {box!r} of '{s.get('text', '')}'.")
         report["sentences"].append(
             {"text": str(s.get("text", "")), "label": s.get("label"), "side": side,
-             "zone": zone, "place": place}
+             "zone": zone, "place": place, "boxes": boxes}
         )  # fmt: skip
     if report["truncated"]:
         report["warnings"].append(
             "The text was cut at the token limit: raise 'Max new tokens' for the full text."
         )
     return report
+
+
+def _is_box(box: Any) -> bool:
+    """Four finite numbers x0 < x1, y0 < y1."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        return False
+    return all(math.isfinite(v) for v in (x0, y0, x1, y1)) and x0 < x1 and y0 < y1
 
 
 def _colour(place: str | None) -> str:

@@ -157,6 +157,7 @@ _KEYS = {
         "model",
         "input_shape",
         "finding_pos_weight",
+        "loss",
         "calibrate",
     },
     "detector": {"from", "data", "calibrate", "calibrate_volumes", *_DETECTOR_FLAGS},
@@ -567,6 +568,7 @@ class RecipeRunner:
             "seed",
             "input_shape",
             "finding_pos_weight",
+            "loss",
         )
         kwargs = {k: o[k] for k in keys if k in o}
         cfg = SegmenterTrainConfig(

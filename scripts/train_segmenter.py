@@ -4,6 +4,8 @@ Usage::
 
     python scripts/train_segmenter.py --data data/phantoms --out runs/segmenter --steps 400
     python scripts/train_segmenter.py --data data/phantoms_vindr --out runs/film_seg --shape 128 128
+    python scripts/train_segmenter.py --data data/phantoms_vindr --out runs/film_det --shape 128 128 \
+        --loss balanced --set backbone=cnn --set channels=24,48,96 --set internal_scale=1.0
     python scripts/train_segmenter.py --data data/phantoms --out runs/seg_refine \
         --set refine_channels=8 --set channels=16,32,64,128,256
     python scripts/train_segmenter.py --data data/phantoms --out runs/seg_rim \
@@ -49,8 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", help="segmenter folder to fine-tune (its network)")
     p.add_argument(
         "--train-parts",
-        default="unet,refine",
-        help="comma list of the submodules that learn: unet, refine",
+        default="unet,cnn,refine",
+        help="comma list of the submodules that learn: unet (or cnn: the backbone), refine",
+    )
+    p.add_argument(
+        "--loss",
+        choices=("dice_bce", "balanced"),
+        default="dice_bce",
+        help="BCE + soft Dice, or the class-balanced BCE (the radiograph finding detector)",
     )
     p.add_argument(
         "--bright-weight",
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         init=args.init,
         train_parts=tuple(x for x in args.train_parts.split(",") if x),
         bright_weight=args.bright_weight,
+        loss=args.loss,
     )
     if args.prepare_workers:
         prepare_cache(cfg, args.prepare_workers)

@@ -14,8 +14,6 @@ are also written into the prompt as text ("Image findings in this region: ...").
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -34,6 +32,7 @@ from rgct.model import region_classifier as rc
 from rgct.model.drafting import PhraseBank, drafted_greedy
 from rgct.model.encoder import build_encoder
 from rgct.model.fusion import fuse_embeddings
+from rgct.model.losses import balanced_bce
 from rgct.model.pooling import RegionPooler
 from rgct.model.projector import build_projector
 from rgct.model.prompt import encode_for_generation, encode_for_training
@@ -41,8 +40,6 @@ from rgct.model.prompt import encode_for_generation, encode_for_training
 VISION_PARTS = MODEL_PARTS[:4]
 """Sub-modules saved in a checkpoint's vision.safetensors (plus ``dense`` when the model has it)."""
 DENSE_PART = MODEL_PARTS[4]
-DENSE_HARD_FRACTION = 64
-"""The dense loss also averages each volume's hardest 1/64 of negative patches."""
 
 
 def attach_lora(llm: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
@@ -266,29 +263,14 @@ class RGCTModel(nn.Module):
         return F.binary_cross_entropy_with_logits(logits[keep].float(), labels[keep].float())
 
     def dense_loss(self, grid: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
-        """Class-balanced per-patch BCE of the dense head against (B,1,D,H,W) finding maps.
-
-        Per label, the mean loss over positive patches, plus the mean over negative ones, plus
-        the mean over each volume's hardest 1/64 of negatives (averaged over labels): a 10 mm
-        nodule covers one or two of ~2000 patches, and a plain mean would let the large
-        findings (effusions, cardiomegaly) drown it, while the hard negatives keep the
-        strongest patch of a normal region low.
-        """
+        """Class-balanced per-patch BCE (:func:`rgct.model.losses.balanced_bce`) of the dense
+        head against (B,1,D,H,W) finding maps: a 10 mm nodule covers one or two of ~2000
+        patches, and the hard negatives keep the strongest patch of a normal region low."""
         if self.dense is None:
             raise ValueError("dense finding maps given but model.dense_loss_weight is 0")
         logits = self.dense(grid).float()  # (B, L, d, h, w)
         target = finding_targets(findings, tuple(grid.shape[2:]), logits.shape[1])
-        target = target.to(logits.device)
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        dims = (0, 2, 3, 4)
-        pos = (bce * target).sum(dims) / target.sum(dims).clamp(min=1.0)
-        neg = (bce * (1 - target)).sum(dims) / (1 - target).sum(dims).clamp(min=1.0)
-        # hardest negatives of each volume (vessels that look like nodules): what decides
-        # whether a region's strongest patch is a false alarm
-        flat = (bce * (1 - target)).flatten(2)  # (B, L, N)
-        k = max(1, math.ceil(flat.shape[-1] / DENSE_HARD_FRACTION))
-        hard = flat.topk(k, dim=-1).values.mean(dim=(0, 2))
-        return (pos + neg + hard).mean()
+        return balanced_bce(logits, target.to(logits.device))
 
     # -- training --------------------------------------------------------------------------------
     def tokenize(

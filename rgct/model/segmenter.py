@@ -2,7 +2,11 @@
 
 A MONAI :class:`~monai.networks.nets.UNet` runs at a reduced internal resolution (half the
 model grid by default: 2 s budget per volume on two CPU cores), its logits are upsampled back
-to the input grid, and an optional light refinement convolution sees the full-resolution image
+to the input grid (or, ``backbone="cnn"``, the strided residual CNN of
+:class:`rgct.model.encoder.CNNEncoder` with a 1x1 class head gives logits per patch of
+``grid_stride`` pixels, upsampled the same way: the radiograph finding detector, which must
+say *whether* a film holds a finding before *where*, and learns that from the boxes far faster
+than a UNet does), and an optional light refinement convolution sees the full-resolution image
 next to the upsampled logits (thin structures such as the pleura are one voxel thick at full
 resolution). Output channels follow :data:`rgct.constants.SEGMENT_CLASSES`: one independent
 sigmoid per class (multi-label: a lobe lies inside the lung region, a nodule inside its lobe).
@@ -17,6 +21,7 @@ Example::
     logits = net(torch.rand(1, 1, 64, 128, 128))     # (1, 30, 64, 128, 128)
     save_segmenter("runs/seg", net, {"steps": 100})
     Segmenter(focal_classes=["Lung nodule"])         # + the full-resolution nodule detector
+    Segmenter(classes=["Nodule/Mass"], spatial_dims=2, backbone="cnn", channels=(24, 48, 96))
     net2, meta = load_segmenter("runs/seg")
 """
 
@@ -47,6 +52,8 @@ logger = logging.getLogger(__name__)
 WEIGHTS_FILE = "segmenter.safetensors"
 CONFIG_FILE = "segmenter.json"
 FORMAT_VERSION = 1
+BACKBONES = ("unet", "cnn")
+"""What computes a segmenter's logits (:class:`Segmenter`'s ``backbone``)."""
 
 
 class Segmenter(nn.Module):
@@ -60,7 +67,8 @@ class Segmenter(nn.Module):
         channels: UNet feature widths per level (at least two levels).
         num_res_units: residual units per UNet block.
         internal_scale: factor in (0, 1] applied to the input size before the UNet; each
-            internal size is rounded up to a multiple of ``2 ** (len(channels) - 1)``.
+            internal size is rounded up to a multiple of the network's total stride
+            (``2 ** (len(channels) - 1)``; the cnn backbone: ``grid_stride``).
         refine_channels: width of the full-resolution refinement convolution (0 = none).
         dropout: dropout inside the UNet blocks.
         spatial_dims: 3 (CT volumes) or 2 (radiographs).
@@ -68,6 +76,11 @@ class Segmenter(nn.Module):
             :class:`rgct.model.detector.FocalDetector` (its logits, upsampled to the input
             grid, replace the UNet's for those classes; 3D only). Empty: no detector.
         focal_width: the detector's feature width.
+        backbone: ``"unet"`` (default) or ``"cnn"``: the strided residual CNN of
+            :class:`rgct.model.encoder.CNNEncoder` (``channels[-1]`` output features over
+            ``len(channels)`` stages) and a 1x1 class head, one logit per patch of
+            ``grid_stride`` pixels (or voxels) per axis, upsampled to the input grid.
+        grid_stride: the cnn backbone's total stride per axis (a power of two).
 
     Shapes:
         input (B, in_channels, D, H, W) preprocessed image in [0, 1] ((B, in_channels, H, W)
@@ -94,6 +107,8 @@ class Segmenter(nn.Module):
         spatial_dims: int = 3,
         focal_classes: Sequence[str] = (),
         focal_width: int = 16,
+        backbone: str = "unet",
+        grid_stride: int = 8,
     ) -> None:
         super().__init__()
         classes = tuple(str(c) for c in classes)
@@ -123,6 +138,10 @@ class Segmenter(nn.Module):
             )
         if focal_classes and spatial_dims != 3:
             raise ValueError("focal_classes (the full-resolution detector) need spatial_dims=3")
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}")
+        self.backbone = backbone
+        self.grid_stride = int(grid_stride)
         self.spatial_dims = int(spatial_dims)
         self.focal_classes = focal_classes
         self.focal_width = int(focal_width)
@@ -133,17 +152,34 @@ class Segmenter(nn.Module):
         self.internal_scale = float(internal_scale)
         self.refine_channels = int(refine_channels)
         self.dropout = float(dropout)
-        self.multiple = 2 ** (len(channels) - 1)
         k = len(classes)
-        self.unet = UNet(
-            spatial_dims=self.spatial_dims,
-            in_channels=self.in_channels,
-            out_channels=k,
-            channels=channels,
-            strides=(2,) * (len(channels) - 1),
-            num_res_units=self.num_res_units,
-            dropout=self.dropout,
-        )
+        self.unet: UNet | None = None
+        self.cnn: nn.Module | None = None
+        if backbone == "unet":
+            self.multiple = 2 ** (len(channels) - 1)
+            self.unet = UNet(
+                spatial_dims=self.spatial_dims,
+                in_channels=self.in_channels,
+                out_channels=k,
+                channels=channels,
+                strides=(2,) * (len(channels) - 1),
+                num_res_units=self.num_res_units,
+                dropout=self.dropout,
+            )
+        else:
+            from rgct.model.encoder import CNNEncoder
+
+            self.multiple = self.grid_stride
+            conv = nn.Conv3d if self.spatial_dims == 3 else nn.Conv2d
+            self.cnn = nn.Sequential(
+                CNNEncoder(
+                    feature_size=channels[-1],
+                    patch_size=(self.grid_stride,) * self.spatial_dims,
+                    depth=len(channels),
+                    in_channels=self.in_channels,
+                ),
+                conv(channels[-1], k, kernel_size=1),
+            )
         self.refine: nn.Module | None = None
         if self.refine_channels:
             self.refine = nn.Sequential(
@@ -180,6 +216,8 @@ class Segmenter(nn.Module):
             "spatial_dims": self.spatial_dims,
             "focal_classes": list(self.focal_classes),
             "focal_width": self.focal_width,
+            "backbone": self.backbone,
+            "grid_stride": self.grid_stride,
         }
 
     @property
@@ -203,8 +241,9 @@ class Segmenter(nn.Module):
         inner = self.internal_size(size)
         mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
         low = x if inner == size else F.interpolate(x, size=inner, mode=mode)
-        logits = self.unet(low)  # (B, K, d, h, w)
-        if inner != size:
+        net = self.unet if self.unet is not None else self.cnn
+        logits = net(low)  # (B, K, d, h, w): the cnn's per patch
+        if tuple(logits.shape[2:]) != size:
             logits = F.interpolate(logits, size=size, mode=mode, align_corners=False)
         if self.refine is not None:
             logits = logits + self.refine(torch.cat([logits, x], dim=1))
@@ -226,6 +265,8 @@ _SEGMENTER_KEYS = (
     "spatial_dims",
     "focal_classes",
     "focal_width",
+    "backbone",
+    "grid_stride",
 )
 
 

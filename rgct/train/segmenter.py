@@ -5,7 +5,10 @@ run killed after a checkpoint and resumed continues exactly as if it had never s
 Augmentation (small rotations, scaling, shifts and intensity jitter, no flips: a flip would turn
 the right lung into the left) runs batched on the device, identically for image and targets.
 The loss is sigmoid BCE over every annotated channel plus MONAI's soft Dice over the channels
-that hold foreground in the sample (an empty finding channel is taught by BCE alone).
+that hold foreground in the sample (an empty finding channel is taught by BCE alone), or with
+``loss: balanced`` the class-balanced BCE of :func:`rgct.model.losses.balanced_bce` (the
+radiograph finding detector: a film's boxes are a few dozen of 16,384 pixels, and whether a
+film holds a finding is decided by its strongest pixel).
 
 Layout of ``out_dir``: ``metrics.jsonl`` (one row per ``log_every`` steps),
 ``checkpoint/`` (the latest resumable state: weights, ``optimizer.pt``, ``scheduler.pt``
@@ -44,6 +47,7 @@ from rgct.data.source_report import detect_layout
 from rgct.data.truth import load_ground_truth
 from rgct.files import atomic_dir, write_json, write_jsonl
 from rgct.jsonl import iter_jsonl
+from rgct.model.losses import balanced_bce
 from rgct.model.segmenter import (
     Segmenter,
     build_segmenter,
@@ -55,10 +59,12 @@ from rgct.model.segmenter import (
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
-TRAIN_PARTS = ("unet", "refine")
-"""The segmenter's submodules a run can train (``SegmenterTrainConfig.train_parts``); its focal
-detector (:mod:`rgct.model.detector`) learns on crops in :mod:`rgct.train.detector` and stays
+TRAIN_PARTS = ("unet", "cnn", "refine")
+"""The segmenter's submodules a run can train (``SegmenterTrainConfig.train_parts``: those its
+backbone has); its focal detector (:mod:`rgct.model.detector`) learns on crops in :mod:`rgct.train.detector` and stays
 frozen here (batch-norm statistics included)."""
+LOSSES = ("dice_bce", "balanced")
+"""The segmenter's training losses (``SegmenterTrainConfig.loss``)."""
 BRIGHT_HU = 130.0
 """Calcium-bright: the HU from which ``bright_weight`` weighs a voxel (Agatston's 130)."""
 
@@ -101,6 +107,10 @@ class SegmenterTrainConfig:
     """More HU windows, one input channel each."""
     augment: bool = True
     """Random affine and intensity jitter (never flips)."""
+    loss: str = "dice_bce"
+    """``dice_bce`` (``bce_weight`` x BCE + ``dice_weight`` x soft Dice) or ``balanced``
+    (:func:`rgct.model.losses.balanced_bce` over the annotated channels; the weights below and
+    ``finding_pos_weight`` do not apply)."""
     dice_weight: float = 1.0
     bce_weight: float = 1.0
     finding_pos_weight: float = 1.0
@@ -131,6 +141,8 @@ class SegmenterTrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.dice_weight < 0 or self.bce_weight < 0 or self.dice_weight + self.bce_weight == 0:
             raise ValueError("dice_weight and bce_weight must be >= 0 and not both 0")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
         if self.finding_pos_weight <= 0:
             raise ValueError(f"finding_pos_weight must be > 0, got {self.finding_pos_weight}")
         if self.bright_weight <= 0:
@@ -489,9 +501,13 @@ def fit_segmenter(cfg: SegmenterTrainConfig) -> Path:
             lo, hi = data_cfg.hu_window
             bright = image[:, :1] >= (BRIGHT_HU - lo) / (hi - lo)
             weight = 1.0 + (cfg.bright_weight - 1.0) * bright.float()
-        losses = segmentation_loss(
-            logits, target, valid, cfg.dice_weight, cfg.bce_weight, pos_weight, weight
-        )
+        if cfg.loss == "balanced":
+            balanced = balanced_bce(logits, target, valid)
+            losses = {"loss": balanced, "bce": balanced, "dice": torch.zeros_like(balanced)}
+        else:
+            losses = segmentation_loss(
+                logits, target, valid, cfg.dice_weight, cfg.bce_weight, pos_weight, weight
+            )
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
         accelerator.clip_grad_norm_(trainable, 1.0)

@@ -6,7 +6,8 @@ app did with it:
 
 - a finding is the bright pixels (> :data:`BRIGHT`) of the film; the report has one sentence
   "Lung opacity in the <side> <zone> zone." placed by :func:`rgct.data.cxr.box_location` of their
-  bounding box (and "No finding." without any), then "COPD." with no place;
+  bounding box, which is its ``boxes`` (as a film detector's; "No finding." without any), then
+  "COPD." with no place;
 - the answer about a box says what the box holds: "Lung opacity." when it covers half of the
   finding, else "No finding.", followed by ``| box=[...] | tokens=<max_new_tokens>``; a free
   question is echoed with the film's size;
@@ -93,7 +94,15 @@ class FakeCxrPredictor:
             box = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
             side, zone = box_location(box, array.shape)
             text = f"Lung opacity in the {side} {zone} zone."
-            sentences.append({"text": text, "label": "Lung Opacity", "side": side, "zone": zone})
+            sentences.append(
+                {
+                    "text": text,
+                    "label": "Lung Opacity",
+                    "side": side,
+                    "zone": zone,
+                    "boxes": [[float(v) for v in box]],
+                }
+            )
         else:
             sentences.append({"text": "No finding.", "label": None, "side": None, "zone": None})
         sentences.append({"text": "COPD.", "label": "COPD", "side": None, "zone": None})

@@ -227,12 +227,22 @@ def test_report_sentences_show_their_zone_on_the_film(app, uploads):
     assert 'data-sentence="0"' in html and "right lower zone" in html and "no place" in html
     session, message = app.focus_sentence(session, 0)
     assert "right lower zone" in message and "rgct-active" in cxr_report_html(report, active=0)
-    frame = app.film_frame(session)
-    tinted = (frame[..., 0] > frame[..., 1] + 30) & (frame[..., 2] > frame[..., 1] + 30)
-    rows, cols = np.flatnonzero(tinted.any(1)), np.flatnonzero(tinted.any(0))
-    x0, y0, x1, y1 = (2 * v for v in zone_rect("right", "lower", (HEIGHT, WIDTH)))
-    assert abs(cols[0] - x0) <= 1 and abs(cols[-1] + 1 - x1) <= 1
-    assert abs(rows[0] - y0) <= 1 and abs(rows[-1] + 1 - y1) <= 1
+    assert "1 box where the model found it" in message
+    frame = app.film_frame(session).astype(int)
+
+    def extent(tinted):
+        rows, cols = np.flatnonzero(tinted.any(1)), np.flatnonzero(tinted.any(0))
+        return cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+
+    def near(got, want):
+        return all(abs(g - w) <= 1 for g, w in zip(got, want))
+
+    # the zone the sentence names, and stronger on it the box where the model found it
+    tint = np.minimum(frame[..., 0] - frame[..., 1], frame[..., 2] - frame[..., 1])
+    assert near(extent(tint > 30), [2 * v for v in zone_rect("right", "lower", (HEIGHT, WIDTH))])
+    found = report["sentences"][0]["boxes"][0]
+    outline = (frame == viewer.FINDING_COLOUR).all(-1)  # the zone's and the box's outlines
+    assert near(extent((tint > 120) & ~outline), [2 * v for v in found])
     session, message = app.focus_sentence(session, 1)
     assert "names no side and zone" in message
     assert not (app.film_frame(session) == viewer.FINDING_COLOUR).all(-1).any()
@@ -254,13 +264,16 @@ def test_report_normalising_keeps_unknown_places_out():
         {
             "text": "A. B.",
             "sentences": [
-                {"text": "A.", "label": "X", "side": "right", "zone": "lower"},
+                {"text": "A.", "label": "X", "side": "right", "zone": "lower",
+                 "boxes": [[1, 2, 5, 9], [3, 3, 3, 8], ["a", 1, 2, 3], [0, 0, float("nan"), 1]]},
                 {"text": "B.", "label": "Y", "side": "dorsal", "zone": "lower"},
             ],
             "truncated": True,
         }
-    )
+    )  # fmt: skip
     assert [s["place"] for s in report["sentences"]] == ["right lower zone", None]
+    assert [s["boxes"] for s in report["sentences"]] == [[[1.0, 2.0, 5.0, 9.0]], []]
+    assert sum("Unreadable box" in w for w in report["warnings"]) == 3
     assert any("Unknown place 'dorsal'" in w for w in report["warnings"])
     assert any("token limit" in w for w in report["warnings"])
     plain = normalise_cxr_report("Effusion. Cardiomegaly.")

@@ -79,6 +79,8 @@ def test_bad_settings_are_refused(tmp_path):
         _cfg(tmp_path, tmp_path, tmp_path, steps=0)
     with pytest.raises(ValueError, match="follow from the data"):
         _cfg(tmp_path, tmp_path, tmp_path, model={"classes": ["lung"]})
+    with pytest.raises(ValueError, match="loss must be one of"):
+        _cfg(tmp_path, tmp_path, tmp_path, loss="dice")
 
 
 def test_loss_skips_unannotated_and_empty_channels():
@@ -205,6 +207,28 @@ def test_a_radiograph_folder_trains_a_film_segmenter_of_its_boxes(cxr_phantoms, 
     # a radiograph folder with a CT grid (and the reverse) is refused by name
     with pytest.raises(ValueError, match="vindr-cxr folder"):
         fit_segmenter(_cfg(root, tmp_path / "bad", tmp_path / "c"))
+
+
+def test_the_film_detector_learns_its_boxes_on_the_balanced_loss(cxr_phantoms, tmp_path, seed):
+    root = cxr_phantoms["vindr"]
+    cfg = _cfg(
+        root,
+        tmp_path / "det",
+        tmp_path / "c",
+        input_shape=(32, 32),
+        steps=12,
+        loss="balanced",
+        lr=3e-3,
+        model={"backbone": "cnn", "channels": [4, 8], "grid_stride": 4, "internal_scale": 1.0},
+    )
+    fit_segmenter(cfg)
+    net, meta = load_segmenter(tmp_path / "det")
+    assert net.config()["backbone"] == "cnn" and net.unet is None
+    assert meta["train"]["loss"] == "balanced"
+    rows = [
+        json.loads(line) for line in (tmp_path / "det" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert rows[-1]["dice"] == 0.0 and rows[-1]["loss"] < rows[0]["loss"]
 
 
 def test_film_augmentation_moves_image_and_target_together(seed):
