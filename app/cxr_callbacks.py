@@ -105,7 +105,8 @@ def wire_cxr(ui: CxrUI, app: CxrDemoApp) -> None:
             **shown(session),
             ui.fr_html: cxr_report_html(report),
             ui.latency: f"Report ({len(report['sentences'])} sentences) in {seconds:.2f} s.",
-            status: "Findings report written. Click a sentence to see its zone.",
+            status: "Findings report written. Click a sentence to see its zone and where the "
+            "model found it.",
         }
 
     @g

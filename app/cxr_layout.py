@@ -26,8 +26,8 @@ INSTRUCTIONS = """
 `.dcm`/`.dicom` or `.png`).
 **2. Box**: click two opposite corners on the film, or type the box in pixels (x to the right,
 y down, from the top-left corner). **3. Text**: ask what is in the box, write the findings
-report (**click a sentence** to see its side and zone on the film), or ask free questions about
-the film or the box. Research demo: not for clinical use.
+report (**click a sentence** to see its zone and where the model found it), or ask free
+questions about the film or the box. Research demo: not for clinical use.
 """
 
 SCOPES = (WHOLE_IMAGE, "given box")

@@ -94,7 +94,10 @@ def cxr_report_html(report: dict | None, active: int | None = None) -> str:
         )
     if not rows:
         rows.append(f"<div>{html.escape(report['text']) or 'The model wrote nothing.'}</div>")
-    head = '<div class="rgct-source">click a sentence to see its zone on the film</div>'
+    head = (
+        '<div class="rgct-source">click a sentence to see its zone (and the box where the model '
+        "found it)</div>"
+    )
     return f'<div class="rgct-report">{head}' + "\n".join(rows) + "</div>"
 
 
