@@ -324,8 +324,16 @@ class RecipeRunner:
             )
         src = Path(source)
         if stage.kind == "synth":
-            if not (src / "radgenome_files").is_dir():
-                raise RecipeError(f"--reuse {stage_id}={src}: not a phantom/dataset folder")
+            from rgct.data.source_report import detect_layout
+
+            layout = str(stage.options.get("layout", "radgenome"))
+            radgenome = (src / "radgenome_files").is_dir()
+            found = detect_layout(src) if src.is_dir() else None
+            if not (radgenome if layout == "radgenome" else found == layout):
+                raise RecipeError(
+                    f"--reuse {stage_id}={src}: not a {layout} phantom/dataset folder (the "
+                    f"layout stage {stage_id} writes)"
+                )
             target = self.stage_dir(stage_id)
         else:
             from rgct.model.checkpoint import check_checkpoint

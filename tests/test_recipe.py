@@ -154,7 +154,7 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
         ("no_such=x", "no stage 'no_such'"),
         ("bundle", "expected STAGE=DIR"),
         ("bundle=/no/such/folder", "no_such|not found|does not exist|No such"),
-        ("synth=/no/such/folder", "not a phantom"),
+        ("synth=/no/such/folder", "not a radgenome phantom"),
     ],
 )
 def test_reuse_is_refused_for_what_it_cannot_stand_in_for(tmp_path, item, match):
@@ -239,4 +239,28 @@ def test_a_detector_stage_needs_a_checkpoint_with_a_segmenter(tmp_path):
                 "- {id: synth, kind: synth}\n- {id: det, kind: detector, from: synth, "
                 "batch_size: 2}\n",
             )
+        )
+
+
+def test_a_radiograph_synth_stage_reuses_a_folder_of_its_own_layout(
+    tmp_path, cxr_phantoms, phantom_root
+):
+    recipe = _write(
+        tmp_path,
+        f"name: films\nmodel: {REPO / 'configs/model/tiny.yaml'}\nstages:\n"
+        "  - {id: films, kind: synth, layout: vindr-cxr, num_volumes: 4, seed: 3}\n",
+    )
+    work = tmp_path / "w"
+    main(["recipe", str(recipe), "--work", str(work), "--reuse", f"films={cxr_phantoms['vindr']}"])
+    assert (work / "films" / "annotations").is_dir()
+    with pytest.raises(RecipeError, match="not a vindr-cxr phantom/dataset folder"):
+        main(
+            [
+                "recipe",
+                str(recipe),
+                "--work",
+                str(tmp_path / "w2"),
+                "--reuse",
+                f"films={phantom_root}",
+            ]
         )
