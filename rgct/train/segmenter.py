@@ -61,8 +61,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 TRAIN_PARTS = ("unet", "cnn", "refine")
 """The segmenter's submodules a run can train (``SegmenterTrainConfig.train_parts``: those its
-backbone has); its focal detector (:mod:`rgct.model.detector`) learns on crops in :mod:`rgct.train.detector` and stays
-frozen here (batch-norm statistics included)."""
+backbone has); its focal detector (:mod:`rgct.model.detector`) learns on crops in
+:mod:`rgct.train.detector` and stays frozen here (batch-norm statistics included)."""
 LOSSES = ("dice_bce", "balanced")
 """The segmenter's training losses (``SegmenterTrainConfig.loss``)."""
 BRIGHT_HU = 130.0
@@ -109,8 +109,8 @@ class SegmenterTrainConfig:
     """Random affine and intensity jitter (never flips)."""
     loss: str = "dice_bce"
     """``dice_bce`` (``bce_weight`` x BCE + ``dice_weight`` x soft Dice) or ``balanced``
-    (:func:`rgct.model.losses.balanced_bce` over the annotated channels; the weights below and
-    ``finding_pos_weight`` do not apply)."""
+    (:func:`rgct.model.losses.balanced_bce` over the annotated channels; ``dice_weight``,
+    ``bce_weight``, ``finding_pos_weight`` and ``bright_weight`` do not apply)."""
     dice_weight: float = 1.0
     bce_weight: float = 1.0
     finding_pos_weight: float = 1.0
@@ -143,6 +143,8 @@ class SegmenterTrainConfig:
             raise ValueError("dice_weight and bce_weight must be >= 0 and not both 0")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        if self.loss == "balanced" and self.bright_weight != 1.0:
+            raise ValueError("bright_weight weighs the dice_bce loss; the balanced loss has none")
         if self.finding_pos_weight <= 0:
             raise ValueError(f"finding_pos_weight must be > 0, got {self.finding_pos_weight}")
         if self.bright_weight <= 0:

@@ -81,6 +81,8 @@ def test_bad_settings_are_refused(tmp_path):
         _cfg(tmp_path, tmp_path, tmp_path, model={"classes": ["lung"]})
     with pytest.raises(ValueError, match="loss must be one of"):
         _cfg(tmp_path, tmp_path, tmp_path, loss="dice")
+    with pytest.raises(ValueError, match="balanced loss has none"):
+        _cfg(tmp_path, tmp_path, tmp_path, loss="balanced", bright_weight=5.0)
 
 
 def test_loss_skips_unannotated_and_empty_channels():
