@@ -165,6 +165,10 @@ _KEYS = {
 }
 
 
+GIVEN_CARD = "README_given.md"
+"""``history/<stage>/`` name of a reused folder's card when its first maker's card is there."""
+
+
 class RecipeError(ValueError):
     """A recipe that cannot run (the message names the file and the stage)."""
 
@@ -668,7 +672,9 @@ class RecipeRunner:
         """Into an exported model folder: each training stage's ``metrics.jsonl`` (as
         ``training/<stage>_metrics.jsonl``), and the card and training records of each reused
         stage (``history/<stage>/``) with the history that folder kept itself, so the folder
-        tells how all of it was made."""
+        tells how all of it was made. A reused folder whose own history already holds that
+        stage's card (a model reused again) keeps it: its present card is added beside it as
+        :data:`GIVEN_CARD`."""
         log = self.log()
         for rec in log:
             metrics = self.stage_dir(rec["stage"]) / "metrics.jsonl"
@@ -680,9 +686,10 @@ class RecipeRunner:
             if (made / "history").is_dir():  # what the reused folder kept of its own makers
                 shutil.copytree(made / "history", folder / "history", dirs_exist_ok=True)
             keep = folder / "history" / sid
-            if (made / "README.md").is_file():
+            if (made / "README.md").is_file():  # its card; the first maker's card stays first
                 keep.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(made / "README.md", keep / "README.md")
+                first = not (keep / "README.md").is_file()
+                shutil.copy2(made / "README.md", keep / ("README.md" if first else GIVEN_CARD))
             if (made / "training").is_dir():
                 shutil.copytree(made / "training", keep / "training", dirs_exist_ok=True)
 

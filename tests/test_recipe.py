@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rgct.cli import main
-from rgct.recipe import DONE_FILE, LOG_FILE, RecipeError, RecipeRunner, load_recipe
+from rgct.recipe import DONE_FILE, GIVEN_CARD, LOG_FILE, RecipeError, RecipeRunner, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "configs" / "recipes").glob("*.yaml"))
@@ -141,6 +141,13 @@ def test_quick_recipe_runs_end_to_end_and_resumes(tmp_path):
         bundle / "README.md"
     ).read_text()
     assert (kept / "history" / "grounded" / "README.md").read_text() == card
+    # a stage reused again from a folder that kept that stage's first card keeps it first
+    fourth = RecipeRunner(load_recipe(recipe), tmp_path / "fourth")
+    fourth.reuse("bundle", again / "grounded" / "model")
+    fourth._keep_records(tmp_path / "kept4")
+    first = tmp_path / "kept4" / "history" / "bundle"
+    assert (first / "README.md").read_text() == (bundle / "README.md").read_text()
+    assert (first / GIVEN_CARD).read_text() == card
     # --from re-runs that stage and the ones after it, never a stage taken with --reuse
     rerun = RecipeRunner(load_recipe(recipe), again)
     assert rerun.run("bundle", "grounded") == ["stage3_locations", "grounded"]
